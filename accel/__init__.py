@@ -1,0 +1,3 @@
+"""accel: a caching HTTP accelerator on Twisted."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,171 @@
+"""Message bodies streaming through accel, with backpressure both ways.
+
+``RequestBody``: the client's request body, fed chunk by chunk by the channel and produced into the origin
+connection (an ``IBodyProducer`` for Twisted's Agent). When the origin is slow, reading from the client
+stops; at most ``BUFFER_LIMIT`` bytes wait in between.
+
+``ResponseRelay``: the origin's response body, delivered by Agent and written to the client. When the
+client is slow, reading from the origin stops (the relay is the client request's push producer). A tee
+callback sees every chunk (the cache stores the body while it streams).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IPushProducer
+from twisted.internet.protocol import Protocol
+from twisted.python.failure import Failure
+from twisted.web.client import PotentialDataLoss, ResponseDone
+from twisted.web.iweb import UNKNOWN_LENGTH, IBodyProducer
+from zope.interface import implementer
+
+BUFFER_LIMIT = 64 * 1024
+
+
+class BodyAbandoned(Exception):
+    """The client went away (or was answered) before its request body was complete."""
+
+
+@implementer(IBodyProducer)
+class RequestBody:
+    def __init__(self, request, length: int | None):
+        self.request = request
+        self.length = UNKNOWN_LENGTH if length is None else length
+        self.complete = False
+        self.on_activity: Callable[[], None] = lambda: None
+        self._consumer = None
+        self._paused = False
+        self._buffer: list[bytes] = []
+        self._buffered = 0
+        self._client_paused = False
+        self._done: Deferred | None = None
+        self._abandoned: Failure | None = None
+
+    # Fed by the channel -----------------------------------------------------------------------------------
+
+    def feed(self, data: bytes) -> None:
+        if self._abandoned:
+            return
+        self.on_activity()
+        if self._consumer is not None and not self._paused and not self._buffer:
+            self._consumer.write(data)
+            return
+        self._buffer.append(data)
+        self._buffered += len(data)
+        if self._buffered > BUFFER_LIMIT:
+            self._pause_client(True)
+
+    def finish(self) -> None:
+        self.complete = True
+        self._flush()
+
+    def abandon(self, reason: Failure | None = None) -> None:
+        """Stop relaying: the request is over (client gone, or answered early)."""
+        if self._abandoned:
+            return
+        self._abandoned = reason or Failure(BodyAbandoned())
+        self._buffer.clear()
+        self._pause_client(False)
+        if self._done is not None and not self._done.called and not self.complete:
+            done, self._done = self._done, None
+            done.errback(self._abandoned)
+
+    # IBodyProducer, driven by the origin connection ----------------------------------------------------
+
+    def startProducing(self, consumer) -> Deferred:
+        self._consumer = consumer
+        self._done = Deferred()
+        if self._abandoned:
+            done, self._done = self._done, None
+            done.errback(self._abandoned)
+            return done
+        done = self._done
+        self._flush()
+        return done
+
+    def pauseProducing(self) -> None:
+        self._paused = True
+
+    def resumeProducing(self) -> None:
+        self._paused = False
+        self._flush()
+
+    def stopProducing(self) -> None:
+        self._consumer = None
+        self._done = None  # Agent no longer waits for it
+        self.abandon()
+
+    def _flush(self) -> None:
+        if self._consumer is None:
+            return
+        while self._buffer and not self._paused:
+            chunk = self._buffer.pop(0)
+            self._buffered -= len(chunk)
+            self._consumer.write(chunk)
+        if not self._buffer:
+            self._pause_client(False)
+            if self.complete and self._done is not None:
+                done, self._done = self._done, None
+                done.callback(None)
+
+    def _pause_client(self, pause: bool) -> None:
+        if pause == self._client_paused:
+            return
+        channel = getattr(self.request, "channel", None)
+        if channel is None or channel.transport is None:
+            return
+        self._client_paused = pause
+        if pause:
+            channel.transport.pauseProducing()
+        else:
+            channel.transport.resumeProducing()
+
+
+@implementer(IPushProducer)
+class ResponseRelay(Protocol):
+    """Writes an origin response body to the client; fires ``done`` with True (complete) or False."""
+
+    def __init__(self, request, *, tee: Callable[[bytes], None] | None = None, on_activity=lambda: None):
+        self.request = request
+        self.tee = tee
+        self.on_activity = on_activity
+        self.done: Deferred[bool] = Deferred()
+
+    def connectionMade(self) -> None:
+        self.request.registerProducer(self, True)
+
+    def dataReceived(self, data: bytes) -> None:
+        self.on_activity()
+        if self.tee is not None:
+            self.tee(data)
+        self.request.write(data)
+
+    def connectionLost(self, reason: Failure) -> None:
+        complete = reason.check(ResponseDone, PotentialDataLoss) is not None
+        request = self.request
+        if not request._disconnected and not request.finished:
+            request.unregisterProducer()
+            if complete:
+                request.finish()
+            else:
+                # A body that broke off must not look complete: cut the client connection.
+                request.close_incomplete()
+        self.done.callback(complete)
+
+    def client_gone(self) -> None:
+        """The client disconnected: stop reading the origin's body (its connection is closed)."""
+        if self.transport is not None:
+            self.transport.stopProducing()
+
+    # IPushProducer: the client's write buffer steers the origin connection.
+
+    def pauseProducing(self) -> None:
+        self.transport.pauseProducing()
+
+    def resumeProducing(self) -> None:
+        self.transport.resumeProducing()
+
+    def stopProducing(self) -> None:
+        self.transport.stopProducing()

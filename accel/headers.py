@@ -1,0 +1,136 @@
+"""Header fields on their way through the proxy, in both directions (pure: no Twisted, no I/O).
+
+Fields travel as lists of ``(name, value)`` byte pairs so that repeated fields keep every value and their
+order. Names are compared case-insensitively.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+RawFields = list[tuple[bytes, bytes]]
+
+# RFC 9110 §7.6.1: connection-specific fields a proxy must not forward, plus the legacy ones every proxy
+# strips (Keep-Alive, Proxy-Connection) and the proxy authentication pair, which is hop-by-hop in practice.
+HOP_BY_HOP = frozenset(
+    {
+        b"connection",
+        b"keep-alive",
+        b"proxy-connection",
+        b"te",
+        b"trailer",
+        b"transfer-encoding",
+        b"upgrade",
+        b"proxy-authenticate",
+        b"proxy-authorization",
+    }
+)
+
+# Fields accel sets itself on the way to the origin: whatever the client sent under these names is replaced.
+# Content-Length goes too: the origin connection frames the body it actually sends (RFC 9112 §6).
+_REPLACED_UPSTREAM = frozenset(
+    {b"host", b"content-length", b"x-forwarded-host", b"x-forwarded-server", b"x-forwarded-proto", b"x-forwarded-port"}
+)
+
+
+def connection_nominated(fields: Iterable[tuple[bytes, bytes]]) -> set[bytes]:
+    """Field names listed in ``Connection`` (RFC 9110 §7.6.1), lower-cased."""
+    names: set[bytes] = set()
+    for name, value in fields:
+        if name.lower() == b"connection":
+            names.update(t.strip().lower() for t in value.split(b",") if t.strip())
+    return names
+
+
+def end_to_end(fields: Iterable[tuple[bytes, bytes]]) -> RawFields:
+    """Drop hop-by-hop fields and every field the ``Connection`` field nominates."""
+    fields = list(fields)
+    drop = HOP_BY_HOP | connection_nominated(fields)
+    return [(n, v) for n, v in fields if n.lower() not in drop]
+
+
+def get_values(fields: Iterable[tuple[bytes, bytes]], name: bytes) -> list[bytes]:
+    name = name.lower()
+    return [v for n, v in fields if n.lower() == name]
+
+
+@dataclass(frozen=True, slots=True)
+class ClientSide:
+    """What accel knows about the client connection a request came in on."""
+
+    address: str  # peer IP address
+    host: bytes | None  # the client's Host field
+    scheme: str  # "http" or "https"
+    port: int  # the port the client connected to
+    trusted: bool  # the peer is a configured proxy whose X-Forwarded-For we keep
+
+
+def request_to_origin(
+    fields: Iterable[tuple[bytes, bytes]],
+    client: ClientSide,
+    *,
+    origin_authority: str,
+    preserve_host: bool,
+    server_name: str,
+    via: str,
+    client_version: bytes,
+) -> RawFields:
+    """The header section accel sends upstream for a client request.
+
+    Like mod_proxy_http: hop-by-hop fields removed; ``Host`` is the origin's unless preserve_host (then the
+    client's); ``X-Forwarded-For`` gets the peer address appended (earlier values kept only from trusted
+    proxies); ``X-Forwarded-Host`` / ``-Server`` / ``-Proto`` / ``-Port`` describe the client side; ``Via``
+    gains our hop (RFC 9110 §7.6.3).
+    """
+    out: RawFields = []
+    xff: list[bytes] = []
+    vias: list[bytes] = []
+    for name, value in end_to_end(fields):
+        lower = name.lower()
+        if lower in _REPLACED_UPSTREAM:
+            continue
+        if lower == b"x-forwarded-for":
+            if client.trusted:
+                xff.append(value)
+            continue
+        if lower == b"via":
+            vias.append(value)
+            continue
+        out.append((name, value))
+    host = client.host if (preserve_host and client.host) else origin_authority.encode("ascii")
+    out.insert(0, (b"Host", host))
+    xff.append(client.address.encode("ascii"))
+    out.append((b"X-Forwarded-For", b", ".join(xff)))
+    if client.host:
+        out.append((b"X-Forwarded-Host", client.host))
+    out.append((b"X-Forwarded-Server", server_name.encode("ascii", "replace")))
+    out.append((b"X-Forwarded-Proto", client.scheme.encode("ascii")))
+    out.append((b"X-Forwarded-Port", str(client.port).encode("ascii")))
+    out.append((b"Via", b", ".join(vias + [via_entry(client_version, via)])))
+    return out
+
+
+def response_to_client(
+    fields: Iterable[tuple[bytes, bytes]], *, via: str, origin_version: bytes = b"HTTP/1.1"
+) -> RawFields:
+    """The origin's response fields as the client gets them: hop-by-hop removed, our hop added to ``Via``.
+
+    ``Server`` is left out here: the front end decides whether to send its own.
+    """
+    out: RawFields = []
+    vias: list[bytes] = []
+    for name, value in end_to_end(fields):
+        lower = name.lower()
+        if lower == b"via":
+            vias.append(value)
+        elif lower != b"server":
+            out.append((name, value))
+    out.append((b"Via", b", ".join(vias + [via_entry(origin_version, via)])))
+    return out
+
+
+def via_entry(version: bytes, pseudonym: str) -> bytes:
+    """``1.1 accel`` for HTTP/1.1 (RFC 9110 §7.6.3: protocol version without "HTTP/", then our name)."""
+    number = version.split(b"/", 1)[1] if b"/" in version else version
+    return number + b" " + pseudonym.encode("ascii", "replace")

@@ -1,0 +1,231 @@
+"""The request path: accept → route → (cache) → origin → respond.
+
+``ReverseProxy`` is the ``IResource`` accel serves. It refuses what a reverse proxy must not handle
+(CONNECT, TRACE, foreign absolute-form targets), picks the route, and hands the request to a *handler*:
+the ``Forwarder`` below, or the cache layer wrapped around it. The Forwarder sends the request upstream
+with the proxy's header rules, then relays the response (rewritten by ProxyPassReverse) while both bodies
+stream.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import socket
+from collections.abc import Callable
+from urllib.parse import urlsplit
+
+from twisted.internet.defer import CancelledError, Deferred
+from twisted.internet.protocol import Protocol
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from twisted.web.http_headers import Headers
+from twisted.web.iweb import UNKNOWN_LENGTH
+from twisted.web.resource import Resource
+from twisted.web.server import NOT_DONE_YET
+
+from accel.body import ResponseRelay
+from accel.config import Config, Route, local_names
+from accel.errors import ErrorPages
+from accel.headers import ClientSide, request_to_origin, response_to_client
+from accel.origin import Fetched, OriginClients, OriginTimeout, OriginUnavailable
+from accel.rewrite import ReverseMap, reverse_fields
+from accel.routing import RouteTable, origin_target
+
+log = Logger()
+
+
+class ReverseProxy(Resource):
+    isLeaf = True
+
+    def __init__(self, config: Config, handler, errors: ErrorPages):
+        super().__init__()
+        self.routes = RouteTable(config.routes)
+        self.handler = handler
+        self.errors = errors
+        self.names = {n.lower() for n in config.server_names + local_names()}
+
+    def render(self, request) -> object:
+        method = request.method
+        if method in (b"CONNECT", b"TRACE"):
+            self.errors.send(request, 405, "This server is a reverse proxy.", {b"allow": b"GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS"})
+            return NOT_DONE_YET
+        target = self.origin_form(request)
+        if target is None:
+            return NOT_DONE_YET
+        route = self.routes.match(target)
+        if route is None or route.exclude:
+            self.errors.send(request, 404, "No route serves this path.")
+            return NOT_DONE_YET
+        request.log_origin = route.origin.key
+        self.handler.handle(request, route, target)
+        return NOT_DONE_YET
+
+    def origin_form(self, request) -> str | None:
+        """The request-target as a path and query; answers and returns None when it cannot be served.
+
+        An absolute-form target (RFC 9112 §3.2.2) is accepted only for one of our own host names, and then
+        its authority replaces ``Host``: anything else would make accel an open forward proxy.
+        """
+        uri = request.uri
+        if uri.startswith(b"/"):
+            return uri.decode("latin-1")
+        if uri == b"*" and request.method == b"OPTIONS":
+            request.setHeader(b"content-length", b"0")
+            request.finish()
+            return None
+        parts = urlsplit(uri.decode("latin-1"))
+        if parts.scheme.lower() not in ("http", "https") or not parts.netloc:
+            self.errors.send(request, 400, "The request-target is not valid here.")
+            return None
+        if (parts.hostname or "").lower() not in self.names:
+            self.errors.send(request, 421, "This server does not serve that host; it is not a forward proxy.")
+            return None
+        target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+        request.requestHeaders.setRawHeaders(b"host", [parts.netloc.encode("latin-1")])
+        request.uri = target.encode("latin-1")
+        request.path = (parts.path or "/").encode("latin-1")
+        return target
+
+
+class IdleTimer:
+    """Fires ``expired`` when ``touch`` has not been called for ``seconds``; touching costs one assignment."""
+
+    def __init__(self, reactor, seconds: float, expired: Callable[[], None]):
+        self.reactor, self.seconds, self.expired = reactor, seconds, expired
+        self.last = reactor.seconds()
+        self._call = reactor.callLater(seconds, self._check)
+
+    def touch(self) -> None:
+        self.last = self.reactor.seconds()
+
+    def _check(self) -> None:
+        idle = self.reactor.seconds() - self.last
+        if idle >= self.seconds:
+            self._call = None
+            self.expired()
+        else:
+            self._call = self.reactor.callLater(self.seconds - idle, self._check)
+
+    def stop(self) -> None:
+        if self._call is not None and self._call.active():
+            self._call.cancel()
+        self._call = None
+
+
+class Forwarder:
+    """Sends requests to their route's origin and relays the responses."""
+
+    def __init__(self, config: Config, clients: OriginClients, errors: ErrorPages, reactor):
+        self.config = config
+        self.clients = clients
+        self.errors = errors
+        self.reactor = reactor
+        self.server_name = (config.server_names or (socket.gethostname(),))[0]
+
+    def handle(self, request, route: Route, target: str) -> None:
+        self.fetch(request, route, target).addCallbacks(
+            lambda fetched: self.relay(request, route, fetched), lambda failure: self.fail(request, failure)
+        )
+
+    def fetch(self, request, route: Route, target: str, extra: list[tuple[bytes, bytes]] = ()) -> Deferred[Fetched]:
+        """Send ``request`` to the route's origin; fires when the response header section is in."""
+        fields = request_to_origin(
+            _pairs(request.requestHeaders),
+            self.client_side(request),
+            origin_authority=route.origin.authority,
+            preserve_host=route.preserve_host,
+            server_name=self.server_name,
+            via=self.config.via_pseudonym,
+            client_version=request.clientproto,
+        )
+        headers = Headers()
+        for name, value in list(fields) + list(extra):
+            headers.addRawHeader(name, value)
+        upstream = origin_target(route, target).encode("latin-1")
+        body = request.body
+        d = self.clients.for_route(route).fetch(
+            request.method, upstream, headers, body, timeout=route.response_timeout
+        )
+        request.notifyFinish().addErrback(lambda _: d.cancel())
+        return d
+
+    def client_side(self, request) -> ClientSide:
+        peer = request.getClientAddress()
+        address = getattr(peer, "host", "127.0.0.1")
+        try:
+            ip = ipaddress.ip_address(address)
+            trusted = any(ip in net for net in self.config.trusted_proxies)
+        except ValueError:
+            trusted = False
+        return ClientSide(
+            address=address,
+            host=request.getHeader(b"host"),
+            scheme="https" if request.isSecure() else "http",
+            port=request.getHost().port,
+            trusted=trusted,
+        )
+
+    def response_fields(self, request, route: Route, fetched: Fetched) -> list[tuple[bytes, bytes]]:
+        """The origin response's header fields as the client must see them."""
+        response = fetched.response
+        version = b"%s/%d.%d" % response.version
+        connection = [(b"connection", v) for v in getattr(response, "connection_tokens", ())]
+        fields = response_to_client(
+            _pairs(response.headers) + connection, via=self.config.via_pseudonym, origin_version=version
+        )
+        public_host = (request.getHeader(b"host") or route.origin.authority.encode()).decode("latin-1")
+        mapping = ReverseMap(route.origin, route.prefix, "https" if request.isSecure() else "http", public_host)
+        return reverse_fields(fields, mapping)
+
+    def relay(self, request, route: Route, fetched: Fetched, tee=None) -> Deferred[bool]:
+        """Write the origin response to the client as it streams; fires with True when it was complete."""
+        response = fetched.response
+        if request._disconnected:
+            fetched.release()
+            response.deliverBody(_Discard())
+            return Deferred()
+        request.setResponseCode(response.code, response.phrase)
+        fields = self.response_fields(request, route, fetched)
+        if any(name.lower() == b"date" for name, _ in fields):
+            request.responseHeaders.removeHeader(b"date")
+        for name, value in fields:
+            request.responseHeaders.addRawHeader(name, value)
+        if response.length is not UNKNOWN_LENGTH and request.method != b"HEAD":
+            request.responseHeaders.setRawHeaders(b"content-length", [b"%d" % response.length])
+        relay = ResponseRelay(request, tee=tee)
+        timer = IdleTimer(self.reactor, route.idle_timeout, lambda: _idle_abort(relay, route))
+        relay.on_activity = timer.touch
+        request.notifyFinish().addErrback(lambda _: relay.client_gone())
+        relay.done.addBoth(lambda complete: (timer.stop(), fetched.release(), complete)[2])
+        response.deliverBody(relay)
+        return relay.done
+
+    def fail(self, request, failure: Failure) -> None:
+        """Answer a request whose origin request failed before a response arrived."""
+        if failure.check(CancelledError) or request._disconnected:
+            return
+        if failure.check(OriginTimeout):
+            code = 504
+        elif failure.check(OriginUnavailable):
+            code = 502
+        else:
+            log.failure("unexpected origin failure for {uri}", failure=failure, uri=request.uri)
+            code = 502
+        log.warn("{code} for {uri}: {why}", code=code, uri=request.uri, why=failure.getErrorMessage())
+        self.errors.send(request, code)
+
+
+def _idle_abort(relay: ResponseRelay, route: Route) -> None:
+    log.warn("origin {origin} idle for {s} s mid-body; aborting", origin=route.origin.key, s=route.idle_timeout)
+    relay.stopProducing()
+
+
+def _pairs(headers: Headers) -> list[tuple[bytes, bytes]]:
+    return [(name, value) for name, values in headers.getAllRawHeaders() for value in values]
+
+
+class _Discard(Protocol):
+    """Takes a response body nobody wants any more, by closing its connection."""
+
+    def connectionMade(self) -> None:
+        self.transport.stopProducing()

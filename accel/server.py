@@ -1,0 +1,211 @@
+"""The client side of accel: a strict HTTP/1.1 channel, a request that streams its body, and the Site.
+
+Twisted's ``HTTPChannel`` parses requests; accel tightens it (RFC 9112) and changes one thing about when a
+request is processed:
+
+* Refused before anything reaches an origin: obs-folded header lines (§5.2), a missing or repeated ``Host``
+  on HTTP/1.1 (§3.2), ``Content-Length`` together with ``Transfer-Encoding`` or conflicting lengths and
+  invalid chunk sizes (§6.3; Twisted's decoder rejects those), header sections over the limit (431),
+  request-targets over the limit (414).
+* A request with a body is handed to the resource as soon as its header section is complete, and its body
+  then streams through ``AccelRequest.body`` with backpressure, instead of being buffered whole (Twisted's
+  default) before processing starts. Requests without a body follow Twisted's normal path.
+"""
+
+from __future__ import annotations
+
+import io
+import time
+from urllib.parse import parse_qs
+
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from twisted.web import http, server
+
+from accel.accesslog import StandardOutput, access_log_line
+from accel.body import RequestBody
+from accel.config import Limits
+
+_REASONS = {400: b"Bad Request", 414: b"URI Too Long", 431: b"Request Header Fields Too Large"}
+
+
+class AccelChannel(http.HTTPChannel):
+    """HTTPChannel with accel's parsing limits and early dispatch of requests that carry a body."""
+
+    _log = Logger()
+    # Twisted's own limits answer 400; ours (checked first, from the Site's Limits) answer 414 / 431.
+    totalHeadersSize = 1 << 30
+    maxHeaders = 1 << 30
+    MAX_LENGTH = 65536
+    _refused = False
+
+    @property
+    def limits(self) -> Limits:
+        return getattr(self.site, "limits", Limits())
+
+    def _in_request_line(self) -> bool:
+        return bool(self._HTTPChannel__first_line)  # type: ignore[attr-defined]
+
+    def lineReceived(self, line: bytes) -> None:
+        limits = self.limits
+        if self._in_request_line():
+            self._header_lines = 0
+            parts = line.split(b" ")
+            if len(parts) == 3 and len(parts[1]) > limits.max_target_length:
+                return self.refuse(414)
+        elif line:
+            if line[:1] in (b" ", b"\t"):
+                return self.refuse(400)  # RFC 9112 §5.2: obs-fold
+            self._header_lines += 1
+            if self._header_lines > limits.max_headers:
+                return self.refuse(431)
+        if self._receivedHeaderSize + len(line) > limits.max_header_bytes:
+            return self.refuse(414 if self._in_request_line() else 431)
+        super().lineReceived(line)
+
+    def lineLengthExceeded(self, line: bytes) -> None:
+        self.refuse(414 if self._in_request_line() else 431)
+
+    def allHeadersReceived(self) -> None:
+        request = self.requests[-1]
+        hosts = request.requestHeaders.getRawHeaders(b"host", [])
+        if len(hosts) > 1 or (self._version == b"HTTP/1.1" and not hosts):
+            return self.refuse(400)  # RFC 9112 §3.2
+        super().allHeadersReceived()
+        if self.length != 0:
+            request.dispatch(self._command, self._path, self._version)
+
+    def allContentReceived(self) -> None:
+        if not self._refused:
+            super().allContentReceived()
+
+    def _respondToBadRequestAndDisconnect(self) -> None:
+        self.refuse(400)
+
+    def refuse(self, code: int) -> None:
+        """Answer a request that must not be processed, and close: the rest of the stream can't be trusted."""
+        if self._refused:
+            return
+        self._refused = True
+        self._log.info("refused request from {peer}: {code}", peer=self.transport.getPeer(), code=code)
+        body = b"%d %s\n" % (code, _REASONS.get(code, b"Error"))
+        self.transport.write(
+            b"HTTP/1.1 %d %s\r\nContent-Type: text/plain\r\nContent-Length: %d\r\nConnection: close\r\n\r\n%s"
+            % (code, _REASONS.get(code, b"Error"), len(body), body)
+        )
+        self.stop_reading()
+        self.loseConnection()
+
+    def stop_reading(self) -> None:
+        """Ignore whatever else the client sends on this connection."""
+        self.persistent = False
+        self.dataReceived = self.lineReceived = lambda *args: None  # type: ignore[method-assign]
+
+
+class AccelRequest(server.Request):
+    """A request whose body is a stream (``self.body``) and which knows when it started (for %D)."""
+
+    defaultContentType = None  # never invent a Content-Type the origin did not send
+
+    def __init__(self, channel, queued=None):
+        super().__init__(channel, queued)
+        self.started = time.monotonic()
+        self.body: RequestBody | None = None
+        self.log_origin = "-"
+        self.log_cache = "-"
+        self._dispatched = False
+
+    def gotLength(self, length: int | None) -> None:
+        # The body is streamed, never stored: see handleContentChunk.
+        self.content = io.BytesIO()
+        self.body = RequestBody(self, length) if length != 0 else None
+
+    def handleContentChunk(self, data: bytes) -> None:
+        if self.body is not None:
+            self.body.feed(data)
+
+    def dispatch(self, command: bytes, path: bytes, version: bytes) -> None:
+        """Start processing now that the header section is complete; the body follows as a stream."""
+        self._dispatched = True
+        self.method, self.uri, self.clientproto = command, path, version
+        self.path, _, query = path.partition(b"?")
+        self.args = parse_qs(query, 1) if query else {}
+        self.process()
+
+    def requestReceived(self, command: bytes, path: bytes, version: bytes) -> None:
+        if self._dispatched:
+            if self.body is not None:
+                self.body.finish()
+        else:
+            self.dispatch(command, path, version)
+
+    def process(self) -> None:
+        self.site = self.channel.site
+        if self.site.server_header:
+            self.setHeader(b"server", self.site.server_header)
+        self.setHeader(b"date", http.datetimeToString())
+        try:
+            self.render(self.site.getResourceFor(self))
+        except Exception:
+            self.processingFailed(Failure())
+
+    def finish(self) -> None:
+        if self.body is not None and not self.body.complete and not self._disconnected:
+            # Answered before the client finished sending its body: close rather than resynchronise.
+            self.setHeader(b"connection", b"close")
+            self.channel.stop_reading()
+            self.body.abandon()
+        super().finish()
+
+    def processingFailed(self, reason):
+        self._log.failure("processing {uri} failed", failure=reason, uri=self.uri)
+        if self.startedWriting:
+            self.close_incomplete()
+            return None
+        body = b"500 Internal Server Error\n"
+        self.setResponseCode(500)
+        self.setHeader(b"content-type", b"text/plain")
+        self.setHeader(b"content-length", b"%d" % len(body))
+        self.write(body)
+        self.finish()
+        return None
+
+    def close_incomplete(self) -> None:
+        """Close the client connection mid-response: what was sent goes out, then the connection ends,
+        without the final chunk or the promised length, so the client can tell the response is incomplete."""
+        if not self._disconnected and getattr(self, "channel", None) is not None:
+            self.channel.stop_reading()
+            self.channel.transport.loseConnection()
+
+
+class AccelSite(server.Site):
+    """A Site using accel's channel and request; carries the front-end settings both of them read."""
+
+    protocol = AccelChannel  # type: ignore[assignment]
+    requestFactory = AccelRequest
+    displayTracebacks = False
+
+    def __init__(
+        self,
+        resource,
+        *,
+        limits: Limits = Limits(),
+        server_header: str | None = "accel",
+        access_log: str | None = None,
+        reactor=None,
+    ):
+        super().__init__(resource, logFormatter=access_log_line, reactor=reactor)
+        self.limits = limits
+        self.server_header = server_header.encode("latin-1") if server_header else None
+        self.access_log = access_log
+
+    def startFactory(self) -> None:
+        super().startFactory()
+        if self.access_log == "-":
+            self._logFile = StandardOutput()
+        elif self.access_log:
+            self._logFile = self._openLogFile(self.access_log)
+
+    def log(self, request) -> None:
+        if self.access_log:
+            super().log(request)
