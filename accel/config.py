@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import re
 import socket
 import tomllib
 from dataclasses import dataclass, field, replace
@@ -52,6 +53,16 @@ class Origin:
 
 
 @dataclass(frozen=True, slots=True)
+class RouteCache:
+    """A route's caching rules (CacheEnable / CacheDisable, default and maximum TTL)."""
+
+    enabled: bool = True
+    disable: tuple[str, ...] = ()  # path prefixes, or glob patterns when they contain * ? [, never cached
+    default_ttl: float | None = None  # freshness for responses that state none (instead of heuristics)
+    max_ttl: float | None = None  # cap on any freshness lifetime
+
+
+@dataclass(frozen=True, slots=True)
 class Route:
     """One ProxyPass line: requests under ``prefix`` go to ``origin`` (or nowhere, when ``exclude``)."""
 
@@ -62,6 +73,7 @@ class Route:
     response_timeout: float = 60.0  # until the response header section has arrived
     idle_timeout: float = 60.0  # longest silence while a body streams in either direction
     max_connections: int = 64  # concurrent connections to this route's origin
+    cache: RouteCache = RouteCache()
 
     @property
     def exclude(self) -> bool:
@@ -78,6 +90,32 @@ class Limits:
 
 
 @dataclass(frozen=True, slots=True)
+class CacheSettings:
+    """The ``[cache]`` table. The cache is on when it has a directory."""
+
+    dir: str | None = None
+    map_size: int = 1 << 30  # LMDB map size: the disk tier's upper bound
+    memory_max_bytes: int = 64 << 20  # MCacheSize
+    memory_max_objects: int = 10_000  # MCacheMaxObjectCount
+    memory_min_object_size: int = 0  # MCacheMinObjectSize
+    memory_max_object_size: int = 1 << 20  # MCacheMaxObjectSize
+    max_object_size: int = 256 << 20  # larger responses pass through uncached
+    heuristic_fraction: float = 0.1
+    heuristic_max: float = 86400.0
+    store_set_cookie: bool = False  # store such responses, with Set-Cookie removed
+    targeted_fields: tuple[str, ...] = ("cdn-cache-control",)  # RFC 9213, in precedence order
+    forward_targeted_fields: bool = False  # pass CDN-Cache-Control on to clients
+    forward_tag_fields: bool = False  # pass Surrogate-Key / Cache-Tag on to clients
+    grace: float = 0.0  # serve stale this long while the origin is down or erroring
+    sort_query: bool = False
+    drop_params: tuple[str, ...] = ()  # query parameters left out of the key (globs: utm_*)
+    share_schemes: bool = False  # one entry for http:// and https:// of the same URL
+    collapse_timeout: float = 30.0  # longest a request waits for a collapsed fetch
+    collapse_max_waiters: int = 1000
+    hit_for_miss_ttl: float = 30.0  # how long "not storable" is remembered for a URL
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     source: str = "<command line>"
     listen: tuple[str, ...] = ("tcp:8080",)
@@ -87,13 +125,16 @@ class Config:
     trusted_proxies: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
     via_pseudonym: str = "accel"
     access_log: str | None = None  # path, "-" for stdout, None for no access log
-    cache_dir: str | None = None
+    cache: CacheSettings = CacheSettings()
     error_documents: dict[int, str] = field(default_factory=dict)
     limits: Limits = Limits()
 
 
 # ---------------------------------------------------------------------------------------------------------
 # Reading values
+
+_LIMITS = Limits()
+_ROUTE = Route(prefix="/")
 
 
 class _Reader:
@@ -193,17 +234,63 @@ def _route(source: str, text: str, index: int, table: dict[str, Any]) -> Route:
         prefix=prefix,
         origin=origin,
         preserve_host=r.get("preserve_host", bool, "true or false", False),
-        connect_timeout=r.seconds("connect_timeout", Route.connect_timeout),
-        response_timeout=r.seconds("response_timeout", Route.response_timeout),
-        idle_timeout=r.seconds("idle_timeout", Route.idle_timeout),
-        max_connections=r.positive_int("max_connections", Route.max_connections),
+        connect_timeout=r.seconds("connect_timeout", _ROUTE.connect_timeout),
+        response_timeout=r.seconds("response_timeout", _ROUTE.response_timeout),
+        idle_timeout=r.seconds("idle_timeout", _ROUTE.idle_timeout),
+        max_connections=r.positive_int("max_connections", _ROUTE.max_connections),
+        cache=_route_cache(_Reader(source, r.table_of("cache"), f"route[{index}].cache", text)),
     )
-    r.reject_unknown(_ROUTE_EXTENSION_KEYS)
+    r.reject_unknown()
     return route
 
 
-# Keys other parts of accel (cache rules, balancing) read from a route table; the core accepts them.
-_ROUTE_EXTENSION_KEYS: set[str] = {"cache"}
+def _route_cache(r: _Reader) -> RouteCache:
+    cache = RouteCache(
+        enabled=r.get("enabled", bool, "true or false", True),
+        disable=r.strings("disable"),
+        default_ttl=r.get("default_ttl", (int, float), "a number of seconds", None),
+        max_ttl=r.get("max_ttl", (int, float), "a number of seconds", None),
+    )
+    for name in ("default_ttl", "max_ttl"):
+        value = getattr(cache, name)
+        if value is not None and value < 0:
+            raise r.fail(name, "a number of seconds, 0 or more", value)
+    r.reject_unknown()
+    return cache
+
+
+def _cache_settings(r: _Reader) -> CacheSettings:
+    d = CacheSettings()
+    settings = CacheSettings(
+        dir=r.get("dir", str, "a directory path"),
+        map_size=r.positive_int("map_size", d.map_size),
+        memory_max_bytes=r.get("memory_max_bytes", int, "a number of bytes", d.memory_max_bytes),
+        memory_max_objects=r.get("memory_max_objects", int, "a whole number", d.memory_max_objects),
+        memory_min_object_size=r.get("memory_min_object_size", int, "a number of bytes", d.memory_min_object_size),
+        memory_max_object_size=r.get("memory_max_object_size", int, "a number of bytes", d.memory_max_object_size),
+        max_object_size=r.positive_int("max_object_size", d.max_object_size),
+        heuristic_fraction=r.get("heuristic_fraction", (int, float), "a fraction such as 0.1", d.heuristic_fraction),
+        heuristic_max=r.get("heuristic_max", (int, float), "a number of seconds", d.heuristic_max),
+        store_set_cookie=r.get("store_set_cookie", bool, "true or false", d.store_set_cookie),
+        targeted_fields=tuple(f.lower() for f in r.strings("targeted_fields", d.targeted_fields)),
+        forward_targeted_fields=r.get("forward_targeted_fields", bool, "true or false", d.forward_targeted_fields),
+        forward_tag_fields=r.get("forward_tag_fields", bool, "true or false", d.forward_tag_fields),
+        grace=r.get("grace", (int, float), "a number of seconds", d.grace),
+        sort_query=r.get("sort_query", bool, "true or false", d.sort_query),
+        drop_params=r.strings("drop_params"),
+        share_schemes=r.get("share_schemes", bool, "true or false", d.share_schemes),
+        collapse_timeout=r.seconds("collapse_timeout", d.collapse_timeout),
+        collapse_max_waiters=r.positive_int("collapse_max_waiters", d.collapse_max_waiters),
+        hit_for_miss_ttl=r.get("hit_for_miss_ttl", (int, float), "a number of seconds", d.hit_for_miss_ttl),
+    )
+    for name in ("memory_max_bytes", "memory_max_objects", "memory_min_object_size", "memory_max_object_size",
+                 "heuristic_max", "grace", "hit_for_miss_ttl"):
+        if getattr(settings, name) < 0:
+            raise r.fail(name, "a value of 0 or more", getattr(settings, name))
+    if not 0 <= settings.heuristic_fraction <= 1:
+        raise r.fail("heuristic_fraction", "a fraction between 0 and 1", settings.heuristic_fraction)
+    r.reject_unknown()
+    return settings
 
 
 def _networks(r: _Reader, name: str) -> tuple:
@@ -221,7 +308,8 @@ def parse_config(text: str, source: str) -> Config:
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
-        raise ConfigError(source, "(syntax)", "valid TOML", str(e)) from None
+        found = re.search(r"\(at line (\d+), column \d+\)", str(e))
+        raise ConfigError(source, "syntax", "valid TOML", str(e), int(found.group(1)) if found else None) from None
     top = _Reader(source, data, "", text)
     server = _Reader(source, top.table_of("server"), "server", text)
     listen = server.strings("listen", Config.listen)
@@ -232,9 +320,9 @@ def parse_config(text: str, source: str) -> Config:
         header = "accel"
     limits_r = _Reader(source, top.table_of("limits"), "limits", text)
     limits = Limits(
-        max_header_bytes=limits_r.positive_int("max_header_bytes", Limits.max_header_bytes),
-        max_headers=limits_r.positive_int("max_headers", Limits.max_headers),
-        max_target_length=limits_r.positive_int("max_target_length", Limits.max_target_length),
+        max_header_bytes=limits_r.positive_int("max_header_bytes", _LIMITS.max_header_bytes),
+        max_headers=limits_r.positive_int("max_headers", _LIMITS.max_headers),
+        max_target_length=limits_r.positive_int("max_target_length", _LIMITS.max_target_length),
     )
     limits_r.reject_unknown()
     config = Config(
@@ -273,11 +361,10 @@ def parse_config(text: str, source: str) -> Config:
             raise docs_r.fail(code, "a readable file", path)
         docs[int(code)] = full
 
-    cache = _Reader(source, top.table_of("cache"), "cache", text)
-    cache_dir = cache.get("dir", str, "a directory path")
+    cache = _cache_settings(_Reader(source, top.table_of("cache"), "cache", text))
     top.seen.update({"server", "limits", "route", "error_documents", "cache"})
     top.reject_unknown(_TOP_EXTENSION_KEYS)
-    return replace(config, routes=tuple(routes), error_documents=docs, cache_dir=cache_dir)
+    return replace(config, routes=tuple(routes), error_documents=docs, cache=cache)
 
 
 # Tables other parts of accel read from the same file (each validates its own).
@@ -315,7 +402,7 @@ def with_overrides(
         others = tuple(r for r in config.routes if r.prefix != "/")
         changes["routes"] = others + (Route(prefix="/", origin=parsed),)
     if cache_dir is not None:
-        changes["cache_dir"] = cache_dir
+        changes["cache"] = replace(config.cache, dir=cache_dir)
     if access_log is not None:
         changes["access_log"] = access_log
     return replace(config, **changes)

@@ -14,7 +14,7 @@ from twisted.web import resource, server
 from twisted.web.client import Agent, readBody
 
 from accel.app import build_site
-from accel.config import Config, Route, parse_origin
+from accel.config import CacheSettings, Config, Route, parse_origin
 
 
 class SlowOrigin(resource.Resource):
@@ -41,7 +41,9 @@ def _run(reactor, delay: float, cache_dir: str):
     origin = SlowOrigin(reactor, delay)
     origin_port = reactor.listenTCP(0, server.Site(origin), interface="127.0.0.1")
     origin_url = f"http://127.0.0.1:{origin_port.getHost().port}/"
-    config = Config(routes=(Route(prefix="/", origin=parse_origin(origin_url)),), cache_dir=cache_dir)
+    config = Config(
+        routes=(Route(prefix="/", origin=parse_origin(origin_url)),), cache=CacheSettings(dir=cache_dir)
+    )
     site = build_site(config, reactor)
     accel_port = reactor.listenTCP(0, site, interface="127.0.0.1")
     url = f"http://127.0.0.1:{accel_port.getHost().port}/hello".encode()

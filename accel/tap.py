@@ -33,7 +33,9 @@ class Options(usage.Options):
         try:
             self.config = build_config(self)
         except ConfigError as e:
-            raise usage.UsageError(str(e)) from None
+            # One line naming the file, key and expectation; twistd would print its whole usage first.
+            print(f"accel: {e}", file=sys.stderr)
+            raise SystemExit(1) from None
 
 
 def build_config(options) -> Config:
@@ -86,6 +88,3 @@ class _Closer(service.Service):
     def stopService(self):
         return self.site.close()
 
-
-if __name__ == "__main__":  # pragma: no cover
-    sys.exit("use: twistd -n accel --help")
