@@ -36,11 +36,16 @@ class ReverseMap:
         for base in self._origin_bases():
             if value.startswith(base) or value == base.rstrip("/"):
                 return f"{self.public_scheme}://{self.public_host}{self._public_path(value[len(base):])}"
-        base_path = self.origin.base_path
-        if base_path != self.prefix and value.startswith("/") and not value.startswith("//"):
-            if value.startswith(base_path) or value == base_path.rstrip("/"):
-                return self._public_path(value[len(base_path) :])
+        if self.origin.base_path != self.prefix and value.startswith("/") and not value.startswith("//"):
+            return self.path(value) or value
         return value
+
+    def path(self, value: str) -> str | None:
+        """The public form of an origin path, or None when the path is outside the route's base path."""
+        base = self.origin.base_path
+        if value.startswith(base) or value == base.rstrip("/"):
+            return self._public_path(value[len(base) :])
+        return None
 
     def _public_path(self, rest: str) -> str:
         prefix = self.prefix if self.prefix.endswith("/") else self.prefix + "/"
@@ -49,17 +54,15 @@ class ReverseMap:
     def cookie(self, value: str) -> str:
         """Rewrite the Path and Domain attributes of one Set-Cookie value."""
         parts = value.split(";")
-        public_domain = self.public_host.rsplit(":", 1)[0] if not self.public_host.startswith("[") else None
+        public_domain = None if self.public_host.startswith("[") else self.public_host.rsplit(":", 1)[0]
         for i, part in enumerate(parts[1:], 1):
             name, sep, attr = part.strip().partition("=")
-            lname = name.lower()
-            if lname == "path" and sep:
-                base = self.origin.base_path
-                if attr.startswith(base) or attr == base.rstrip("/"):
-                    parts[i] = f" {name}={self._public_path(attr[len(base):]) if attr != base.rstrip('/') else self.prefix}"
-            elif lname == "domain" and sep and public_domain:
-                if attr.lstrip(".").lower() == self.origin.host.lower():
-                    parts[i] = f" {name}={public_domain}"
+            if not sep:
+                continue
+            if name.lower() == "path" and (public := self.path(attr)) is not None:
+                parts[i] = f" {name}={public}"
+            elif name.lower() == "domain" and public_domain and attr.lstrip(".").lower() == self.origin.host.lower():
+                parts[i] = f" {name}={public_domain}"
         return ";".join(parts)
 
 

@@ -1,0 +1,147 @@
+"""The TOML configuration, its error messages, the command-line overrides and `accel check-config`."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+from click.testing import CliRunner
+
+from accel.cli import main
+from accel.config import ConfigError, load_config, parse_config, with_overrides
+
+GOOD = """
+[server]
+listen = ["tcp:8080:interface=127.0.0.1"]
+server_header = false
+trusted_proxies = ["10.0.0.0/8"]
+
+[cache]
+dir = "/var/cache/accel"
+drop_params = ["utm_*", "gclid"]
+
+[[route]]
+prefix = "/api/users/"
+origin = "http://127.0.0.1:9001/"
+preserve_host = true
+connect_timeout = 2
+response_timeout = 10
+idle_timeout = 30
+max_connections = 8
+
+[route.cache]
+default_ttl = 60
+
+[[route]]
+prefix = "/static/"
+exclude = true
+
+[[route]]
+prefix = "/"
+origin = "https://app.internal/"
+"""
+
+
+def test_a_full_file():
+    config = parse_config(GOOD, "accel.toml")
+    assert config.listen == ("tcp:8080:interface=127.0.0.1",)
+    assert config.server_header is None
+    users, static, root = config.routes
+    assert (users.prefix, users.origin.host, users.origin.port, users.preserve_host) == ("/api/users/", "127.0.0.1", 9001, True)
+    assert (users.connect_timeout, users.response_timeout, users.idle_timeout, users.max_connections) == (2, 10, 30, 8)
+    assert users.cache.default_ttl == 60
+    assert static.exclude and static.origin is None
+    assert (root.origin.scheme, root.origin.port) == ("https", 443)
+    assert config.cache.dir == "/var/cache/accel"
+    assert config.cache.drop_params == ("utm_*", "gclid")
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("[[route]]\nprefix = 'api'\norigin = 'http://o/'\n", "route[0].prefix: expected a path prefix starting with '/'"),
+        ("[[route]]\nprefix = '/'\norigin = 'ftp://o/'\n", "line 3: route[0].origin: expected an http:// or https:// URL"),
+        ("[[route]]\nprefix = '/'\n", "route[0].origin: expected an http:// or https:// URL (or exclude = true)"),
+        ("[[route]]\nprefix = '/'\norigin = 'http://o/'\nconnect_timeout = 'soon'\n", "line 4: route[0].connect_timeout: expected a number of seconds"),
+        ("[[route]]\nprefix = '/'\norigin = 'http://o/'\nmax_connections = 0\n", "route[0].max_connections: expected a whole number greater than 0"),
+        ("[server]\nlisten = 8080\n", "line 2: server.listen: expected a string or a list of strings, got 8080"),
+        ("[server]\nlisen = ['tcp:1']\n", "server.lisen: expected a known key"),
+        ("[server]\nlisten = [1, = 2]\n", "line 2: syntax: expected valid TOML"),
+        ("[server]\ntrusted_proxies = ['nonsense']\n", "server.trusted_proxies: expected IP addresses or networks"),
+        ("[error_documents]\n503 = '/nonexistent/file.html'\n", "error_documents.503: expected a readable file"),
+        ("[error_documents]\n200 = '/etc/hostname'\n", "error_documents.200: expected an HTTP error status code"),
+        ("[cache]\nheuristic_fraction = 2\n", "cache.heuristic_fraction: expected a fraction between 0 and 1"),
+        ("[[route]]\nprefix = '/'\norigin = 'http://o/'\n[[route]]\nprefix = '/'\norigin = 'http://p/'\n", "route.prefix: expected each prefix at most once"),
+    ],
+)
+def test_mistakes_name_file_key_and_expectation(text, message):
+    with pytest.raises(ConfigError) as caught:
+        parse_config(text, "accel.toml")
+    assert str(caught.value).startswith("accel.toml")
+    assert message in str(caught.value)
+
+
+def test_unreadable_file(tmp_path):
+    with pytest.raises(ConfigError, match="expected a readable TOML file"):
+        load_config(str(tmp_path / "missing.toml"))
+
+
+def test_command_line_overrides_the_file():
+    config = parse_config(GOOD, "accel.toml")
+    changed = with_overrides(config, listen=("tcp:9999",), origin="http://other:81/", cache_dir="/tmp/c", access_log="-")
+    assert changed.listen == ("tcp:9999",)
+    assert [r.prefix for r in changed.routes] == ["/api/users/", "/static/", "/"]
+    assert changed.routes[-1].origin.url == "http://other:81/"
+    assert changed.cache.dir == "/tmp/c"
+    assert changed.access_log == "-"
+
+
+def test_check_config_prints_listeners_and_routes(tmp_path):
+    path = tmp_path / "accel.toml"
+    path.write_text(GOOD)
+    result = CliRunner().invoke(main, ["check-config", str(path)])
+    assert result.exit_code == 0, result.output
+    assert "tcp:8080:interface=127.0.0.1" in result.output
+    lines = result.output.splitlines()
+    assert lines.index(next(l for l in lines if "/api/users/" in l)) < lines.index(next(l for l in lines if l.strip().startswith("/ ")))
+    assert "(excluded: 404)" in result.output
+
+
+def test_check_config_error_is_one_line_without_traceback(tmp_path):
+    path = tmp_path / "bad.toml"
+    path.write_text("[[route]]\nprefix = '/'\norigin = 'gopher://x'\n")
+    result = CliRunner().invoke(main, ["check-config", str(path)])
+    assert result.exit_code == 1
+    assert result.output.strip() == f"Error: {path}, line 3: route[0].origin: expected an http:// or https:// URL with a host, got 'gopher://x'"
+
+
+def test_twistd_reports_a_bad_config_in_one_line(tmp_path):
+    path = tmp_path / "bad.toml"
+    path.write_text("[server]\nlisten = ['tcp:0:interface=127.0.0.1']\n[[route]]\nprefix = '/'\norigin = 'http://o/'\nidle_timeout = -5\n")
+    run = subprocess.run(
+        [sys.executable, "-m", "twisted", "accel", "--config", str(path)], capture_output=True, text=True, timeout=60
+    )
+    assert run.returncode == 1
+    assert "Traceback" not in run.stderr + run.stdout
+    assert f"{path}, line 6: route[0].idle_timeout: expected a number of seconds greater than 0, got -5" in run.stderr
+
+
+def test_twistd_rejects_a_bad_endpoint(tmp_path):
+    run = subprocess.run(
+        [sys.executable, "-m", "twisted", "accel", "--listen", "nonsense:1", "--origin", "http://127.0.0.1:1/"],
+        capture_output=True, text=True, timeout=60,
+    )
+    assert run.returncode == 1
+    assert "listen: expected a Twisted server endpoint" in run.stderr
+    assert "Traceback" not in run.stderr
+
+
+def test_example_configs_are_valid():
+    from pathlib import Path
+
+    examples = sorted(Path(__file__).parent.parent.joinpath("examples").glob("*.toml"))
+    assert examples, "examples/ ships configs"
+    for example in examples:
+        result = CliRunner().invoke(main, ["check-config", str(example)])
+        assert result.exit_code == 0, (example, result.output)

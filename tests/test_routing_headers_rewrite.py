@@ -1,0 +1,167 @@
+"""Unit tests, no sockets: routing, header rules and ProxyPassReverse."""
+
+from __future__ import annotations
+
+import pytest
+
+from accel.config import Route, parse_origin
+from accel.headers import ClientSide, end_to_end, request_to_origin, response_to_client
+from accel.rewrite import ReverseMap, reverse_fields
+from accel.routing import RouteTable, origin_target
+
+
+def route(prefix, url=None):
+    return Route(prefix=prefix, origin=parse_origin(url) if url else None)
+
+
+TABLE = RouteTable(
+    [
+        route("/", "http://main:8000/"),
+        route("/api/users/", "http://users:9001/v1/"),
+        route("/api/payments/", "http://pay:9002/"),
+        route("/api/users/internal/"),
+        route("/app", "http://app:7000/"),
+    ]
+)
+
+
+@pytest.mark.parametrize(
+    "path, prefix",
+    [
+        ("/", "/"),
+        ("/api/users/42", "/api/users/"),
+        ("/api/users/internal/x", "/api/users/internal/"),
+        ("/api/payments/", "/api/payments/"),
+        ("/api/other", "/"),
+        ("/app", "/app"),
+        ("/app/x", "/app"),
+        ("/app?x=1", "/app"),
+        ("/application", "/"),
+    ],
+)
+def test_longest_prefix_wins(path, prefix):
+    assert TABLE.match(path).prefix == prefix
+
+
+def test_exclusion_route_matches_but_has_no_origin():
+    assert TABLE.match("/api/users/internal/secret").exclude
+
+
+def test_no_route():
+    assert RouteTable([route("/only/", "http://o/")]).match("/other") is None
+
+
+@pytest.mark.parametrize(
+    "prefix, origin, target, upstream",
+    [
+        ("/api/users/", "http://users:9001/v1/", "/api/users/42?x=1", "/v1/42?x=1"),
+        ("/", "http://main/", "/a/b", "/a/b"),
+        ("/app", "http://app/", "/app", "/"),
+        ("/app", "http://app/", "/app/x", "/x"),
+        ("/app", "http://app/base", "/app/x", "/base/x"),
+        ("/app/", "http://app/base", "/app/x", "/base/x"),
+        ("/app", "http://app/", "/app?q", "/?q"),
+    ],
+)
+def test_origin_target(prefix, origin, target, upstream):
+    assert origin_target(route(prefix, origin), target) == upstream
+
+
+CLIENT = ClientSide(address="192.0.2.7", host=b"www.example.com", scheme="https", port=443, trusted=False)
+
+
+def forward(fields, client=CLIENT, preserve_host=False):
+    return request_to_origin(
+        fields,
+        client,
+        origin_authority="origin:8000",
+        preserve_host=preserve_host,
+        server_name="edge1",
+        via="accel",
+        client_version=b"HTTP/1.1",
+    )
+
+
+def values(fields, name):
+    return [v for n, v in fields if n.lower() == name]
+
+
+def test_hop_by_hop_and_connection_nominated_fields_are_dropped():
+    fields = [
+        (b"Connection", b"keep-alive, X-Private"),
+        (b"X-Private", b"p"),
+        (b"Keep-Alive", b"300"),
+        (b"TE", b"trailers"),
+        (b"Transfer-Encoding", b"chunked"),
+        (b"Upgrade", b"h2c"),
+        (b"Proxy-Authorization", b"x"),
+        (b"Accept", b"a"),
+        (b"Accept", b"b"),
+    ]
+    assert end_to_end(fields) == [(b"Accept", b"a"), (b"Accept", b"b")]
+
+
+def test_request_fields_to_origin():
+    out = forward([(b"Host", b"www.example.com"), (b"X-Forwarded-For", b"6.6.6.6"), (b"Content-Length", b"3")])
+    assert values(out, b"host") == [b"origin:8000"]
+    assert values(out, b"x-forwarded-for") == [b"192.0.2.7"]
+    assert values(out, b"x-forwarded-host") == [b"www.example.com"]
+    assert values(out, b"x-forwarded-server") == [b"edge1"]
+    assert values(out, b"x-forwarded-proto") == [b"https"]
+    assert values(out, b"x-forwarded-port") == [b"443"]
+    assert values(out, b"via") == [b"1.1 accel"]
+    assert values(out, b"content-length") == []
+
+
+def test_trusted_proxy_chain_and_preserved_host():
+    client = ClientSide(address="10.0.0.1", host=b"www.example.com", scheme="http", port=80, trusted=True)
+    out = forward([(b"X-Forwarded-For", b"203.0.113.5"), (b"X-Forwarded-For", b"198.51.100.2")], client, True)
+    assert values(out, b"x-forwarded-for") == [b"203.0.113.5, 198.51.100.2, 10.0.0.1"]
+    assert values(out, b"host") == [b"www.example.com"]
+
+
+def test_response_fields_to_client():
+    out = response_to_client(
+        [(b"Server", b"gunicorn"), (b"Connection", b"X-Debug"), (b"X-Debug", b"1"), (b"Via", b"1.0 backend"),
+         (b"Set-Cookie", b"a=1"), (b"Set-Cookie", b"b=2")],
+        via="accel",
+    )
+    assert out == [(b"Set-Cookie", b"a=1"), (b"Set-Cookie", b"b=2"), (b"Via", b"1.0 backend, 1.1 accel")]
+
+
+MAP = ReverseMap(parse_origin("http://10.0.0.5:8000/app/"), "/shop/", "https", "www.example.com")
+
+
+@pytest.mark.parametrize(
+    "value, expected",
+    [
+        ("http://10.0.0.5:8000/app/cart", "https://www.example.com/shop/cart"),
+        ("http://10.0.0.5:8000/app/", "https://www.example.com/shop/"),
+        ("http://10.0.0.5:8000/app", "https://www.example.com/shop/"),
+        ("/app/cart?x=1", "/shop/cart?x=1"),
+        ("http://elsewhere.example/app/cart", "http://elsewhere.example/app/cart"),
+        ("/other/path", "/other/path"),
+    ],
+)
+def test_reverse_url(value, expected):
+    assert MAP.url(value) == expected
+
+
+def test_reverse_default_port_forms():
+    mapping = ReverseMap(parse_origin("http://backend/"), "/", "http", "public.example:8080")
+    assert mapping.url("http://backend/x") == "http://public.example:8080/x"
+    assert mapping.url("http://backend:80/x") == "http://public.example:8080/x"
+
+
+def test_reverse_cookie_path_and_domain():
+    assert MAP.cookie("sid=1; Path=/app/; Domain=10.0.0.5; Secure") == "sid=1; Path=/shop/; Domain=www.example.com; Secure"
+    assert MAP.cookie("sid=1; Path=/app/account") == "sid=1; Path=/shop/account"
+    assert MAP.cookie("sid=1; path=/other") == "sid=1; path=/other"
+
+
+def test_reverse_fields_only_touches_url_fields():
+    fields = [(b"Location", b"http://10.0.0.5:8000/app/x"), (b"Link", b"<http://10.0.0.5:8000/app/x>")]
+    assert reverse_fields(fields, MAP) == [
+        (b"Location", b"https://www.example.com/shop/x"),
+        (b"Link", b"<http://10.0.0.5:8000/app/x>"),
+    ]
