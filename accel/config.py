@@ -116,6 +116,15 @@ class CacheSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class PurgeSettings:
+    """The ``[purge]`` table: who may send PURGE requests."""
+
+    allow: tuple = (ipaddress.ip_network("127.0.0.0/8"), ipaddress.ip_network("::1/128"))
+    secret_header: str = "x-purge-secret"  # checked only when a secret is set
+    secret: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     source: str = "<command line>"
     listen: tuple[str, ...] = ("tcp:8080",)
@@ -126,6 +135,7 @@ class Config:
     via_pseudonym: str = "accel"
     access_log: str | None = None  # path, "-" for stdout, None for no access log
     cache: CacheSettings = CacheSettings()
+    purge: PurgeSettings = PurgeSettings()
     error_documents: dict[int, str] = field(default_factory=dict)
     limits: Limits = Limits()
 
@@ -362,13 +372,20 @@ def parse_config(text: str, source: str) -> Config:
         docs[int(code)] = full
 
     cache = _cache_settings(_Reader(source, top.table_of("cache"), "cache", text))
-    top.seen.update({"server", "limits", "route", "error_documents", "cache"})
+    purge_r = _Reader(source, top.table_of("purge"), "purge", text)
+    purge = PurgeSettings(
+        allow=_networks(purge_r, "allow") if "allow" in purge_r.table else PurgeSettings().allow,
+        secret_header=purge_r.get("secret_header", str, "a header field name", "x-purge-secret").lower(),
+        secret=purge_r.get("secret", str, "a string"),
+    )
+    purge_r.reject_unknown()
+    top.seen.update({"server", "limits", "route", "error_documents", "cache", "purge"})
     top.reject_unknown(_TOP_EXTENSION_KEYS)
-    return replace(config, routes=tuple(routes), error_documents=docs, cache=cache)
+    return replace(config, routes=tuple(routes), error_documents=docs, cache=cache, purge=purge)
 
 
 # Tables other parts of accel read from the same file (each validates its own).
-_TOP_EXTENSION_KEYS: set[str] = {"tls", "purge"}
+_TOP_EXTENSION_KEYS: set[str] = {"tls"}
 
 
 def load_config(path: str) -> Config:

@@ -1,0 +1,176 @@
+"""Tests for the memory + disk combination (accel.cache.tiers)."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import pytest
+
+from accel.cache.entry import EntryHead
+from accel.cache.epoch import PurgeEpoch
+from accel.cache.memory import MemoryTier
+from accel.cache.store import DiskStore
+from accel.cache.tiers import TieredStore
+
+
+NOW = 1_000_000.0
+
+
+def make_head(url: str, secondary_key: str = "", tags: tuple[str, ...] = ()) -> EntryHead:
+    return EntryHead(
+        url=url, secondary_key=secondary_key, vary_names=(), status=200, reason="OK",
+        fields=(("content-type", "text/plain"),), request_time=1.0, response_time=2.0,
+        body_length=0, stored_at=2.0, tags=tags,
+    )
+
+
+@pytest.fixture
+def disk(tmp_path):
+    store = DiskStore(tmp_path / "cache", map_size=64 << 20, clock=lambda: NOW)
+    yield store
+    store.close()
+
+
+def tiered(disk: DiskStore, tmp_path) -> TieredStore:
+    """A TieredStore as one process would build it; several share one disk and epoch file."""
+    memory = MemoryTier(max_bytes=1 << 20, max_objects=100, max_object_size=64 * 1024)
+    return TieredStore(disk, memory, PurgeEpoch(tmp_path / "cache" / "purge-epoch"))
+
+
+@pytest.fixture
+def cache(disk, tmp_path) -> TieredStore:
+    return tiered(disk, tmp_path)
+
+
+def store(cache: TieredStore, url: str, body: bytes, secondary_key: str = "", **kw) -> EntryHead:
+    writer = cache.begin(url, secondary_key)
+    writer.write(body)
+    stored = cache.commit(writer, make_head(url, secondary_key, **kw), len(body), body=body)
+    assert stored is not None
+    return stored
+
+
+def count_disk_reads(cache: TieredStore, monkeypatch) -> list[str]:
+    calls: list[str] = []
+    variants = cache.disk.variants
+    monkeypatch.setattr(cache.disk, "variants", lambda url: calls.append(url) or variants(url))
+    return calls
+
+
+def test_lookup_promotes_into_memory(cache, monkeypatch):
+    stored = store(cache, "http://x/a", b"hello")
+    reads = count_disk_reads(cache, monkeypatch)
+    assert cache.lookup("http://x/a") == [(stored, b"hello", None)]
+    assert cache.lookup("http://x/a") == [(stored, b"hello", None)]
+    assert reads == ["http://x/a"]
+    assert cache.memory.stats()["objects"] == 1
+    assert cache.lookup("http://x/missing") == []
+
+
+def test_large_bodies_are_head_only_in_memory(cache, monkeypatch):
+    body = b"L" * 200_000
+    stored = store(cache, "http://x/large", body)
+    assert cache.lookup("http://x/large") == [(stored, None, None)]
+    reads = count_disk_reads(cache, monkeypatch)
+    assert cache.lookup("http://x/large") == [(stored, None, None)]
+    assert reads == []
+    assert b"".join(cache.disk.iter_body(stored)) == body
+
+
+def test_commit_joins_a_url_group_already_in_memory(cache, monkeypatch):
+    gzip = store(cache, "http://x/v", b"gz", "ae=gzip")
+    cache.lookup("http://x/v")
+    plain = store(cache, "http://x/v", b"plain", "ae=")
+    reads = count_disk_reads(cache, monkeypatch)
+    found = sorted(cache.lookup("http://x/v"), key=lambda variant: variant[0].secondary_key)
+    assert found == [(plain, b"plain", None), (gzip, b"gz", None)]
+    assert reads == []
+
+
+def test_commit_of_a_url_not_in_memory_leaves_memory_alone(cache):
+    store(cache, "http://x/new", b"data")
+    assert not cache.memory.has_url("http://x/new")
+
+
+def test_lookup_touches_disk_entries_for_lru(cache):
+    store(cache, "http://x/a", b"a")
+    cache.lookup("http://x/a")
+    cache.lookup("http://x/a")
+    assert cache.disk.flush_access(NOW + 60) == 1
+
+
+def test_purge_url_hard_and_soft(cache):
+    store(cache, "http://x/a", b"a")
+    store(cache, "http://x/b", b"b")
+    cache.lookup("http://x/a")
+    cache.lookup("http://x/b")
+    assert cache.purge_url("http://x/a") == 1
+    assert cache.lookup("http://x/a") == []
+    assert cache.purge_url("http://x/b", soft=True) == 1
+    [(head, body, _)] = cache.lookup("http://x/b")
+    assert head.stale_marked and body == b"b"
+
+
+def test_purge_prefix_tag_and_all(cache):
+    store(cache, "http://x/p/1", b"1")
+    store(cache, "http://x/p/2", b"2", tags=("red",))
+    store(cache, "http://x/q", b"3", tags=("red",))
+    store(cache, "http://x/r", b"4")
+    for url in ("http://x/p/1", "http://x/p/2", "http://x/q", "http://x/r"):
+        cache.lookup(url)
+    assert cache.purge_prefix("http://x/p/") == 2
+    assert cache.purge_tag("red", soft=True) == 1
+    assert cache.lookup("http://x/q")[0][0].stale_marked
+    assert cache.purge_tag("red") == 1
+    assert cache.lookup("http://x/q") == []
+    assert cache.purge_all() == 1
+    assert cache.lookup("http://x/r") == []
+    assert cache.memory.stats()["objects"] == 0
+
+
+def test_purge_in_another_process_clears_memory(disk, tmp_path):
+    here, there = tiered(disk, tmp_path), tiered(disk, tmp_path)
+    store(here, "http://x/a", b"a")
+    store(here, "http://x/b", b"b")
+    here.lookup("http://x/a")
+    here.lookup("http://x/b")
+    epoch_before = here.epoch.current()
+    assert there.purge_url("http://x/a") == 1
+    assert here.epoch.current() == epoch_before + 1
+    assert here.lookup("http://x/a") == []
+    assert here.memory.stats()["objects"] == 0  # the whole tier was dropped
+    assert here.lookup("http://x/b")[0][1] == b"b"
+
+
+def test_own_purge_keeps_unrelated_memory_entries(cache, monkeypatch):
+    store(cache, "http://x/a", b"a")
+    store(cache, "http://x/b", b"b")
+    cache.lookup("http://x/a")
+    cache.lookup("http://x/b")
+    cache.purge_url("http://x/a")
+    reads = count_disk_reads(cache, monkeypatch)
+    assert cache.lookup("http://x/b")[0][1] == b"b"
+    assert reads == []
+
+
+def test_freshen_updates_both_tiers(cache):
+    stored = store(cache, "http://x/f", b"f")
+    cache.lookup("http://x/f")
+    fresh = replace(stored, response_time=50.0)
+    assert cache.freshen(fresh)
+    assert cache.lookup("http://x/f") == [(fresh, b"f", None)]
+    assert cache.disk.variants("http://x/f") == [fresh]
+
+
+def test_set_extra_is_returned_by_lookup(cache):
+    stored = store(cache, "http://x/e", b"e")
+    cache.lookup("http://x/e")
+    assert cache.set_extra(stored, b"precomputed")
+    assert cache.lookup("http://x/e") == [(stored, b"e", b"precomputed")]
+
+
+def test_failed_commit_stores_nothing(cache):
+    writer = cache.begin("http://x/bad", "")
+    writer.write(b"12345")
+    assert cache.commit(writer, make_head("http://x/bad"), 6) is None
+    assert cache.lookup("http://x/bad") == []
