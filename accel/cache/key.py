@@ -1,0 +1,90 @@
+"""Primary cache keys: which stored responses belong to a request's target URI (RFC 9111 §2).
+
+The key is the target URI with only the normalisations that cannot merge two
+resources an origin may tell apart (RFC 9110 §4.2.3): lower-case scheme and host,
+no default port, "/" for an empty path, no fragment. Operator-chosen query
+rewriting (dropping tracking parameters, sorting parameters) is opt-in.
+"""
+
+from __future__ import annotations
+
+from fnmatch import fnmatchcase
+from typing import Iterable, Mapping
+from urllib.parse import urlsplit
+
+DEFAULT_PORTS: Mapping[str, int] = {"http": 80, "https": 443}
+
+
+def _origin(scheme: str, host: str, default_port_for_scheme: Mapping[str, int]) -> str:
+    """``scheme://host[:port]``: lower-case, default or empty port omitted (RFC 9110 §4.2.3)."""
+    scheme = scheme.lower()
+    host = host.lower()
+    port = ""
+    if host.startswith("["):  # IP-literal
+        bracket = host.find("]")
+        if bracket != -1 and host[bracket + 1 : bracket + 2] == ":":
+            host, port = host[: bracket + 1], host[bracket + 2 :]
+    elif ":" in host:
+        host, _, port = host.rpartition(":")
+    if port and port.isdigit() and int(port) == default_port_for_scheme.get(scheme):
+        port = ""
+    return f"{scheme}://{host}:{port}" if port else f"{scheme}://{host}"
+
+
+def _rewrite_query(query: str, sort_query: bool, drop_params: tuple[str, ...]) -> str | None:
+    """Drop parameters whose raw name matches a pattern (fnmatch, case-sensitive) and optionally
+    sort the rest by name, stably; raw encoding is kept. None when no parameter is left."""
+    params = [param for param in query.split("&") if param]
+    if drop_params:
+        params = [p for p in params if not any(fnmatchcase(p.partition("=")[0], pat) for pat in drop_params)]
+    if sort_query:
+        params.sort(key=lambda param: param.partition("=")[0])
+    return "&".join(params) if params else None
+
+
+def cache_key(
+    scheme: str,
+    host: str,
+    path_and_query: str,
+    *,
+    default_port_for_scheme: Mapping[str, int] = DEFAULT_PORTS,
+    sort_query: bool = False,
+    drop_params: Iterable[str] = (),
+) -> str:
+    """``scheme://host[:port]/path[?query]`` for a request target in origin-form.
+
+    The path is kept byte for byte. Without ``sort_query``/``drop_params`` the query
+    is kept as received (an empty query "?" stays); with them, empty parameters are
+    dropped and a query left empty disappears.
+    """
+    path_and_query = path_and_query.partition("#")[0]
+    path, has_query, query = path_and_query.partition("?")
+    drop = tuple(drop_params)
+    key = _origin(scheme, host, default_port_for_scheme) + (path or "/")
+    if not has_query:
+        return key
+    if sort_query or drop:
+        rewritten = _rewrite_query(query, sort_query, drop)
+        return key if rewritten is None else f"{key}?{rewritten}"
+    return f"{key}?{query}"
+
+
+def cache_key_for_uri(uri: str, **options) -> str:
+    """``cache_key`` of an absolute URI (userinfo dropped), e.g. for invalidation targets."""
+    parts = urlsplit(uri)
+    host = parts.netloc.rpartition("@")[2]
+    target = parts.path + (f"?{parts.query}" if "?" in uri.partition("#")[0] else "")
+    return cache_key(parts.scheme, host, target, **options)
+
+
+def url_prefix_key(
+    scheme: str, host: str, path_prefix: str, *, default_port_for_scheme: Mapping[str, int] = DEFAULT_PORTS
+) -> str:
+    """Key prefix covering every key under ``path_prefix`` on this origin (purge by prefix).
+
+    The prefix always contains the "/" after the authority, so ``example.com`` never
+    covers ``example.com.evil`` or ``example.com:8080``.
+    """
+    if not path_prefix.startswith("/"):
+        path_prefix = "/" + path_prefix
+    return _origin(scheme, host, default_port_for_scheme) + path_prefix

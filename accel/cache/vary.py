@@ -1,0 +1,99 @@
+"""Secondary cache keys: which stored variant a request may use (RFC 9111 §4.1).
+
+A stored response can be reused only if every request field named by its
+``Vary`` matches the request that produced it. Matching allows whitespace
+changes, combining lines, case-normalising case-insensitive values and
+reordering members whose order is insignificant; this module applies exactly
+those transformations, listed per field in ``NORMALISATION``, and nothing that
+could merge requests an origin may distinguish.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+
+from .fields import Fields, get_all, get_list, split_list
+
+
+@dataclass(frozen=True, slots=True)
+class Normalisation:
+    """How one list-based request field may be normalised (§4.1).
+
+    ``lower_values``: the whole member is case-insensitive (codings, charsets, language tags).
+    Otherwise only the leading token and parameter names are lower-cased (media ranges,
+    whose parameter values can be case-sensitive).
+    ``sort_members``: member order carries no meaning, so members are sorted.
+    """
+
+    lower_values: bool
+    sort_members: bool
+
+
+NORMALISATION: dict[str, Normalisation] = {
+    # RFC 9110 §12.5.3: preference is by qvalue only; codings are case-insensitive (§8.4.1).
+    "accept-encoding": Normalisation(lower_values=True, sort_members=True),
+    # §12.5.2: charsets are case-insensitive; order is kept, being deprecated and loosely specified.
+    "accept-charset": Normalisation(lower_values=True, sort_members=False),
+    # §12.5.4: tags are case-insensitive, but some recipients treat order as priority.
+    "accept-language": Normalisation(lower_values=True, sort_members=False),
+    # §12.5.1: type/subtype and parameter names are case-insensitive; parameter values may not be.
+    "accept": Normalisation(lower_values=False, sort_members=False),
+}
+
+
+def vary_names(fields: Fields) -> tuple[str, ...] | None:
+    """Lower-cased, de-duplicated field names listed by ``Vary``; None for ``*``, which never matches."""
+    names: list[str] = []
+    for member in get_list(fields, "vary"):
+        name = member.lower()
+        if name == "*":
+            return None
+        if name not in names:
+            names.append(name)
+    return tuple(names)
+
+
+def _normalise_member(member: str, rule: Normalisation) -> str:
+    """Drop optional whitespace around ``;`` and lower-case what the rule allows."""
+    parts = split_list(member, ";")
+    if not parts or rule.lower_values:
+        return ";".join(part.lower() for part in parts)
+    head, params = parts[0].lower(), parts[1:]
+    lowered = []
+    for param in params:
+        name, sep, value = param.partition("=")
+        lowered.append(name.lower() + sep + value)
+    return ";".join([head, *lowered])
+
+
+def normalise_field(name: str, values: list[str]) -> str:
+    """One comparable value for a request field's lines (§4.1).
+
+    Fields listed in ``NORMALISATION`` are split into members, normalised and re-joined
+    with ","; any other field keeps its lines' text, trimmed and joined with ", ".
+    """
+    rule = NORMALISATION.get(name.lower())
+    if rule is None:
+        return ", ".join(value.strip(" \t") for value in values)
+    members = [_normalise_member(member, rule) for value in values for member in split_list(value)]
+    members = [member for member in members if member]
+    if rule.sort_members:
+        members.sort()
+    return ",".join(members)
+
+
+def secondary_key(names: tuple[str, ...], request_fields: Fields) -> str:
+    """Stable text of the request's values for the ``Vary`` names; an absent field differs from an empty one."""
+    entries = []
+    for name in names:
+        values = get_all(request_fields, name)
+        entries.append([name, normalise_field(name, values) if values else None])
+    return json.dumps(entries, separators=(",", ":"))
+
+
+def matches(stored_vary_names: tuple[str, ...] | None, stored_secondary_key: str, request_fields: Fields) -> bool:
+    """§4.1: the request selects this stored response; ``Vary: *`` (None) never matches."""
+    if stored_vary_names is None:
+        return False
+    return secondary_key(stored_vary_names, request_fields) == stored_secondary_key

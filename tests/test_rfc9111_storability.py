@@ -1,0 +1,117 @@
+"""RFC 9111 §3 storing responses, §3.1 stored fields, §3.5 Authorization, §5.2.2 response directives."""
+
+import pytest
+
+from accel.cache.policy import CachePolicy, Verdict, fields_to_store, storable
+
+P = CachePolicy()
+MAX_AGE = (("cache-control", "max-age=60"),)
+
+
+def verdict(status=200, response=MAX_AGE, request=(), method="GET", policy=P, complete=True):
+    return storable(method, status, tuple(request), tuple(response), policy, complete=complete)
+
+
+def test_s3_ordinary_response_is_storable():
+    assert verdict() == Verdict(True, "ok")
+
+
+def test_s3_only_get_is_stored():
+    assert verdict(method="HEAD") == Verdict(False, "method")
+    assert verdict(method="POST") == Verdict(False, "method")
+
+
+def test_s3_status_must_be_final_and_whole():
+    assert verdict(status=103) == Verdict(False, "status-not-final")
+    assert verdict(status=206) == Verdict(False, "partial")
+    assert verdict(status=304) == Verdict(False, "not-modified")
+
+
+def test_s3_3_incomplete_response_is_not_stored():
+    assert verdict(complete=False) == Verdict(False, "incomplete")
+
+
+def test_s5_2_2_5_no_store():
+    assert verdict(response=(("cache-control", "max-age=60, no-store"),)) == Verdict(False, "no-store")
+
+
+def test_s5_2_1_5_request_no_store():
+    assert verdict(request=(("cache-control", "no-store"),)) == Verdict(False, "request-no-store")
+
+
+def test_s5_2_2_3_must_understand_overrides_no_store_for_understood_status():
+    cc = (("cache-control", "max-age=60, no-store, must-understand"),)
+    assert verdict(response=cc) == Verdict(True, "ok")
+    assert verdict(status=299, response=cc) == Verdict(False, "must-understand")
+
+
+def test_s5_2_2_7_private_unqualified_refused_qualified_allowed():
+    assert verdict(response=(("cache-control", "private, max-age=60"),)) == Verdict(False, "private")
+    assert verdict(response=(("cache-control", 'private="x-user", max-age=60'),)) == Verdict(True, "ok")
+
+
+def test_s3_5_authorization_requires_explicit_permission():
+    auth = (("authorization", "Bearer x"),)
+    assert verdict(request=auth) == Verdict(False, "authorization")
+    for cc in ["public", "must-revalidate, max-age=60", "s-maxage=60"]:
+        assert verdict(request=auth, response=(("cache-control", cc),)) == Verdict(True, "ok"), cc
+
+
+def test_s3_explicit_freshness_or_heuristic_status_required():
+    assert verdict(status=302, response=()) == Verdict(False, "no-explicit-freshness")
+    assert verdict(status=302, response=MAX_AGE) == Verdict(True, "ok")
+    assert verdict(status=302, response=(("expires", "0"),)) == Verdict(True, "ok")
+    assert verdict(status=302, response=(("cache-control", "public"),)) == Verdict(True, "ok")
+    assert verdict(status=200, response=()) == Verdict(True, "ok")
+    assert verdict(status=500, response=(("cache-control", "s-maxage=5"),)) == Verdict(True, "ok")
+
+
+def test_rfc9213_targeted_field_replaces_cache_control_for_storability():
+    response = (("cache-control", "private, no-store"), ("cdn-cache-control", "max-age=60"))
+    assert verdict(response=response) == Verdict(True, "ok")
+    assert verdict(response=response, policy=CachePolicy(targeted_fields=())) == Verdict(False, "no-store")
+    # Expires is ignored when a targeted field applies.
+    assert verdict(status=302, response=(("expires", "0"), ("cdn-cache-control", "no-transform"))) == Verdict(
+        False, "no-explicit-freshness"
+    )
+
+
+def test_s4_1_vary_star_is_not_stored():
+    assert verdict(response=MAX_AGE + (("vary", "accept, *"),)) == Verdict(False, "vary-star")
+
+
+def test_set_cookie_needs_policy_or_qualified_directive():
+    cookie = MAX_AGE + (("set-cookie", "a=1"),)
+    assert verdict(response=cookie) == Verdict(False, "set-cookie")
+    assert verdict(response=cookie, policy=CachePolicy(store_set_cookie=True)) == Verdict(True, "ok")
+    qualified = (("cache-control", 'max-age=60, no-cache="Set-Cookie"'), ("set-cookie", "a=1"))
+    assert verdict(response=qualified) == Verdict(True, "ok")
+
+
+def test_cache_post_is_refused():
+    with pytest.raises(ValueError):
+        CachePolicy(cache_post=True)
+
+
+def test_s3_1_fields_to_store_drops_connection_specific_and_named_fields():
+    response = (
+        ("date", "d"),
+        ("connection", "close, X-Trace"),
+        ("keep-alive", "timeout=5"),
+        ("transfer-encoding", "chunked"),
+        ("x-trace", "abc"),
+        ("cache-control", 'max-age=60, no-cache="X-Debug", private="x-user"'),
+        ("x-debug", "1"),
+        ("x-user", "bob"),
+        ("set-cookie", "a=1"),
+        ("age", "12"),
+        ("content-type", "text/plain"),
+        ("proxy-authenticate", "Basic"),
+        ("trailer", "x"),
+        ("upgrade", "h2c"),
+    )
+    assert fields_to_store(response, P) == (
+        ("date", "d"),
+        ("cache-control", 'max-age=60, no-cache="X-Debug", private="x-user"'),
+        ("content-type", "text/plain"),
+    )
