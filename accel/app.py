@@ -1,18 +1,31 @@
-"""Assembles accel from a Config: origin clients, the request handler chain and the Site."""
+"""Assembles accel from a Config: origin clients, the request handler chain, the cache and the Site."""
 
 from __future__ import annotations
 
-from accel.config import Config
+import os
+
+from twisted.internet.defer import maybeDeferred
+from twisted.internet.task import LoopingCall
+from twisted.internet.threads import deferToThread
+from twisted.logger import Logger
+
+from accel.config import CacheSettings, Config
 from accel.errors import ErrorPages
 from accel.origin import OriginClients
 from accel.proxy import Forwarder, ReverseProxy
 from accel.server import AccelSite
 
+log = Logger()
+
 
 def build_site(config: Config, reactor) -> AccelSite:
     errors = ErrorPages(config.error_documents)
     clients = OriginClients(reactor)
-    handler = Forwarder(config, clients, errors, reactor)
+    handler = forwarder = Forwarder(config, clients, errors, reactor)
+    cache = None
+    if config.cache.dir:
+        cache = CacheRuntime(config.cache, reactor)
+        handler = cache.layer(forwarder)
     site = AccelSite(
         ReverseProxy(config, handler, errors),
         limits=config.limits,
@@ -20,5 +33,71 @@ def build_site(config: Config, reactor) -> AccelSite:
         access_log=config.access_log,
         reactor=reactor,
     )
-    site.close = clients.close
+
+    def close():
+        if cache is not None:
+            cache.close()
+        return clients.close()
+
+    site.close = close
+    site.cache = cache
     return site
+
+
+class CacheRuntime:
+    """The cache's storage for this process, and its housekeeping timers."""
+
+    FLUSH_ACCESS_EVERY = 30.0  # persist LRU recency
+    COLLECT_ORPHANS_EVERY = 600.0  # bodies of writes a crash interrupted
+    SYNC_EVERY = 60.0  # fsync, in a thread: LMDB runs with sync=False (see accel.cache.store)
+
+    def __init__(self, settings: CacheSettings, reactor):
+        from accel.cache.epoch import PurgeEpoch
+        from accel.cache.memory import MemoryTier
+        from accel.cache.store import DiskStore
+        from accel.cache.tiers import TieredStore
+
+        os.makedirs(settings.dir, exist_ok=True)
+        self.settings = settings
+        self.reactor = reactor
+        disk = DiskStore(settings.dir, map_size=settings.map_size, max_body_size=settings.max_object_size)
+        memory = MemoryTier(
+            settings.memory_max_bytes,
+            settings.memory_max_objects,
+            settings.memory_min_object_size,
+            settings.memory_max_object_size,
+        )
+        self.store = TieredStore(disk, memory, PurgeEpoch(os.path.join(settings.dir, "purge-epoch")))
+        self.layers = []
+        now = reactor.seconds
+        self.timers = [
+            self._every(self.FLUSH_ACCESS_EVERY, lambda: disk.flush_access(now())),
+            self._every(self.COLLECT_ORPHANS_EVERY, lambda: disk.collect_orphans(now() - self.COLLECT_ORPHANS_EVERY)),
+            self._every(self.SYNC_EVERY, lambda: deferToThread(disk.sync), now=False),
+        ]
+
+    def _every(self, seconds: float, work, now: bool = True) -> LoopingCall:
+        def run():
+            return maybeDeferred(work).addErrback(lambda f: log.failure("cache housekeeping failed", failure=f))
+
+        call = LoopingCall(run)
+        call.clock = self.reactor
+        call.start(seconds, now=now)
+        return call
+
+    def layer(self, forwarder):
+        from accel.caching import CacheLayer
+
+        layer = CacheLayer(forwarder, self.store, self.settings, self.reactor)
+        self.layers.append(layer)
+        return layer
+
+    def close(self) -> None:
+        for timer in self.timers:
+            if timer.running:
+                timer.stop()
+        for layer in self.layers:
+            layer.close()
+        self.store.disk.flush_access(self.reactor.seconds())
+        self.store.disk.close()
+        self.store.epoch.close()

@@ -11,10 +11,10 @@ from __future__ import annotations
 
 import ipaddress
 import socket
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from urllib.parse import urlsplit
 
-from twisted.internet.defer import CancelledError, Deferred
+from twisted.internet.defer import CancelledError, Deferred, succeed
 from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -127,10 +127,26 @@ class Forwarder:
             lambda fetched: self.relay(request, route, fetched), lambda failure: self.fail(request, failure)
         )
 
-    def fetch(self, request, route: Route, target: str, extra: list[tuple[bytes, bytes]] = ()) -> Deferred[Fetched]:
-        """Send ``request`` to the route's origin; fires when the response header section is in."""
+    def fetch(
+        self, request, route: Route, target: str, extra: Iterable[tuple[bytes, bytes]] = (), drop: frozenset = frozenset()
+    ) -> Deferred[Fetched]:
+        """Send ``request`` to the route's origin; fires when the response header section is in.
+
+        ``extra`` fields are added and the client's fields named in ``drop`` are left out (the cache uses
+        both to send its own validators). The origin request is abandoned if the client goes away.
+        """
+        headers = self.upstream_headers(request, route, extra, drop)
+        d = self.send(route, request.method, target, headers, request.body)
+        request.notifyFinish().addErrback(lambda _: d.cancel())
+        return d
+
+    def upstream_headers(
+        self, request, route: Route, extra: Iterable[tuple[bytes, bytes]] = (), drop: frozenset = frozenset()
+    ) -> Headers:
+        """The header section for the origin: the proxy's rules applied to the client's fields."""
+        client_fields = [(n, v) for n, v in _pairs(request.requestHeaders) if n.lower() not in drop]
         fields = request_to_origin(
-            _pairs(request.requestHeaders),
+            client_fields,
             self.client_side(request),
             origin_authority=route.origin.authority,
             preserve_host=route.preserve_host,
@@ -141,13 +157,12 @@ class Forwarder:
         headers = Headers()
         for name, value in list(fields) + list(extra):
             headers.addRawHeader(name, value)
+        return headers
+
+    def send(self, route: Route, method: bytes, target: str, headers: Headers, body=None) -> Deferred[Fetched]:
+        """Send a prepared request for a public ``target`` to the route's origin."""
         upstream = origin_target(route, target).encode("latin-1")
-        body = request.body
-        d = self.clients.for_route(route).fetch(
-            request.method, upstream, headers, body, timeout=route.response_timeout
-        )
-        request.notifyFinish().addErrback(lambda _: d.cancel())
-        return d
+        return self.clients.for_route(route).fetch(method, upstream, headers, body, timeout=route.response_timeout)
 
     def client_side(self, request) -> ClientSide:
         peer = request.getClientAddress()
@@ -177,15 +192,19 @@ class Forwarder:
         mapping = ReverseMap(route.origin, route.prefix, "https" if request.isSecure() else "http", public_host)
         return reverse_fields(fields, mapping)
 
-    def relay(self, request, route: Route, fetched: Fetched, tee=None) -> Deferred[bool]:
-        """Write the origin response to the client as it streams; fires with True when it was complete."""
+    def relay(self, request, route: Route, fetched: Fetched, tee=None, fields=None) -> Deferred[bool]:
+        """Write the origin response to the client as it streams; fires with True when it was complete.
+
+        ``fields`` (default: ``response_fields``) are the header fields the client gets; ``tee`` sees
+        every body chunk.
+        """
         response = fetched.response
         if request._disconnected:
-            fetched.release()
-            response.deliverBody(_Discard())
-            return Deferred()
+            discard(fetched)
+            return succeed(False)
         request.setResponseCode(response.code, response.phrase)
-        fields = self.response_fields(request, route, fetched)
+        if fields is None:
+            fields = self.response_fields(request, route, fetched)
         if any(name.lower() == b"date" for name, _ in fields):
             request.responseHeaders.removeHeader(b"date")
         for name, value in fields:
@@ -222,6 +241,12 @@ def _idle_abort(relay: ResponseRelay, route: Route) -> None:
 
 def _pairs(headers: Headers) -> list[tuple[bytes, bytes]]:
     return [(name, value) for name, values in headers.getAllRawHeaders() for value in values]
+
+
+def discard(fetched: Fetched) -> None:
+    """Drop a response nobody will read: close its connection and free its slot."""
+    fetched.release()
+    fetched.response.deliverBody(_Discard())
 
 
 class _Discard(Protocol):
