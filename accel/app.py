@@ -69,6 +69,7 @@ class CacheRuntime:
         )
         self.store = TieredStore(disk, memory, PurgeEpoch(os.path.join(settings.dir, "purge-epoch")))
         self.layers = []
+        self.closed = False
         now = reactor.seconds
         self.timers = [
             self._every(self.FLUSH_ACCESS_EVERY, lambda: disk.flush_access(now())),
@@ -93,6 +94,9 @@ class CacheRuntime:
         return layer
 
     def close(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
         for timer in self.timers:
             if timer.running:
                 timer.stop()

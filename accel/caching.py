@@ -405,6 +405,7 @@ class CacheLayer:
         request = exchange.request
         head = variant.head
         request.log_cache = "hit" if b"; hit" in cache_status else "miss"
+        cache_status = self.collapsed(exchange, cache_status)
         condition = policy.evaluate_conditionals(exchange.method, exchange.fields, head.fields)
         if condition == 304:
             self.write_head(request, 304, b"Not Modified", policy.not_modified_fields(head.fields), age, cache_status)
