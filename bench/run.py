@@ -1,0 +1,518 @@
+"""Measure accel against nginx's proxy_cache in one run.
+
+    python bench/run.py [--rounds N] [--duration S] [--scenario NAME ...] [--smoke] [--out FILE]
+
+Starts the bench origin (bench/origin.py), accel (``twistd -n accel``) and nginx
+(bench/nginx.conf.template) as child processes on 127.0.0.1, runs the scenarios
+below, writes the results as JSON (bench/results/<timestamp>.json unless --out)
+and prints a Markdown summary. See bench/README.md for what each scenario means.
+
+Throughput scenarios (wrk; systems alternate within each round):
+  hit-1k, hit-1m, pass-1k
+Python-driven scenarios:
+  collapse      100 concurrent first requests to a 1 s origin (both systems)
+  stream-rss    peak RSS of accel while a large response streams to a slow client
+  startup-100k  accel start-up time with a pre-populated cache
+"""
+
+import argparse
+import contextlib
+import datetime
+import grp
+import json
+import os
+import platform
+import pwd
+import re
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import quote
+
+import twisted
+
+import client
+import loadgen
+import procs
+
+BENCH_DIR = Path(__file__).resolve().parent
+MIB = 1024 * 1024
+INSTALL_HINT = "apt-get update && apt-get install -y nginx wrk"
+
+THROUGHPUT = {  # scenario -> (path, connections)
+    "hit-1k": ("/1k", 50),
+    "hit-1m": ("/1m", 10),
+    "pass-1k": ("/nocache", 50),
+}
+SCENARIOS = [*THROUGHPUT, "collapse", "stream-rss", "startup-100k"]
+COLLAPSE_CLIENTS = 100
+POPULATE_CONNECTIONS = 16
+
+
+@dataclass
+class Settings:
+    rounds: int
+    duration: int
+    scenarios: list
+    smoke: bool
+    out: Path
+    startup_entries: int
+    populate_limit_s: float
+    stream_bytes: int
+    stream_rate: int
+
+
+@dataclass
+class Tools:
+    twistd: str
+    wrk: str | None
+    nginx: str | None
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description="accel vs nginx proxy_cache benchmark")
+    p.add_argument("--rounds", type=int, help="rounds per scenario (default 5; smoke 1)")
+    p.add_argument("--duration", type=int, help="seconds per wrk run (default 10; smoke 1)")
+    p.add_argument("--scenario", nargs="+", choices=SCENARIOS, help="scenarios to run (default: all)")
+    p.add_argument("--smoke", action="store_true", help="a quick run proving the harness works")
+    p.add_argument("--out", type=Path, help="JSON output file (default bench/results/<timestamp>.json)")
+    p.add_argument("--startup-entries", type=int, help="cache entries for startup-100k (default 100000; smoke 200)")
+    p.add_argument("--stream-mib", type=int, help="MiB streamed in stream-rss (default 1024; smoke 16)")
+    p.add_argument("--stream-rate-mib", type=int, default=64, help="slow client's read rate, MiB/s (default 64)")
+    a = p.parse_args(argv)
+
+    def pick(value, full, smoke):
+        return value if value is not None else (smoke if a.smoke else full)
+
+    stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    return Settings(
+        rounds=pick(a.rounds, 5, 1),
+        duration=pick(a.duration, 10, 1),
+        scenarios=a.scenario or SCENARIOS,
+        smoke=a.smoke,
+        out=a.out or BENCH_DIR / "results" / f"{stamp}.json",
+        startup_entries=pick(a.startup_entries, 100_000, 200),
+        populate_limit_s=20.0 if a.smoke else 600.0,
+        stream_bytes=pick(a.stream_mib, 1024, 16) * MIB,
+        stream_rate=a.stream_rate_mib * MIB,
+    )
+
+
+# --- tools and host --------------------------------------------------------
+
+
+def find_tools():
+    beside_python = Path(sys.executable).with_name("twistd")
+    twistd = str(beside_python) if beside_python.exists() else shutil.which("twistd")
+    if twistd is None:
+        sys.exit("twistd not found: run bench/run.py with the virtualenv's python (e.g. /work/venv/bin/python)")
+    help_text = subprocess.run([twistd, "--help"], capture_output=True, text=True).stdout
+    if not re.search(r"^\s+accel\s", help_text, re.M):
+        sys.exit(f"{twistd} has no 'accel' plugin: install accel into this environment (pip install -e .)")
+    return Tools(twistd=twistd, wrk=shutil.which("wrk"), nginx=shutil.which("nginx"))
+
+
+def _version(argv, pattern):
+    try:
+        proc = subprocess.run(argv, capture_output=True, text=True, timeout=10)
+    except OSError:
+        return None
+    match = re.search(pattern, proc.stdout + proc.stderr)
+    return match.group(1) if match else None
+
+
+def _proc_field(path, key):
+    with open(path) as f:
+        for line in f:
+            if line.startswith(key):
+                return line.split(":", 1)[1].strip()
+    return None
+
+
+def host_info(tools):
+    mem_kib = int(_proc_field("/proc/meminfo", "MemTotal").split()[0])
+    commit = _version(["git", "-C", str(BENCH_DIR), "rev-parse", "--short", "HEAD"], r"^([0-9a-f]+)$")
+    return {
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "nproc": os.cpu_count(),
+        "cpu": _proc_field("/proc/cpuinfo", "model name"),
+        "memory_gib": round(mem_kib / 1024 / 1024, 1),
+        "kernel": platform.release(),
+        "python": platform.python_version(),
+        "twisted": twisted.__version__,
+        "nginx": tools.nginx and _version([tools.nginx, "-v"], r"nginx/(\S+)"),
+        "wrk": tools.wrk and _version([tools.wrk, "-v"], r"wrk (\S+)"),
+        "accel_commit": commit,
+    }
+
+
+# --- the servers -----------------------------------------------------------
+
+
+class Run:
+    """Owns the run's temporary directory and every child process in it."""
+
+    def __init__(self, tools, stack):
+        self.tools = tools
+        self.stack = stack
+        self.work = Path(tempfile.mkdtemp(prefix="accel-bench-"))
+        stack.callback(shutil.rmtree, self.work, ignore_errors=True)
+        self.origin_port = self._start_origin()
+
+    def _start_origin(self):
+        port_file = self.work / "origin.port"
+        child = self.stack.enter_context(
+            procs.Child("origin", [sys.executable, BENCH_DIR / "origin.py", "--port-file", port_file],
+                        self.work / "origin.log")
+        )
+        port = int(child.wait_file(port_file))
+        child.wait_port(port)
+        return port
+
+    def start_accel(self, name, cache_dir):
+        """Start accel on a free port; returns (child, port, seconds until it accepted)."""
+        port = procs.free_port()
+        run_dir = self.work / name
+        run_dir.mkdir(exist_ok=True)  # twistd writes twistd.pid into its cwd
+        argv = [
+            self.tools.twistd, "-n", "accel",
+            "--listen", f"tcp:{port}:interface=127.0.0.1",
+            "--origin", f"http://127.0.0.1:{self.origin_port}",
+            "--cache-dir", cache_dir,
+            "--access-log", "/dev/null",
+        ]
+        child = self.stack.enter_context(procs.Child(name, argv, run_dir / "accel.log", cwd=run_dir))
+        return child, port, child.wait_port(port)
+
+    def start_nginx(self):
+        """Start nginx configured like accel; returns (child, port)."""
+        port = procs.free_port()
+        prefix = self.work / "nginx"
+        prefix.mkdir()
+        fill = {
+            "PREFIX": str(prefix),
+            "PORT": str(port),
+            "ORIGIN_PORT": str(self.origin_port),
+            "USER": pwd.getpwuid(os.geteuid()).pw_name,
+            "GROUP": grp.getgrgid(os.getegid()).gr_name,
+        }
+        conf = (BENCH_DIR / "nginx.conf.template").read_text()
+        for key, value in fill.items():
+            conf = conf.replace("{{%s}}" % key, value)
+        conf_path = prefix / "nginx.conf"
+        conf_path.write_text(conf)
+        argv = [self.tools.nginx, "-c", conf_path, "-p", prefix, "-e", prefix / "error.log", "-g", "daemon off;"]
+        child = self.stack.enter_context(procs.Child("nginx", argv, prefix / "stdout.log"))
+        child.wait_port(port)
+        return child, port
+
+    def origin_count(self, path):
+        return int(client.fetch(self.origin_port, "/_count?uri=" + quote(path, safe="")).body)
+
+
+def warm_up(port, path):
+    resp = client.fetch(port, path)
+    if resp.status != 200:
+        raise RuntimeError(f"warm-up GET {path} answered {resp.status}")
+
+
+# --- scenarios -------------------------------------------------------------
+
+
+def throughput_once(settings, tools, port, scenario):
+    path, connections = THROUGHPUT[scenario]
+    warm_up(port, path)
+    if tools.wrk:
+        return {"tool": "wrk", **loadgen.run_wrk(tools.wrk, port, path, connections, settings.duration)}
+    return {"tool": "python", **client.load(port, path, connections, settings.duration)}
+
+
+def collapse_once(run, port, tag):
+    path = f"/slow?r={tag}-{uuid.uuid4().hex[:8]}"
+    seconds, statuses = client.collapse(port, path, COLLAPSE_CLIENTS)
+    return {
+        "path": path,
+        "seconds": seconds,
+        "origin_fetches": run.origin_count(path),
+        "ok": sum(s == 200 for s in statuses),
+        "clients": COLLAPSE_CLIENTS,
+    }
+
+
+def stream_rss(settings, run):
+    child, port, _ = run.start_accel("accel-stream", run.work / "cache-stream")
+    with child:
+        warm_up(port, "/1k")
+        before = procs.tree_rss_mib(child.pid)
+        peak = before
+
+        def sample():
+            nonlocal peak
+            peak = max(peak, procs.tree_rss_mib(child.pid))
+
+        resp, seconds = client.slow_read(port, f"/big?size={settings.stream_bytes}", settings.stream_rate,
+                                         on_tick=sample)
+        sample()
+        if resp.status != 200 or resp.body_len != settings.stream_bytes:
+            raise RuntimeError(f"stream answered {resp.status} with {resp.body_len} of {settings.stream_bytes} bytes")
+        return {
+            "bytes": settings.stream_bytes,
+            "client_rate_mib_s": settings.stream_rate / MIB,
+            "seconds": seconds,
+            "rss_before_mib": before,
+            "peak_rss_mib": peak,
+            "vmhwm_mib": procs.hwm_mib(child.pid),
+        }
+
+
+def startup(settings, run):
+    cache_dir = run.work / "cache-startup"
+    child, port, empty_listen_s = run.start_accel("accel-startup-1", cache_dir)
+    with child:
+        warm_up(port, "/1k")
+        empty_first_s = time.monotonic() - child.started_at
+        paths = [f"/1k?n={i}" for i in range(settings.startup_entries)]
+        t0 = time.monotonic()
+        ok, failed = client.populate(port, paths, POPULATE_CONNECTIONS, settings.populate_limit_s)
+        populate_s = time.monotonic() - t0
+    if ok == 0:
+        raise RuntimeError("populating the cache got no 200 responses")
+    probe = paths[ok + failed - 1]  # the most recently stored entry
+    fetches_before = run.origin_count(probe)
+    child, port, listen_s = run.start_accel("accel-startup-2", cache_dir)
+    with child:
+        resp = client.fetch(port, probe)
+        first_s = time.monotonic() - child.started_at
+    return {
+        "entries_requested": settings.startup_entries,
+        "entries_populated": ok,
+        "populate_failed": failed,
+        "populate_s": populate_s,
+        "empty_listen_s": empty_listen_s,
+        "empty_first_response_s": empty_first_s,
+        "listen_s": listen_s,
+        "first_response_s": first_s,
+        "first_response_status": resp.status,
+        "first_response_hit": run.origin_count(probe) == fetches_before,
+    }
+
+
+# --- summary ---------------------------------------------------------------
+
+
+def _median(rounds, key):
+    values = [r[key] for r in rounds if key in r]
+    return statistics.median(values) if values else None
+
+
+def summarize(results, systems):
+    """Add per-system medians (and the accel/nginx req/s ratio) to every rounds-based scenario."""
+    for name, entry in results.items():
+        if "rounds" not in entry:
+            continue
+        keys = ("rps", "p50_ms", "p99_ms") if name in THROUGHPUT else ("seconds", "origin_fetches")
+        entry["median"] = {s: {k: _median(entry["rounds"][s], k) for k in keys} for s in systems
+                           if entry["rounds"].get(s)}
+        if name == "collapse":
+            for s, med in entry["median"].items():
+                med["max_origin_fetches"] = max(r["origin_fetches"] for r in entry["rounds"][s])
+        if name in THROUGHPUT and {"accel", "nginx"} <= entry["median"].keys():
+            entry["ratio_rps_accel_nginx"] = entry["median"]["accel"]["rps"] / entry["median"]["nginx"]["rps"]
+
+
+def error_notes(results):
+    """One note per system and throughput scenario whose rounds saw failed requests."""
+    notes = []
+    for name in THROUGHPUT:
+        for system, rounds in results.get(name, {}).get("rounds", {}).items():
+            errors = sum(r["errors"] for r in rounds)
+            non_2xx = sum(r["non_2xx"] for r in rounds)
+            if errors or non_2xx:
+                notes.append(f"{name} {system}: {errors} socket errors/timeouts, {non_2xx} non-2xx/3xx responses")
+    return notes
+
+
+def _fmt(value, digits=1):
+    if value is None:
+        return "—"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, int):
+        return str(value)
+    return f"{value:,.{digits}f}"
+
+
+def markdown(report):
+    meta, settings, results = report["host"], report["settings"], report["scenarios"]
+    out = [
+        f"### accel vs nginx proxy_cache, {meta['date']}",
+        "",
+        f"Host: {meta['nproc']} CPUs ({meta['cpu']}), {meta['memory_gib']} GiB; Python {meta['python']}, "
+        f"Twisted {meta['twisted']}, nginx {meta['nginx'] or 'missing'}, wrk {meta['wrk'] or 'missing'}; "
+        f"accel commit {meta['accel_commit'] or 'none'}. "
+        f"{settings['rounds']} round(s) of {settings['duration']} s, medians"
+        f"{' (smoke run)' if settings['smoke'] else ''}.",
+        "",
+    ]
+    rows = [n for n in THROUGHPUT if n in results]
+    if rows:
+        out += [
+            "| scenario | conns | tool | accel req/s | nginx req/s | accel/nginx | accel p50 ms | nginx p50 ms "
+            "| accel p99 ms | nginx p99 ms |",
+            "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|",
+        ]
+        for name in rows:
+            entry = results[name]
+            if "error" in entry:
+                out.append(f"| {name} | | | error: {entry['error'].splitlines()[0]} | | | | | | |")
+                continue
+            med = entry["median"]
+            a, n = med.get("accel", {}), med.get("nginx", {})
+            tool = entry["rounds"]["accel"][0]["tool"]
+            out.append(
+                f"| {name} | {THROUGHPUT[name][1]} | {tool} | {_fmt(a.get('rps'), 0)} | {_fmt(n.get('rps'), 0)} "
+                f"| {_fmt(entry.get('ratio_rps_accel_nginx'), 2)} | {_fmt(a.get('p50_ms'), 2)} "
+                f"| {_fmt(n.get('p50_ms'), 2)} | {_fmt(a.get('p99_ms'), 2)} | {_fmt(n.get('p99_ms'), 2)} |"
+            )
+        out.append("")
+    other = []
+    if "collapse" in results:
+        entry = results["collapse"]
+        if "error" in entry:
+            other.append(f"| collapse | error: {entry['error'].splitlines()[0]} | | |")
+        else:
+            a, n = entry["median"].get("accel", {}), entry["median"].get("nginx", {})
+            other.append(f"| collapse | origin fetches for {COLLAPSE_CLIENTS} concurrent first requests "
+                         f"(max over rounds) | {_fmt(a.get('max_origin_fetches'))} "
+                         f"| {_fmt(n.get('max_origin_fetches'))} |")
+            other.append(f"| collapse | seconds until all {COLLAPSE_CLIENTS} answered, 1 s origin (median) "
+                         f"| {_fmt(a.get('seconds'), 2)} | {_fmt(n.get('seconds'), 2)} |")
+    if "stream-rss" in results:
+        entry = results["stream-rss"]
+        if "error" in entry:
+            other.append(f"| stream-rss | error: {entry['error'].splitlines()[0]} | | |")
+        else:
+            achieved = entry["bytes"] / MIB / entry["seconds"]
+            other.append(f"| stream-rss | RSS before → peak, MiB ({entry['bytes'] // MIB} MiB to a client reading "
+                         f"≤ {_fmt(entry['client_rate_mib_s'], 0)} MiB/s, got {_fmt(achieved, 0)} MiB/s) "
+                         f"| {_fmt(entry['rss_before_mib'])} → {_fmt(entry['peak_rss_mib'])} | not run |")
+    if "startup-100k" in results:
+        entry = results["startup-100k"]
+        if "error" in entry:
+            other.append(f"| startup-100k | error: {entry['error'].splitlines()[0]} | | |")
+        else:
+            other.append(f"| startup-100k | seconds from start to first answer after {entry['entries_populated']} "
+                         f"cacheable responses went through (hit: {_fmt(entry['first_response_hit'])}) "
+                         f"| {_fmt(entry['first_response_s'], 2)} | not run |")
+            other.append(f"| startup-100k | same, empty cache | {_fmt(entry['empty_first_response_s'], 2)} "
+                         f"| not run |")
+    if other:
+        out += ["| scenario | measure | accel | nginx |", "|---|---|---:|---:|", *other, ""]
+    out += [f"Note: {note}" for note in report["notes"]]
+    return "\n".join(out).rstrip() + "\n"
+
+
+# --- main ------------------------------------------------------------------
+
+
+def run_scenarios(settings, tools, notes):
+    results = {}
+    wanted = [s for s in settings.scenarios if s in THROUGHPUT or s == "collapse"]
+    if not tools.wrk and not settings.smoke:
+        skipped = [s for s in wanted if s in THROUGHPUT]
+        wanted = [s for s in wanted if s not in THROUGHPUT]
+        if skipped:
+            notes.append(f"wrk is missing, skipped {', '.join(skipped)}; install it: {INSTALL_HINT}")
+    with contextlib.ExitStack() as stack:
+        run = Run(tools, stack)
+        systems = {}  # name -> port; the children stop with the ExitStack
+        if wanted:
+            _accel, systems["accel"], _listen_s = run.start_accel("accel", run.work / "cache")
+            if tools.nginx:
+                _nginx, systems["nginx"] = run.start_nginx()
+        for name in wanted:
+            results[name] = {"rounds": {s: [] for s in systems}}
+        for rnd in range(settings.rounds):
+            for name in wanted:
+                entry = results[name]
+                if "error" in entry:
+                    continue
+                for system, port in systems.items():
+                    try:
+                        if name == "collapse":
+                            measured = collapse_once(run, port, f"{system}-{rnd}")
+                        else:
+                            measured = throughput_once(settings, tools, port, name)
+                    except Exception as exc:  # record it, go on with the other scenarios
+                        entry["error"] = f"{system} round {rnd}: {exc}"
+                        break
+                    entry["rounds"][system].append(measured)
+                    print(f"round {rnd + 1}/{settings.rounds} {name:8} {system:5} "
+                          f"{_progress(measured)}", flush=True)
+        summarize(results, systems)
+        notes.extend(error_notes(results))
+        for name, func in (("stream-rss", stream_rss), ("startup-100k", startup)):
+            if name in settings.scenarios:
+                try:
+                    results[name] = func(settings, run)
+                except Exception as exc:
+                    results[name] = {"error": str(exc)}
+                print(f"{name}: {json.dumps(results[name])}", flush=True)
+    return results
+
+
+def _progress(measured):
+    if "rps" in measured:
+        return f"{measured['rps']:,.0f} req/s  p50 {measured['p50_ms']:.2f} ms  p99 {measured['p99_ms']:.2f} ms"
+    return f"{measured['origin_fetches']} origin fetch(es), {measured['ok']}/{measured['clients']} ok, " \
+           f"{measured['seconds']:.2f} s"
+
+
+def main(argv=None):
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # run the clean-ups on SIGTERM
+    settings = parse_args(argv)
+    tools = find_tools()
+    notes = []
+    if not tools.nginx:
+        notes.append(f"nginx is missing, measured accel only; install it: {INSTALL_HINT}")
+    if not tools.wrk and settings.smoke:
+        notes.append(f"wrk is missing, the Python load generator stood in; install it: {INSTALL_HINT}")
+    for note in notes:
+        print(f"NOTE: {note}", file=sys.stderr)
+    host = host_info(tools)
+    results = run_scenarios(settings, tools, notes)
+    report = {
+        "host": host,
+        "settings": {
+            "rounds": settings.rounds,
+            "duration": settings.duration,
+            "smoke": settings.smoke,
+            "scenarios": settings.scenarios,
+            "startup_entries": settings.startup_entries,
+            "stream_bytes": settings.stream_bytes,
+            "stream_rate": settings.stream_rate,
+        },
+        "notes": notes,
+        "scenarios": results,
+    }
+    settings.out.parent.mkdir(parents=True, exist_ok=True)
+    settings.out.write_text(json.dumps(report, indent=2) + "\n")
+    print()
+    print(markdown(report))
+    print(f"JSON: {settings.out}")
+    errors = [name for name, entry in results.items() if "error" in entry]
+    if errors:
+        print(f"FAILED scenarios: {', '.join(errors)}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,80 @@
+"""``bench/run.py --smoke`` runs end to end and writes the expected JSON.
+
+The smoke run needs neither nginx nor wrk (the Python load generator stands in
+and nginx is reported missing); it does need twistd with the accel plugin.
+"""
+
+import json
+import math
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+RUN = ROOT / "bench" / "run.py"
+SCENARIOS = ["hit-1k", "hit-1m", "pass-1k", "collapse", "stream-rss", "startup-100k"]
+
+
+def _twistd():
+    beside_python = Path(sys.executable).with_name("twistd")
+    return str(beside_python) if beside_python.exists() else shutil.which("twistd")
+
+
+def _has_accel_plugin():
+    twistd = _twistd()
+    if twistd is None:
+        return False
+    help_text = subprocess.run([twistd, "--help"], capture_output=True, text=True).stdout
+    return re.search(r"^\s+accel\s", help_text, re.M) is not None
+
+
+pytestmark = pytest.mark.skipif(not _has_accel_plugin(), reason="twistd has no accel plugin installed yet")
+
+
+def _number(value):
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def test_smoke_run(tmp_path):
+    out = tmp_path / "smoke.json"
+    proc = subprocess.run(
+        [sys.executable, str(RUN), "--smoke", "--out", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=180,
+        cwd=ROOT,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "| hit-1k |" in proc.stdout  # the Markdown summary
+    report = json.loads(out.read_text())
+    results = report["scenarios"]
+    assert sorted(results) == sorted(SCENARIOS)
+
+    for name in ["hit-1k", "hit-1m", "pass-1k"]:
+        accel = results[name]["median"]["accel"]
+        for key in ["rps", "p50_ms", "p99_ms"]:
+            assert _number(accel[key]), (name, key, accel)
+        assert accel["rps"] > 0
+
+    collapse = results["collapse"]["median"]["accel"]
+    assert _number(collapse["seconds"]) and collapse["seconds"] > 0
+    assert _number(collapse["max_origin_fetches"]) and collapse["max_origin_fetches"] >= 1
+
+    stream = results["stream-rss"]
+    for key in ["rss_before_mib", "peak_rss_mib", "seconds"]:
+        assert _number(stream[key]) and stream[key] > 0, (key, stream)
+
+    startup = results["startup-100k"]
+    assert startup["entries_populated"] == startup["entries_requested"] > 0
+    for key in ["listen_s", "first_response_s", "empty_first_response_s"]:
+        assert _number(startup[key]) and startup[key] > 0, (key, startup)
+    assert isinstance(startup["first_response_hit"], bool)
+
+    if "nginx" in results["hit-1k"]["median"]:
+        assert _number(results["hit-1k"]["ratio_rps_accel_nginx"])
+    else:
+        assert any("nginx is missing" in note for note in report["notes"])
