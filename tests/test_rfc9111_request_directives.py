@@ -177,3 +177,9 @@ def test_rfc5861_s3_stale_while_revalidate_serves_stale_and_revalidates():
 def test_rfc5861_s3_stale_while_revalidate_yields_to_must_revalidate():
     s = stored("max-age=100, stale-while-revalidate=30, must-revalidate")
     assert decide([s], now=T + 110) == Revalidate((s,), (), 110.0, 100.0, "stale")
+
+
+def test_s4_4_soft_purged_response_is_served_stale_while_revalidating():
+    s = stored("max-age=100, stale-while-revalidate=60", stale_marked=True)
+    decision = decide([s])
+    assert decision == StaleOk(s, 10.0, "stale-while-revalidate", Revalidate((s,), (), 10.0, 100.0, "stale"))

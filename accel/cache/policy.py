@@ -434,17 +434,19 @@ def _evaluate(
 
     if rcc.no_cache:  # §5.2.1.4
         return revalidate("request")
-    if selected.stale_marked or cc.no_cache:  # §4.4 / §5.2.2.4
+    if cc.no_cache:  # §5.2.2.4
         return revalidate("stale")
     if rcc.max_age is not None and age > rcc.max_age:  # §5.2.1.1
         return revalidate("request")
-    if lifetime > age:  # §4.2: response_is_fresh = freshness_lifetime > current_age
+    # §4.2: response_is_fresh = freshness_lifetime > current_age. A stale-marked (soft-purged or
+    # invalidated, §4.4) response is never fresh, but the stale extensions below may still serve it.
+    if lifetime > age and not selected.stale_marked:
         if rcc.min_fresh is not None and lifetime - age < rcc.min_fresh:  # §5.2.1.3
             return revalidate("request")
         return Fresh(selected, age, lifetime - age)
     if _forbids_stale(cc):
         return revalidate("stale")
-    staleness = age - lifetime
+    staleness = max(age - lifetime, 0.0)
     if rcc.max_stale == MAX_STALE_ANY or (rcc.max_stale is not None and staleness <= rcc.max_stale):  # §5.2.1.2
         return StaleOk(selected, age, "max-stale")
     if rcc.min_fresh is None and stale_while_revalidate_allows(selected, age, lifetime, policy):
@@ -459,9 +461,10 @@ def stale_while_revalidate_allows(
     stored: StoredResponse, age: float, lifetime: float, policy: CachePolicy = DEFAULT_POLICY
 ) -> bool:
     """RFC 5861 §3: serve stale while revalidating, within the response's stale-while-revalidate
-    window; never for a stale-marked response or when §4.2.4 forbids stale."""
+    window; never when §4.2.4 forbids stale. A stale-marked (soft-purged) response qualifies: soft
+    purge keeps it for exactly this."""
     cc, _ = response_directives(stored.fields, policy)
-    if stored.stale_marked or _forbids_stale(cc) or cc.stale_while_revalidate is None:
+    if _forbids_stale(cc) or cc.stale_while_revalidate is None:
         return False
     return age - lifetime <= cc.stale_while_revalidate
 
