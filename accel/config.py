@@ -74,6 +74,10 @@ class Route:
     idle_timeout: float = 60.0  # longest silence while a body streams in either direction
     max_connections: int = 64  # concurrent connections to this route's origin
     cache: RouteCache = RouteCache()
+    tls_verify: bool = True  # https origin: verify its certificate chain and host name
+    tls_ca: str | None = None  # https origin: CA bundle (PEM) instead of the system trust store
+    tls_client_cert: str | None = None  # https origin: client certificate (PEM) to present
+    tls_client_key: str | None = None  # its private key; None: the key is in tls_client_cert
 
     @property
     def exclude(self) -> bool:
@@ -125,6 +129,42 @@ class PurgeSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class CertificateFiles:
+    """One certificate a TLS listener can present, as PEM files (absolute paths)."""
+
+    cert: str  # the certificate, optionally followed by its chain (and its key)
+    key: str | None = None  # None: the private key is in the cert file
+    chain: str | None = None  # intermediates; None: the certificates after the first in the cert file
+    default: bool = False  # presented when no certificate matches the client's server name (SNI)
+    where: str = "tls.certificates"  # the config key, for messages
+
+
+@dataclass(frozen=True, slots=True)
+class TLSListener:
+    """One HTTPS listener: a plain stream endpoint that accel wraps in TLS, and its certificates."""
+
+    endpoint: str  # tcp:443, tcp6:443:interface=::, unix:..., systemd:... (never ssl:)
+    certificates: tuple[CertificateFiles, ...] = ()
+    directory: str | None = None  # plus every certificate found in this directory
+    where: str = "tls"
+
+
+@dataclass(frozen=True, slots=True)
+class TLSSettings:
+    """The ``[tls]`` table: HTTPS listeners (SSL offload), the HTTP→HTTPS redirect and HSTS."""
+
+    listeners: tuple[TLSListener, ...] = ()
+    min_version: str = "1.2"  # "1.2" or "1.3"
+    ciphers: str | None = None  # OpenSSL cipher string for TLS 1.2; None: Mozilla "intermediate"
+    check_interval: float = 60.0  # certificate files are checked for renewal at most this often
+    redirect_listen: tuple[str, ...] = ()  # plain HTTP listeners answering 301 to https://
+    redirect_port: int | None = None  # port in the redirect URL; None: the first TLS listener's, or 443
+    hsts_max_age: int | None = None  # Strict-Transport-Security on HTTPS responses when set
+    hsts_include_subdomains: bool = False
+    hsts_preload: bool = False
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     source: str = "<command line>"
     listen: tuple[str, ...] = ("tcp:8080",)
@@ -138,6 +178,7 @@ class Config:
     purge: PurgeSettings = PurgeSettings()
     error_documents: dict[int, str] = field(default_factory=dict)
     limits: Limits = Limits()
+    tls: TLSSettings = TLSSettings()
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -249,9 +290,104 @@ def _route(source: str, text: str, index: int, table: dict[str, Any]) -> Route:
         idle_timeout=r.seconds("idle_timeout", _ROUTE.idle_timeout),
         max_connections=r.positive_int("max_connections", _ROUTE.max_connections),
         cache=_route_cache(_Reader(source, r.table_of("cache"), f"route[{index}].cache", text)),
+        **_route_tls(r, origin),
     )
     r.reject_unknown()
     return route
+
+
+def _route_tls(r: _Reader, origin: Origin | None) -> dict[str, Any]:
+    """The route's keys for an https:// origin: verification, CA bundle, client certificate."""
+    values = {
+        "tls_verify": r.get("tls_verify", bool, "true or false", True),
+        "tls_ca": _path(r, "tls_ca"),
+        "tls_client_cert": _path(r, "tls_client_cert"),
+        "tls_client_key": _path(r, "tls_client_key"),
+    }
+    for name in values:
+        if name in r.table and (origin is None or origin.scheme != "https"):
+            raise r.fail(name, "an https:// origin on this route (tls_* keys apply to HTTPS origins)", r.table[name])
+    if values["tls_client_key"] and not values["tls_client_cert"]:
+        raise r.fail("tls_client_key", "tls_client_cert as well (the certificate of that key)")
+    if values["tls_ca"] and not values["tls_verify"]:
+        raise r.fail("tls_ca", "no CA bundle when tls_verify = false (nothing would be verified)", r.table["tls_ca"])
+    return values
+
+
+def _path(r: _Reader, name: str) -> str | None:
+    """A file or directory path; relative paths are relative to the configuration file."""
+    value = r.get(name, str, "a file path")
+    if value is None:
+        return None
+    if not value:
+        raise r.fail(name, "a file path", value)
+    return value if os.path.isabs(value) else os.path.join(os.path.dirname(os.path.abspath(r.source)), value)
+
+
+def _certificates(r: _Reader, where: str) -> tuple[CertificateFiles, ...]:
+    entries = r.get("certificates", list, "an array of {cert = ..., key = ..., chain = ...} tables", [])
+    out = []
+    for i, entry in enumerate(entries):
+        e = _Reader(r.source, entry if isinstance(entry, dict) else {}, f"{where}.certificates[{i}]", r.text)
+        if not isinstance(entry, dict):
+            raise r.fail("certificates", "{cert = ..., key = ...} tables", entry)
+        cert = _path(e, "cert")
+        if cert is None:
+            raise e.fail("cert", "the path of a PEM certificate file")
+        out.append(CertificateFiles(cert, _path(e, "key"), _path(e, "chain"),
+                                    e.get("default", bool, "true or false", False), e.path))
+        e.reject_unknown()
+    if sum(c.default for c in out) > 1:
+        raise r.fail("certificates", "at most one certificate with default = true")
+    return tuple(out)
+
+
+def _tls_settings(r: _Reader) -> TLSSettings:
+    """The ``[tls]`` table; listeners without certificates of their own use those of ``[tls]``."""
+    shared_certs, shared_dir = _certificates(r, "tls"), _path(r, "directory")
+    listeners = [TLSListener(e, shared_certs, shared_dir, "tls") for e in r.strings("listen")]
+    for i, table in enumerate(r.get("listener", list, "an array of [[tls.listener]] tables", [])):
+        lr = _Reader(r.source, table if isinstance(table, dict) else {}, f"tls.listener[{i}]", r.text)
+        if not isinstance(table, dict):
+            raise r.fail("listener", "[[tls.listener]] tables", table)
+        endpoint = lr.get("endpoint", str, "a server endpoint such as tcp:8443")
+        if not endpoint:
+            raise lr.fail("endpoint", "a server endpoint such as tcp:8443")
+        certs, directory = _certificates(lr, lr.path), _path(lr, "directory")
+        if not certs and directory is None:
+            certs, directory = shared_certs, shared_dir
+        listeners.append(TLSListener(endpoint, certs, directory, lr.path))
+        lr.reject_unknown()
+    for listener in listeners:
+        if listener.endpoint.split(":", 1)[0].lower() in ("ssl", "tls"):
+            raise r.fail("listen", "a plain endpoint such as tcp:443 (accel adds TLS itself)", listener.endpoint)
+        if not listener.certificates and listener.directory is None:
+            raise ConfigError(r.source, f"{listener.where}.certificates", "at least one certificate (certificates or directory)")
+    if (shared_certs or shared_dir) and not listeners:
+        raise r.fail("listen", "an HTTPS listener for the certificates (tls.listen or [[tls.listener]])")
+    version = r.get("min_version", str, '"1.2" or "1.3"', "1.2")
+    if version not in ("1.2", "1.3"):
+        raise r.fail("min_version", '"1.2" or "1.3"', version)
+    redirect = _Reader(r.source, r.table_of("redirect"), "tls.redirect", r.text)
+    hsts = _Reader(r.source, r.table_of("hsts"), "tls.hsts", r.text)
+    settings = TLSSettings(
+        listeners=tuple(listeners),
+        min_version=version,
+        ciphers=r.get("ciphers", str, "an OpenSSL cipher string"),
+        check_interval=r.seconds("check_interval", TLSSettings().check_interval),
+        redirect_listen=redirect.strings("listen"),
+        redirect_port=redirect.get("port", int, "a port number", None),
+        hsts_max_age=hsts.get("max_age", int, "a number of seconds, 0 or more", None),
+        hsts_include_subdomains=hsts.get("include_subdomains", bool, "true or false", False),
+        hsts_preload=hsts.get("preload", bool, "true or false", False),
+    )
+    if settings.redirect_port is not None and not 0 < settings.redirect_port < 65536:
+        raise redirect.fail("port", "a port number between 1 and 65535", settings.redirect_port)
+    if settings.hsts_max_age is not None and settings.hsts_max_age < 0:
+        raise hsts.fail("max_age", "a number of seconds, 0 or more", settings.hsts_max_age)
+    for reader in (redirect, hsts, r):
+        reader.reject_unknown()
+    return settings
 
 
 def _route_cache(r: _Reader) -> RouteCache:
@@ -379,13 +515,40 @@ def parse_config(text: str, source: str) -> Config:
         secret=purge_r.get("secret", str, "a string"),
     )
     purge_r.reject_unknown()
-    top.seen.update({"server", "limits", "route", "error_documents", "cache", "purge"})
+    tls = _tls_settings(_Reader(source, top.table_of("tls"), "tls", text))
+    _same_origin_tls(source, routes)
+    top.seen.update({"server", "limits", "route", "error_documents", "cache", "purge", "tls"})
     top.reject_unknown(_TOP_EXTENSION_KEYS)
-    return replace(config, routes=tuple(routes), error_documents=docs, cache=cache, purge=purge)
+    config = replace(config, routes=tuple(routes), error_documents=docs, cache=cache, purge=purge, tls=tls)
+    _check_tls_files(config)
+    return config
+
+
+def _same_origin_tls(source: str, routes: list[Route]) -> None:
+    """Routes to one https origin share its connections, so they must agree on how to verify it."""
+    seen: dict[str, tuple] = {}
+    for i, route in enumerate(routes):
+        if route.origin is not None and route.origin.scheme == "https":
+            settings = (route.tls_verify, route.tls_ca, route.tls_client_cert, route.tls_client_key)
+            if seen.setdefault(route.origin.key, settings) != settings:
+                raise ConfigError(source, f"route[{i}].tls_*", f"the same tls_* keys on every route to {route.origin.key}")
+
+
+def _check_tls_files(config: Config) -> None:
+    """Load every certificate, key and CA bundle once, so a bad file stops the start with its name."""
+    if config.tls.listeners:
+        from accel.tls import check_certificates
+
+        check_certificates(config.tls, config.source)
+    for i, route in enumerate(config.routes):
+        if route.tls_ca or route.tls_client_cert:
+            from accel.origin_tls import check_route_files
+
+            check_route_files(route, config.source, f"route[{i}]")
 
 
 # Tables other parts of accel read from the same file (each validates its own).
-_TOP_EXTENSION_KEYS: set[str] = {"tls"}
+_TOP_EXTENSION_KEYS: set[str] = set()
 
 
 def load_config(path: str) -> Config:

@@ -138,6 +138,11 @@ class OriginClient:
 
 
 def _describe(origin: Origin, failure) -> str:
+    from accel.origin_tls import describe_tls_failure
+
+    tls = describe_tls_failure(origin, failure)
+    if tls:
+        return tls
     if failure.check(ResponseNeverReceived):
         reasons = [r.getErrorMessage() for r in failure.value.reasons]
         return f"{origin.key} closed the connection before answering ({'; '.join(reasons)})"

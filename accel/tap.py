@@ -50,7 +50,7 @@ def build_config(options) -> Config:
     )
     if not config.routes:
         raise ConfigError(config.source, "route", "at least one [[route]] (or --origin URL)")
-    for description in config.listen:
+    for description in config.listen + tuple(l.endpoint for l in config.tls.listeners) + config.tls.redirect_listen:
         check_endpoint(config.source, description)
     return config
 
@@ -75,6 +75,11 @@ def makeService(options: Options) -> service.IService:
     top = service.MultiService()
     for description in config.listen:
         strports.service(description, site, reactor=reactor).setServiceParent(top)
+    if config.tls.listeners or config.tls.redirect_listen:
+        from accel.tls import tls_services
+
+        for tls_service in tls_services(config, site, reactor):
+            tls_service.setServiceParent(top)
     top.addService(_Closer(site))
     return top
 

@@ -137,8 +137,11 @@ def test_twistd_rejects_a_bad_endpoint(tmp_path):
     assert "Traceback" not in run.stderr
 
 
-def test_example_configs_are_valid():
+def test_example_configs_are_valid(monkeypatch):
     from pathlib import Path
+
+    # The examples name the deployment's certificate files; loading those is tested in test_tls_config.py.
+    monkeypatch.setattr("accel.config._check_tls_files", lambda config: None)
 
     examples = sorted(Path(__file__).parent.parent.joinpath("examples").glob("*.toml"))
     assert examples, "examples/ ships configs"
