@@ -12,27 +12,35 @@ from twisted.logger import Logger
 from accel.config import CacheSettings, Config
 from accel.errors import ErrorPages
 from accel.origin import OriginClients
+from accel.origin_tls import origin_policies
 from accel.proxy import Forwarder, ReverseProxy
+from accel.purge import PurgeHandler
 from accel.server import AccelSite
+from accel.tls_http import hsts_value, with_hsts
 
 log = Logger()
 
 
 def build_site(config: Config, reactor) -> AccelSite:
     errors = ErrorPages(config.error_documents)
-    clients = OriginClients(reactor)
+    clients = OriginClients(reactor, tls_policy_for=origin_policies(config.routes, config.source))
     handler = forwarder = Forwarder(config, clients, errors, reactor)
     cache = None
     if config.cache.dir:
         cache = CacheRuntime(config.cache, reactor)
         handler = cache.layer(forwarder)
+    proxy = ReverseProxy(config, handler, errors)
+    if cache is not None:
+        proxy.purge = PurgeHandler(cache.store, config.purge, config.cache, proxy.serves_host)
     site = AccelSite(
-        ReverseProxy(config, handler, errors),
+        proxy,
         limits=config.limits,
         server_header=config.server_header,
         access_log=config.access_log,
         reactor=reactor,
     )
+    if config.tls.hsts_max_age is not None:
+        site.requestFactory = with_hsts(site.requestFactory, hsts_value(config.tls))
 
     def close():
         if cache is not None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import click
 
+from accel.cache_cli import cache
 from accel.config import ConfigError, load_config
 from accel.tap import check_endpoint
 
@@ -52,3 +53,6 @@ def demo(delay: float) -> None:
     from accel.demo import run_demo
 
     raise SystemExit(run_demo(delay))
+
+
+main.add_command(cache)

@@ -37,12 +37,20 @@ log = Logger()
 class ReverseProxy(Resource):
     isLeaf = True
 
-    def __init__(self, config: Config, handler, errors: ErrorPages):
+    def __init__(self, config: Config, handler, errors: ErrorPages, purge=None):
         super().__init__()
         self.routes = RouteTable(config.routes)
         self.handler = handler
         self.errors = errors
+        self.purge = purge
         self.names = {n.lower() for n in config.server_names + local_names()}
+        self.any_host = not config.server_names
+
+    def serves_host(self, host: str) -> bool:
+        """Whether ``host`` (a Host field value, port included) is one of ours: any host when no names
+        are configured, else a configured or local name."""
+        name = host.rsplit(":", 1)[0] if not host.endswith("]") else host
+        return self.any_host or name.strip("[]").lower() in self.names
 
     def render(self, request) -> object:
         method = request.method
@@ -51,6 +59,12 @@ class ReverseProxy(Resource):
             return NOT_DONE_YET
         target = self.origin_form(request)
         if target is None:
+            return NOT_DONE_YET
+        if method == b"PURGE":
+            if self.purge is None:
+                self.errors.send(request, 405, "This server has no cache to purge.")
+            else:
+                self.purge.handle(request, target)
             return NOT_DONE_YET
         route = self.routes.match(target)
         if route is None or route.exclude:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import shutil
+import tempfile
 from dataclasses import replace
 
 from twisted.internet import defer, reactor
@@ -13,8 +15,14 @@ from accel.config import CacheSettings, Config, Route, RouteCache, parse_origin
 from tests.support import get, http_client, start_stack
 
 
+def temporary_directory(testcase) -> str:
+    directory = tempfile.mkdtemp(prefix="accel-test-")
+    testcase.addCleanup(shutil.rmtree, directory, True)
+    return directory
+
+
 def cached_stack(testcase, **settings):
-    directory = testcase.mktemp()
+    directory = temporary_directory(testcase)
     config = Config(cache=CacheSettings(dir=directory, **settings))
     return start_stack(testcase, config=config)
 
@@ -123,7 +131,7 @@ class HitAndMissTests(unittest.TestCase):
 
     @defer.inlineCallbacks
     def test_cache_disable_by_route_and_by_pattern(self):
-        directory = self.mktemp()
+        directory = temporary_directory(self)
         stack = start_stack(self)
         origin = parse_origin(stack.origin_url + "/")
         routes = (
@@ -154,7 +162,7 @@ class HitAndMissTests(unittest.TestCase):
 
     @defer.inlineCallbacks
     def test_entries_survive_a_restart(self):
-        directory = self.mktemp()
+        directory = temporary_directory(self)
         stack = start_stack(self, config=Config(cache=CacheSettings(dir=directory)))
         stack.origin.handlers[b"/keep"] = responder(cache_control="max-age=600")
         agent = http_client(self)

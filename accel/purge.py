@@ -1,0 +1,181 @@
+"""HTTP PURGE: invalidating stored responses from outside, Varnish / Fastly style.
+
+``PurgeHandler.handle`` fully answers a request whose method is ``PURGE``; it never reaches an origin.
+The request-target and ``Host`` name what to purge, request header fields choose how:
+
+==============================  =========================================================================
+``PURGE /a/b?x=1``              every stored variant (all Vary variants) of that URL
+``X-Purge-Method: prefix``      every URL whose path starts with the request-target (``PURGE /img/``)
+``X-Purge-Method: all``         everything stored for this Host (the request-target is ignored)
+``Surrogate-Key: t1 t2``        every entry tagged t1 or t2 (space-separated; tags come from the origin's
+                                ``Surrogate-Key`` / ``Cache-Tag`` fields). Tags are cache-wide: a tag purge
+                                is not limited to the Host. ``X-Purge-Method: tag`` may be sent but is
+                                implied by the field.
+``X-Purge-Soft: 1``             soft purge: mark the entries stale (revalidated with the origin before they
+                                are used again, still usable as stale-if-error) instead of deleting them.
+                                ``Fastly-Soft-Purge: 1`` is accepted as a synonym.
+==============================  =========================================================================
+
+Keys are computed like the cache computes them (``accel.cache.key`` with ``sort_query`` / ``drop_params``),
+for both ``http`` and ``https`` unless ``share_schemes`` is set (then the one shared key, which uses
+``http``). The answer is JSON, ``{"status": "ok", "purged": N, "mode": ..., ...}`` with 200, or with 404
+when nothing matched. The purge is visible to every accel process using the cache directory before the
+answer is sent (``TieredStore`` bumps the shared purge epoch).
+
+Only clients whose address (the TCP peer; never X-Forwarded-For) is in ``[purge] allow`` may purge, and
+when ``[purge] secret`` is set the request must also carry it in ``[purge] secret_header``; anyone else
+gets 403 and a log line naming the address. A PURGE for a host accel does not serve answers 404.
+"""
+
+from __future__ import annotations
+
+import hmac
+import ipaddress
+import json
+from collections.abc import Callable
+
+from twisted.logger import Logger
+
+from accel.cache.key import cache_key, url_prefix_key
+from accel.cache.store import StoreFull
+from accel.cache.tiers import TieredStore
+from accel.config import CacheSettings, PurgeSettings
+
+log = Logger()
+
+METHOD_FIELD = b"x-purge-method"
+SOFT_FIELDS = (b"x-purge-soft", b"fastly-soft-purge")
+TAG_FIELD = b"surrogate-key"
+MODES = ("url", "prefix", "tag", "all")
+SHARED_SCHEME = "http"  # the scheme of keys when CacheSettings.share_schemes is set
+_TRUE = {"1", "true", "yes", "on"}
+
+
+def purge_schemes(cache: CacheSettings) -> tuple[str, ...]:
+    """The schemes a URL is stored under: one shared key, or one per scheme."""
+    return (SHARED_SCHEME,) if cache.share_schemes else ("http", "https")
+
+
+def url_keys(host: str, target: str, cache: CacheSettings) -> list[str]:
+    """The primary keys the cache may hold for ``target`` (origin-form) on ``host``."""
+    return [
+        cache_key(scheme, host, target, sort_query=cache.sort_query, drop_params=cache.drop_params)
+        for scheme in purge_schemes(cache)
+    ]
+
+
+def prefix_keys(host: str, path_prefix: str, cache: CacheSettings) -> list[str]:
+    """Key prefixes covering every URL under ``path_prefix`` on ``host``."""
+    return [url_prefix_key(scheme, host, path_prefix) for scheme in purge_schemes(cache)]
+
+
+class PurgeHandler:
+    """Answers PURGE requests; see the module docstring for the syntax."""
+
+    def __init__(
+        self,
+        store: TieredStore,
+        settings: PurgeSettings,
+        cache: CacheSettings,
+        served_hosts: Callable[[str], bool],
+    ):
+        self.store = store
+        self.settings = settings
+        self.cache = cache
+        self.served_hosts = served_hosts
+        self._secret = settings.secret.encode("utf-8") if settings.secret is not None else None
+        self._secret_header = settings.secret_header.encode("latin-1")
+
+    # -- the request ------------------------------------------------------------------------------------
+
+    def handle(self, request, target: str) -> None:
+        """Answer ``request`` (method PURGE); ``target`` is its origin-form path and query."""
+        address = self.client_address(request)
+        refusal = self.refusal(request, address)
+        if refusal is not None:
+            log.warn("PURGE {target} refused for {address}: {why}", target=target, address=address, why=refusal)
+            self.answer(request, 403, {"status": "forbidden", "detail": refusal})
+            return
+        host = (request.getHeader(b"host") or b"").decode("latin-1").strip().lower()
+        if not host or not self.served_hosts(host):
+            self.answer(request, 404, {"status": "not found", "detail": "this server does not serve that host"})
+            return
+        soft = any(_header(request, name).lower() in _TRUE for name in SOFT_FIELDS)
+        tags = _header(request, TAG_FIELD).split()
+        mode = _header(request, METHOD_FIELD).lower() or ("tag" if tags else "url")
+        if mode not in MODES:
+            self.answer(request, 400, {"status": "bad request", "detail": f"X-Purge-Method must be one of {', '.join(MODES)}"})
+            return
+        if mode == "tag" and not tags:
+            self.answer(request, 400, {"status": "bad request", "detail": "a tag purge needs a Surrogate-Key field"})
+            return
+        try:
+            result = self.purge(mode, host, target, tags, soft)
+        except StoreFull as exc:
+            log.error("PURGE {target} failed: {why}", target=target, why=str(exc))
+            self.answer(request, 503, {"status": "error", "detail": "the cache store is full"})
+            return
+        result = {"status": "ok" if result["purged"] else "not found", **result}
+        log.info(
+            "PURGE ({mode}{soft}) {what} from {address}: {n} entries",
+            mode=mode, soft=", soft" if soft else "", what=result.get("key") or result.get("tags"),
+            address=address, n=result["purged"],
+        )
+        self.answer(request, 200 if result["purged"] else 404, result)
+
+    def purge(self, mode: str, host: str, target: str, tags: list[str], soft: bool) -> dict:
+        """Apply one purge to both tiers (and publish it to every process); the JSON answer's fields."""
+        store = self.store
+        if mode == "tag":
+            purged = sum(store.purge_tag(tag, soft=soft) for tag in dict.fromkeys(tags))
+            return {"purged": purged, "mode": mode, "soft": soft, "tags": list(dict.fromkeys(tags))}
+        if mode == "url":
+            keys = url_keys(host, target, self.cache)
+            purged = sum(store.purge_url(key, soft=soft) for key in keys)
+        else:
+            path = target.partition("#")[0] if mode == "prefix" else "/"
+            keys = prefix_keys(host, path, self.cache)
+            purged = sum(store.purge_prefix(key, soft=soft) for key in keys)
+        return {"purged": purged, "mode": mode, "soft": soft, "key": keys[0], "keys": keys}
+
+    # -- access control -------------------------------------------------------------------------------
+
+    @staticmethod
+    def client_address(request) -> str:
+        return str(getattr(request.getClientAddress(), "host", "") or "")
+
+    def refusal(self, request, address: str) -> str | None:
+        """Why this client may not purge, or None when it may."""
+        if not self.allowed(address):
+            return "address not allowed"
+        if self._secret is not None:
+            given = request.getHeader(self._secret_header)
+            if given is None or not hmac.compare_digest(given, self._secret):
+                return "missing or wrong secret"
+        return None
+
+    def allowed(self, address: str) -> bool:
+        try:
+            ip = ipaddress.ip_address(address.partition("%")[0])
+        except ValueError:
+            return False  # not an IP peer (e.g. a UNIX socket): the allow list cannot admit it
+        if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+            ip = ip.ipv4_mapped
+        return any(ip.version == net.version and ip in net for net in self.settings.allow)
+
+    # -- answering ------------------------------------------------------------------------------------
+
+    @staticmethod
+    def answer(request, code: int, document: dict) -> None:
+        body = json.dumps(document, separators=(", ", ": ")).encode("utf-8") + b"\n"
+        request.setResponseCode(code)
+        request.setHeader(b"content-type", b"application/json")
+        request.setHeader(b"content-length", b"%d" % len(body))
+        request.setHeader(b"cache-control", b"no-store")
+        request.write(body)
+        request.finish()
+
+
+def _header(request, name: bytes) -> str:
+    value = request.getHeader(name)
+    return value.decode("latin-1").strip() if value is not None else ""

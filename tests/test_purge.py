@@ -1,0 +1,370 @@
+"""HTTP PURGE (accel.purge): a real loopback server answering PURGE from a real LMDB store."""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import textwrap
+
+from twisted.internet import defer, reactor
+from twisted.trial import unittest
+from twisted.web import resource, server
+
+from accel.cache.entry import EntryHead
+from accel.cache.epoch import PurgeEpoch
+from accel.cache.memory import MemoryTier
+from accel.cache.store import DiskStore
+from accel.cache.tiers import TieredStore
+from accel.config import CacheSettings, PurgeSettings
+from accel.purge import PurgeHandler, prefix_keys, url_keys
+from tests.support import get, http_client
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+HOST = "www.example.com"
+MAP_SIZE = 32 << 20
+
+
+def make_head(url: str, secondary_key: str = "", tags: tuple[str, ...] = (), vary=()) -> EntryHead:
+    return EntryHead(
+        url=url, secondary_key=secondary_key, vary_names=tuple(vary), status=200, reason="OK",
+        fields=(("content-type", "text/plain"), ("cache-control", "max-age=600")),
+        request_time=1.0, response_time=2.0, body_length=0, stored_at=2.0, tags=tags,
+    )
+
+
+def put(store: TieredStore, url: str, body: bytes = b"body", secondary_key: str = "", **kw) -> EntryHead:
+    writer = store.begin(url, secondary_key)
+    writer.write(body)
+    stored = store.commit(writer, make_head(url, secondary_key, **kw), len(body), body=body)
+    assert stored is not None
+    return stored
+
+
+def open_tiered(directory: str) -> TieredStore:
+    disk = DiskStore(directory, map_size=MAP_SIZE)
+    memory = MemoryTier(max_bytes=1 << 20, max_objects=100, max_object_size=64 * 1024)
+    return TieredStore(disk, memory, PurgeEpoch(os.path.join(directory, "purge-epoch")))
+
+
+class _PurgeOnly(resource.Resource):
+    """Stands in for ReverseProxy.render: PURGE goes to the handler, anything else is an 'origin' hit."""
+
+    isLeaf = True
+
+    def __init__(self, handler: PurgeHandler):
+        super().__init__()
+        self.handler = handler
+        self.other = 0
+
+    def render(self, request):
+        if request.method == b"PURGE":
+            self.handler.handle(request, request.uri.decode("latin-1"))
+            return server.NOT_DONE_YET
+        self.other += 1
+        return b"origin"
+
+
+class PurgeTestCase(unittest.TestCase):
+    purge = PurgeSettings()
+    cache_settings = CacheSettings()
+
+    def setUp(self):
+        self.dir = tempfile.mkdtemp(prefix="accel-purge-")
+        self.addCleanup(shutil.rmtree, self.dir, True)  # last: after the store is closed
+        self.store = open_tiered(self.dir)
+        self.addCleanup(self.store.epoch.close)
+        self.addCleanup(self.store.disk.close)
+        self.handler = PurgeHandler(self.store, self.purge, self.cache_settings, lambda host: host.split(":")[0] == HOST)
+        self.resource = _PurgeOnly(self.handler)
+        port = reactor.listenTCP(0, server.Site(self.resource), interface="127.0.0.1")
+        self.addCleanup(port.stopListening)
+        self.url = f"http://127.0.0.1:{port.getHost().port}"
+        self.agent = http_client(self)
+
+    @defer.inlineCallbacks
+    def send(self, target: str, host: str = HOST, **fields):
+        headers = {b"host": host.encode()}
+        headers.update({name.replace("_", "-").encode(): value.encode() for name, value in fields.items()})
+        response, body = yield get(self.agent, self.url + target, method=b"PURGE", headers=headers)
+        self.assertEqual(response.headers.getRawHeaders(b"content-type"), [b"application/json"])
+        self.assertEqual(response.headers.getRawHeaders(b"cache-control"), [b"no-store"])
+        return response.code, json.loads(body)
+
+    def urls(self) -> list[str]:
+        return sorted({head.url for head in self.store.disk.iter_heads()})
+
+
+class UrlPurgeTests(PurgeTestCase):
+    @defer.inlineCallbacks
+    def test_every_vary_variant_of_both_schemes_is_purged(self):
+        for key in ('[["accept-encoding","gzip"]]', '[["accept-encoding","br"]]', '[["accept-encoding",null]]'):
+            put(self.store, f"http://{HOST}/page?a=1", secondary_key=key, vary=("accept-encoding",))
+        put(self.store, f"https://{HOST}/page?a=1")
+        put(self.store, f"http://{HOST}/page?a=2")
+        put(self.store, f"http://{HOST}/page")
+        self.assertEqual(len(self.store.lookup(f"http://{HOST}/page?a=1")), 3)  # now in memory too
+        code, doc = yield self.send("/page?a=1")
+        self.assertEqual(code, 200)
+        self.assertEqual(doc["status"], "ok")
+        self.assertEqual(doc["purged"], 4)
+        self.assertEqual(doc["mode"], "url")
+        self.assertEqual(doc["key"], f"http://{HOST}/page?a=1")
+        self.assertEqual(doc["keys"], [f"http://{HOST}/page?a=1", f"https://{HOST}/page?a=1"])
+        self.assertEqual(self.store.lookup(f"http://{HOST}/page?a=1"), [])
+        self.assertEqual(self.urls(), [f"http://{HOST}/page", f"http://{HOST}/page?a=2"])
+        self.assertEqual(self.resource.other, 0)
+
+    @defer.inlineCallbacks
+    def test_nothing_stored_is_404_json(self):
+        code, doc = yield self.send("/nothing")
+        self.assertEqual(code, 404)
+        self.assertEqual(doc["status"], "not found")
+        self.assertEqual(doc["purged"], 0)
+
+    @defer.inlineCallbacks
+    def test_host_case_and_default_port_are_normalised(self):
+        put(self.store, f"http://{HOST}/x")
+        code, doc = yield self.send("/x", host="WWW.Example.com:80")
+        self.assertEqual((code, doc["purged"]), (200, 1))
+
+    @defer.inlineCallbacks
+    def test_unknown_host_is_404_and_purges_nothing(self):
+        put(self.store, f"http://{HOST}/x")
+        put(self.store, "http://other.example/x")
+        code, doc = yield self.send("/x", host="other.example")
+        self.assertEqual(code, 404)
+        self.assertEqual(doc["status"], "not found")
+        self.assertEqual(len(self.urls()), 2)
+
+    @defer.inlineCallbacks
+    def test_unknown_method_field_is_400(self):
+        code, doc = yield self.send("/x", x_purge_method="regex")
+        self.assertEqual(code, 400)
+        self.assertIn("X-Purge-Method", doc["detail"])
+
+    @defer.inlineCallbacks
+    def test_soft_purge_marks_stale_and_keeps_the_entries(self):
+        put(self.store, f"http://{HOST}/soft", secondary_key="a")
+        put(self.store, f"http://{HOST}/soft", secondary_key="b")
+        code, doc = yield self.send("/soft", x_purge_soft="1")
+        self.assertEqual((code, doc["purged"], doc["soft"]), (200, 2, True))
+        heads = [head for head, _, _ in self.store.lookup(f"http://{HOST}/soft")]
+        self.assertEqual([h.stale_marked for h in heads], [True, True])
+
+    @defer.inlineCallbacks
+    def test_fastly_soft_purge_field_is_a_synonym(self):
+        put(self.store, f"http://{HOST}/soft")
+        code, doc = yield self.send("/soft", fastly_soft_purge="1")
+        self.assertEqual((code, doc["soft"]), (200, True))
+        self.assertTrue(self.store.disk.variants(f"http://{HOST}/soft")[0].stale_marked)
+
+
+class QueryOptionTests(PurgeTestCase):
+    cache_settings = CacheSettings(sort_query=True, drop_params=("utm_*",), share_schemes=True)
+
+    @defer.inlineCallbacks
+    def test_key_uses_the_cache_key_options(self):
+        put(self.store, f"http://{HOST}/q?a=1&b=2")
+        code, doc = yield self.send("/q?b=2&utm_source=x&a=1")
+        self.assertEqual((code, doc["purged"]), (200, 1))
+        self.assertEqual(doc["keys"], [f"http://{HOST}/q?a=1&b=2"])
+
+    def test_key_helpers(self):
+        self.assertEqual(url_keys("H:80", "/a?utm_x=1", self.cache_settings), ["http://h/a"])
+        self.assertEqual(prefix_keys("h", "img/", CacheSettings()), ["http://h/img/", "https://h/img/"])
+
+
+class PrefixTagAllTests(PurgeTestCase):
+    @defer.inlineCallbacks
+    def test_prefix(self):
+        for path in ("/img/a.png", "/img/b/c.png", "/imgx", "/other"):
+            put(self.store, f"http://{HOST}{path}")
+        put(self.store, f"https://{HOST}/img/z")
+        put(self.store, f"http://{HOST}.evil/img/a.png")
+        code, doc = yield self.send("/img/", x_purge_method="prefix")
+        self.assertEqual((code, doc["mode"], doc["purged"]), (200, "prefix", 3))
+        self.assertEqual(doc["key"], f"http://{HOST}/img/")
+        self.assertEqual(self.urls(), [f"http://{HOST}.evil/img/a.png", f"http://{HOST}/imgx", f"http://{HOST}/other"])
+
+    @defer.inlineCallbacks
+    def test_soft_prefix(self):
+        put(self.store, f"http://{HOST}/p/1")
+        put(self.store, f"http://{HOST}/q")
+        code, doc = yield self.send("/p", x_purge_method="prefix", x_purge_soft="true")
+        self.assertEqual((code, doc["purged"]), (200, 1))
+        self.assertTrue(self.store.disk.variants(f"http://{HOST}/p/1")[0].stale_marked)
+        self.assertFalse(self.store.disk.variants(f"http://{HOST}/q")[0].stale_marked)
+
+    @defer.inlineCallbacks
+    def test_tags(self):
+        put(self.store, f"http://{HOST}/a", tags=("product-1", "list"))
+        put(self.store, f"http://{HOST}/b", tags=("product-2",))
+        put(self.store, f"http://{HOST}/c", tags=("product-3",))
+        put(self.store, f"http://{HOST}/d")
+        self.store.lookup(f"http://{HOST}/a")
+        code, doc = yield self.send("/", surrogate_key="product-1 product-2 product-1")
+        self.assertEqual((code, doc["mode"], doc["purged"]), (200, "tag", 2))
+        self.assertEqual(doc["tags"], ["product-1", "product-2"])
+        self.assertEqual(self.urls(), [f"http://{HOST}/c", f"http://{HOST}/d"])
+        self.assertEqual(self.store.lookup(f"http://{HOST}/a"), [])
+
+    @defer.inlineCallbacks
+    def test_soft_tag(self):
+        put(self.store, f"http://{HOST}/a", tags=("t",))
+        code, doc = yield self.send("/", surrogate_key="t", x_purge_soft="1", x_purge_method="tag")
+        self.assertEqual((code, doc["purged"]), (200, 1))
+        self.assertTrue(self.store.disk.variants(f"http://{HOST}/a")[0].stale_marked)
+
+    @defer.inlineCallbacks
+    def test_tag_method_without_tags_is_400(self):
+        code, _ = yield self.send("/", x_purge_method="tag")
+        self.assertEqual(code, 400)
+
+    @defer.inlineCallbacks
+    def test_unknown_tag_is_404(self):
+        put(self.store, f"http://{HOST}/a", tags=("t",))
+        code, doc = yield self.send("/", surrogate_key="nope")
+        self.assertEqual((code, doc["purged"]), (404, 0))
+
+    @defer.inlineCallbacks
+    def test_all_is_scoped_to_the_host(self):
+        put(self.store, f"http://{HOST}/a")
+        put(self.store, f"https://{HOST}/b/c")
+        put(self.store, f"http://{HOST}:8080/a")
+        put(self.store, "http://other.example/a")
+        code, doc = yield self.send("/ignored", x_purge_method="all")
+        self.assertEqual((code, doc["mode"], doc["purged"]), (200, "all", 2))
+        self.assertEqual(self.urls(), ["http://other.example/a", f"http://{HOST}:8080/a"])
+
+
+class RefusalTests(PurgeTestCase):
+    purge = PurgeSettings(allow=(ipaddress.ip_network("10.0.0.0/8"), ipaddress.ip_network("::1/128")))
+
+    @defer.inlineCallbacks
+    def test_address_outside_allow_is_refused_and_logged(self):
+        put(self.store, f"http://{HOST}/a")
+        logged = []
+        from accel import purge as module
+        from twisted.logger import globalLogPublisher
+
+        globalLogPublisher.addObserver(logged.append)
+        self.addCleanup(globalLogPublisher.removeObserver, logged.append)
+        code, doc = yield self.send("/a")
+        self.assertEqual((code, doc["status"]), (403, "forbidden"))
+        self.assertEqual(len(self.urls()), 1)
+        refusals = [e for e in logged if e.get("log_namespace") == module.__name__ and e.get("address")]
+        self.assertEqual([e["address"] for e in refusals], ["127.0.0.1"])
+
+    @defer.inlineCallbacks
+    def test_refused_before_the_host_is_looked_at(self):
+        code, _ = yield self.send("/a", host="unknown.example")
+        self.assertEqual(code, 403)
+
+    def test_ipv4_mapped_addresses_match_ipv4_networks(self):
+        handler = PurgeHandler(self.store, self.purge, CacheSettings(), lambda h: True)
+        self.assertTrue(handler.allowed("::ffff:10.1.2.3"))
+        self.assertTrue(handler.allowed("::1"))
+        self.assertFalse(handler.allowed("::ffff:127.0.0.1"))
+        self.assertFalse(handler.allowed("/run/accel.sock"))
+
+
+class SecretTests(PurgeTestCase):
+    purge = PurgeSettings(secret="s3cret", secret_header="x-purge-secret")
+
+    @defer.inlineCallbacks
+    def test_missing_secret_is_403(self):
+        put(self.store, f"http://{HOST}/a")
+        code, doc = yield self.send("/a")
+        self.assertEqual((code, doc["detail"]), (403, "missing or wrong secret"))
+        self.assertEqual(len(self.urls()), 1)
+
+    @defer.inlineCallbacks
+    def test_wrong_secret_is_403(self):
+        put(self.store, f"http://{HOST}/a")
+        code, _ = yield self.send("/a", x_purge_secret="s3cre")
+        self.assertEqual(code, 403)
+        self.assertEqual(len(self.urls()), 1)
+
+    @defer.inlineCallbacks
+    def test_right_secret_purges(self):
+        put(self.store, f"http://{HOST}/a")
+        code, doc = yield self.send("/a", x_purge_secret="s3cret")
+        self.assertEqual((code, doc["purged"]), (200, 1))
+
+
+CHILD = textwrap.dedent(
+    """
+    import os, sys
+    sys.path.insert(0, {root!r})
+    from accel.cache.epoch import PurgeEpoch
+    from accel.cache.memory import MemoryTier
+    from accel.cache.store import DiskStore
+    from accel.cache.tiers import TieredStore
+
+    directory, url = sys.argv[1], sys.argv[2]
+    store = TieredStore(DiskStore(directory, map_size={map_size}),
+                        MemoryTier(max_bytes=1 << 20, max_objects=100),
+                        PurgeEpoch(os.path.join(directory, "purge-epoch")))
+    found = len(store.lookup(url))
+    print(found, store.memory.has_url(url), flush=True)
+    sys.stdin.readline()
+    print(len(store.lookup(url)), flush=True)
+    """
+)
+
+
+class CrossProcessTests(PurgeTestCase):
+    @defer.inlineCallbacks
+    def test_purge_is_visible_to_another_process_before_the_answer(self):
+        url = f"http://{HOST}/shared"
+        put(self.store, url, secondary_key="a")
+        put(self.store, url, secondary_key="b")
+        child = subprocess.Popen(
+            [sys.executable, "-c", CHILD.format(root=ROOT, map_size=MAP_SIZE), self.dir, url],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+        )
+        self.addCleanup(child.wait)
+        self.addCleanup(child.stdin.close)
+        self.assertEqual(child.stdout.readline().split(), ["2", "True"])  # served from its memory tier
+        code, doc = yield self.send("/shared")
+        self.assertEqual((code, doc["purged"]), (200, 2))
+        child.stdin.write("check\n")
+        child.stdin.flush()
+        self.assertEqual(child.stdout.readline().strip(), "0")
+
+
+class ThroughTheServerTests(unittest.TestCase):
+    """PURGE through the real accel stack."""
+
+    @defer.inlineCallbacks
+    def test_purged_url_is_fetched_from_the_origin_again(self):
+        from accel.config import Config
+        from tests.support import start_stack
+
+        directory = tempfile.mkdtemp(prefix="accel-purge-e2e-")
+        self.addCleanup(shutil.rmtree, directory, True)
+        stack = start_stack(self, config=Config(cache=CacheSettings(dir=directory, map_size=MAP_SIZE)))
+
+        def cacheable(request):
+            request.setHeader(b"cache-control", b"max-age=600")
+            request.setHeader(b"surrogate-key", b"t")
+            return b"hello"
+
+        stack.origin.handlers[b"/p"] = cacheable
+        agent = http_client(self)
+        for _ in range(2):
+            yield get(agent, stack.url + "/p")
+        self.assertEqual(len(stack.origin.seen), 1)
+        response, body = yield get(agent, stack.url + "/p", method=b"PURGE")
+        self.assertEqual(response.code, 200, body)
+        self.assertEqual(json.loads(body)["purged"], 1)
+        yield get(agent, stack.url + "/p")
+        yield get(agent, stack.url + "/p")
+        self.assertEqual([s.method for s in stack.origin.seen], [b"GET", b"GET"])  # PURGE never reached it
+        response, body = yield get(agent, stack.url + "/", method=b"PURGE", headers={b"surrogate-key": b"t"})
+        self.assertEqual((response.code, json.loads(body)["mode"]), (200, "tag"))
