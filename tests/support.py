@@ -208,3 +208,27 @@ def raw_request(port: int, payload: bytes, timeout: float = 5.0):
 
 def _pairs(headers: Headers) -> list[tuple[bytes, bytes]]:
     return [(n, v) for n, vs in headers.getAllRawHeaders() for v in vs]
+
+
+def next_turn() -> defer.Deferred:
+    """Fires on the reactor's next iteration."""
+    d = defer.Deferred()
+    reactor.callLater(0, d.callback, None)
+    return d
+
+
+@defer.inlineCallbacks
+def turns(n: int):
+    """Let the reactor run ``n`` iterations."""
+    for _ in range(n):
+        yield next_turn()
+
+
+@defer.inlineCallbacks
+def until(predicate, limit: int = 100000):
+    """Let the reactor run until ``predicate()`` holds (waits on events, not on wall-clock time)."""
+    for _ in range(limit):
+        if predicate():
+            return
+        yield next_turn()
+    raise AssertionError("condition never became true")

@@ -12,7 +12,7 @@ from twisted.web import server
 
 from accel.app import build_site
 from accel.config import CacheSettings, Config, Route, RouteCache, parse_origin
-from tests.support import get, http_client, start_stack
+from tests.support import get, http_client, start_stack, turns, until
 
 
 def temporary_directory(testcase) -> str:
@@ -301,7 +301,7 @@ class ValidationTests(unittest.TestCase):
         response, body = yield get(agent, stack.url + "/swr")
         self.assertEqual(body, b"one")
         self.assertTrue(cache_status(response).startswith("accel; hit; ttl=-"))
-        yield _until(lambda: origin_hits(stack, b"/swr") == 2 and stack.accel_site.cache.layers[0].revalidating == set())
+        yield until(lambda: origin_hits(stack, b"/swr") == 2 and stack.accel_site.cache.layers[0].revalidating == set())
         _, body = yield get(agent, stack.url + "/swr")
         self.assertEqual(body, b"two")
 
@@ -390,8 +390,8 @@ class CollapsingTests(unittest.TestCase):
         stack.origin.handlers[b"/slow"] = slow
         agent = http_client(self)
         waiting = [get(agent, stack.url + "/slow") for _ in range(20)]
-        yield _until(lambda: pending)
-        yield _turns(50)
+        yield until(lambda: pending)
+        yield turns(50)
         self.assertEqual(len(pending), 1)
         pending[0].write(b"collapsed body")
         pending[0].finish()
@@ -414,34 +414,13 @@ class CollapsingTests(unittest.TestCase):
         stack.origin.handlers[b"/private"] = slow_private
         agent = http_client(self)
         waiting = [get(agent, stack.url + "/private") for _ in range(5)]
-        yield _until(lambda: pending)
+        yield until(lambda: pending)
         pending[0].write(b"mine")
         pending[0].finish()
-        yield _until(lambda: len(pending) == 5)
+        yield until(lambda: len(pending) == 5)
         for request in pending[1:]:
             request.write(b"mine")
             request.finish()
         yield defer.gatherResults(waiting)
         layer = stack.accel_site.cache.layers[0]
         self.assertTrue(any(k.endswith("/private") for k in layer.hit_for_miss))
-
-
-def _next_turn():
-    d = defer.Deferred()
-    reactor.callLater(0, d.callback, None)
-    return d
-
-
-@defer.inlineCallbacks
-def _turns(n):
-    for _ in range(n):
-        yield _next_turn()
-
-
-@defer.inlineCallbacks
-def _until(predicate, limit: int = 100000):
-    for _ in range(limit):
-        if predicate():
-            return
-        yield _next_turn()
-    raise AssertionError("condition never became true")

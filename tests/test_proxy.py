@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from dataclasses import replace
 
 from twisted.internet import defer, reactor
 from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
@@ -11,7 +10,7 @@ from twisted.trial import unittest
 from twisted.web.client import FileBodyProducer
 
 from accel.config import Config, Route, parse_origin
-from tests.support import get, http_client, raw_request, start_stack
+from tests.support import get, http_client, next_turn, raw_request, start_stack, turns, until
 
 
 class ForwardingTests(unittest.TestCase):
@@ -45,14 +44,14 @@ class ForwardingTests(unittest.TestCase):
         stack = start_stack(self, max_connections=2)
         agent = http_client(self)
         waiting = [get(agent, stack.url + "/hang") for _ in range(4)]
-        yield _until(lambda: len(stack.origin.seen) >= 2)
-        yield _turns(20)
+        yield until(lambda: len(stack.origin.seen) >= 2)
+        yield turns(20)
         self.assertEqual(len(stack.origin.seen), 2)  # the other two wait for a free connection
         for request in list(stack.origin.pending):
             request.write(b"done")
             request.finish()
         stack.origin.pending.clear()
-        yield _until(lambda: len(stack.origin.seen) == 4)
+        yield until(lambda: len(stack.origin.seen) == 4)
         for request in stack.origin.pending:
             request.write(b"done")
             request.finish()
@@ -223,7 +222,7 @@ class FailureTests(unittest.TestCase):
 
         client = RawClient(b"GET /hang HTTP/1.1\r\nHost: a\r\n\r\n")
         yield connectProtocol(TCP4ClientEndpoint(reactor, "127.0.0.1", port), client)
-        yield _until(lambda: stack.origin.pending)
+        yield until(lambda: stack.origin.pending)
         origin_request = stack.origin.pending[0]
         gone = origin_request.notifyFinish()
         client.transport.loseConnection()
@@ -250,7 +249,7 @@ class StreamingTests(unittest.TestCase):
         yield connectProtocol(TCP4ClientEndpoint(reactor, "127.0.0.1", stack.accel_port.getHost().port), client)
         max_in_flight = 0
         while not client.done.called:
-            yield _turns(1)
+            yield turns(1)
             if producers:
                 max_in_flight = max(max_in_flight, producers[0].sent - client.received)
             client.read_some()
@@ -270,7 +269,7 @@ class StreamingTests(unittest.TestCase):
         yield connectProtocol(TCP4ClientEndpoint(reactor, "127.0.0.1", stack.accel_port.getHost().port), sender)
         max_in_flight = 0
         while not sender.done.called:
-            yield _next_turn()
+            yield next_turn()
             max_in_flight = max(max_in_flight, sender.sent - sink.received)
         self.assertGreaterEqual(sink.received, self.SIZE)
         self.assertIn(b"200 OK", sender.response)
@@ -356,26 +355,3 @@ class _Uploader(Protocol):
 
 class _Nothing(Factory):
     pass
-
-
-def _turns(n: int):
-    """Let the reactor run ``n`` iterations (waiting on events, not on wall-clock time)."""
-    d = defer.succeed(None)
-    for _ in range(n):
-        d.addCallback(lambda _: _next_turn())
-    return d
-
-
-def _next_turn():
-    d = defer.Deferred()
-    reactor.callLater(0, d.callback, None)
-    return d
-
-
-@defer.inlineCallbacks
-def _until(predicate, limit: int = 100000):
-    for _ in range(limit):
-        if predicate():
-            return
-        yield _next_turn()
-    raise AssertionError("condition never became true")

@@ -18,7 +18,8 @@ from accel.tap import Options, makeService
 from accel.tls import CertificateStore, ReloadOnHangup, TLSServerFactory
 from accel.tls_http import RedirectToHTTPS
 from tests.support import get, http_client, raw_request, start_stack
-from tests.tls_support import LogCapture, handshake, https_client, serial_of, until, write_cert
+from tests.support import until
+from tests.tls_support import LogCapture, handshake, https_client, serial_of, write_cert
 
 
 class OffloadCase(unittest.TestCase):

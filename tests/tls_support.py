@@ -140,19 +140,3 @@ class LogCapture:
         return [
             formatEvent(e) for e in self.events if level is None or getattr(e.get("log_level"), "name", "") == level
         ]
-
-
-def next_turn():
-    d = defer.Deferred()
-    reactor.callLater(0, d.callback, None)
-    return d
-
-
-@defer.inlineCallbacks
-def until(predicate, limit: int = 100000):
-    """Let the reactor run until ``predicate()`` holds (waits on events, not on wall-clock time)."""
-    for _ in range(limit):
-        if predicate():
-            return
-        yield next_turn()
-    raise AssertionError("condition never became true")
