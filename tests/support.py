@@ -5,6 +5,7 @@ Everything listens on 127.0.0.1 with ephemeral ports and runs on the test's reac
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass, field, replace
 
 from twisted.internet import defer, protocol, reactor
@@ -156,6 +157,10 @@ def start_stack(testcase, config: Config | None = None, routes=None, **route_opt
     stack = Stack(origin, origin_site, origin_port, site, accel_port, config)
     testcase.addCleanup(stack.close)
     return stack
+
+
+# The ``twistd`` command, run by this interpreter (so it works without the virtualenv's bin/ on PATH).
+TWISTD = [sys.executable, "-c", "import sys; from twisted.scripts.twistd import run; sys.argv[0] = 'twistd'; run()"]
 
 
 def http_client(testcase) -> Agent:

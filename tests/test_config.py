@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import subprocess
-import sys
 
 import pytest
 from click.testing import CliRunner
 
 from accel.cli import main
 from accel.config import ConfigError, load_config, parse_config, with_overrides
+from tests.support import TWISTD
 
 GOOD = """
 [server]
@@ -120,7 +120,7 @@ def test_twistd_reports_a_bad_config_in_one_line(tmp_path):
     path = tmp_path / "bad.toml"
     path.write_text("[server]\nlisten = ['tcp:0:interface=127.0.0.1']\n[[route]]\nprefix = '/'\norigin = 'http://o/'\nidle_timeout = -5\n")
     run = subprocess.run(
-        [sys.executable, "-m", "twisted", "accel", "--config", str(path)], capture_output=True, text=True, timeout=60
+        TWISTD + ["--nodaemon", "accel", "--config", str(path)], capture_output=True, text=True, timeout=60
     )
     assert run.returncode == 1
     assert "Traceback" not in run.stderr + run.stdout
@@ -129,7 +129,7 @@ def test_twistd_reports_a_bad_config_in_one_line(tmp_path):
 
 def test_twistd_rejects_a_bad_endpoint(tmp_path):
     run = subprocess.run(
-        [sys.executable, "-m", "twisted", "accel", "--listen", "nonsense:1", "--origin", "http://127.0.0.1:1/"],
+        TWISTD + ["--nodaemon", "accel", "--listen", "nonsense:1", "--origin", "http://127.0.0.1:1/"],
         capture_output=True, text=True, timeout=60,
     )
     assert run.returncode == 1
