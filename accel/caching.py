@@ -21,6 +21,7 @@ of microseconds (measured in ``accel.cache.store``), far less than a thread hand
 from __future__ import annotations
 
 import fnmatch
+import math
 import time
 from dataclasses import dataclass, replace
 
@@ -29,6 +30,7 @@ from twisted.internet.interfaces import IPullProducer
 from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
 from twisted.web.client import PotentialDataLoss, ResponseDone
+from twisted.web.http_headers import Headers
 from twisted.web.iweb import UNKNOWN_LENGTH
 from zope.interface import implementer
 
@@ -65,6 +67,25 @@ ALL_VALIDATORS = CLIENT_VALIDATORS | {b"if-match", b"if-unmodified-since", b"if-
 TAG_FIELDS = ("surrogate-key", "cache-tag")
 # Framing is accel's job when it serves from the store.
 _FRAMING = frozenset({"content-length", "transfer-encoding"})
+
+
+def _canonical(names) -> frozenset:
+    """Field names as twisted.web's Headers spells them (b"Cache-Control")."""
+    headers = Headers()
+    for name in names:
+        headers.addRawHeader(name, b"")
+    return frozenset(name for name, _ in headers.getAllRawHeaders())
+
+
+# A GET or HEAD with none of these is "plain": no request cache directives (RFC 9111 §5.2.1, §5.4), no
+# preconditions (RFC 9110 §13.1), no range (§14.2). A plain request for a fresh stored response that is the
+# only one it selects is answered on the prepared path (CacheLayer.serve_plain).
+_NOT_PLAIN = _canonical([b"cache-control", b"pragma", b"range", b"if-range", b"if-match", b"if-none-match",
+                         b"if-modified-since", b"if-unmodified-since"])
+# The fields write_head sets after the stored ones.
+_SET_AFTER_STORED = _canonical([b"age", b"cache-status", b"content-length"])
+_DATE = next(iter(_canonical([b"date"])))
+_MEMO_SIZE = 4096  # entries in the small memos that spare recomputing per request (cleared when full)
 
 
 def request_fields(request) -> Fields:
@@ -112,6 +133,46 @@ class Variant:
     head: EntryHead
     body: bytes | None  # None: stream it from the disk tier
     stored: StoredResponse
+    freshness: policy.Freshness | None = None  # prepared earlier, when it was
+
+
+class Prepared:
+    """What serving one stored response takes that is fixed once it is stored: kept in the memory tier's
+    ``extra`` slot so that a hit does not parse or encode it again.
+
+    ``fields`` is the header section ``write_head`` would produce for it, encoded (without Age,
+    Cache-Status and Content-Length, which ``length`` holds); None when that cannot be encoded ahead
+    (then the general path serves it). ``taken``: canonical names the encoded section sets;
+    ``replaces_date``: the stored response has a Date, which replaces the request's own.
+    """
+
+    __slots__ = ("layer", "policy", "head", "stored", "freshness", "reason", "fields", "taken", "replaces_date",
+                 "length")
+
+    def __init__(self, layer: CacheLayer, policy_: CachePolicy, head: EntryHead):
+        self.layer = layer
+        self.policy = policy_
+        self.head = head
+        self.stored = stored_response(head)
+        self.freshness = policy.freshness(self.stored, policy_)
+        self.reason = head.reason.encode("latin-1")
+        self.length = b"Content-Length: %d\r\n\r\n" % head.body_length
+        self.fields: bytes | None = None
+        self.taken: frozenset = frozenset()
+        self.replaces_date = any(name == "date" for name, _ in head.fields)
+        headers = Headers()
+        try:
+            for name, value in head.fields:
+                if name not in layer.hidden_fields and name not in _FRAMING:
+                    headers.addRawHeader(name.encode("latin-1"), value.encode("latin-1"))
+        except ValueError:  # not encodable as a field line: leave it to the general path
+            return
+        lines = [b"%s: %s\r\n" % (name, value) for name, values in headers.getAllRawHeaders() for value in values]
+        names = frozenset(name for name, _ in headers.getAllRawHeaders())
+        if names & _SET_AFTER_STORED:
+            return  # write_head would replace a stored field in place
+        self.fields = b"".join(lines)
+        self.taken = (names | _SET_AFTER_STORED) - {_DATE} if self.replaces_date else names | _SET_AFTER_STORED
 
 
 @dataclass
@@ -147,12 +208,16 @@ class CacheLayer:
         self.hit_for_miss: dict[str, float] = {}
         self.revalidating: set[str] = set()
         self._policies: dict[Route, CachePolicy] = {}
+        self._policy_of: dict[int, tuple[Route, CachePolicy]] = {}  # id(route) → (route, policy)
+        self._keys: dict[tuple[bool, bytes, str], str] = {}  # key_for's results, for hot URLs
         hidden = set()
         if not settings.forward_targeted_fields:
             hidden.update(settings.targeted_fields)
         if not settings.forward_tag_fields:
             hidden.update(TAG_FIELDS)
         self.hidden_fields = frozenset(hidden)
+        # Cache-Status of a fresh hit up to its ttl value, e.g. b"accel; hit; ttl=" (serve_plain)
+        self.hit_ttl = (policy.cache_status_value(name, hit=True) + "; ttl=").encode("ascii")
 
     # -- the request path --------------------------------------------------------------------------------
 
@@ -164,17 +229,25 @@ class CacheLayer:
             request.responseHeaders.setRawHeaders(b"cache-status", [self.status(fwd="bypass")])
             self.forwarder.handle(request, route, target)
             return
+        key = self.key_for(request, target)
+        found = None
+        if not collapsed and request.method in (b"GET", b"HEAD") and _plain(request):
+            found = self.store.lookup(key)
+            if found and self.serve_plain(request, route, found):
+                return
         method = request.method.decode("latin-1")
         exchange = Exchange(
-            request, route, target, self.key_for(request, target), request_fields(request), method,
-            self.policy_for(route), collapsed,
+            request, route, target, key, request_fields(request), method, self.policy_for(route), collapsed,
         )
         if method not in ("GET", "HEAD"):
             self.forward_unsafe(exchange)
             return
-        variants = self.lookup(exchange.key)
+        variants = self.lookup(exchange.key) if found is None else self.variants(found, exchange.policy)
         now = self.clock()
-        decision = policy.evaluate(method, exchange.fields, [v.stored for v in variants], exchange.policy, now)
+        decision = policy.evaluate(
+            method, exchange.fields, [v.stored for v in variants], exchange.policy, now,
+            self.known_freshness(variants, exchange.policy),
+        )
         if isinstance(decision, policy.Fresh):
             self.serve(exchange, _variant_for(variants, decision.stored), decision.age, self.status(hit=True, ttl=decision.ttl))
         elif isinstance(decision, policy.StaleOk):
@@ -401,6 +474,51 @@ class CacheLayer:
 
     # -- serving from the store ----------------------------------------------------------------------
 
+    def serve_plain(self, request, route: Route, found) -> bool:
+        """The prepared path for a plain request (see ``_NOT_PLAIN``) that selects one stored response:
+        answer it if that response is fresh, with the header section encoded when it was first served.
+        The decision is ``policy.fresh_for_plain_request``, i.e. ``evaluate``'s. Returns False, having
+        written nothing, when the general path must decide (stale, no-cache, several variants match…)."""
+        selected = None
+        fields = None
+        for entry in found:
+            names = entry[0].vary_names
+            if names:
+                if fields is None:
+                    fields = request_fields(request)
+                if not matches(names, entry[0].secondary_key, fields):
+                    continue
+            elif names is None:
+                continue  # Vary: * never matches (§4.1)
+            if selected is not None:
+                return False  # most_recent_first decides between them
+            selected = entry
+        if selected is None:
+            return False
+        head, body, prepared = selected
+        policy_ = self.policy_for(route)
+        if not self.prepared_for(prepared, head, policy_):
+            prepared = Prepared(self, policy_, head)
+            self.store.set_extra(head, prepared)
+        if prepared.fields is None:
+            return False
+        fresh = policy.fresh_for_plain_request(prepared.stored, prepared.freshness, self.clock())
+        if fresh is None:
+            return False
+        section = b"%sAge: %d\r\nCache-Status: %s%d\r\n%s" % (
+            prepared.fields, max(0, int(fresh.age)), self.hit_ttl, math.floor(fresh.ttl), prepared.length
+        )
+        request.log_cache = "hit"
+        if not request.write_prepared(head.status, prepared.reason, section, prepared.taken,
+                                      _DATE if prepared.replaces_date else None, body):
+            request.log_cache = "-"
+            return False
+        if body is None and request.method != b"HEAD" and head.body_length:
+            DiskBodyProducer(request, self.store.disk.iter_body(head), [(0, head.body_length - 1)]).start()
+        else:
+            request.finish()
+        return True
+
     def serve(self, exchange: Exchange, variant: Variant, age: float, cache_status: bytes) -> None:
         request = exchange.request
         head = variant.head
@@ -497,6 +615,33 @@ class CacheLayer:
     def lookup(self, key: str) -> list[Variant]:
         return [Variant(head, body, stored_response(head)) for head, body, _ in self.store.lookup(key)]
 
+    def variants(self, found, policy_: CachePolicy) -> list[Variant]:
+        """``lookup``'s result from the store's own (head, body, extra): what was prepared is reused."""
+        variants = []
+        for head, body, extra in found:
+            if self.prepared_for(extra, head, policy_):
+                variants.append(Variant(head, body, extra.stored, extra.freshness))
+            else:
+                variants.append(Variant(head, body, stored_response(head)))
+        return variants
+
+    @staticmethod
+    def known_freshness(variants: list[Variant], policy_: CachePolicy):
+        """For ``policy.evaluate``: the prepared Freshness of these variants, if any was prepared."""
+        table = {id(v.stored): v.freshness for v in variants if v.freshness is not None}
+        if not table:
+            return None
+
+        def known(stored: StoredResponse) -> policy.Freshness:
+            found = table.get(id(stored))
+            return found if found is not None else policy.freshness(stored, policy_)
+
+        return known
+
+    def prepared_for(self, extra, head: EntryHead, policy_: CachePolicy) -> bool:
+        """Whether ``extra`` is this layer's Prepared of exactly ``head`` under ``policy_``."""
+        return type(extra) is Prepared and extra.head is head and extra.layer is self and extra.policy is policy_
+
     def new_head(self, exchange: Exchange, code: int, phrase: bytes, fields: Fields, request_time, response_time):
         names = vary_names(fields) or ()
         return EntryHead(
@@ -526,6 +671,9 @@ class CacheLayer:
         return True
 
     def policy_for(self, route: Route) -> CachePolicy:
+        known = self._policy_of.get(id(route))
+        if known is not None and known[0] is route:
+            return known[1]  # without hashing the whole Route
         found = self._policies.get(route)
         if found is None:
             s = self.settings
@@ -538,6 +686,9 @@ class CacheLayer:
                 targeted_fields=s.targeted_fields,
                 grace=s.grace,
             )
+        if len(self._policy_of) >= _MEMO_SIZE:
+            self._policy_of.clear()
+        self._policy_of[id(route)] = (route, found)
         return found
 
     def key_options(self) -> dict:
@@ -547,8 +698,15 @@ class CacheLayer:
         return "http" if self.settings.share_schemes or not request.isSecure() else "https"
 
     def key_for(self, request, target: str) -> str:
-        host = (request.getHeader(b"host") or b"").decode("latin-1")
-        return cache_key(self.scheme(request), host, target, **self.key_options())
+        host = request.getHeader(b"host") or b""
+        memo = (request.isSecure(), host, target)
+        key = self._keys.get(memo)
+        if key is None:
+            key = cache_key(self.scheme(request), host.decode("latin-1"), target, **self.key_options())
+            if len(self._keys) >= _MEMO_SIZE:
+                self._keys.clear()
+            self._keys[memo] = key
+        return key
 
     def effective_uri(self, request, target: str) -> str:
         host = (request.getHeader(b"host") or b"").decode("latin-1")
@@ -567,6 +725,14 @@ class CacheLayer:
 
     def close(self) -> None:
         self.collapser.release_all()
+
+
+def _plain(request) -> bool:
+    """No request field named in ``_NOT_PLAIN``."""
+    for name, _ in request.requestHeaders.getAllRawHeaders():
+        if name in _NOT_PLAIN:
+            return False
+    return True
 
 
 def _variant_for(variants: list[Variant], stored: StoredResponse) -> Variant:

@@ -44,6 +44,8 @@ class ReverseProxy(Resource):
         self.errors = errors
         self.purge = purge
         self.names = {n.lower() for n in config.server_names + local_names()}
+        # Route → its origin's key for the access log, computed once (id: Routes are slow to hash).
+        self._origin_keys = {id(r): (r, r.origin.key) for r in self.routes.routes if r.origin is not None}
         self.any_host = not config.server_names
 
     def serves_host(self, host: str) -> bool:
@@ -70,7 +72,8 @@ class ReverseProxy(Resource):
         if route is None or route.exclude:
             self.errors.send(request, 404, "No route serves this path.")
             return NOT_DONE_YET
-        request.log_origin = route.origin.key
+        known = self._origin_keys.get(id(route))
+        request.log_origin = known[1] if known is not None and known[0] is route else route.origin.key
         self.handler.handle(request, route, target)
         return NOT_DONE_YET
 

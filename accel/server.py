@@ -21,12 +21,32 @@ from urllib.parse import parse_qs
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web import http, server
+from twisted.web.http import NO_BODY_CODES
 
-from accel.accesslog import StandardOutput, access_log_line
+from accel.accesslog import PerTurnWriter, StandardOutput, access_log_line
 from accel.body import RequestBody
 from accel.config import Limits
 
 _REASONS = {400: b"Bad Request", 414: b"URI Too Long", 431: b"Request Header Fields Too Large"}
+
+
+class _HTTPDate:
+    """``http.datetimeToString()`` for now, formatted once per second rather than once per request."""
+
+    def __init__(self, clock=time.time):
+        self.clock = clock
+        self.second: int | None = None
+        self.value = b""
+
+    def __call__(self) -> bytes:
+        second = int(self.clock())
+        if second != self.second:
+            self.value = http.datetimeToString(second)
+            self.second = second
+        return self.value
+
+
+http_date = _HTTPDate()
 
 
 class AccelChannel(http.HTTPChannel):
@@ -38,17 +58,42 @@ class AccelChannel(http.HTTPChannel):
     maxHeaders = 1 << 30
     MAX_LENGTH = 65536
     _refused = False
+    # A connection's addresses and security never change: Twisted asks the transport for them for every
+    # request (getHost is a getsockname call), accel asks once per connection.
+    _secure: bool | None = None
+    _peer = None
+    _host = None
+    _limits: Limits | None = None
+
+    def isSecure(self) -> bool:
+        if self._secure is None:
+            self._secure = super().isSecure()
+        return self._secure
+
+    def getPeer(self):
+        if self._peer is None:
+            self._peer = super().getPeer()
+        return self._peer
+
+    def getHost(self):
+        if self._host is None:
+            self._host = super().getHost()
+        return self._host
 
     @property
     def limits(self) -> Limits:
-        return getattr(self.site, "limits", Limits())
+        if self._limits is None:
+            limits = getattr(self.site, "limits", None)
+            self._limits = Limits() if limits is None else limits
+        return self._limits
 
     def _in_request_line(self) -> bool:
         return bool(self._HTTPChannel__first_line)  # type: ignore[attr-defined]
 
     def lineReceived(self, line: bytes) -> None:
         limits = self.limits
-        if self._in_request_line():
+        first = self._HTTPChannel__first_line  # type: ignore[attr-defined]  # as _in_request_line
+        if first:
             self._header_lines = 0
             parts = line.split(b" ")
             if len(parts) == 3 and len(parts[1]) > limits.max_target_length:
@@ -60,7 +105,7 @@ class AccelChannel(http.HTTPChannel):
             if self._header_lines > limits.max_headers:
                 return self.refuse(431)
         if self._receivedHeaderSize + len(line) > limits.max_header_bytes:
-            return self.refuse(414 if self._in_request_line() else 431)
+            return self.refuse(414 if first else 431)
         super().lineReceived(line)
 
     def lineLengthExceeded(self, line: bytes) -> None:
@@ -143,11 +188,43 @@ class AccelRequest(server.Request):
         self.site = self.channel.site
         if self.site.server_header:
             self.setHeader(b"server", self.site.server_header)
-        self.setHeader(b"date", http.datetimeToString())
+        self.setHeader(b"date", http_date())
         try:
             self.render(self.site.getResourceFor(self))
         except Exception:
             self.processingFailed(Failure())
+
+    def write_prepared(
+        self, code: int, reason: bytes, section: bytes, taken: frozenset, replaced: bytes | None, body: bytes | None
+    ) -> bool:
+        """Start the response with a header section that is mostly encoded already (a cache hit's).
+
+        What is written equals ``setResponseCode(code, reason)``, then replacing this request's own
+        header field named ``replaced`` (e.g. b"Date") and adding the fields ``section`` encodes, then
+        ``write(body)``: the status line, this request's own fields (Server, Date, Connection: close)
+        as Twisted would write them, ``section`` (encoded field lines and the empty line; they must
+        include Content-Length), then ``body`` unless this is a HEAD request. Nothing is written and
+        False is returned when one of this request's own fields is named in ``taken`` (the canonical
+        names ``section`` sets): merging those is the general path's job.
+        """
+        parts = [self.clientproto, b" %d " % code, reason, b"\r\n"]
+        for name, values in self.responseHeaders.getAllRawHeaders():
+            if name == replaced:
+                continue
+            if name in taken:
+                return False
+            for value in values:
+                parts += (name, b": ", value, b"\r\n")
+        parts.append(section)
+        self.setResponseCode(code, reason)
+        self.startedWriting = 1
+        if self.method == b"HEAD" or code in NO_BODY_CODES:
+            self.write = lambda data: None  # as twisted.web.http.Request.write does
+        elif body:
+            parts.append(body)
+            self.sentLength += len(body)
+        self.channel.writeSequence(parts)
+        return True
 
     def finish(self) -> None:
         if self.body is not None and not self.body.complete and not self._disconnected:
@@ -199,12 +276,21 @@ class AccelSite(server.Site):
         self.server_header = server_header.encode("latin-1") if server_header else None
         self.access_log = access_log
 
+    def _openLogFile(self, path):
+        """The access log, opened for appending (line-buffered), as twisted.web's HTTPFactory does.
+
+        Not twisted.web.server.Site's rotating LogFile: it renames the file every 1 MB, on the reactor
+        thread, keeping every old file; with ``--access-log /dev/null`` (the bench) it renamed the
+        device itself and put a regular file in its place. Rotate with logrotate (copytruncate).
+        """
+        return http.HTTPFactory._openLogFile(self, path)
+
     def startFactory(self) -> None:
         super().startFactory()
         if self.access_log == "-":
-            self._logFile = StandardOutput()
+            self._logFile = PerTurnWriter(StandardOutput(), self.reactor)
         elif self.access_log:
-            self._logFile = self._openLogFile(self.access_log)
+            self._logFile = PerTurnWriter(self._openLogFile(self.access_log), self.reactor)
 
     def log(self, request) -> None:
         if self.access_log:

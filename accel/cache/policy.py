@@ -23,7 +23,7 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Callable, Sequence
 from urllib.parse import urljoin, urlsplit
 
 from .directives import (
@@ -368,6 +368,8 @@ Decision = Fresh | StaleOk | Revalidate | Miss | OnlyIfCachedFail
 
 def most_recent_first(candidates: Sequence[StoredResponse]) -> list[StoredResponse]:
     """§4.1: the most recent response (by Date, then response time) first."""
+    if len(candidates) < 2:
+        return list(candidates)
     return sorted(candidates, key=lambda s: (s.date(), s.response_time), reverse=True)
 
 
@@ -393,26 +395,64 @@ def _forbids_stale(cc: CacheControl) -> bool:
     return cc.must_revalidate or cc.proxy_revalidate or cc.s_maxage is not None or cc.no_cache
 
 
+@dataclass(frozen=True, slots=True)
+class Freshness:
+    """What ``evaluate`` needs of a stored response that neither the request nor the clock changes:
+    its effective response directives and its freshness lifetime (§4.2.1) under one policy."""
+
+    directives: CacheControl
+    lifetime: float
+
+
+def freshness(stored: StoredResponse, policy: CachePolicy = DEFAULT_POLICY) -> Freshness:
+    """``Freshness`` of ``stored``: compute once per stored response and policy, reuse on every request."""
+    cc, _ = response_directives(stored.fields, policy)
+    lifetime = freshness_lifetime(stored.status, stored.fields, policy, response_time=stored.response_time)
+    return Freshness(cc, lifetime)
+
+
+def fresh_for_plain_request(stored: StoredResponse, known: Freshness, now: float) -> Fresh | None:
+    """``evaluate``'s decision when it is ``Fresh``, for a plain request: a GET or HEAD without request
+    cache directives (no Cache-Control, no Pragma) for which ``stored`` is the only stored response
+    that matches (§4.1). ``known`` is ``freshness(stored, policy)``.
+
+    None means the decision is something else (stale, no-cache, stale-marked): ask ``evaluate``.
+    """
+    if known.directives.no_cache or stored.stale_marked:  # §5.2.2.4 / §4.4: revalidate or serve stale
+        return None
+    age = stored.age(now)
+    if known.lifetime > age:  # §4.2
+        return Fresh(stored, age, known.lifetime - age)
+    return None
+
+
 def evaluate(
     method: str,
     request_fields: Fields,
     stored: Sequence[StoredResponse],
     policy: CachePolicy,
     now: float,
+    known_freshness: Callable[[StoredResponse], Freshness] | None = None,
 ) -> Decision:
     """§4: how to answer a GET or HEAD from the stored responses for its primary key.
 
     HEAD is answered from stored GET responses. With §5.2.1.7 only-if-cached, every
     outcome that would contact the origin becomes ``OnlyIfCachedFail``.
+    ``known_freshness`` may supply ``freshness(stored, policy)`` computed earlier.
     """
-    decision = _evaluate(method, request_fields, stored, policy, now)
+    decision = _evaluate(method, request_fields, stored, policy, now, known_freshness)
     if request_cache_control(request_fields).only_if_cached and isinstance(decision, (Miss, Revalidate)):
         return OnlyIfCachedFail()
     return decision
 
 
 def _evaluate(
-    method: str, request_fields: Fields, stored: Sequence[StoredResponse], policy: CachePolicy, now: float
+    method: str,
+    request_fields: Fields,
+    stored: Sequence[StoredResponse],
+    policy: CachePolicy,
+    now: float,
+    known_freshness: Callable[[StoredResponse], Freshness] | None = None,
 ) -> Decision:
     if method not in ("GET", "HEAD"):
         return Miss("method")
@@ -425,8 +465,8 @@ def _evaluate(
     if not candidates:
         return Miss("vary-miss")
     selected = candidates[0]
-    cc, _ = response_directives(selected.fields, policy)
-    lifetime = freshness_lifetime(selected.status, selected.fields, policy, response_time=selected.response_time)
+    known = freshness(selected, policy) if known_freshness is None else known_freshness(selected)
+    cc, lifetime = known.directives, known.lifetime
     age = selected.age(now)
 
     def revalidate(fwd: str) -> Revalidate:
