@@ -237,9 +237,9 @@ class ServiceTests(OffloadCase):
     def test_tls_listeners_and_redirect_from_the_file(self):
         path = self.config_file(
             '[tls]\nlisten = ["tcp:0:interface=127.0.0.1"]\n'
-            f'certificates = [{{cert = "default.pem", key = "default.key"}}, {{cert = "a.pem", key = "a.key"}}]\n\n'
-            f'[tls.redirect]\nlisten = ["tcp:0:interface=127.0.0.1"]\nport = 8443\n\n'
-            f'[tls.hsts]\nmax_age = 600\n'
+            'certificates = [{cert = "default.pem", key = "default.key"}, {cert = "a.pem", key = "a.key"}]\n\n'
+            '[tls.redirect]\nlisten = ["tcp:0:interface=127.0.0.1"]\nport = 8443\n\n'
+            '[tls.hsts]\nmax_age = 600\n'
         )
         ports = yield self.started(["--config", path])
         cert, _, _ = yield handshake(ports["tls"], "a.test")
