@@ -54,7 +54,7 @@ from accel.cache.ranges import (
 from accel.cache.httpdate import parse_http_date
 from accel.cache.tiers import TieredStore
 from accel.cache.vary import matches, secondary_key, vary_names
-from accel.config import CacheSettings, Route
+from accel.config import CacheSettings, Route, RouteCache
 from accel.origin import Fetched
 from accel.proxy import Forwarder, discard
 
@@ -207,8 +207,7 @@ class CacheLayer:
         self.collapser = Collapser(reactor, settings.collapse_timeout, settings.collapse_max_waiters)
         self.hit_for_miss: dict[str, float] = {}
         self.revalidating: set[str] = set()
-        self._policies: dict[Route, CachePolicy] = {}
-        self._policy_of: dict[int, tuple[Route, CachePolicy]] = {}  # id(route) → (route, policy)
+        self._policies: dict[RouteCache, CachePolicy] = {}
         self._keys: dict[tuple[bool, bytes, str], str] = {}  # key_for's results, for hot URLs
         hidden = set()
         if not settings.forward_targeted_fields:
@@ -353,9 +352,18 @@ class CacheLayer:
         """A response that won't be stored: waiters go to the origin themselves, and the next burst
         of requests for this URL skips collapsing for a while (hit-for-miss)."""
         if exchange.leader:
-            self.hit_for_miss[exchange.key] = self.clock() + self.settings.hit_for_miss_ttl
+            self.remember_hit_for_miss(exchange.key)
             self.collapser.release(exchange.key)
             exchange.leader = False
+
+    def remember_hit_for_miss(self, key: str) -> None:
+        """Mark ``key`` as not worth collapsing for ``hit_for_miss_ttl``; the table stays bounded."""
+        now = self.clock()
+        if len(self.hit_for_miss) >= _MEMO_SIZE:
+            self.hit_for_miss = {k: until for k, until in self.hit_for_miss.items() if until > now}
+            while len(self.hit_for_miss) >= _MEMO_SIZE:
+                del self.hit_for_miss[next(iter(self.hit_for_miss))]  # the oldest marker
+        self.hit_for_miss[key] = now + self.settings.hit_for_miss_ttl
 
     def stored_then_serve(self, exchange: Exchange, writer: EntryWriter, complete: bool, fwd: str, code: int) -> None:
         head = writer.finish(complete)
@@ -671,13 +679,10 @@ class CacheLayer:
         return True
 
     def policy_for(self, route: Route) -> CachePolicy:
-        known = self._policy_of.get(id(route))
-        if known is not None and known[0] is route:
-            return known[1]  # without hashing the whole Route
-        found = self._policies.get(route)
+        found = self._policies.get(route.cache)  # keyed by the small RouteCache: hashing a Route is slow
         if found is None:
             s = self.settings
-            found = self._policies[route] = CachePolicy(
+            found = self._policies[route.cache] = CachePolicy(
                 heuristic_fraction=s.heuristic_fraction,
                 heuristic_max=s.heuristic_max,
                 default_ttl=route.cache.default_ttl,
@@ -686,9 +691,6 @@ class CacheLayer:
                 targeted_fields=s.targeted_fields,
                 grace=s.grace,
             )
-        if len(self._policy_of) >= _MEMO_SIZE:
-            self._policy_of.clear()
-        self._policy_of[id(route)] = (route, found)
         return found
 
     def key_options(self) -> dict:

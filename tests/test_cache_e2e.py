@@ -424,3 +424,21 @@ class CollapsingTests(unittest.TestCase):
         yield defer.gatherResults(waiting)
         layer = stack.accel_site.cache.layers[0]
         self.assertTrue(any(k.endswith("/private") for k in layer.hit_for_miss))
+
+
+class HitForMissTableTests(unittest.TestCase):
+    def test_the_hit_for_miss_table_stays_bounded(self):
+        from accel import caching
+
+        stack = cached_stack(self)
+        layer = stack.accel_site.cache.layers[0]
+        now = [1000.0]
+        layer.clock = lambda: now[0]
+        self.patch(caching, "_MEMO_SIZE", 10)
+        for i in range(25):
+            layer.remember_hit_for_miss(f"http://a/{i}")
+        self.assertLessEqual(len(layer.hit_for_miss), 10)
+        self.assertIn("http://a/24", layer.hit_for_miss)
+        now[0] += layer.settings.hit_for_miss_ttl + 1
+        layer.remember_hit_for_miss("http://a/new")
+        self.assertEqual(list(layer.hit_for_miss), ["http://a/new"])
