@@ -18,7 +18,6 @@ from twisted.web.server import NOT_DONE_YET
 from accel.cache import policy
 from accel.cache.policy import CachePolicy, StoredResponse
 from accel.accesslog import PerTurnWriter
-from accel.caching import CacheLayer
 from accel.server import AccelSite, _HTTPDate
 from tests.support import raw_request
 from tests.test_cache_e2e import cached_stack, responder, temporary_directory
@@ -86,17 +85,6 @@ class FreshnessTests(unittest.TestCase):
         response = stored((("date", "not a date"),))
         self.assertEqual(policy.most_recent_first([response]), [response])
         self.assertEqual(policy.most_recent_first([]), [])
-
-
-class CacheStatusTests(unittest.TestCase):
-    def test_prepared_hit_status_is_cache_status_value(self):
-        for name in ("accel", "edge cache"):
-            layer = CacheLayer.__new__(CacheLayer)
-            layer.hit_ttl = (policy.cache_status_value(name, hit=True) + "; ttl=").encode("ascii")
-            for ttl in (3599.9, 0.5, 12.0):
-                self.assertEqual(
-                    layer.hit_ttl + b"%d" % int(ttl), policy.cache_status_value(name, hit=True, ttl=ttl).encode()
-                )
 
 
 class HTTPDateTests(unittest.TestCase):
