@@ -11,8 +11,9 @@ The request-target and ``Host`` name what to purge, request header fields choose
                                 ``Surrogate-Key`` / ``Cache-Tag`` fields). Tags are cache-wide: a tag purge
                                 is not limited to the Host. ``X-Purge-Method: tag`` may be sent but is
                                 implied by the field.
-``X-Purge-Soft: 1``             soft purge: mark the entries stale (revalidated with the origin before they
-                                are used again, still usable as stale-if-error) instead of deleting them.
+``X-Purge-Soft: 1``             soft purge: mark the entries stale instead of deleting them: they are
+                                revalidated before a fresh use, and stay usable for stale-while-revalidate
+                                and stale-if-error.
                                 ``Fastly-Soft-Purge: 1`` is accepted as a synonym.
 ==============================  =========================================================================
 
