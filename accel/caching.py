@@ -211,13 +211,7 @@ class CacheLayer:
             self.not_stored(exchange)
             self.relay(exchange, fetched, client_fields, self.status(fwd=fwd, fwd_status=code))
             return
-        writer = EntryWriter(
-            self.store, self.new_head(exchange, code, response.phrase, fields, request_time, response_time),
-            expected=None if response.length is UNKNOWN_LENGTH else response.length,
-            max_size=self.settings.max_object_size,
-            keep_up_to=self.store.memory.max_object_size or 0,
-            clock=self.clock,
-        )
+        writer = self.entry_writer(self.new_head(exchange, code, response.phrase, fields, request_time, response_time), response)
         if policy.evaluate_conditionals(exchange.method, exchange.fields, writer.template.fields) is not None:
             # The client asked conditionally: store the whole response first, then answer it from the store.
             sink = BodySink(writer.write)
@@ -341,8 +335,7 @@ class CacheLayer:
                 discard(fetched)
                 return None
             head = self.new_head(exchange, code, fetched.response.phrase, fields, request_time, response_time)
-            writer = EntryWriter(self.store, head, None if fetched.response.length is UNKNOWN_LENGTH else fetched.response.length,
-                                 self.settings.max_object_size, self.store.memory.max_object_size or 0, self.clock)
+            writer = self.entry_writer(head, fetched.response)
             sink = BodySink(writer.write)
             fetched.response.deliverBody(sink)
             return sink.done.addCallback(writer.finish).addBoth(lambda result: (fetched.release(), result)[1])
@@ -400,6 +393,17 @@ class CacheLayer:
             stored_at=response_time,
             tags=tags_of(fields),
             initial_age=policy.corrected_initial_age(fields, request_time, response_time),
+        )
+
+    def entry_writer(self, head: EntryHead, response) -> EntryWriter:
+        """A writer for ``response``'s body as the entry ``head`` (whose body_length is filled in at commit)."""
+        return EntryWriter(
+            self.store,
+            head,
+            expected=None if response.length is UNKNOWN_LENGTH else response.length,
+            max_size=self.settings.max_object_size,
+            keep_up_to=self.store.memory.max_object_size or 0,
+            clock=self.clock,
         )
 
     def caches(self, route: Route, target: str) -> bool:
