@@ -134,7 +134,9 @@ class CacheLayer:
         if method not in ("GET", "HEAD"):
             self.forward_unsafe(exchange)
             return
-        variants = self.lookup(exchange.key) if found is None else self.responder.variants(found, exchange.policy)
+        if found is None:
+            found = self.store.lookup(key)
+        variants = self.responder.variants(found, exchange.policy)
         now = self.clock()
         decision = policy.evaluate(
             method, exchange.fields, [v.stored for v in variants], exchange.policy, now,
@@ -317,7 +319,7 @@ class CacheLayer:
         if exchange.key in self.revalidating:
             return
         self.revalidating.add(exchange.key)
-        variants = self.lookup(exchange.key)
+        variants = self.responder.variants(self.store.lookup(exchange.key), exchange.policy)
         extra = [(n.encode("latin-1"), v.encode("latin-1")) for n, v in revalidate.conditional_fields]
         headers = self.forwarder.upstream_headers(exchange.request, exchange.route, extra, ALL_VALIDATORS)
         request_time = self.clock()
@@ -375,9 +377,6 @@ class CacheLayer:
 
     # -- helpers -------------------------------------------------------------------------------------
 
-    def lookup(self, key: str) -> list[Variant]:
-        return [Variant(head, body, stored_response(head)) for head, body, _ in self.store.lookup(key)]
-
     def new_head(self, exchange: Exchange, code: int, phrase: bytes, fields: Fields, request_time, response_time):
         names = vary_names(fields) or ()
         return EntryHead(
@@ -413,7 +412,8 @@ class CacheLayer:
             return False
         path = target.partition("?")[0]
         for rule in rules.disable:
-            if any(c in rule for c in "*?[") and fnmatch.fnmatchcase(path, rule) or path.startswith(rule):
+            is_pattern = any(c in rule for c in "*?[")
+            if fnmatch.fnmatchcase(path, rule) if is_pattern else path.startswith(rule):
                 return False
         return True
 
@@ -455,8 +455,8 @@ class CacheLayer:
 
     def ttl(self, exchange: Exchange, variant: Variant, age: float) -> float:
         """Seconds of freshness left (negative once stale), for Cache-Status."""
-        head = variant.head
-        return policy.freshness_lifetime(head.status, head.fields, exchange.policy, response_time=head.response_time) - age
+        known = variant.freshness or policy.freshness(variant.stored, exchange.policy)
+        return known.lifetime - age
 
     def status(self, **params) -> bytes:
         return policy.cache_status_value(self.name, hit=params.pop("hit", False), **params).encode("ascii")

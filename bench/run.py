@@ -112,7 +112,7 @@ def find_tools():
     beside_python = Path(sys.executable).with_name("twistd")
     twistd = str(beside_python) if beside_python.exists() else shutil.which("twistd")
     if twistd is None:
-        sys.exit("twistd not found: run bench/run.py with the virtualenv's python (e.g. /work/venv/bin/python)")
+        sys.exit("twistd not found: run bench/run.py with the virtualenv's python (e.g. .venv/bin/python)")
     help_text = subprocess.run([twistd, "--help"], capture_output=True, text=True).stdout
     if not re.search(r"^\s+accel\s", help_text, re.M):
         sys.exit(f"{twistd} has no 'accel' plugin: install accel into this environment (pip install -e .)")

@@ -6,33 +6,13 @@ and nginx is reported missing); it does need twistd with the accel plugin.
 
 import json
 import math
-import re
-import shutil
 import subprocess
 import sys
 from pathlib import Path
 
-import pytest
-
 ROOT = Path(__file__).resolve().parent.parent
 RUN = ROOT / "bench" / "run.py"
 SCENARIOS = ["hit-1k", "hit-1m", "pass-1k", "collapse", "stream-rss", "startup-100k"]
-
-
-def _twistd():
-    beside_python = Path(sys.executable).with_name("twistd")
-    return str(beside_python) if beside_python.exists() else shutil.which("twistd")
-
-
-def _has_accel_plugin():
-    twistd = _twistd()
-    if twistd is None:
-        return False
-    help_text = subprocess.run([twistd, "--help"], capture_output=True, text=True).stdout
-    return re.search(r"^\s+accel\s", help_text, re.M) is not None
-
-
-pytestmark = pytest.mark.skipif(not _has_accel_plugin(), reason="twistd has no accel plugin installed yet")
 
 
 def _number(value):

@@ -248,42 +248,34 @@ class ValidationTests(unittest.TestCase):
         self.assertEqual(stack.origin.seen[0].header(b"if-none-match"), [])
 
     @defer.inlineCallbacks
-    def test_stale_if_error_serves_stale_when_the_origin_fails(self):
-        stack = cached_stack(self)
+    def stored_then_origin_fails(self, cache_control: str, **settings):
+        """Store a response with ``cache_control``, make the origin answer 503, request it again."""
+        stack = cached_stack(self, **settings)
         state = {"fail": False}
 
         def flaky(request):
             if state["fail"]:
                 request.setResponseCode(503)
                 return b"down"
-            request.setHeader(b"cache-control", b"max-age=0, stale-if-error=600")
+            request.setHeader(b"cache-control", cache_control.encode())
             return b"good"
 
-        stack.origin.handlers[b"/sie"] = flaky
+        stack.origin.handlers[b"/flaky"] = flaky
         agent = http_client(self)
-        yield get(agent, stack.url + "/sie")
+        yield get(agent, stack.url + "/flaky")
         state["fail"] = True
-        response, body = yield get(agent, stack.url + "/sie")
+        response, body = yield get(agent, stack.url + "/flaky")
+        return response, body
+
+    @defer.inlineCallbacks
+    def test_stale_if_error_serves_stale_when_the_origin_fails(self):
+        response, body = yield self.stored_then_origin_fails("max-age=0, stale-if-error=600")
         self.assertEqual((response.code, body), (200, b"good"))
         self.assertIn("fwd-status=503", cache_status(response))
 
     @defer.inlineCallbacks
     def test_must_revalidate_forbids_stale_on_error(self):
-        stack = cached_stack(self, grace=600)
-        state = {"fail": False}
-
-        def flaky(request):
-            if state["fail"]:
-                request.setResponseCode(503)
-                return b"down"
-            request.setHeader(b"cache-control", b"max-age=0, must-revalidate")
-            return b"good"
-
-        stack.origin.handlers[b"/mr"] = flaky
-        agent = http_client(self)
-        yield get(agent, stack.url + "/mr")
-        state["fail"] = True
-        response, body = yield get(agent, stack.url + "/mr")
+        response, body = yield self.stored_then_origin_fails("max-age=0, must-revalidate", grace=600)
         self.assertEqual((response.code, body), (503, b"down"))
 
     @defer.inlineCallbacks

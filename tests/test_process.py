@@ -3,74 +3,63 @@
 from __future__ import annotations
 
 import os
+import re
 import shutil
-import signal
-import socket
-import subprocess
 import tempfile
 
 from click.testing import CliRunner
 from twisted.internet import defer, reactor
 from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
-from twisted.internet.protocol import Protocol
+from twisted.internet.protocol import ProcessProtocol, Protocol
 from twisted.trial import unittest
 from twisted.web import server
 
 from accel.cli import main
-from tests.support import TWISTD, RawClient, get, http_client, start_stack, until
+from tests.support import TWISTD, get, http_client, start_stack, until
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+class AccelProcess(ProcessProtocol):
+    """``twistd -n accel`` in a child process listening on an ephemeral port, which its log announces."""
 
-
-class AccelProcess:
-    """``twistd -n accel`` in a child process, on a port of its own."""
+    ANNOUNCEMENT = re.compile(rb"AccelSite starting on (\d+)")
 
     def __init__(self, testcase, origin_url: str, cache_dir: str):
-        self.port = free_port()
-        self.process = subprocess.Popen(
-            TWISTD + ["--nodaemon", "--pidfile=", "accel",
-             "--listen", f"tcp:{self.port}:interface=127.0.0.1", "--origin", origin_url, "--cache-dir", cache_dir],
-            cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        )
+        self.output = b""
+        self.port: int | None = None
+        self.listening: defer.Deferred = defer.Deferred()
+        self.ended: defer.Deferred = defer.Deferred()
+        argv = TWISTD + ["--nodaemon", "--pidfile=", "accel", "--listen", "tcp:0:interface=127.0.0.1",
+                         "--origin", origin_url, "--cache-dir", cache_dir]
+        reactor.spawnProcess(self, argv[0], argv, env=os.environ.copy(), path=ROOT)
         testcase.addCleanup(self.kill)
 
-    @defer.inlineCallbacks
-    def ready(self):
-        """Fires once the child accepts connections."""
-        for _ in range(2000):
-            probe = RawClient(b"")
-            try:
-                yield connectProtocol(TCP4ClientEndpoint(reactor, "127.0.0.1", self.port, timeout=1), probe)
-            except Exception:
-                if self.process.poll() is not None:
-                    raise AssertionError("accel exited early") from None
-                yield _wait(0.01)
-                continue
-            probe.transport.loseConnection()
-            return
-        raise AssertionError("accel never started listening")
+    def outReceived(self, data: bytes) -> None:
+        self.output += data
+        found = self.ANNOUNCEMENT.search(self.output)
+        if found and not self.listening.called:
+            self.port = int(found.group(1))
+            self.listening.callback(self.port)
 
-    def kill(self):
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGKILL)
-            self.process.wait()
+    def processEnded(self, reason) -> None:
+        if not self.listening.called:
+            self.listening.errback(AssertionError(f"accel exited before listening:\n{self.output.decode()}"))
+        self.ended.callback(None)
+
+    def ready(self) -> defer.Deferred:
+        """Fires once the child listens (the log line comes after the port is bound)."""
+        return self.listening
+
+    def kill(self) -> defer.Deferred:
+        """SIGKILL the child; fires once it is gone."""
+        if not self.ended.called:
+            self.transport.signalProcess("KILL")
+        return self.ended
 
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
-
-
-def _wait(seconds: float):
-    """A short pause between connection attempts to a process that is still starting."""
-    d = defer.Deferred()
-    reactor.callLater(seconds, d.callback, None)
-    return d
 
 
 class CrashTests(unittest.TestCase):
@@ -94,7 +83,7 @@ class CrashTests(unittest.TestCase):
         client = _Counting(b"GET /big HTTP/1.1\r\nHost: example.test\r\n\r\n")
         yield connectProtocol(TCP4ClientEndpoint(reactor, "127.0.0.1", accel.port), client)
         yield until(lambda: client.received > 1_000_000)
-        accel.kill()  # SIGKILL while the body is being written to the cache
+        yield accel.kill()  # SIGKILL while the body is being written to the cache
         yield client.done
 
         restarted = AccelProcess(self, stack.origin_url + "/", cache_dir)
@@ -104,7 +93,7 @@ class CrashTests(unittest.TestCase):
         self.assertEqual(body[:1], b"y")  # from the origin, not a half entry
         self.assertEqual(len(stack.origin.seen), 2)
         self.assertIn("fwd=uri-miss", response.headers.getRawHeaders(b"cache-status")[0].decode())
-        restarted.kill()
+        yield restarted.kill()
         verify = CliRunner().invoke(main, ["cache", "--cache-dir", cache_dir, "verify"])
         self.assertEqual(verify.exit_code, 0, verify.output)
 
