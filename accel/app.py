@@ -10,13 +10,13 @@ from twisted.internet.threads import deferToThread
 from twisted.logger import Logger
 
 from accel.config import CacheSettings, Config
-from accel.errors import ErrorPages
-from accel.origin import OriginClients
-from accel.origin_tls import origin_policies
-from accel.proxy import Forwarder, ReverseProxy
-from accel.purge import PurgeHandler
-from accel.server import AccelSite
-from accel.tls_http import hsts_value, with_hsts
+from accel.http.errors import ErrorPages
+from accel.proxy.origin import OriginClients
+from accel.tls.origin import origin_policies
+from accel.proxy.forwarding import Forwarder, ReverseProxy
+from accel.cache.purge import PurgeHandler
+from accel.http.server import AccelSite
+from accel.tls.https import hsts_value, with_hsts
 
 log = Logger()
 
@@ -95,7 +95,7 @@ class CacheRuntime:
         return call
 
     def layer(self, forwarder):
-        from accel.caching import CacheLayer
+        from accel.cache.layer import CacheLayer
 
         layer = CacheLayer(forwarder, self.store, self.settings, self.reactor)
         self.layers.append(layer)

@@ -537,12 +537,12 @@ def _same_origin_tls(source: str, routes: list[Route]) -> None:
 def _check_tls_files(config: Config) -> None:
     """Load every certificate, key and CA bundle once, so a bad file stops the start with its name."""
     if config.tls.listeners:
-        from accel.tls import check_certificates
+        from accel.tls.listeners import check_certificates
 
         check_certificates(config.tls, config.source)
     for i, route in enumerate(config.routes):
         if route.tls_ca or route.tls_client_cert:
-            from accel.origin_tls import check_route_files
+            from accel.tls.origin import check_route_files
 
             check_route_files(route, config.source, f"route[{i}]")
 

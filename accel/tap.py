@@ -76,7 +76,7 @@ def makeService(options: Options) -> service.IService:
     for description in config.listen:
         strports.service(description, site, reactor=reactor).setServiceParent(top)
     if config.tls.listeners or config.tls.redirect_listen:
-        from accel.tls import tls_services
+        from accel.tls.listeners import tls_services
 
         for tls_service in tls_services(config, site, reactor):
             tls_service.setServiceParent(top)

@@ -13,13 +13,13 @@ import lmdb
 import pytest
 from click.testing import CliRunner
 
-from accel import cache_cli
+from accel.cli import cache as cache_cli
 from accel.cache.entry import EntryHead
 from accel.cache.epoch import PurgeEpoch
 from accel.cache.memory import MemoryTier
 from accel.cache.store import DiskStore
 from accel.cache.tiers import TieredStore
-from accel.cli import main
+from accel.cli.main import main
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MAP_SIZE = 32 << 20
@@ -265,7 +265,7 @@ def test_purge_reaches_a_running_process(cache_dir):
         assert len(store.lookup("http://example.com/page")) == 2
         assert store.memory.has_url("http://example.com/page")
         child = subprocess.run(
-            [sys.executable, "-c", "from accel.cli import main; main()",
+            [sys.executable, "-c", "from accel.cli.main import main; main()",
              "cache", "purge", "http://example.com/page", "--cache-dir", cache_dir],
             capture_output=True, text=True, cwd=ROOT, timeout=60,
         )
@@ -413,7 +413,7 @@ class EndToEndTests(_trial.TestCase):
     @_defer.inlineCallbacks
     def cli(self, *args):
         out, err, code = yield getProcessOutputAndValue(
-            sys.executable, ["-c", "from accel.cli import main; main()", "cache", *args, "--cache-dir", self.dir],
+            sys.executable, ["-c", "from accel.cli.main import main; main()", "cache", *args, "--cache-dir", self.dir],
             env=dict(os.environ), path=ROOT,
         )
         return code, out.decode(), err.decode()

@@ -420,7 +420,7 @@ class CollapsingTests(unittest.TestCase):
 
 class HitForMissTableTests(unittest.TestCase):
     def test_the_hit_for_miss_table_stays_bounded(self):
-        from accel import caching
+        from accel.cache import layer as caching
 
         stack = cached_stack(self)
         layer = stack.accel_site.cache.layers[0]

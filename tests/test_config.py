@@ -7,7 +7,7 @@ import subprocess
 import pytest
 from click.testing import CliRunner
 
-from accel.cli import main
+from accel.cli.main import main
 from accel.config import ConfigError, load_config, parse_config, with_overrides
 from tests.support import TWISTD
 

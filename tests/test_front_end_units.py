@@ -7,10 +7,10 @@ from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.trial import unittest
 from twisted.web.resource import Resource
 
-from accel.collapse import Collapser
+from accel.cache.collapse import Collapser
 from accel.config import Limits
-from accel.proxy import IdleTimer
-from accel.server import AccelSite
+from accel.proxy.forwarding import IdleTimer
+from accel.http.server import AccelSite
 
 
 class Recorder(Resource):

@@ -17,8 +17,8 @@ from twisted.web.server import NOT_DONE_YET
 
 from accel.cache import policy
 from accel.cache.policy import CachePolicy, StoredResponse
-from accel.accesslog import PerTurnWriter
-from accel.server import AccelSite, _HTTPDate
+from accel.http.accesslog import PerTurnWriter
+from accel.http.server import AccelSite, _HTTPDate
 from tests.support import raw_request
 from tests.test_cache_e2e import cached_stack, responder, temporary_directory
 

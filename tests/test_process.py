@@ -14,7 +14,7 @@ from twisted.internet.protocol import ProcessProtocol, Protocol
 from twisted.trial import unittest
 from twisted.web import server
 
-from accel.cli import main
+from accel.cli.main import main
 from tests.support import TWISTD, get, http_client, start_stack, until
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

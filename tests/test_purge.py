@@ -1,4 +1,4 @@
-"""HTTP PURGE (accel.purge): a real loopback server answering PURGE from a real LMDB store."""
+"""HTTP PURGE (accel.cache.purge): a real loopback server answering PURGE from a real LMDB store."""
 
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ from accel.cache.memory import MemoryTier
 from accel.cache.store import DiskStore
 from accel.cache.tiers import TieredStore
 from accel.config import CacheSettings, PurgeSettings
-from accel.purge import PurgeHandler, prefix_keys, url_keys
+from accel.cache.purge import PurgeHandler, prefix_keys, url_keys
 from tests.support import get, http_client
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -249,7 +249,7 @@ class RefusalTests(PurgeTestCase):
     def test_address_outside_allow_is_refused_and_logged(self):
         put(self.store, f"http://{HOST}/a")
         logged = []
-        from accel import purge as module
+        from accel.cache import purge as module
         from twisted.logger import globalLogPublisher
 
         globalLogPublisher.addObserver(logged.append)

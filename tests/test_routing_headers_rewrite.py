@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 
 from accel.config import Route, parse_origin
-from accel.headers import ClientSide, end_to_end, request_to_origin, response_to_client
-from accel.rewrite import ReverseMap, reverse_fields
-from accel.routing import RouteTable, origin_target
+from accel.http.headers import ClientSide, end_to_end, request_to_origin, response_to_client
+from accel.proxy.rewrite import ReverseMap, reverse_fields
+from accel.proxy.routing import RouteTable, origin_target
 
 
 def route(prefix, url=None):

@@ -12,11 +12,11 @@ from OpenSSL import SSL
 from twisted.internet import defer, reactor, task
 from twisted.trial import unittest
 
-from accel import tls as tls_module
+from accel.tls import listeners as tls_module
 from accel.config import Config, TLSListener, TLSSettings
 from accel.tap import Options, makeService
-from accel.tls import CertificateStore, ReloadOnHangup, TLSServerFactory
-from accel.tls_http import RedirectToHTTPS
+from accel.tls.listeners import CertificateStore, ReloadOnHangup, TLSServerFactory
+from accel.tls.https import RedirectToHTTPS
 from tests.support import get, http_client, raw_request, start_stack
 from tests.support import until
 from tests.tls_support import LogCapture, handshake, https_client, serial_of, write_cert

@@ -11,11 +11,11 @@ from click.testing import CliRunner
 from twisted.internet import task
 from twisted.logger import formatEvent, globalLogPublisher
 
-from accel.cli import main
+from accel.cli.main import main
 from accel.config import ConfigError, TLSListener, TLSSettings, parse_config
 from accel.tap import Options
-from accel.tls import CertificateStore
-from accel.tls_http import endpoint_port, redirect_port
+from accel.tls.listeners import CertificateStore
+from accel.tls.https import endpoint_port, redirect_port
 from tests.tls_support import write_cert
 
 ROUTE = '\n[[route]]\nprefix = "/"\norigin = "http://127.0.0.1:9000/"\n'

@@ -22,7 +22,7 @@ from twisted.web.iweb import IPolicyForHTTPS
 from zope.interface import implementer
 
 from accel.config import ConfigError, Origin, Route
-from accel.certificates import matches, pem_certificates, pem_private_key, validity_problem
+from accel.tls.certificates import matches, pem_certificates, pem_private_key, validity_problem
 
 log = Logger()
 

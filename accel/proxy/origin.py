@@ -138,7 +138,7 @@ class OriginClient:
 
 
 def _describe(origin: Origin, failure) -> str:
-    from accel.origin_tls import describe_tls_failure
+    from accel.tls.origin import describe_tls_failure
 
     tls = describe_tls_failure(origin, failure)
     if tls:

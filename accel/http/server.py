@@ -23,8 +23,8 @@ from twisted.python.failure import Failure
 from twisted.web import http, server
 from twisted.web.http import NO_BODY_CODES
 
-from accel.accesslog import PerTurnWriter, StandardOutput, access_log_line
-from accel.body import RequestBody
+from accel.http.accesslog import PerTurnWriter, StandardOutput, access_log_line
+from accel.http.body import RequestBody
 from accel.config import Limits
 
 _REASONS = {400: b"Bad Request", 414: b"URI Too Long", 431: b"Request Header Fields Too Large"}

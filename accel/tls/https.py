@@ -78,7 +78,7 @@ def redirect_port(settings: TLSSettings) -> int:
 
 def redirect_site(config: Config, reactor):
     """The Site of the redirect listeners (accel's strict HTTP parsing and limits, no access log)."""
-    from accel.server import AccelSite
+    from accel.http.server import AccelSite
 
     fallback = (config.server_names or ("localhost",))[0]
     return AccelSite(

@@ -11,8 +11,8 @@ files (and of the certificate directory) at most once every ``check_interval`` s
 changed. An unknown server name never causes a look at the disk. A reload that fails (a half-written file,
 a key that does not match) is logged and the previous certificates stay in service.
 
-Reading and checking PEM files is ``accel.certificates``; the redirect listener and HSTS are
-``accel.tls_http``; TLS towards origins is ``accel.origin_tls``.
+Reading and checking PEM files is ``accel.tls.certificates``; the redirect listener and HSTS are
+``accel.tls.https``; TLS towards origins is ``accel.tls.origin``.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ from twisted.logger import Logger
 from twisted.protocols.tls import BufferingTLSTransport, TLSMemoryBIOFactory
 from zope.interface import alsoProvides, implementer
 
-from accel.certificates import LoadedCertificate, listener_entries, load_certificate, validity_problem
+from accel.tls.certificates import LoadedCertificate, listener_entries, load_certificate, validity_problem
 from accel.config import ConfigError, TLSListener, TLSSettings
 
 log = Logger()
@@ -264,7 +264,7 @@ def tls_services(config, site, reactor) -> list[service.IService]:
     """The HTTPS listeners of ``[tls]``, the HTTP→HTTPS redirect listeners and the SIGHUP reload."""
     from twisted.application import strports
 
-    from accel.tls_http import redirect_site
+    from accel.tls.https import redirect_site
 
     services: list[service.IService] = []
     stores = []

@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from accel.config import Origin
-from accel.headers import RawFields
+from accel.http.headers import RawFields
 
 _URL_FIELDS = frozenset({b"location", b"content-location", b"uri"})
 

@@ -23,13 +23,13 @@ from twisted.web.iweb import UNKNOWN_LENGTH
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET
 
-from accel.body import ResponseRelay
+from accel.http.body import ResponseRelay
 from accel.config import Config, Route, local_names
-from accel.errors import ErrorPages
-from accel.headers import ClientSide, request_to_origin, response_to_client
-from accel.origin import Fetched, OriginClients, OriginTimeout, OriginUnavailable
-from accel.rewrite import ReverseMap, reverse_fields
-from accel.routing import RouteTable, origin_target
+from accel.http.errors import ErrorPages
+from accel.http.headers import ClientSide, request_to_origin, response_to_client
+from accel.proxy.origin import Fetched, OriginClients, OriginTimeout, OriginUnavailable
+from accel.proxy.rewrite import ReverseMap, reverse_fields
+from accel.proxy.routing import RouteTable, origin_target
 
 log = Logger()
 

@@ -36,7 +36,7 @@ from accel.cache.ranges import (
 )
 from accel.cache.tiers import TieredStore
 from accel.cache.vary import matches
-from accel.errors import ErrorPages
+from accel.http.errors import ErrorPages
 
 log = Logger()
 

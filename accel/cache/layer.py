@@ -15,7 +15,7 @@ RFC 9111 code in ``accel.cache.policy``; this module only does the I/O those dec
                  └─ OnlyIfCachedFail ──────────────────────── 504
 
 Writing a stored response to the client (conditionals, Range, HEAD, the prepared hit path) is
-``accel.serving``'s job. Storage calls are synchronous on the reactor thread: the LMDB operations they make take tens to hundreds
+``accel.cache.serving``'s job. Storage calls are synchronous on the reactor thread: the LMDB operations they make take tens to hundreds
 of microseconds (measured in ``accel.cache.store``), far less than a thread hand-off would cost per hit.
 """
 
@@ -38,11 +38,11 @@ from accel.cache.key import cache_key, cache_key_for_uri
 from accel.cache.policy import CachePolicy, StoredResponse
 from accel.cache.tiers import TieredStore
 from accel.cache.vary import matches, secondary_key, vary_names
-from accel.collapse import Collapser
+from accel.cache.collapse import Collapser
 from accel.config import CacheSettings, Route, RouteCache
-from accel.origin import Fetched
-from accel.proxy import Forwarder, discard
-from accel.serving import Responder, Variant, plain, request_fields, stored_response
+from accel.proxy.origin import Fetched
+from accel.proxy.forwarding import Forwarder, discard
+from accel.cache.serving import Responder, Variant, plain, request_fields, stored_response
 
 log = Logger()
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from accel.cache_cli import cache
+from accel.cli.cache import cache
 from accel.config import ConfigError, load_config
 from accel.tap import check_endpoint
 
@@ -50,7 +50,7 @@ def check_config(path: str) -> None:
 @click.option("--delay", default=0.3, show_default=True, help="Seconds the demo origin takes per response.")
 def demo(delay: float) -> None:
     """Start a deliberately slow origin with accel in front, and time a first and a second request."""
-    from accel.demo import run_demo
+    from accel.cli.demo import run_demo
 
     raise SystemExit(run_demo(delay))
 

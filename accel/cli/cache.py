@@ -41,7 +41,7 @@ from accel.cache.policy import (
 from accel.cache.store import DiskStore, IncompatibleStore, StoreFull
 from accel.cache.tiers import TieredStore
 from accel.config import CacheSettings, Config, ConfigError, load_config
-from accel.routing import RouteTable
+from accel.proxy.routing import RouteTable
 
 EXIT_OK, EXIT_NOTHING, EXIT_ERROR = 0, 1, 2
 EPOCH_FILE = "purge-epoch"

@@ -1,0 +1,1 @@
+"""The ``accel`` command: the click group, ``check-config``, ``demo`` and ``cache``."""

@@ -1,0 +1,1 @@
+"""The origin side: routing, forwarding and relaying, origin connection pools, ProxyPassReverse rewriting."""

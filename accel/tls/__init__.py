@@ -1,0 +1,1 @@
+"""TLS: HTTPS listeners with SNI and reload, certificates, HSTS and redirect, verified HTTPS origins."""
