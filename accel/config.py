@@ -164,10 +164,13 @@ class TLSSettings:
     hsts_preload: bool = False
 
 
+DEFAULT_LISTEN = ("tcp:8080",)
+
+
 @dataclass(frozen=True, slots=True)
 class Config:
     source: str = "<command line>"
-    listen: tuple[str, ...] = ("tcp:8080",)
+    listen: tuple[str, ...] = DEFAULT_LISTEN
     routes: tuple[Route, ...] = ()
     server_header: str | None = "accel"  # None: send no Server field
     server_names: tuple[str, ...] = ()  # hosts accepted in absolute-form targets (besides local names)
@@ -458,7 +461,7 @@ def parse_config(text: str, source: str) -> Config:
         raise ConfigError(source, "syntax", "valid TOML", str(e), int(found.group(1)) if found else None) from None
     top = _Reader(source, data, "", text)
     server = _Reader(source, top.table_of("server"), "server", text)
-    listen = server.strings("listen", Config.listen)
+    listen = server.strings("listen", DEFAULT_LISTEN)
     if not listen:
         raise server.fail("listen", "at least one listener endpoint such as tcp:8080")
     header = server.get("server_header", (str, bool), "a string, or false to send no Server field", "accel")

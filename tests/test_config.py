@@ -148,3 +148,10 @@ def test_example_configs_are_valid(monkeypatch):
     for example in examples:
         result = CliRunner().invoke(main, ["check-config", str(example)])
         assert result.exit_code == 0, (example, result.output)
+        result = CliRunner().invoke(main, ["check-config", str(example)])
+        assert result.exit_code == 0, (example, result.output)
+
+
+def test_a_file_without_server_listen_listens_on_the_documented_default():
+    config = parse_config('[[route]]\nprefix = "/"\norigin = "http://127.0.0.1:9000/"\n', "accel.toml")
+    assert config.listen == ("tcp:8080",)
