@@ -12,13 +12,24 @@ from twisted.logger import Logger
 from accel.config import CacheSettings, Config
 from accel.http.errors import ErrorPages
 from accel.proxy.origin import OriginClients
-from accel.tls.origin import origin_policies
+from accel.tls.listeners import check_certificates
+from accel.tls.origin import check_route_files, origin_policies
 from accel.proxy.forwarding import Forwarder, ReverseProxy
 from accel.cache.purge import PurgeHandler
 from accel.http.server import AccelSite
 from accel.tls.https import hsts_value, with_hsts
 
 log = Logger()
+
+
+def check_files(config: Config) -> None:
+    """Load every certificate, key and CA bundle the configuration names, so a bad file stops the start (and
+    ``accel check-config``) with its name. Parsing the configuration itself touches no files."""
+    if config.tls.listeners:
+        check_certificates(config.tls, config.source)
+    for i, route in enumerate(config.routes):
+        if route.tls_ca or route.tls_client_cert:
+            check_route_files(route, config.source, f"route[{i}]")
 
 
 def build_site(config: Config, reactor) -> AccelSite:

@@ -522,9 +522,7 @@ def parse_config(text: str, source: str) -> Config:
     _same_origin_tls(source, routes)
     top.seen.update({"server", "limits", "route", "error_documents", "cache", "purge", "tls"})
     top.reject_unknown(_TOP_EXTENSION_KEYS)
-    config = replace(config, routes=tuple(routes), error_documents=docs, cache=cache, purge=purge, tls=tls)
-    _check_tls_files(config)
-    return config
+    return replace(config, routes=tuple(routes), error_documents=docs, cache=cache, purge=purge, tls=tls)
 
 
 def _same_origin_tls(source: str, routes: list[Route]) -> None:
@@ -535,19 +533,6 @@ def _same_origin_tls(source: str, routes: list[Route]) -> None:
             settings = (route.tls_verify, route.tls_ca, route.tls_client_cert, route.tls_client_key)
             if seen.setdefault(route.origin.key, settings) != settings:
                 raise ConfigError(source, f"route[{i}].tls_*", f"the same tls_* keys on every route to {route.origin.key}")
-
-
-def _check_tls_files(config: Config) -> None:
-    """Load every certificate, key and CA bundle once, so a bad file stops the start with its name."""
-    if config.tls.listeners:
-        from accel.tls.listeners import check_certificates
-
-        check_certificates(config.tls, config.source)
-    for i, route in enumerate(config.routes):
-        if route.tls_ca or route.tls_client_cert:
-            from accel.tls.origin import check_route_files
-
-            check_route_files(route, config.source, f"route[{i}]")
 
 
 # Tables other parts of accel read from the same file (each validates its own).

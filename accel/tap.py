@@ -8,6 +8,7 @@ from twisted.application import service, strports
 from twisted.internet import endpoints
 from twisted.python import usage
 
+from accel.app import check_files
 from accel.config import Config, ConfigError, load_config, with_overrides
 
 
@@ -52,6 +53,7 @@ def build_config(options) -> Config:
         raise ConfigError(config.source, "route", "at least one [[route]] (or --origin URL)")
     for description in config.listen + tuple(l.endpoint for l in config.tls.listeners) + config.tls.redirect_listen:
         check_endpoint(config.source, description)
+    check_files(config)
     return config
 
 

@@ -12,6 +12,7 @@ from twisted.internet import task
 from twisted.logger import formatEvent, globalLogPublisher
 
 from accel.cli.main import main
+from accel.app import check_files
 from accel.config import ConfigError, TLSListener, TLSSettings, parse_config
 from accel.tap import Options
 from accel.tls.listeners import CertificateStore
@@ -32,7 +33,9 @@ def certs(tmp_path):
 def config_at(tmp_path, text: str):
     path = tmp_path / "accel.toml"
     path.write_text(text)
-    return parse_config(text, str(path))
+    config = parse_config(text, str(path))
+    check_files(config)
+    return config
 
 
 def test_the_tls_schema(tmp_path, certs):

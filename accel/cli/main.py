@@ -5,6 +5,7 @@ from __future__ import annotations
 import click
 
 from accel.cli.cache import cache
+from accel.app import check_files
 from accel.config import ConfigError, load_config
 from accel.tap import check_endpoint
 
@@ -25,6 +26,7 @@ def check_config(path: str) -> None:
             raise ConfigError(path, "route", "at least one [[route]]")
         for description in config.listen:
             check_endpoint(path, description)
+        check_files(config)
     except ConfigError as e:
         raise click.ClickException(str(e)) from None
     click.echo(f"{path}: OK")
