@@ -13,7 +13,7 @@ import lmdb
 import pytest
 from click.testing import CliRunner
 
-from accel.cli import cache as cache_cli
+from accel.cli import describe
 from accel.cache.entry import EntryHead
 from accel.cache.epoch import PurgeEpoch
 from accel.cache.memory import MemoryTier
@@ -127,7 +127,7 @@ def test_ls_nothing_matched_is_exit_1(cache_dir):
 
 
 def test_ls_progress_bar_on_many_entries(cache_dir, monkeypatch):
-    monkeypatch.setattr(cache_cli, "PROGRESS_THRESHOLD", 1)
+    monkeypatch.setattr(describe, "PROGRESS_THRESHOLD", 1)
     result = run("ls", "--cache-dir", cache_dir)
     assert result.exit_code == 0
     assert "reading entries" in result.stderr

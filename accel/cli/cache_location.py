@@ -1,0 +1,204 @@
+"""Finding and opening the cache for ``accel cache``: where it is, whether it is an accel cache, and how
+command failures map to exit statuses (0 success, 1 nothing matched, 2 usage or I/O error)."""
+
+from __future__ import annotations
+
+import os
+import struct
+from dataclasses import dataclass
+from urllib.parse import urlsplit
+
+import click
+import lmdb
+
+from accel.cache.epoch import PurgeEpoch
+from accel.cache.memory import MemoryTier
+from accel.cache.policy import CachePolicy
+from accel.cache.store import DiskStore, IncompatibleStore, StoreFull
+from accel.cache.tiers import TieredStore
+from accel.config import CacheSettings, Config, ConfigError, load_config
+from accel.proxy.routing import RouteTable
+
+EXIT_OK, EXIT_NOTHING, EXIT_ERROR = 0, 1, 2
+EPOCH_FILE = "purge-epoch"
+_FORMAT_MARKER = b"accel-cache/1"  # DiskStore's meta "format" value
+_META_MAGIC = 0xBEEFC0DE
+
+
+class CacheCommandError(click.ClickException):
+    """A usage, configuration or I/O problem: exit status 2."""
+
+    exit_code = EXIT_ERROR
+
+
+class NothingMatched(click.ClickException):
+    """The command worked but found nothing: exit status 1."""
+
+    exit_code = EXIT_NOTHING
+
+
+@dataclass
+class Location:
+    dir: str
+    config: Config | None
+    settings: CacheSettings
+
+    def __post_init__(self) -> None:
+        self.routes = RouteTable(self.config.routes) if self.config is not None else None
+
+    def policy_for(self, url: str) -> CachePolicy:
+        """The freshness policy the server applies to `url` (its route's default/max TTL when known)."""
+        s = self.settings
+        route_cache = None
+        if self.routes is not None:
+            parts = urlsplit(url)
+            route = self.routes.match((parts.path or "/") + (f"?{parts.query}" if parts.query else ""))
+            route_cache = route.cache if route is not None else None
+        return CachePolicy(
+            heuristic_fraction=s.heuristic_fraction,
+            heuristic_max=s.heuristic_max,
+            default_ttl=route_cache.default_ttl if route_cache else None,
+            max_ttl=route_cache.max_ttl if route_cache else None,
+            store_set_cookie=s.store_set_cookie,
+            targeted_fields=s.targeted_fields,
+            grace=s.grace,
+        )
+
+    def key_options(self) -> dict:
+        return {"sort_query": self.settings.sort_query, "drop_params": self.settings.drop_params}
+
+
+def locate(cache_dir: str | None, config_path: str | None) -> Location:
+    config = None
+    if config_path is not None:
+        try:
+            config = load_config(config_path)
+        except ConfigError as exc:
+            raise CacheCommandError(str(exc)) from None
+    settings = config.cache if config is not None else CacheSettings()
+    directory = cache_dir or settings.dir
+    if directory is None:
+        if config_path is not None:
+            raise CacheCommandError(f"{config_path} has no [cache] dir; pass --cache-dir")
+        raise CacheCommandError("say where the cache is: --cache-dir DIR or --config FILE")
+    return Location(os.path.abspath(directory), config, settings)
+
+
+def stored_map_size(directory: str) -> int | None:
+    """The map size recorded in the LMDB meta pages by the last writer, or None when unreadable.
+
+    Opening with a different map size and then writing would record that size for every process, so
+    the command uses the size the server uses.
+    """
+    try:
+        with open(os.path.join(directory, "data.mdb"), "rb") as f:
+            head = f.read(16 + 64)
+            if len(head) < 80:
+                return None
+            page_size = struct.unpack_from("<I", head, 16 + 24)[0]  # FREE_DBI md_pad holds the page size
+            if page_size < 512 or page_size > 1 << 16:
+                return None
+            f.seek(page_size)
+            second = f.read(len(head) + 96 + 16)
+    except OSError:
+        return None
+    best = None
+    for page in (head, second):
+        if len(page) < 16 + 24:
+            continue
+        magic, _version, _address, map_size = struct.unpack_from("<IIQQ", page, 16)
+        txnid = struct.unpack_from("<Q", page, 16 + 24 + 96 + 8)[0] if len(page) >= 16 + 24 + 96 + 16 else -1
+        if magic == _META_MAGIC and (best is None or txnid > best[0]):
+            best = (txnid, map_size)
+    return best[1] if best else None
+
+
+def check_cache_dir(directory: str) -> int | None:
+    """Refuse anything that is not an existing accel cache; return its recorded map size."""
+    if not os.path.isdir(directory):
+        raise CacheCommandError(f"{directory}: no such directory")
+    if not os.path.isfile(os.path.join(directory, "data.mdb")):
+        raise CacheCommandError(f"{directory}: not an accel cache (no data.mdb); nothing was created")
+    map_size = stored_map_size(directory)
+    if map_size is None:
+        raise CacheCommandError(f"{directory}: not an accel cache (data.mdb is not an LMDB database)")
+    try:
+        env = lmdb.open(directory, readonly=True, max_dbs=8, subdir=True, map_size=map_size)
+    except lmdb.Error as exc:
+        raise CacheCommandError(f"{directory}: cannot open the cache: {exc}") from None
+    try:
+        with env.begin() as txn:
+            try:
+                meta = env.open_db(b"meta", txn=txn, create=False)
+                marker = txn.get(b"format", db=meta)
+            except (lmdb.NotFoundError, lmdb.IncompatibleError):
+                marker = None
+    except lmdb.Error as exc:
+        raise CacheCommandError(f"{directory}: cannot read the cache: {exc}") from None
+    finally:
+        env.close()
+    if marker != _FORMAT_MARKER:
+        found = "no accel format marker" if marker is None else f"format {marker!r}, expected {_FORMAT_MARKER!r}"
+        raise CacheCommandError(f"{directory}: not an accel cache ({found})")
+    return map_size
+
+
+class Opened:
+    """The cache opened for one command: the disk store and, for purges, a TieredStore over it."""
+
+    def __init__(self, location: Location):
+        self.location = location
+        map_size = check_cache_dir(location.dir)
+        try:
+            self.disk = DiskStore(location.dir, map_size=map_size or location.settings.map_size)
+        except IncompatibleStore as exc:
+            raise CacheCommandError(f"not an accel cache: {exc}") from None
+        except (lmdb.Error, OSError) as exc:
+            raise CacheCommandError(f"{location.dir}: cannot open the cache: {exc}") from None
+        self._tiered: TieredStore | None = None
+
+    @property
+    def tiered(self) -> TieredStore:
+        """For purges: an empty memory tier, and the epoch every server process watches."""
+        if self._tiered is None:
+            epoch = PurgeEpoch(os.path.join(self.location.dir, EPOCH_FILE))
+            self._tiered = TieredStore(self.disk, MemoryTier(max_bytes=0, max_objects=0), epoch)
+        return self._tiered
+
+    def close(self) -> None:
+        if self._tiered is not None:
+            self._tiered.epoch.close()
+        self.disk.close()
+
+
+def open_cache(ctx: click.Context, cache_dir: str | None, config_path: str | None) -> Opened:
+    group = ctx.find_object(dict) or {}
+    location = locate(cache_dir or group.get("cache_dir"), config_path or group.get("config"))
+    opened = Opened(location)
+    ctx.call_on_close(opened.close)
+    return opened
+
+
+def location_options(command):
+    command = click.option(
+        "--config", "config_path", type=click.Path(dir_okay=False),
+        help="accel configuration file: the cache is its [cache] dir.",
+    )(command)
+    command = click.option(
+        "--cache-dir", type=click.Path(file_okay=False), help="The cache directory ([cache] dir)."
+    )(command)
+    return command
+
+
+def json_option(command):
+    return click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")(command)
+
+
+def guard(action):
+    """Run `action`, turning storage failures into exit status 2."""
+    try:
+        return action()
+    except StoreFull as exc:
+        raise CacheCommandError(f"the cache is full: {exc}") from None
+    except (lmdb.Error, OSError) as exc:
+        raise CacheCommandError(f"cache I/O error: {exc}") from None
