@@ -267,11 +267,21 @@ def parse_origin(url: str) -> Origin:
     return Origin(url=url, scheme=parts.scheme, host=parts.hostname, port=port, base_path=parts.path or "/")
 
 
+_PREFIX = "a path prefix starting with '/', without '//', '.' or '..' segments, '%', '\\', '#' or control characters"
+_NOT_NORMAL = re.compile(r"//|/\.\.?(?:/|$)|[%\\#\x00-\x1f\x7f]")
+
+
+def _in_normal_form(path: str) -> bool:
+    """Whether a configured path (route prefix, CacheDisable rule) is in the normal form request paths are
+    compared in (``accel.http.target``), so that it can match them at all."""
+    return path.startswith("/") and _NOT_NORMAL.search(path) is None
+
+
 def _route(source: str, text: str, index: int, table: dict[str, Any]) -> Route:
     r = _Reader(source, table, f"route[{index}]", text)
-    prefix = r.get("prefix", str, "a path prefix starting with '/'")
-    if prefix is None or not prefix.startswith("/"):
-        raise r.fail("prefix", "a path prefix starting with '/'", prefix)
+    prefix = r.get("prefix", str, _PREFIX)
+    if prefix is None or not _in_normal_form(prefix):
+        raise r.fail("prefix", _PREFIX, prefix)
     exclude = r.get("exclude", bool, "true or false", False)
     origin_url = r.get("origin", str, "an http:// or https:// URL")
     if exclude and origin_url is not None:
@@ -400,6 +410,9 @@ def _route_cache(r: _Reader) -> RouteCache:
         default_ttl=r.get("default_ttl", (int, float), "a number of seconds", None),
         max_ttl=r.get("max_ttl", (int, float), "a number of seconds", None),
     )
+    for rule in cache.disable:
+        if _NOT_NORMAL.search(rule) is not None:
+            raise r.fail("disable", "path prefixes or patterns without '//', '.' or '..' segments, '%', '\\', '#' or control characters", rule)
     for name in ("default_ttl", "max_ttl"):
         value = getattr(cache, name)
         if value is not None and value < 0:

@@ -30,6 +30,7 @@ PURE = [
     "accel.cache.ranges",
     "accel.cache.vary",
     "accel.http.headers",
+    "accel.http.target",
     "accel.proxy.rewrite",
     "accel.proxy.routing",
 ]

@@ -1,7 +1,8 @@
-"""The request path: accept → route → (cache) → origin → respond.
+"""The request path: accept → normalise the target → route → (cache) → origin → respond.
 
 ``ReverseProxy`` is the ``IResource`` accel serves. It refuses what a reverse proxy must not handle
-(CONNECT, TRACE, foreign absolute-form targets), picks the route, and hands the request to a *handler*:
+(CONNECT, TRACE, foreign absolute-form targets, targets that cannot be normalised safely), normalises the
+target's path once (``accel.http.target``), picks the route, and hands the request to a *handler*:
 the ``Forwarder`` below, or the cache layer wrapped around it. The Forwarder sends the request upstream
 with the proxy's header rules, then relays the response (rewritten by ProxyPassReverse) while both bodies
 stream.
@@ -27,6 +28,7 @@ from accel.http.body import ResponseRelay
 from accel.config import Config, Route, local_names
 from accel.http.errors import ErrorPages
 from accel.http.headers import ClientSide, request_to_origin, response_to_client
+from accel.http.target import UnsafeTarget, normalise_target
 from accel.proxy.origin import Fetched, OriginClients, OriginTimeout, OriginUnavailable
 from accel.proxy.rewrite import ReverseMap, reverse_fields
 from accel.proxy.routing import RouteTable, origin_target
@@ -62,6 +64,13 @@ class ReverseProxy(Resource):
         target = self.origin_form(request)
         if target is None:
             return NOT_DONE_YET
+        try:
+            # Routing, cache rules, the cache key and the origin request all use this one form.
+            target = normalise_target(target)
+        except UnsafeTarget as e:
+            self.errors.send(request, 400, f"The request-target cannot be used: {e}.")
+            return NOT_DONE_YET
+        request.path = target.partition("?")[0].encode("latin-1")
         if method == b"PURGE":
             if self.purge is None:
                 self.errors.send(request, 405, "This server has no cache to purge.")
