@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import tempfile
 from dataclasses import replace
@@ -13,7 +14,7 @@ from twisted.internet import defer, reactor, task
 from twisted.trial import unittest
 
 from accel.tls import listeners as tls_module
-from accel.config import Config, TLSListener, TLSSettings
+from accel.config import CacheSettings, Config, TLSListener, TLSSettings
 from accel.tap import Options, makeService
 from accel.tls.listeners import CertificateStore, ReloadOnHangup, TLSServerFactory
 from accel.tls.https import RedirectToHTTPS
@@ -124,6 +125,31 @@ class OffloadedRequestTests(OffloadCase):
         self.assertEqual(response.headers.getRawHeaders(b"strict-transport-security"), [b"max-age=31536000; includeSubDomains"])
         response, _ = yield get(http_client(self), stack.url + "/plain")
         self.assertIsNone(response.headers.getRawHeaders(b"strict-transport-security"))
+
+    @defer.inlineCallbacks
+    def test_hsts_on_cache_hits_and_on_304s_answered_from_the_cache(self):
+        directory = tempfile.mkdtemp(prefix="accel-test-")
+        self.addCleanup(shutil.rmtree, directory, True)
+        stack = self.start(TLSSettings(hsts_max_age=600), cache=CacheSettings(dir=directory))
+        stack.origin.handlers[b"/hit"] = lambda request: (
+            request.setHeader(b"cache-control", b"max-age=60"), request.setHeader(b"etag", b'"v1"'), b"stored")[2]
+        agent = https_client(self, self.ca)
+        responses = []
+        for headers in ({}, {}, {b"if-none-match": b'"v1"'}):
+            response, body = yield get(agent, self.url + "/hit", headers=headers)
+            responses.append(response)
+        self.assertEqual([r.code for r in responses], [200, 200, 304])
+        self.assertEqual(len(stack.origin.seen), 1)
+        statuses = [r.headers.getRawHeaders(b"cache-status")[0] for r in responses]
+        self.assertIn(b"fwd=uri-miss", statuses[0])
+        self.assertIn(b"; hit", statuses[1])  # the prepared hit path
+        self.assertIn(b"; hit", statuses[2])
+        for response in responses:
+            self.assertEqual(response.headers.getRawHeaders(b"strict-transport-security"), [b"max-age=600"])
+        for _ in range(2):  # http:// URLs have entries of their own: a miss, then a hit over plain HTTP
+            response, _ = yield get(http_client(self), stack.url + "/hit")
+            self.assertIsNone(response.headers.getRawHeaders(b"strict-transport-security"))
+        self.assertIn(b"; hit", response.headers.getRawHeaders(b"cache-status")[0])
 
     @defer.inlineCallbacks
     def test_plain_http_on_the_tls_port_is_refused_without_disturbing_others(self):

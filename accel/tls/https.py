@@ -107,5 +107,11 @@ def with_hsts(request_factory, value: bytes):
                 self.responseHeaders.setRawHeaders(b"strict-transport-security", [value])
             super().write(data)
 
+        def write_prepared(self, *args) -> bool:
+            # A cache hit's header section is written without write(): the field is one of the request's own.
+            if self.isSecure():
+                self.responseHeaders.setRawHeaders(b"strict-transport-security", [value])
+            return super().write_prepared(*args)
+
     HSTSRequest.__name__ = HSTSRequest.__qualname__ = f"HSTS{request_factory.__name__}"
     return HSTSRequest
