@@ -48,10 +48,12 @@ def build_site(config: Config, reactor) -> AccelSite:
         limits=config.limits,
         server_header=config.server_header,
         access_log=config.access_log,
+        errors=errors,
+        hsts=hsts_value(config.tls) if config.tls.hsts_max_age is not None else None,
         reactor=reactor,
     )
-    if config.tls.hsts_max_age is not None:
-        site.requestFactory = with_hsts(site.requestFactory, hsts_value(config.tls))
+    if site.hsts is not None:
+        site.requestFactory = with_hsts(site.requestFactory, site.hsts)
 
     def close():
         if cache is not None:

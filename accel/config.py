@@ -124,6 +124,7 @@ class PurgeSettings:
     """The ``[purge]`` table: who may send PURGE requests."""
 
     allow: tuple = (ipaddress.ip_network("127.0.0.0/8"), ipaddress.ip_network("::1/128"))
+    allow_unix_peers: bool = False  # "unix" in allow: peers on UNIX sockets may purge too
     secret_header: str = "x-purge-secret"  # checked only when a secret is set
     secret: str | None = None
 
@@ -175,6 +176,7 @@ class Config:
     server_header: str | None = "accel"  # None: send no Server field
     server_names: tuple[str, ...] = ()  # hosts accepted in absolute-form targets (besides local names)
     trusted_proxies: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
+    trusted_unix_peers: bool = False  # "unix" in trusted_proxies: trust peers on UNIX sockets too
     via_pseudonym: str = "accel"
     access_log: str | None = None  # path, "-" for stdout, None for no access log
     cache: CacheSettings = CacheSettings()
@@ -455,14 +457,22 @@ def _cache_settings(r: _Reader) -> CacheSettings:
     return settings
 
 
-def _networks(r: _Reader, name: str) -> tuple:
+def _networks(r: _Reader, name: str, default: tuple = ()) -> tuple[tuple, bool]:
+    """(networks, whether "unix" is listed: peers on UNIX sockets, which have no IP address)."""
+    if name not in r.table:
+        r.seen.add(name)
+        return default, False
     nets = []
+    unix = False
     for value in r.strings(name):
+        if value == "unix":
+            unix = True
+            continue
         try:
             nets.append(ipaddress.ip_network(value, strict=False))
         except ValueError:
-            raise r.fail(name, "IP addresses or networks such as 10.0.0.0/8", value) from None
-    return tuple(nets)
+            raise r.fail(name, 'IP addresses or networks such as 10.0.0.0/8, or "unix"', value) from None
+    return tuple(nets), unix
 
 
 def parse_config(text: str, source: str) -> Config:
@@ -487,12 +497,14 @@ def parse_config(text: str, source: str) -> Config:
         max_target_length=limits_r.positive_int("max_target_length", _LIMITS.max_target_length),
     )
     limits_r.reject_unknown()
+    trusted_proxies, trusted_unix_peers = _networks(server, "trusted_proxies")
     config = Config(
         source=source,
         listen=listen,
         server_header=header or None,
         server_names=server.strings("names"),
-        trusted_proxies=_networks(server, "trusted_proxies"),
+        trusted_proxies=trusted_proxies,
+        trusted_unix_peers=trusted_unix_peers,
         via_pseudonym=server.get("via", str, "a string", "accel"),
         access_log=server.get("access_log", str, "a file path, or '-' for standard output"),
         limits=limits,
@@ -525,8 +537,10 @@ def parse_config(text: str, source: str) -> Config:
 
     cache = _cache_settings(_Reader(source, top.table_of("cache"), "cache", text))
     purge_r = _Reader(source, top.table_of("purge"), "purge", text)
+    allow, allow_unix_peers = _networks(purge_r, "allow", PurgeSettings().allow)
     purge = PurgeSettings(
-        allow=_networks(purge_r, "allow") if "allow" in purge_r.table else PurgeSettings().allow,
+        allow=allow,
+        allow_unix_peers=allow_unix_peers,
         secret_header=purge_r.get("secret_header", str, "a header field name", "x-purge-secret").lower(),
         secret=purge_r.get("secret", str, "a string"),
     )

@@ -116,7 +116,30 @@ class HitAndMissTests(unittest.TestCase):
         stack = cached_stack(self)
         response, _ = yield get(http_client(self), stack.url + "/nothing", headers={b"cache-control": b"only-if-cached"})
         self.assertEqual(response.code, 504)
+        self.assertEqual(cache_status(response), "accel; detail=only-if-cached")
         self.assertEqual(stack.origin.seen, [])
+
+    @defer.inlineCallbacks
+    def test_502_and_504_from_the_cache_path_carry_cache_status(self):
+        closed = reactor.listenTCP(0, server.Site(None), interface="127.0.0.1")
+        number = closed.getHost().port
+        yield closed.stopListening()
+        behind = start_stack(self)
+        routes = (
+            Route(prefix="/gone/", origin=parse_origin(f"http://127.0.0.1:{number}/")),
+            Route(prefix="/", origin=parse_origin(behind.origin_url + "/"), response_timeout=0.2),
+        )
+        stack = start_stack(self, Config(cache=CacheSettings(dir=temporary_directory(self))), routes=routes)
+        agent = http_client(self)
+        answers = []
+        for path, method in (("/gone/x", b"GET"), ("/hang", b"GET"), ("/gone/x", b"POST")):
+            response, _ = yield get(agent, stack.url + path, method=method)
+            answers.append((response.code, cache_status(response)))
+        self.assertEqual(answers, [
+            (502, "accel; fwd=uri-miss; detail=origin-unreachable"),
+            (504, "accel; fwd=uri-miss; detail=origin-timeout"),
+            (502, "accel; fwd=method; detail=origin-unreachable"),
+        ])
 
     @defer.inlineCallbacks
     def test_head_is_answered_from_a_stored_get(self):

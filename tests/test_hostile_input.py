@@ -2,9 +2,16 @@
 
 from __future__ import annotations
 
-from twisted.internet import defer
-from twisted.trial import unittest
+import os
+import tempfile
 
+from twisted.internet import defer, reactor
+from twisted.trial import unittest
+from twisted.web.resource import Resource
+
+from accel.config import Config
+from accel.http.errors import ErrorPages
+from accel.http.server import AccelSite
 from tests.support import raw_request, start_stack
 
 CASES = {
@@ -99,3 +106,49 @@ class HostileInputTests(unittest.TestCase):
         self.assertEqual(response.count(b"HTTP/1.1 200"), 3)
         self.assertEqual([s.uri for s in stack.origin.seen], [b"/one", b"/two", b"/three"])
         self.assertEqual(stack.origin.seen[1].body, b"abc")
+
+
+def error_documents(testcase, codes) -> dict[int, str]:
+    """One small HTML file per status code, naming it."""
+    directory = tempfile.mkdtemp(prefix="accel-test-")
+    documents = {}
+    for code in codes:
+        documents[code] = os.path.join(directory, f"{code}.html")
+        with open(documents[code], "w") as f:
+            f.write(f"<p>our own {code} page</p>\n")
+    return documents
+
+
+class ErrorDocumentTests(unittest.TestCase):
+    @defer.inlineCallbacks
+    def test_refusals_use_the_configured_error_documents(self):
+        stack = start_stack(self, Config(error_documents=error_documents(self, (400, 414, 431))))
+        port = stack.accel_port.getHost().port
+        for name, code in (("obs-fold (§5.2)", 400), ("missing Host on HTTP/1.1 (§3.2)", 400),
+                           ("overlong request-target", 414), ("too many header fields", 431),
+                           ("oversized header section", 431)):
+            response = yield raw_request(port, CASES[name][0], timeout=3)
+            head, _, body = response.partition(b"\r\n\r\n")
+            self.assertEqual((_status(response), body), (code, b"<p>our own %d page</p>\n" % code), name)
+            self.assertIn(b"\r\nContent-Type: text/html; charset=utf-8\r\n", head)
+            self.assertIn(b"\r\nContent-Length: %d\r\n" % len(body), head)
+            self.assertTrue(head.endswith(b"\r\nConnection: close"), head)
+        # a refusal of the resource (not of the channel) uses them too
+        response = yield raw_request(port, b"GET /a/%2Fb HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
+        self.assertEqual(response.partition(b"\r\n\r\n")[2], b"<p>our own 400 page</p>\n")
+        self.assertEqual(stack.origin.seen, [])
+
+    @defer.inlineCallbacks
+    def test_a_failure_inside_accel_uses_the_500_document(self):
+        class Broken(Resource):
+            isLeaf = True
+
+            def render(self, request):
+                raise RuntimeError("a bug")
+
+        site = AccelSite(Broken(), errors=ErrorPages(error_documents(self, (500,))), reactor=reactor)
+        port = reactor.listenTCP(0, site, interface="127.0.0.1")
+        self.addCleanup(port.stopListening)
+        response = yield raw_request(port.getHost().port, b"GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
+        self.assertEqual((_status(response), response.partition(b"\r\n\r\n")[2]), (500, b"<p>our own 500 page</p>\n"))
+        self.flushLoggedErrors(RuntimeError)

@@ -29,6 +29,7 @@ PURE = [
     "accel.cache.policy",
     "accel.cache.ranges",
     "accel.cache.vary",
+    "accel.http.addresses",
     "accel.http.headers",
     "accel.http.target",
     "accel.proxy.rewrite",

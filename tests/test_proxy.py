@@ -4,13 +4,13 @@ from __future__ import annotations
 
 
 from twisted.internet import defer, reactor
-from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
+from twisted.internet.endpoints import TCP4ClientEndpoint, UNIXClientEndpoint, connectProtocol
 from twisted.internet.protocol import Factory, Protocol
 from twisted.trial import unittest
 from twisted.web.client import FileBodyProducer
 
 from accel.config import Config, Route, parse_origin
-from tests.support import get, http_client, next_turn, raw_request, start_stack, turns, until
+from tests.support import RawClient, get, http_client, next_turn, raw_request, start_stack, turns, until
 
 
 class ForwardingTests(unittest.TestCase):
@@ -120,6 +120,42 @@ class ForwardingTests(unittest.TestCase):
         stack = start_stack(self, config=config)
         yield get(http_client(self), stack.url + "/f", headers={b"x-forwarded-for": b"203.0.113.9"})
         self.assertEqual(stack.origin.seen[0].header(b"x-forwarded-for"), [b"203.0.113.9, 127.0.0.1"])
+
+    @defer.inlineCallbacks
+    def test_an_ipv4_mapped_peer_matches_an_ipv4_network(self):
+        import ipaddress
+
+        config = Config(trusted_proxies=(ipaddress.ip_network("127.0.0.0/8"),))
+        stack = start_stack(self, config=config)
+        dual = reactor.listenTCP(0, stack.accel_site, interface="::")  # IPv4 clients arrive as ::ffff:a.b.c.d
+        self.addCleanup(dual.stopListening)
+        request = b"GET /f HTTP/1.1\r\nHost: x\r\nX-Forwarded-For: 203.0.113.9\r\nConnection: close\r\n\r\n"
+        response = yield raw_request(dual.getHost().port, request)
+        self.assertTrue(response.startswith(b"HTTP/1.1 200"), response)
+        self.assertEqual(stack.origin.seen[0].header(b"x-forwarded-for"), [b"203.0.113.9, 127.0.0.1"])
+
+    @defer.inlineCallbacks
+    def test_a_unix_socket_peer_is_trusted_only_when_configured(self):
+        import ipaddress
+        import tempfile
+
+        request = b"GET /f HTTP/1.1\r\nHost: x\r\nX-Forwarded-For: 203.0.113.9\r\nConnection: close\r\n\r\n"
+        loopback = (ipaddress.ip_network("127.0.0.0/8"),)
+        for config, expected in (
+            (Config(trusted_proxies=loopback), b"unknown"),  # not 127.0.0.1, so not trusted
+            (Config(trusted_proxies=loopback, trusted_unix_peers=True), b"203.0.113.9, unknown"),
+        ):
+            stack = start_stack(self, config=config)
+            path = tempfile.mktemp(prefix="accel-", suffix=".sock")
+            listening = reactor.listenUNIX(path, stack.accel_site)
+            self.addCleanup(listening.stopListening)
+            client = RawClient(request)
+            yield connectProtocol(UNIXClientEndpoint(reactor, path), client)
+            response = yield client.closed
+            self.assertTrue(response.startswith(b"HTTP/1.1 200"), response)
+            seen = stack.origin.seen[0]
+            self.assertEqual(seen.header(b"x-forwarded-for"), [expected])
+            self.assertEqual(seen.header(b"x-forwarded-port"), [])  # a UNIX socket has no port
 
     @defer.inlineCallbacks
     def test_preserve_host(self):

@@ -11,7 +11,10 @@ import sys
 import tempfile
 import textwrap
 
+from dataclasses import replace
+
 from twisted.internet import defer, reactor
+from twisted.internet.address import IPv6Address, UNIXAddress
 from twisted.trial import unittest
 from twisted.web import resource, server
 
@@ -267,10 +270,15 @@ class RefusalTests(PurgeTestCase):
 
     def test_ipv4_mapped_addresses_match_ipv4_networks(self):
         handler = PurgeHandler(self.store, self.purge, CacheSettings(), lambda h: True)
-        self.assertTrue(handler.allowed("::ffff:10.1.2.3"))
-        self.assertTrue(handler.allowed("::1"))
-        self.assertFalse(handler.allowed("::ffff:127.0.0.1"))
-        self.assertFalse(handler.allowed("/run/accel.sock"))
+        self.assertTrue(handler.allowed(IPv6Address("TCP", "::ffff:10.1.2.3", 1)))
+        self.assertTrue(handler.allowed(IPv6Address("TCP", "::1", 1)))
+        self.assertFalse(handler.allowed(IPv6Address("TCP", "::ffff:127.0.0.1", 1)))
+        self.assertFalse(handler.allowed(UNIXAddress("/run/accel.sock")))
+
+    def test_unix_socket_peers_only_when_allow_lists_unix(self):
+        unix = UNIXAddress("/run/accel.sock")
+        settings = replace(self.purge, allow_unix_peers=True)
+        self.assertTrue(PurgeHandler(self.store, settings, CacheSettings(), lambda h: True).allowed(unix))
 
 
 class SecretTests(PurgeTestCase):

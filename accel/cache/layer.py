@@ -41,7 +41,7 @@ from accel.cache.vary import matches, secondary_key, vary_names
 from accel.cache.collapse import Collapser
 from accel.config import CacheSettings, Route, RouteCache
 from accel.proxy.origin import Fetched
-from accel.proxy.forwarding import Forwarder, discard
+from accel.proxy.forwarding import Forwarder, discard, origin_failure
 from accel.cache.serving import Responder, Variant, plain, request_fields, stored_response
 
 log = Logger()
@@ -155,7 +155,8 @@ class CacheLayer:
             self.miss(exchange, decision.reason)
         else:
             request.log_cache = "miss"
-            self.forwarder.errors.send(request, 504, "Not in the cache (only-if-cached).")
+            self.forwarder.errors.send(request, 504, "Not in the cache (only-if-cached).",
+                                       {b"cache-status": self.status(detail="only-if-cached")})
 
     def miss(self, exchange: Exchange, reason: str) -> None:
         """Fetch for a miss, first joining an in-flight fetch of the same URL if there is one."""
@@ -189,7 +190,7 @@ class CacheLayer:
         d = self.forwarder.fetch(request, exchange.route, exchange.target, extra=extra, drop=drop)
         d.addCallbacks(
             lambda fetched: self.fetched(exchange, fwd, fetched, request_time, revalidate, variants, storing),
-            lambda failure: self.fetch_failed(exchange, failure, revalidate, variants),
+            lambda failure: self.fetch_failed(exchange, failure, fwd, revalidate, variants),
         )
 
     def fetched(self, exchange, fwd, fetched: Fetched, request_time, revalidate, variants, storing) -> None:
@@ -260,17 +261,21 @@ class CacheLayer:
         if exchange.request._disconnected:
             return
         if head is None:
-            self.forwarder.errors.send(exchange.request, 502, "The origin's response broke off.")
+            cache_status = self.status(fwd=fwd, fwd_status=code, detail="response-incomplete")
+            self.forwarder.errors.send(exchange.request, 502, "The origin's response broke off.",
+                                       {b"cache-status": self.collapsed(exchange, cache_status)})
             return
         variant = Variant(head, writer.body(), stored_response(head))
         self.serve(exchange, variant, head.initial_age, self.status(fwd=fwd, fwd_status=code, stored=True))
 
-    def fetch_failed(self, exchange: Exchange, failure, revalidate, variants) -> None:
+    def fetch_failed(self, exchange: Exchange, failure, fwd: str, revalidate=None, variants=()) -> None:
         if exchange.leader:
             self.collapser.release(exchange.key)
         if revalidate is not None and self.serve_stale_on_error(exchange, revalidate, variants, 504):
             return
-        self.forwarder.fail(exchange.request, failure)
+        exchange.request.log_cache = "miss"
+        cache_status = self.collapsed(exchange, self.status(fwd=fwd, detail=origin_failure(failure)[1]))
+        self.forwarder.fail(exchange.request, failure, {b"cache-status": cache_status})
 
     def serve_stale_on_error(self, exchange: Exchange, revalidate, variants, code: int) -> bool:
         """RFC 5861 §4 / grace: answer with the stale response when the origin fails, if allowed."""
@@ -361,7 +366,7 @@ class CacheLayer:
             self.relay(exchange, fetched, client_fields, self.status(fwd="method", fwd_status=code))
 
         self.forwarder.fetch(request, exchange.route, exchange.target).addCallbacks(
-            fetched, lambda failure: self.forwarder.fail(request, failure)
+            fetched, lambda failure: self.fetch_failed(exchange, failure, "method")
         )
 
     def invalidate(self, key: str) -> None:

@@ -31,7 +31,6 @@ gets 403 and a log line naming the address. A PURGE for a host accel does not se
 from __future__ import annotations
 
 import hmac
-import ipaddress
 import json
 from collections.abc import Callable
 
@@ -41,6 +40,7 @@ from accel.cache.key import cache_key, url_prefix_key
 from accel.cache.store import StoreFull
 from accel.cache.tiers import TieredStore
 from accel.config import CacheSettings, PurgeSettings
+from accel.http.addresses import peer_in, peer_name
 
 log = Logger()
 
@@ -91,8 +91,9 @@ class PurgeHandler:
 
     def handle(self, request, target: str) -> None:
         """Answer ``request`` (method PURGE); ``target`` is its origin-form path and query."""
-        address = self.client_address(request)
-        refusal = self.refusal(request, address)
+        peer = request.getClientAddress()
+        address = peer_name(peer)
+        refusal = self.refusal(request, peer)
         if refusal is not None:
             log.warn("PURGE {target} refused for {address}: {why}", target=target, address=address, why=refusal)
             self.answer(request, 403, {"status": "forbidden", "detail": refusal})
@@ -141,13 +142,9 @@ class PurgeHandler:
 
     # -- access control -------------------------------------------------------------------------------
 
-    @staticmethod
-    def client_address(request) -> str:
-        return str(getattr(request.getClientAddress(), "host", "") or "")
-
-    def refusal(self, request, address: str) -> str | None:
+    def refusal(self, request, peer) -> str | None:
         """Why this client may not purge, or None when it may."""
-        if not self.allowed(address):
+        if not self.allowed(peer):
             return "address not allowed"
         if self._secret is not None:
             given = request.getHeader(self._secret_header)
@@ -155,14 +152,9 @@ class PurgeHandler:
                 return "missing or wrong secret"
         return None
 
-    def allowed(self, address: str) -> bool:
-        try:
-            ip = ipaddress.ip_address(address.partition("%")[0])
-        except ValueError:
-            return False  # not an IP peer (e.g. a UNIX socket): the allow list cannot admit it
-        if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-            ip = ip.ipv4_mapped
-        return any(ip.version == net.version and ip in net for net in self.settings.allow)
+    def allowed(self, peer) -> bool:
+        """The peer is in ``allow`` (a UNIX-socket peer only when ``allow`` lists "unix")."""
+        return peer_in(peer, self.settings.allow, self.settings.allow_unix_peers)
 
     # -- answering ------------------------------------------------------------------------------------
 

@@ -59,10 +59,10 @@ def get_values(fields: Iterable[tuple[bytes, bytes]], name: bytes) -> list[bytes
 class ClientSide:
     """What accel knows about the client connection a request came in on."""
 
-    address: str  # peer IP address
+    address: str  # peer IP address (IPv4-mapped ones as IPv4), "unknown" for a UNIX-socket peer
     host: bytes | None  # the client's Host field
     scheme: str  # "http" or "https"
-    port: int  # the port the client connected to
+    port: int | None  # the port the client connected to; None on a UNIX socket
     trusted: bool  # the peer is a configured proxy whose X-Forwarded-For we keep
 
 
@@ -106,7 +106,8 @@ def request_to_origin(
         out.append((b"X-Forwarded-Host", client.host))
     out.append((b"X-Forwarded-Server", server_name.encode("ascii", "replace")))
     out.append((b"X-Forwarded-Proto", client.scheme.encode("ascii")))
-    out.append((b"X-Forwarded-Port", str(client.port).encode("ascii")))
+    if client.port is not None:
+        out.append((b"X-Forwarded-Port", str(client.port).encode("ascii")))
     out.append((b"Via", b", ".join(vias + [via_entry(client_version, via)])))
     return out
 

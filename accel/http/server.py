@@ -25,9 +25,9 @@ from twisted.web.http import NO_BODY_CODES
 
 from accel.http.accesslog import PerTurnWriter, StandardOutput, access_log_line
 from accel.http.body import RequestBody
+from accel.http.errors import ErrorPages
 from accel.config import Limits
 
-_REASONS = {400: b"Bad Request", 414: b"URI Too Long", 431: b"Request Header Fields Too Large"}
 
 
 class _HTTPDate:
@@ -128,16 +128,25 @@ class AccelChannel(http.HTTPChannel):
         self.refuse(400)
 
     def refuse(self, code: int) -> None:
-        """Answer a request that must not be processed, and close: the rest of the stream can't be trusted."""
+        """Answer a request that must not be processed, and close: the rest of the stream can't be trusted.
+
+        The body is the site's error page for ``code`` (an ``error_documents`` file when one is configured).
+        """
         if self._refused:
             return
         self._refused = True
         self._log.info("refused request from {peer}: {code}", peer=self.transport.getPeer(), code=code)
-        body = b"%d %s\n" % (code, _REASONS.get(code, b"Error"))
-        self.transport.write(
-            b"HTTP/1.1 %d %s\r\nContent-Type: text/plain\r\nContent-Length: %d\r\nConnection: close\r\n\r\n%s"
-            % (code, _REASONS.get(code, b"Error"), len(body), body)
-        )
+        site = self.site
+        body, content_type = site.errors.page(code)
+        fields = [b"HTTP/1.1 %d %s\r\n" % (code, http.RESPONSES.get(code, b"Error"))]
+        if site.server_header:
+            fields.append(b"Server: %s\r\n" % site.server_header)
+        fields.append(b"Date: %s\r\n" % http_date())
+        if site.hsts is not None and self.isSecure():
+            fields.append(b"Strict-Transport-Security: %s\r\n" % site.hsts)
+        fields.append(b"Content-Type: %s\r\nContent-Length: %d\r\nCache-Control: no-store\r\n"
+                      b"Connection: close\r\n\r\n" % (content_type, len(body)))
+        self.transport.writeSequence(fields + [body])
         self.stop_reading()
         self.loseConnection()
 
@@ -239,12 +248,7 @@ class AccelRequest(server.Request):
         if self.startedWriting:
             self.close_incomplete()
             return None
-        body = b"500 Internal Server Error\n"
-        self.setResponseCode(500)
-        self.setHeader(b"content-type", b"text/plain")
-        self.setHeader(b"content-length", b"%d" % len(body))
-        self.write(body)
-        self.finish()
+        self.site.errors.send(self, 500)
         return None
 
     def close_incomplete(self) -> None:
@@ -269,10 +273,14 @@ class AccelSite(server.Site):
         limits: Limits = Limits(),
         server_header: str | None = "accel",
         access_log: str | None = None,
+        errors: ErrorPages | None = None,
+        hsts: bytes | None = None,
         reactor=None,
     ):
         super().__init__(resource, logFormatter=access_log_line, reactor=reactor)
         self.limits = limits
+        self.errors = errors or ErrorPages()  # the pages of the channel's refusals and of failures (500)
+        self.hsts = hsts  # Strict-Transport-Security of refusals over TLS (requests: accel.tls.https.with_hsts)
         self.server_header = server_header.encode("latin-1") if server_header else None
         self.access_log = access_log
 

@@ -10,7 +10,6 @@ stream.
 
 from __future__ import annotations
 
-import ipaddress
 import socket
 from collections.abc import Callable, Iterable
 from urllib.parse import urlsplit
@@ -26,6 +25,7 @@ from twisted.web.server import NOT_DONE_YET
 
 from accel.http.body import ResponseRelay
 from accel.config import Config, Route, local_names
+from accel.http.addresses import peer_in, peer_name
 from accel.http.errors import ErrorPages
 from accel.http.headers import ClientSide, request_to_origin, response_to_client
 from accel.http.target import UnsafeTarget, normalise_target
@@ -192,18 +192,12 @@ class Forwarder:
 
     def client_side(self, request) -> ClientSide:
         peer = request.getClientAddress()
-        address = getattr(peer, "host", "127.0.0.1")
-        try:
-            ip = ipaddress.ip_address(address)
-            trusted = any(ip in net for net in self.config.trusted_proxies)
-        except ValueError:
-            trusted = False
         return ClientSide(
-            address=address,
+            address=peer_name(peer),
             host=request.getHeader(b"host"),
             scheme="https" if request.isSecure() else "http",
-            port=request.getHost().port,
-            trusted=trusted,
+            port=getattr(request.getHost(), "port", None),
+            trusted=peer_in(peer, self.config.trusted_proxies, self.config.trusted_unix_peers),
         )
 
     def response_fields(self, request, route: Route, fetched: Fetched) -> list[tuple[bytes, bytes]]:
@@ -245,19 +239,22 @@ class Forwarder:
         response.deliverBody(relay)
         return relay.done
 
-    def fail(self, request, failure: Failure) -> None:
-        """Answer a request whose origin request failed before a response arrived."""
+    def fail(self, request, failure: Failure, headers: dict[bytes, bytes] | None = None) -> None:
+        """Answer a request whose origin request failed before a response arrived (with ``headers``)."""
         if failure.check(CancelledError) or request._disconnected:
             return
-        if failure.check(OriginTimeout):
-            code = 504
-        elif failure.check(OriginUnavailable):
-            code = 502
-        else:
+        code, _ = origin_failure(failure)
+        if not failure.check(OriginTimeout, OriginUnavailable):
             log.failure("unexpected origin failure for {uri}", failure=failure, uri=request.uri)
-            code = 502
         log.warn("{code} for {uri}: {why}", code=code, uri=request.uri, why=failure.getErrorMessage())
-        self.errors.send(request, code)
+        self.errors.send(request, code, headers=headers)
+
+
+def origin_failure(failure: Failure) -> tuple[int, str]:
+    """(status, short reason) for an origin request that got no response: 504 for a timeout, else 502."""
+    if failure.check(OriginTimeout):
+        return 504, "origin-timeout"
+    return 502, "origin-unreachable"
 
 
 def _idle_abort(relay: ResponseRelay, route: Route) -> None:
