@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
+from pathlib import Path
 
 import pytest
+import trustme
 from click.testing import CliRunner
 
 from accel.cli.main import main
@@ -137,17 +140,52 @@ def test_twistd_rejects_a_bad_endpoint(tmp_path):
     assert "Traceback" not in run.stderr
 
 
-def test_example_configs_are_valid(monkeypatch):
-    from pathlib import Path
+EXAMPLES = sorted(Path(__file__).parent.parent.joinpath("examples").glob("*.toml"))
 
-    # The examples name the deployment's certificate files; loading those is tested in test_tls_config.py.
-    monkeypatch.setattr("accel.cli.main.check_files", lambda config: None)
 
-    examples = sorted(Path(__file__).parent.parent.joinpath("examples").glob("*.toml"))
-    assert examples, "examples/ ships configs"
-    for example in examples:
-        result = CliRunner().invoke(main, ["check-config", str(example)])
+def materialise_etc_files(text: str, root: Path) -> str:
+    """The example with every /etc/... path moved under ``root``, where real files now stand: certificates
+    (``<name>.pem`` with ``<name>.key``) issued by an intermediate (``chain.pem``) of a test CA
+    (``*ca.pem``), and directories for the paths without a file name extension."""
+    ca = trustme.CA()
+    intermediate = ca.create_child_ca()
+    paths = sorted(set(re.findall(r'"(/etc/[^"]+)"', text)))
+    for path in paths:
+        target = root / path.lstrip("/")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if not target.suffix:
+            target.mkdir(parents=True, exist_ok=True)
+        elif target.name == "chain.pem":
+            intermediate.cert_pem.write_to_path(str(target))
+        elif target.name.endswith("ca.pem"):
+            ca.cert_pem.write_to_path(str(target))
+        elif target.suffix == ".pem":
+            leaf = intermediate.issue_cert(target.stem if "." in target.stem else f"{target.stem}.test")
+            leaf.cert_chain_pems[0].write_to_path(str(target))
+            leaf.private_key_pem.write_to_path(str(target.with_suffix(".key")))
+    return re.sub(r'"/etc/', f'"{root}/etc/', text)
+
+
+def test_example_configs_are_valid(tmp_path):
+    assert EXAMPLES, "examples/ ships configs"
+    for example in EXAMPLES:
+        copy = tmp_path / example.name
+        copy.write_text(materialise_etc_files(example.read_text(), tmp_path))
+        result = CliRunner().invoke(main, ["check-config", str(copy)])
         assert result.exit_code == 0, (example, result.output)
+        assert f"{copy}: OK" in result.output
+
+
+def test_the_tls_example_without_its_files_names_the_first_missing_one(tmp_path):
+    example = next(e for e in EXAMPLES if e.name == "tls-offload.toml")
+    copy = tmp_path / example.name
+    copy.write_text(example.read_text().replace('"/etc/', f'"{tmp_path}/etc/'))  # nothing exists there
+    result = CliRunner().invoke(main, ["check-config", str(copy)])
+    assert result.exit_code == 1
+    assert result.output.strip().splitlines() == [
+        f"Error: {copy}: tls.directory: expected a readable directory of certificates, "
+        f"got '{tmp_path}/etc/letsencrypt/live (No such file or directory)'"
+    ]
 
 
 def test_a_file_without_server_listen_listens_on_the_documented_default():
