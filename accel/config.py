@@ -240,9 +240,9 @@ class _Reader:
     def table_of(self, name: str) -> dict[str, Any]:
         return self.get(name, dict, "a table", {})
 
-    def reject_unknown(self, allowed_extra: set[str] = frozenset()) -> None:
+    def reject_unknown(self) -> None:
         for name in self.table:
-            if name not in self.seen and name not in allowed_extra:
+            if name not in self.seen:
                 raise self.fail(name, "a known key (see the configuration reference in README.md)", None)
 
 
@@ -548,7 +548,7 @@ def parse_config(text: str, source: str) -> Config:
     tls = _tls_settings(_Reader(source, top.table_of("tls"), "tls", text))
     _same_origin_tls(source, routes)
     top.seen.update({"server", "limits", "route", "error_documents", "cache", "purge", "tls"})
-    top.reject_unknown(_TOP_EXTENSION_KEYS)
+    top.reject_unknown()
     return replace(config, routes=tuple(routes), error_documents=docs, cache=cache, purge=purge, tls=tls)
 
 
@@ -560,10 +560,6 @@ def _same_origin_tls(source: str, routes: list[Route]) -> None:
             settings = (route.tls_verify, route.tls_ca, route.tls_client_cert, route.tls_client_key)
             if seen.setdefault(route.origin.key, settings) != settings:
                 raise ConfigError(source, f"route[{i}].tls_*", f"the same tls_* keys on every route to {route.origin.key}")
-
-
-# Tables other parts of accel read from the same file (each validates its own).
-_TOP_EXTENSION_KEYS: set[str] = set()
 
 
 def load_config(path: str) -> Config:

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import ipaddress
+
 import pytest
+from twisted.internet.address import IPv4Address, IPv6Address, UNIXAddress
 
 from accel.config import Route, parse_origin
+from accel.http.addresses import peer_in, peer_name, split_authority
 from accel.http.headers import ClientSide, end_to_end, request_to_origin, response_to_client
 from accel.proxy.rewrite import ReverseMap, reverse_fields
 from accel.proxy.routing import RouteTable, origin_target
@@ -165,3 +169,40 @@ def test_reverse_fields_only_touches_url_fields():
         (b"Location", b"https://www.example.com/shop/x"),
         (b"Link", b"<http://10.0.0.5:8000/app/x>"),
     ]
+
+
+def test_connection_nominated_fields_are_dropped_whatever_their_case():
+    fields = [(b"Connection", b"X-Secret , close"), (b"x-secret", b"1"), (b"X-Kept", b"2"), (b"TE", b"trailers")]
+    assert end_to_end(fields) == [(b"X-Kept", b"2")]
+
+
+@pytest.mark.parametrize(
+    ("authority", "split"),
+    [
+        ("example.com", ("example.com", "")),
+        ("example.com:8080", ("example.com", "8080")),
+        ("[::1]", ("[::1]", "")),
+        ("[::1]:443", ("[::1]", "443")),
+        ("[::1", ("[::1", "")),
+        ("10.0.0.1:80", ("10.0.0.1", "80")),
+    ],
+)
+def test_split_authority(authority, split):
+    assert split_authority(authority) == split
+
+
+@pytest.mark.parametrize(
+    ("peer", "name", "in_ten"),
+    [
+        (IPv4Address("TCP", "10.1.2.3", 1), "10.1.2.3", True),
+        (IPv6Address("TCP", "::ffff:10.1.2.3", 1), "10.1.2.3", True),
+        (IPv6Address("TCP", "::ffff:192.0.2.1", 1), "192.0.2.1", False),
+        (IPv6Address("TCP", "fe80::1%eth0", 1), "fe80::1", False),
+        (UNIXAddress("/run/accel.sock"), "unknown", False),
+        (UNIXAddress(None), "unknown", False),
+    ],
+)
+def test_peers_against_networks(peer, name, in_ten):
+    ten = (ipaddress.ip_network("10.0.0.0/8"), ipaddress.ip_network("::1/128"))
+    assert (peer_name(peer), peer_in(peer, ten)) == (name, in_ten)
+    assert peer_in(peer, ten, unix=True) == (in_ten or isinstance(peer, UNIXAddress))

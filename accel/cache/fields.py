@@ -106,11 +106,6 @@ def replace(fields: Fields, name: str, values: Iterable[str]) -> Fields:
     return tuple(out)
 
 
-def connection_options(fields: Fields) -> set[str]:
-    """Field names nominated by ``Connection`` (RFC 9110 §7.6.1), lower-cased."""
-    return {option.lower() for option in get_list(fields, "connection")}
-
-
 # --- entity-tags (RFC 9110 §8.8.3) ---------------------------------------------------
 
 

@@ -12,20 +12,15 @@ from fnmatch import fnmatchcase
 from typing import Iterable, Mapping
 from urllib.parse import urlsplit
 
+from accel.http.addresses import split_authority
+
 DEFAULT_PORTS: Mapping[str, int] = {"http": 80, "https": 443}
 
 
 def _origin(scheme: str, host: str, default_port_for_scheme: Mapping[str, int]) -> str:
     """``scheme://host[:port]``: lower-case, default or empty port omitted (RFC 9110 §4.2.3)."""
     scheme = scheme.lower()
-    host = host.lower()
-    port = ""
-    if host.startswith("["):  # IP-literal
-        bracket = host.find("]")
-        if bracket != -1 and host[bracket + 1 : bracket + 2] == ":":
-            host, port = host[: bracket + 1], host[bracket + 2 :]
-    elif ":" in host:
-        host, _, port = host.rpartition(":")
+    host, port = split_authority(host.lower())
     if port and port.isdigit() and int(port) == default_port_for_scheme.get(scheme):
         port = ""
     return f"{scheme}://{host}:{port}" if port else f"{scheme}://{host}"

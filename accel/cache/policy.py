@@ -26,6 +26,8 @@ from dataclasses import dataclass
 from typing import Callable, Sequence
 from urllib.parse import urljoin, urlsplit
 
+from accel.http.headers import HOP_BY_HOP_NAMES, connection_options
+
 from .directives import (
     MAX_STALE_ANY,
     CacheControl,
@@ -36,7 +38,6 @@ from .directives import (
 from .fields import (
     EntityTag,
     Fields,
-    connection_options,
     get_all,
     get_list,
     get_one,
@@ -58,21 +59,6 @@ UNDERSTOOD_STATUS = frozenset({200, 203, 204, 206, 300, 301, 302, 303, 304, 307,
 
 HEURISTICALLY_CACHEABLE = frozenset({200, 203, 204, 206, 300, 301, 308, 404, 405, 410, 414, 501})
 """RFC 9110 §15.1: status codes that may be given heuristic freshness (§4.2.2)."""
-
-HOP_BY_HOP = frozenset(
-    {
-        "connection",
-        "keep-alive",
-        "proxy-connection",
-        "te",
-        "transfer-encoding",
-        "upgrade",
-        "proxy-authenticate",
-        "proxy-authorization",
-        "trailer",
-    }
-)
-"""RFC 9110 §7.6.1: connection-specific fields, never stored or forwarded (§3.1)."""
 
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "TRACE"})
 """RFC 9110 §9.2.1. Methods are case-sensitive; every other method is treated as unsafe (§4.4)."""
@@ -195,7 +181,7 @@ def fields_to_store(response_fields: Fields, policy: CachePolicy = DEFAULT_POLIC
     is recomputed on every reuse (§4.2.3; keep ``corrected_initial_age`` instead).
     """
     cc, _ = response_directives(response_fields, policy)
-    drop = HOP_BY_HOP | connection_options(response_fields) | {"set-cookie", "age"}
+    drop = HOP_BY_HOP_NAMES | connection_options(get_all(response_fields, "connection")) | {"set-cookie", "age"}
     return without(response_fields, drop | set(cc.no_cache_fields) | set(cc.private_fields))
 
 
@@ -561,7 +547,8 @@ def freshen(stored_fields: Fields, response_304_fields: Fields, policy: CachePol
     so qualified no-cache/private in the new Cache-Control apply. The caller then records the
     304's request/response times and ``corrected_initial_age`` of the 304's fields.
     """
-    drop = HOP_BY_HOP | connection_options(response_304_fields) | FRESHEN_EXCLUDED | {"age", "set-cookie"}
+    drop = (HOP_BY_HOP_NAMES | connection_options(get_all(response_304_fields, "connection")) | FRESHEN_EXCLUDED
+            | {"age", "set-cookie"})
     update = without(response_304_fields, drop)
     merged = stored_fields
     for name in dict.fromkeys(name for name, _ in update):

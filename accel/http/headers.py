@@ -11,21 +11,23 @@ from dataclasses import dataclass
 
 RawFields = list[tuple[bytes, bytes]]
 
-# RFC 9110 §7.6.1: connection-specific fields a proxy must not forward, plus the legacy ones every proxy
-# strips (Keep-Alive, Proxy-Connection) and the proxy authentication pair, which is hop-by-hop in practice.
-HOP_BY_HOP = frozenset(
+# RFC 9110 §7.6.1: connection-specific fields a proxy must not forward (nor a cache store, RFC 9111 §3.1),
+# plus the legacy ones every proxy strips (Keep-Alive, Proxy-Connection) and the proxy authentication pair,
+# which is hop-by-hop in practice. Lower-case names; HOP_BY_HOP holds them as they travel (bytes).
+HOP_BY_HOP_NAMES = frozenset(
     {
-        b"connection",
-        b"keep-alive",
-        b"proxy-connection",
-        b"te",
-        b"trailer",
-        b"transfer-encoding",
-        b"upgrade",
-        b"proxy-authenticate",
-        b"proxy-authorization",
+        "connection",
+        "keep-alive",
+        "proxy-connection",
+        "te",
+        "trailer",
+        "transfer-encoding",
+        "upgrade",
+        "proxy-authenticate",
+        "proxy-authorization",
     }
 )
+HOP_BY_HOP = frozenset(name.encode("ascii") for name in HOP_BY_HOP_NAMES)
 
 # Fields accel sets itself on the way to the origin: whatever the client sent under these names is replaced.
 # Content-Length goes too: the origin connection frames the body it actually sends (RFC 9112 §6).
@@ -34,25 +36,17 @@ _REPLACED_UPSTREAM = frozenset(
 )
 
 
-def connection_nominated(fields: Iterable[tuple[bytes, bytes]]) -> set[bytes]:
-    """Field names listed in ``Connection`` (RFC 9110 §7.6.1), lower-cased."""
-    names: set[bytes] = set()
-    for name, value in fields:
-        if name.lower() == b"connection":
-            names.update(t.strip().lower() for t in value.split(b",") if t.strip())
-    return names
+def connection_options(values: Iterable[str]) -> set[str]:
+    """Field names the values of ``Connection`` fields nominate (RFC 9110 §7.6.1), lower-cased."""
+    return {token.strip().lower() for value in values for token in value.split(",") if token.strip()}
 
 
 def end_to_end(fields: Iterable[tuple[bytes, bytes]]) -> RawFields:
     """Drop hop-by-hop fields and every field the ``Connection`` field nominates."""
     fields = list(fields)
-    drop = HOP_BY_HOP | connection_nominated(fields)
+    nominated = connection_options(v.decode("latin-1") for n, v in fields if n.lower() == b"connection")
+    drop = HOP_BY_HOP | {name.encode("latin-1") for name in nominated} if nominated else HOP_BY_HOP
     return [(n, v) for n, v in fields if n.lower() not in drop]
-
-
-def get_values(fields: Iterable[tuple[bytes, bytes]], name: bytes) -> list[bytes]:
-    name = name.lower()
-    return [v for n, v in fields if n.lower() == name]
 
 
 @dataclass(frozen=True, slots=True)

@@ -25,7 +25,7 @@ from twisted.web.server import NOT_DONE_YET
 
 from accel.http.body import ResponseRelay
 from accel.config import Config, Route, local_names
-from accel.http.addresses import peer_in, peer_name
+from accel.http.addresses import peer_in, peer_name, split_authority
 from accel.http.errors import ErrorPages
 from accel.http.headers import ClientSide, request_to_origin, response_to_client
 from accel.http.target import UnsafeTarget, normalise_target
@@ -53,8 +53,7 @@ class ReverseProxy(Resource):
     def serves_host(self, host: str) -> bool:
         """Whether ``host`` (a Host field value, port included) is one of ours: any host when no names
         are configured, else a configured or local name."""
-        name = host.rsplit(":", 1)[0] if not host.endswith("]") else host
-        return self.any_host or name.strip("[]").lower() in self.names
+        return self.any_host or split_authority(host)[0].strip("[]").lower() in self.names
 
     def render(self, request) -> object:
         method = request.method

@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from accel.config import Origin
+from accel.http.addresses import split_authority
 from accel.http.headers import RawFields
 
 _URL_FIELDS = frozenset({b"location", b"content-location", b"uri"})
@@ -54,7 +55,7 @@ class ReverseMap:
     def cookie(self, value: str) -> str:
         """Rewrite the Path and Domain attributes of one Set-Cookie value."""
         parts = value.split(";")
-        public_domain = None if self.public_host.startswith("[") else self.public_host.rsplit(":", 1)[0]
+        public_domain = None if self.public_host.startswith("[") else split_authority(self.public_host)[0]
         for i, part in enumerate(parts[1:], 1):
             name, sep, attr = part.strip().partition("=")
             if not sep:

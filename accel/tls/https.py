@@ -14,6 +14,7 @@ from urllib.parse import urlsplit
 from twisted.web.resource import Resource
 
 from accel.config import Config, TLSSettings
+from accel.http.addresses import split_authority
 
 _HOST = re.compile(r"^(?:[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?\.?)+$|^\[[0-9A-Fa-f:.]+\]$")
 _PORT = re.compile(r"^(?:tcp6?):(?:port=)?(\d+)(?::|$)|^(?:tcp6?):.*?:port=(\d+)(?::|$)")
@@ -50,11 +51,7 @@ class RedirectToHTTPS(Resource):
 
 def _hostname(host: str) -> str | None:
     """The host of a Host field without its port; None when it is not a plausible host name."""
-    name = host.strip()
-    if name.startswith("["):
-        name = name[: name.find("]") + 1] if "]" in name else ""
-    elif ":" in name:
-        name = name.rsplit(":", 1)[0]
+    name = split_authority(host.strip())[0]
     return name.lower() if name and _HOST.match(name) else None
 
 
