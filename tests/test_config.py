@@ -191,3 +191,15 @@ def test_the_tls_example_without_its_files_names_the_first_missing_one(tmp_path)
 def test_a_file_without_server_listen_listens_on_the_documented_default():
     config = parse_config('[[route]]\nprefix = "/"\norigin = "http://127.0.0.1:9000/"\n', "accel.toml")
     assert config.listen == ("tcp:8080",)
+
+
+def test_trusted_proxies_and_purge_allow_may_name_unix_socket_peers():
+    text = '[server]\ntrusted_proxies = ["unix", "10.0.0.0/8"]\n[purge]\nallow = ["unix"]\n'
+    config = parse_config(text, "accel.toml")
+    assert (config.trusted_unix_peers, [str(n) for n in config.trusted_proxies]) == (True, ["10.0.0.0/8"])
+    assert (config.purge.allow_unix_peers, config.purge.allow) == (True, ())
+    default = parse_config("", "accel.toml")
+    assert (default.trusted_unix_peers, default.purge.allow_unix_peers) == (False, False)
+    assert [str(n) for n in default.purge.allow] == ["127.0.0.0/8", "::1/128"]
+    with pytest.raises(ConfigError, match='server.trusted_proxies: expected IP addresses or networks such as 10.0.0.0/8, or "unix"'):
+        parse_config('[server]\ntrusted_proxies = ["unix:/run/x.sock"]\n', "accel.toml")

@@ -103,16 +103,12 @@ def test_the_normal_form_has_no_dot_segments_repeated_slashes_or_encoded_unreser
         assert encoded not in normal
 
 
-@given(paths, paths)
-def test_a_dot_dot_never_climbs_out_of_the_prefix_it_names(prefix, rest):
-    """Whatever follows ``/admin/``, the normal form is under ``/admin/`` or refused, never elsewhere
-    unless the path itself climbs out with a '..' (which then shows in the normal form's prefix)."""
-    try:
-        normal = normalise_path("/admin" + rest)
-    except UnsafeTarget:
-        return
-    if ".." not in rest and "%2e%2e" not in rest.lower() and "%2e." not in rest.lower() and ".%2e" not in rest.lower():
-        assert normal.startswith("/admin")
+_WITHOUT_DOTS = st.sampled_from(["/", "//", "a", "B", "%61", "%7e", "%3a", "%C3%A9", ";x", "-", "~", "_", "x.y"])
+
+
+@given(st.lists(_WITHOUT_DOTS, max_size=12).map("".join))
+def test_what_follows_a_prefix_stays_under_it_without_dot_segments(rest):
+    assert normalise_path("/admin/" + rest).startswith("/admin/")
 
 
 def test_configured_prefixes_and_cache_rules_must_be_in_normal_form():

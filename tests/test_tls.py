@@ -123,6 +123,12 @@ class OffloadedRequestTests(OffloadCase):
         self.assertEqual(response.headers.getRawHeaders(b"strict-transport-security"), [b"max-age=31536000; includeSubDomains"])
         response, _ = yield get(https_client(self, self.ca), self.url + "/status/404")
         self.assertEqual(response.headers.getRawHeaders(b"strict-transport-security"), [b"max-age=31536000; includeSubDomains"])
+        response, _ = yield get(https_client(self, self.ca), self.url + "/" + "a" * 9000)  # refused by the channel
+        self.assertEqual(response.code, 414)
+        self.assertEqual(response.headers.getRawHeaders(b"strict-transport-security"), [b"max-age=31536000; includeSubDomains"])
+        response, _ = yield get(http_client(self), stack.url + "/" + "a" * 9000)
+        self.assertEqual(response.code, 414)
+        self.assertIsNone(response.headers.getRawHeaders(b"strict-transport-security"))
         response, _ = yield get(http_client(self), stack.url + "/plain")
         self.assertIsNone(response.headers.getRawHeaders(b"strict-transport-security"))
 
