@@ -269,20 +269,17 @@ def parse_origin(url: str) -> Origin:
     return Origin(url=url, scheme=parts.scheme, host=parts.hostname, port=port, base_path=parts.path or "/")
 
 
-_PREFIX = "a path prefix starting with '/', without '//', '.' or '..' segments, '%', '\\', '#' or control characters"
+# Route prefixes and CacheDisable rules are compared with request paths in their normal form
+# (accel.http.target): a configured path that is not in that form could never match.
 _NOT_NORMAL = re.compile(r"//|/\.\.?(?:/|$)|[%\\#\x00-\x1f\x7f]")
-
-
-def _in_normal_form(path: str) -> bool:
-    """Whether a configured path (route prefix, CacheDisable rule) is in the normal form request paths are
-    compared in (``accel.http.target``), so that it can match them at all."""
-    return path.startswith("/") and _NOT_NORMAL.search(path) is None
+_NORMAL = "without '//', '.' or '..' segments, '%', '\\', '#' or control characters"
+_PREFIX = f"a path prefix starting with '/', {_NORMAL}"
 
 
 def _route(source: str, text: str, index: int, table: dict[str, Any]) -> Route:
     r = _Reader(source, table, f"route[{index}]", text)
     prefix = r.get("prefix", str, _PREFIX)
-    if prefix is None or not _in_normal_form(prefix):
+    if prefix is None or not prefix.startswith("/") or _NOT_NORMAL.search(prefix):
         raise r.fail("prefix", _PREFIX, prefix)
     exclude = r.get("exclude", bool, "true or false", False)
     origin_url = r.get("origin", str, "an http:// or https:// URL")
@@ -414,7 +411,7 @@ def _route_cache(r: _Reader) -> RouteCache:
     )
     for rule in cache.disable:
         if _NOT_NORMAL.search(rule) is not None:
-            raise r.fail("disable", "path prefixes or patterns without '//', '.' or '..' segments, '%', '\\', '#' or control characters", rule)
+            raise r.fail("disable", f"path prefixes or patterns {_NORMAL}", rule)
     for name in ("default_ttl", "max_ttl"):
         value = getattr(cache, name)
         if value is not None and value < 0:

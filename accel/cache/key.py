@@ -2,7 +2,8 @@
 
 The key is the target URI with only the normalisations that cannot merge two
 resources an origin may tell apart (RFC 9110 §4.2.3): lower-case scheme and host,
-no default port, "/" for an empty path, no fragment. Operator-chosen query
+no default port, "/" for an empty path, no fragment. The path arrives normalised
+already (``accel.http.target``: the one form routing and forwarding use too). Operator-chosen query
 rewriting (dropping tracking parameters, sorting parameters) is opt-in.
 """
 
