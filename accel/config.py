@@ -91,6 +91,8 @@ class Limits:
     max_header_bytes: int = 16384  # request line + header section; over it: 431
     max_headers: int = 100  # header lines; over it: 431
     max_target_length: int = 8192  # request-target; over it: 414
+    header_timeout: float = 20.0  # from a request's first byte to the end of its header section; then 408
+    idle_timeout: float = 60.0  # longest a keep-alive connection waits for its next request
 
 
 @dataclass(frozen=True, slots=True)
@@ -492,6 +494,8 @@ def parse_config(text: str, source: str) -> Config:
         max_header_bytes=limits_r.positive_int("max_header_bytes", _LIMITS.max_header_bytes),
         max_headers=limits_r.positive_int("max_headers", _LIMITS.max_headers),
         max_target_length=limits_r.positive_int("max_target_length", _LIMITS.max_target_length),
+        header_timeout=limits_r.seconds("header_timeout", _LIMITS.header_timeout),
+        idle_timeout=limits_r.seconds("idle_timeout", _LIMITS.idle_timeout),
     )
     limits_r.reject_unknown()
     trusted_proxies, trusted_unix_peers = _networks(server, "trusted_proxies")

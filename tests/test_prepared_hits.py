@@ -18,7 +18,8 @@ from twisted.web.server import NOT_DONE_YET
 from accel.cache import policy
 from accel.cache.policy import CachePolicy, StoredResponse
 from accel.http.accesslog import PerTurnWriter
-from accel.http.server import AccelSite, _HTTPDate
+from accel.http.dates import HTTPDate
+from accel.http.server import AccelSite
 from tests.support import raw_request
 from tests.test_cache_e2e import cached_stack, responder, temporary_directory
 
@@ -90,7 +91,7 @@ class FreshnessTests(unittest.TestCase):
 class HTTPDateTests(unittest.TestCase):
     def test_formats_like_twisted_and_once_per_second(self):
         now = [T0 + 0.25]
-        date = _HTTPDate(lambda: now[0])
+        date = HTTPDate(lambda: now[0])
         self.assertEqual(date(), http.datetimeToString(T0))
         first = date()
         now[0] = T0 + 0.75

@@ -18,13 +18,23 @@ def _quoted(value: bytes | None) -> str:
 
 def access_log_line(timestamp: str, request) -> str:
     """One line for a finished request (``timestamp`` is Twisted's cached "[%d/%b/%Y:%H:%M:%S +0000]")."""
-    duration_us = int((time.monotonic() - request.started) * 1_000_000)
-    peer = request.getClientAddress()
-    first_line = _quoted(b"%s %s %s" % (request.method, request.uri, request.clientproto))
+    return format_access_line(
+        timestamp, request.getClientAddress(), request.method, request.uri, request.clientproto, request.code,
+        request.sentLength, request.getHeader(b"referer"), request.getHeader(b"user-agent"), request.started,
+        request.log_origin, request.log_cache,
+    )
+
+
+def format_access_line(
+    timestamp: str, peer, method: bytes, uri: bytes, version: bytes, code: int, sent: int,
+    referer: bytes | None, user_agent: bytes | None, started: float, origin: str, cache: str,
+) -> str:
+    """The line for one answered request; ``started`` is its ``time.monotonic()`` at the first byte."""
+    duration_us = int((time.monotonic() - started) * 1_000_000)
+    first_line = _quoted(b"%s %s %s" % (method, uri, version))
     return (
-        f'{getattr(peer, "host", "-")} - - {timestamp} "{first_line}" {request.code} {request.sentLength or "-"}'
-        f' "{_quoted(request.getHeader(b"referer"))}" "{_quoted(request.getHeader(b"user-agent"))}"'
-        f" {duration_us} origin={request.log_origin} cache={request.log_cache}"
+        f'{getattr(peer, "host", "-")} - - {timestamp} "{first_line}" {code} {sent or "-"}'
+        f' "{_quoted(referer)}" "{_quoted(user_agent)}" {duration_us} origin={origin} cache={cache}'
     )
 
 

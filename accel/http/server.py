@@ -1,20 +1,12 @@
-"""The client side of accel: a strict HTTP/1.1 channel, a request that streams its body, and the Site.
+"""The client side of accel: the request twisted.web resources see, and the Site.
 
-Twisted's ``HTTPChannel`` parses requests; accel tightens it (RFC 9112) and changes one thing about when a
-request is processed:
-
-* Refused before anything reaches an origin: obs-folded header lines (§5.2), a missing or repeated ``Host``
-  on HTTP/1.1 (§3.2), ``Content-Length`` together with ``Transfer-Encoding`` or conflicting lengths and
-  invalid chunk sizes (§6.3; Twisted's decoder rejects those), header sections over the limit (431),
-  request-targets over the limit (414).
-* A request with a body is handed to the resource as soon as its header section is complete, and its body
-  then streams through ``AccelRequest.body`` with backpressure, instead of being buffered whole (Twisted's
-  default) before processing starts. Requests without a body follow Twisted's normal path.
+Connections are ``accel.http.connection.HTTPConnection`` (llhttp parsing, strict checks, fast cache
+hits); what they don't answer themselves becomes an ``AccelRequest`` for the Site's resource. Its body is
+a stream (``AccelRequest.body``) that starts before the body has arrived.
 """
 
 from __future__ import annotations
 
-import io
 import time
 from urllib.parse import parse_qs
 
@@ -23,137 +15,12 @@ from twisted.python.failure import Failure
 from twisted.web import http, server
 from twisted.web.http import NO_BODY_CODES
 
-from accel.http.accesslog import PerTurnWriter, StandardOutput, access_log_line
+from accel.http.accesslog import PerTurnWriter, StandardOutput, access_log_line, format_access_line
 from accel.http.body import RequestBody
 from accel.http.errors import ErrorPages
+from accel.http.connection import HTTPConnection
+from accel.http.dates import http_date
 from accel.config import Limits
-
-
-
-class _HTTPDate:
-    """``http.datetimeToString()`` for now, formatted once per second rather than once per request."""
-
-    def __init__(self, clock=time.time):
-        self.clock = clock
-        self.second: int | None = None
-        self.value = b""
-
-    def __call__(self) -> bytes:
-        second = int(self.clock())
-        if second != self.second:
-            self.value = http.datetimeToString(second)
-            self.second = second
-        return self.value
-
-
-http_date = _HTTPDate()
-
-
-class AccelChannel(http.HTTPChannel):
-    """HTTPChannel with accel's parsing limits and early dispatch of requests that carry a body."""
-
-    _log = Logger()
-    # Twisted's own limits answer 400; ours (checked first, from the Site's Limits) answer 414 / 431.
-    totalHeadersSize = 1 << 30
-    maxHeaders = 1 << 30
-    MAX_LENGTH = 65536
-    _refused = False
-    # A connection's addresses and security never change: Twisted asks the transport for them for every
-    # request (getHost is a getsockname call), accel asks once per connection.
-    _secure: bool | None = None
-    _peer = None
-    _host = None
-    _limits: Limits | None = None
-
-    def isSecure(self) -> bool:
-        if self._secure is None:
-            self._secure = super().isSecure()
-        return self._secure
-
-    def getPeer(self):
-        if self._peer is None:
-            self._peer = super().getPeer()
-        return self._peer
-
-    def getHost(self):
-        if self._host is None:
-            self._host = super().getHost()
-        return self._host
-
-    @property
-    def limits(self) -> Limits:
-        if self._limits is None:
-            limits = getattr(self.site, "limits", None)
-            self._limits = Limits() if limits is None else limits
-        return self._limits
-
-    def _in_request_line(self) -> bool:
-        return bool(self._HTTPChannel__first_line)  # type: ignore[attr-defined]
-
-    def lineReceived(self, line: bytes) -> None:
-        limits = self.limits
-        first = self._HTTPChannel__first_line  # type: ignore[attr-defined]  # as _in_request_line
-        if first:
-            self._header_lines = 0
-            parts = line.split(b" ")
-            if len(parts) == 3 and len(parts[1]) > limits.max_target_length:
-                return self.refuse(414)
-        elif line:
-            if line[:1] in (b" ", b"\t"):
-                return self.refuse(400)  # RFC 9112 §5.2: obs-fold
-            self._header_lines += 1
-            if self._header_lines > limits.max_headers:
-                return self.refuse(431)
-        if self._receivedHeaderSize + len(line) > limits.max_header_bytes:
-            return self.refuse(414 if first else 431)
-        super().lineReceived(line)
-
-    def lineLengthExceeded(self, line: bytes) -> None:
-        self.refuse(414 if self._in_request_line() else 431)
-
-    def allHeadersReceived(self) -> None:
-        request = self.requests[-1]
-        hosts = request.requestHeaders.getRawHeaders(b"host", [])
-        if len(hosts) > 1 or (self._version == b"HTTP/1.1" and not hosts):
-            return self.refuse(400)  # RFC 9112 §3.2
-        super().allHeadersReceived()
-        if self.length != 0:
-            request.dispatch(self._command, self._path, self._version)
-
-    def allContentReceived(self) -> None:
-        if not self._refused:
-            super().allContentReceived()
-
-    def _respondToBadRequestAndDisconnect(self) -> None:
-        self.refuse(400)
-
-    def refuse(self, code: int) -> None:
-        """Answer a request that must not be processed, and close: the rest of the stream can't be trusted.
-
-        The body is the site's error page for ``code`` (an ``error_documents`` file when one is configured).
-        """
-        if self._refused:
-            return
-        self._refused = True
-        self._log.info("refused request from {peer}: {code}", peer=self.transport.getPeer(), code=code)
-        site = self.site
-        body, content_type = site.errors.page(code)
-        fields = [b"HTTP/1.1 %d %s\r\n" % (code, http.RESPONSES.get(code, b"Error"))]
-        if site.server_header:
-            fields.append(b"Server: %s\r\n" % site.server_header)
-        fields.append(b"Date: %s\r\n" % http_date())
-        if site.hsts is not None and self.isSecure():
-            fields.append(b"Strict-Transport-Security: %s\r\n" % site.hsts)
-        fields.append(b"Content-Type: %s\r\nContent-Length: %d\r\nCache-Control: no-store\r\n"
-                      b"Connection: close\r\n\r\n" % (content_type, len(body)))
-        self.transport.writeSequence(fields + [body])
-        self.stop_reading()
-        self.loseConnection()
-
-    def stop_reading(self) -> None:
-        """Ignore whatever else the client sends on this connection."""
-        self.persistent = False
-        self.dataReceived = self.lineReceived = lambda *args: None  # type: ignore[method-assign]
 
 
 class AccelRequest(server.Request):
@@ -167,31 +34,35 @@ class AccelRequest(server.Request):
         self.body: RequestBody | None = None
         self.log_origin = "-"
         self.log_cache = "-"
-        self._dispatched = False
 
-    def gotLength(self, length: int | None) -> None:
-        # The body is streamed, never stored: see handleContentChunk.
-        self.content = io.BytesIO()
-        self.body = RequestBody(self, length) if length != 0 else None
+    def set_message(self, message) -> None:
+        """Take the parsed request line and header section (an ``accel.http.connection.Message``)."""
+        self.started = message.started
+        self.method, self.uri, self.clientproto = message.method, message.target, message.version
+        self.path, _, query = message.target.partition(b"?")
+        self.args = parse_qs(query, 1) if query else {}
+        headers = self.requestHeaders
+        for name, value in message.headers:
+            headers.addRawHeader(name, value)
+        if not message.keep_alive and message.version == b"HTTP/1.1":
+            self.responseHeaders.setRawHeaders(b"connection", [b"close"])  # RFC 9112 §9.6
+        if message.length != 0:
+            self.body = RequestBody(self, message.length)
+            expect = headers.getRawHeaders(b"expect")
+            if expect and expect[0].lower() == b"100-continue" and message.version == b"HTTP/1.1":
+                self.channel.write(b"HTTP/1.1 100 Continue\r\n\r\n")
 
     def handleContentChunk(self, data: bytes) -> None:
         if self.body is not None:
             self.body.feed(data)
 
-    def dispatch(self, command: bytes, path: bytes, version: bytes) -> None:
-        """Start processing now that the header section is complete; the body follows as a stream."""
-        self._dispatched = True
-        self.method, self.uri, self.clientproto = command, path, version
-        self.path, _, query = path.partition(b"?")
-        self.args = parse_qs(query, 1) if query else {}
-        self.process()
+    def body_complete(self) -> None:
+        if self.body is not None:
+            self.body.finish()
 
-    def requestReceived(self, command: bytes, path: bytes, version: bytes) -> None:
-        if self._dispatched:
-            if self.body is not None:
-                self.body.finish()
-        else:
-            self.dispatch(command, path, version)
+    def dispatch(self) -> None:
+        """Start processing: the header section is complete; a body follows as a stream."""
+        self.process()
 
     def process(self) -> None:
         self.site = self.channel.site
@@ -256,13 +127,16 @@ class AccelRequest(server.Request):
         without the final chunk or the promised length, so the client can tell the response is incomplete."""
         if not self._disconnected and getattr(self, "channel", None) is not None:
             self.channel.stop_reading()
-            self.channel.transport.loseConnection()
+            self.channel.loseConnection()
 
 
 class AccelSite(server.Site):
-    """A Site using accel's channel and request; carries the front-end settings both of them read."""
+    """The factory of client connections; carries the front-end settings connections and requests read.
 
-    protocol = AccelChannel  # type: ignore[assignment]
+    ``fast_hits`` (injected by ``accel.app``) answers cache hits from prepared bytes; ``hsts_field`` is
+    the ``Strict-Transport-Security`` field line sent over TLS (``accel.tls.https``).
+    """
+
     requestFactory = AccelRequest
     displayTracebacks = False
 
@@ -276,13 +150,36 @@ class AccelSite(server.Site):
         errors: ErrorPages | None = None,
         hsts: bytes | None = None,
         reactor=None,
+        fast_hits=None,
     ):
         super().__init__(resource, logFormatter=access_log_line, reactor=reactor)
         self.limits = limits
         self.errors = errors or ErrorPages()  # the pages of the channel's refusals and of failures (500)
         self.hsts = hsts  # Strict-Transport-Security of refusals over TLS (requests: accel.tls.https.with_hsts)
         self.server_header = server_header.encode("latin-1") if server_header else None
+        self.server_field = b"Server: %s\r\n" % self.server_header if self.server_header else b""
+        self.hsts_field = b""
         self.access_log = access_log
+        self.fast_hits = fast_hits
+
+    def buildProtocol(self, addr) -> HTTPConnection:
+        return HTTPConnection(self)
+
+    def log_hit(self, peer, message, code: int, sent: int, origin: str) -> None:
+        """The access-log line of a request the connection answered itself (a fast cache hit)."""
+        referer = user_agent = None
+        for name, value in message.headers:
+            lower = name.lower()
+            if lower == b"referer":
+                referer = value
+            elif lower == b"user-agent":
+                user_agent = value
+        if self._logFile is None:
+            return
+        self._logFile.write(format_access_line(
+            self._logDateTime, peer, message.method, message.target, message.version, code, sent, referer,
+            user_agent, message.started, origin, "hit",
+        ) + "\n")
 
     def _openLogFile(self, path):
         """The access log, opened for appending (line-buffered), as twisted.web's HTTPFactory does.

@@ -1,0 +1,442 @@
+"""The client connection: HTTP/1.1 parsed by llhttp (``httptools``), cache hits written from prepared bytes,
+everything else handed to twisted.web as a ``Request``.
+
+``HTTPConnection`` is a plain Twisted protocol in the shape of uvicorn's ``httptools_impl``: the parser
+calls ``on_message_begin``, ``on_url``, ``on_header``, ``on_headers_complete``, ``on_body`` and
+``on_message_complete``. When a request's header section is complete it is checked (below), then
+
+* a GET or HEAD without a body, with nothing before it on the connection, is offered to ``fast_hits``
+  (injected by ``accel.app``: the cache's memory tier). A ``FastHit`` is written at once — status line,
+  the connection's own fields, the stored header section and body, all bytes prepared at store time — and
+  no ``Request`` is built;
+* anything else becomes an ``AccelRequest`` for the Site's resource (``ReverseProxy``). The connection is
+  the request's channel (the part of ``twisted.web.http.HTTPChannel`` that ``Request`` uses: ``write``,
+  ``writeHeaders``, ``registerProducer``, ``requestDone``...). A request with a body is processed as soon as
+  its header section is complete and its body streams through ``AccelRequest.body`` with backpressure.
+
+Pipelined requests wait in ``queue`` and are answered in order; a fast hit behind a slow request waits its
+turn. At most ``PIPELINE_LIMIT`` requests wait before reading from the client stops.
+
+Refused with 400 before anything reaches an origin (RFC 9112, RFC 9110), then the connection closes:
+anything llhttp rejects — obs-fold (§5.2), bare CR (§2.2), whitespace before the colon (§5.1),
+Content-Length with Transfer-Encoding or repeated or conflicting (§6.3), chunk sizes that are not hex or
+overflow (§7.1) — and, checked here, a version other than HTTP/1.0 and HTTP/1.1, a transfer coding other
+than ``chunked``, a missing (HTTP/1.1) or repeated Host, or a Host that is not a valid host (§3.2, RFC 3986
+§3.2.2). A method llhttp does not know is 501 (RFC 9110 §9.1). Over the limits: a request-target longer
+than ``max_target_length`` is 414, a header section over ``max_header_bytes`` or ``max_headers`` is 431.
+
+Persistence (RFC 9112 §9.3): HTTP/1.1 keeps the connection unless the client sent ``Connection: close``
+(answered with ``Connection: close``); HTTP/1.0 always closes after the response. A connection idle for
+``idle_timeout`` is closed; a request whose header section is not complete ``header_timeout`` after its
+first byte is answered 408 and closed.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from collections import deque
+from http import HTTPStatus
+
+import httptools
+from twisted.internet.interfaces import IPushProducer, ISSLTransport
+from twisted.internet.protocol import Protocol
+from twisted.logger import Logger
+from twisted.web.http import _PullToPush
+from zope.interface import implementer
+
+from accel.config import Limits
+from accel.http.dates import http_date
+
+log = Logger()
+
+PIPELINE_LIMIT = 16
+
+# RFC 9110 §7.2: Host = uri-host [ ":" port ]; uri-host is an IP-literal or a reg-name (RFC 3986 §3.2.2,
+# IPv4 addresses are reg-names syntactically).
+_VALID_HOST = re.compile(
+    rb"(?:\[(?:[0-9A-Fa-f:.]+|v[0-9A-Fa-f]+\.[A-Za-z0-9\-._~!$&'()*+,;=:]+)\]"
+    rb"|(?:[A-Za-z0-9\-._~!$&'()*+,;=]|%[0-9A-Fa-f]{2})*)(?::[0-9]*)?\Z"
+)
+
+
+class Refused(Exception):
+    """Raised from a parser callback: the request is answered with ``code`` and the connection closed."""
+
+    def __init__(self, code: int):
+        super().__init__(code)
+        self.code = code
+
+
+class Message:
+    """One request as parsed: what the fast path and ``AccelRequest`` are built from."""
+
+    __slots__ = ("method", "target", "version", "headers", "host", "keep_alive", "length", "started",
+                 "request", "plain")
+
+    def __init__(self, started: float):
+        self.started = started
+        self.target = b""
+        self.headers: list[tuple[bytes, bytes]] = []
+        self.host: bytes | None = None
+        self.request = None  # the AccelRequest, once one is built
+        self.plain = True  # no field that keeps it off the fast path (fast_hits.not_plain)
+
+
+@implementer(IPushProducer)
+class HTTPConnection(Protocol):
+    def __init__(self, site):
+        self.site = site
+        self.factory = site  # Request.finish logs through channel.factory
+        self.limits: Limits = getattr(site, "limits", None) or Limits()
+        self.reactor = site.reactor
+        self.fast_hits = getattr(site, "fast_hits", None)
+        self.queue: deque[Message] = deque()
+        self.parser = httptools.HttpRequestParser(self)
+        self.message: Message | None = None  # being parsed
+        self.head_bytes = 0  # received while the header section of ``message`` is incomplete
+        self.closing = False  # no further requests are read or answered
+        self.reading = True  # False: what the client sends next is ignored
+        self._lost = False  # loseConnection was called
+        self.paused_pipeline = False
+        self._requestProducer = None
+        self._requestProducerStreaming = None
+        self._waitingForTransport = False
+        self._deadline: float | None = None
+        self._deadline_kind = "idle"
+        self._timer = None
+        self._secure: bool | None = None
+        self._peer = self._host = None
+
+    # -- the connection ------------------------------------------------------------------------------
+
+    def connectionMade(self) -> None:
+        self.transport.registerProducer(self, True)
+        self._set_deadline("idle", self.limits.idle_timeout)
+
+    def dataReceived(self, data: bytes) -> None:
+        if self.closing:
+            return
+        if self.head_bytes >= 0:
+            self.head_bytes += len(data)
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserCallbackError as error:
+            if not isinstance(error.__context__, Refused):
+                raise
+            self.refuse(error.__context__.code)
+            return
+        except httptools.HttpParserInvalidMethodError:
+            self.refuse(501)
+            return
+        except httptools.HttpParserUpgrade:
+            # An Upgrade (or CONNECT) accel does not perform: answer the request, read nothing more.
+            self.closing_after_queue()
+            return
+        except httptools.HttpParserError:
+            self.refuse(400)
+            return
+        if self.message is not None and self.head_bytes > self.limits.max_header_bytes:
+            self.refuse(431)
+
+    def connectionLost(self, reason) -> None:
+        self.closing = True
+        self._cancel_timer()
+        for message in self.queue:
+            if message.request is not None:
+                message.request.connectionLost(reason)
+        self.queue.clear()
+
+    # -- parser callbacks -----------------------------------------------------------------------------
+
+    def on_message_begin(self) -> None:
+        self.message = Message(time.monotonic())
+        self._set_deadline("header", self.limits.header_timeout)
+
+    def on_url(self, part: bytes) -> None:
+        message = self.message
+        message.target += part
+        if len(message.target) > self.limits.max_target_length:
+            raise Refused(414)
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        headers = self.message.headers
+        headers.append((name, value))
+        if len(headers) > self.limits.max_headers:
+            raise Refused(431)
+
+    def on_headers_complete(self) -> None:
+        message = self.message
+        parser = self.parser
+        version = parser.get_http_version()
+        if version == "1.1":
+            message.version = b"HTTP/1.1"
+        elif version == "1.0":
+            message.version = b"HTTP/1.0"
+        else:
+            raise Refused(400)
+        message.method = parser.get_method()
+        message.keep_alive = version == "1.1" and parser.should_keep_alive()
+        self.check_fields(message)
+        self.head_bytes = -1  # the header section is complete: body bytes don't count
+        self._deadline = None
+        if message.length == 0 and not self.queue and message.plain and message.method in (b"GET", b"HEAD"):
+            if self.fast_hits is not None and self.answer_fast(message):
+                return
+        self.queue.append(message)
+        if message.length != 0 or len(self.queue) == 1:
+            self.request_for(message)
+            if len(self.queue) == 1:
+                message.request.dispatch()
+        if len(self.queue) > PIPELINE_LIMIT and not self.paused_pipeline:
+            self.paused_pipeline = True
+            self.transport.pauseProducing()
+
+    def on_body(self, data: bytes) -> None:
+        request = self.message.request
+        if request is not None:
+            request.handleContentChunk(data)
+
+    def on_message_complete(self) -> None:
+        message, self.message = self.message, None
+        self.head_bytes = 0
+        if message.request is not None:
+            message.request.body_complete()
+        if not message.keep_alive:
+            self.closing_after_queue()
+        elif not self.queue:
+            self._set_deadline("idle", self.limits.idle_timeout)
+
+    # -- checks ---------------------------------------------------------------------------------------
+
+    def check_fields(self, message: Message) -> None:
+        """Host (RFC 9112 §3.2), framing (§6) and the size of the header section; notes what the fast
+        path needs to know (a header field that makes a request not plain)."""
+        hosts = 0
+        length = 0
+        size = len(message.target)
+        not_plain = self.fast_hits.not_plain if self.fast_hits is not None else ()
+        for name, value in message.headers:
+            size += len(name) + len(value) + 4
+            lower = name.lower()
+            if lower == b"host":
+                hosts += 1
+                message.host = value
+                if not _VALID_HOST.match(value):
+                    raise Refused(400)
+            elif lower == b"content-length":
+                length = int(value)  # llhttp checked it: digits only, not repeated
+            elif lower == b"transfer-encoding":
+                if value.strip().lower() != b"chunked":
+                    raise Refused(400)  # RFC 9112 §6.1: chunked is the only coding accel decodes
+                length = None
+            elif lower in not_plain:
+                message.plain = False
+        if size > self.limits.max_header_bytes:
+            raise Refused(431)
+        if hosts > 1 or (hosts == 0 and message.version == b"HTTP/1.1"):
+            raise Refused(400)
+        message.length = length
+
+    def refuse(self, code: int) -> None:
+        """Answer a request that must not be processed, and close: the rest of the stream can't be trusted.
+
+        The body is the site's error page for ``code`` (an ``error_documents`` file when one is configured).
+        """
+        if self.closing:
+            return
+        log.info("refused request from {peer}: {code}", peer=self.getPeer(), code=code)
+        site = self.site
+        body, content_type = site.errors.page(code)
+        fields = [b"HTTP/1.1 %d %s\r\n" % (code, HTTPStatus(code).phrase.encode("ascii"))]
+        if site.server_header:
+            fields.append(b"Server: %s\r\n" % site.server_header)
+        fields.append(http_date.field())
+        if site.hsts is not None and self.isSecure():
+            fields.append(b"Strict-Transport-Security: %s\r\n" % site.hsts)
+        fields.append(b"Content-Type: %s\r\nContent-Length: %d\r\nCache-Control: no-store\r\n"
+                      b"Connection: close\r\n\r\n" % (content_type, len(body)))
+        self.transport.writeSequence(fields + [body])
+        self.stop_reading()
+        self.loseConnection()
+
+    # -- answering ------------------------------------------------------------------------------------
+
+    def answer_fast(self, message: Message) -> bool:
+        """Write a cache hit from prepared bytes; False (nothing written) when the general path must answer.
+
+        The fields are the general path's, in its order: the connection's own (Connection: close, Server,
+        Date unless the stored response has one), the stored section, then HSTS on TLS.
+        """
+        secure = self.isSecure()
+        hit = self.fast_hits(secure, message.host or b"", message.target, message.headers)
+        if hit is None:
+            return False
+        site = self.site
+        hsts = site.hsts_field if secure else b""
+        if (hsts and hit.has_hsts) or (site.server_field and hit.has_server):
+            return False  # the general path merges those with the stored fields
+        closing = not message.keep_alive and message.version == b"HTTP/1.1"
+        head = message.method == b"HEAD"
+        self.transport.write(b"".join((
+            message.version, hit.status_line, b"Connection: close\r\n" if closing else b"", site.server_field,
+            b"" if hit.replaces_date else http_date.field(), hit.section, hsts, b"\r\n",
+        )))
+        if not head and hit.body:
+            self.transport.write(hit.body)
+        if site.access_log:
+            site.log_hit(self.getPeer(), message, hit.status, 0 if head else len(hit.body), hit.origin)
+        if not message.keep_alive:
+            self.loseConnection()
+        return True
+
+    def request_for(self, message: Message):
+        """The twisted.web request for ``message``."""
+        request = self.site.requestFactory(self)
+        request.set_message(message)
+        message.request = request
+        return request
+
+    def requestDone(self, request) -> None:
+        """Called by the request at the head of the queue when its response is complete."""
+        message = self.queue.popleft()
+        assert message.request is request
+        if not message.keep_alive or self.closing:
+            self.loseConnection()
+            return
+        self.next_in_queue()
+
+    def next_in_queue(self) -> None:
+        while self.queue:
+            message = self.queue[0]
+            if message.request is None:
+                if message.plain and self.fast_hits is not None and message.method in (b"GET", b"HEAD"):
+                    self.queue.popleft()
+                    if self.answer_fast(message):
+                        if self.closing:
+                            return
+                        continue
+                    self.queue.appendleft(message)
+                self.request_for(message)
+            message.request.dispatch()
+            return
+        if not self.reading:
+            self.loseConnection()
+            return
+        if self.paused_pipeline:
+            self.paused_pipeline = False
+            self.transport.resumeProducing()
+        if self.message is None:
+            self._set_deadline("idle", self.limits.idle_timeout)
+
+    def closing_after_queue(self) -> None:
+        """Read nothing more; close once the queued requests are answered."""
+        self.stop_reading()
+        if not self.queue and self.message is None:
+            self.loseConnection()
+
+    def stop_reading(self) -> None:
+        """Ignore whatever else the client sends on this connection; close once the queue is answered."""
+        self.reading = False
+        self.dataReceived = lambda data: None  # type: ignore[method-assign]
+
+    # -- timeouts -------------------------------------------------------------------------------------
+
+    def _set_deadline(self, kind: str, seconds: float) -> None:
+        """Arm the connection's one timer lazily: moving the deadline is an assignment, and the delayed
+        call, when it fires early, re-arms itself for the rest."""
+        self._deadline_kind = kind
+        self._deadline = self.reactor.seconds() + seconds
+        if self._timer is None:
+            self._timer = self.reactor.callLater(seconds, self._check_deadline)
+
+    def _check_deadline(self) -> None:
+        self._timer = None
+        if self._deadline is None or self.closing:
+            return
+        left = self._deadline - self.reactor.seconds()
+        if left > 0:
+            self._timer = self.reactor.callLater(left, self._check_deadline)
+            return
+        if self._deadline_kind == "header":
+            self.refuse(408)
+        else:
+            self.loseConnection()
+
+    def _cancel_timer(self) -> None:
+        if self._timer is not None and self._timer.active():
+            self._timer.cancel()
+        self._timer = None
+
+    # -- what twisted.web's Request needs of its channel ----------------------------------------------
+
+    def isSecure(self) -> bool:
+        if self._secure is None:
+            self._secure = ISSLTransport(self.transport, None) is not None
+        return self._secure
+
+    def getPeer(self):
+        if self._peer is None:
+            self._peer = self.transport.getPeer()
+        return self._peer
+
+    def getHost(self):
+        if self._host is None:
+            self._host = self.transport.getHost()
+        return self._host
+
+    def writeHeaders(self, version, code, reason, headers) -> None:
+        parts = [version, b" ", code, b" ", reason, b"\r\n"]
+        for name, values in headers.getAllRawHeaders():
+            for value in values:
+                parts.extend((name, b": ", value, b"\r\n"))
+        parts.append(b"\r\n")
+        self.transport.writeSequence(parts)
+
+    def write(self, data: bytes) -> None:
+        self.transport.write(data)
+
+    def writeSequence(self, parts) -> None:
+        self.transport.writeSequence(parts)
+
+    def loseConnection(self) -> None:
+        """Close once what was written is sent (the transport waits for no producer of ours)."""
+        self.closing = True
+        if not self._lost:
+            self._lost = True
+            self.transport.unregisterProducer()
+            self.transport.loseConnection()
+
+    def registerProducer(self, producer, streaming: bool) -> None:
+        if self._requestProducer is not None:
+            raise RuntimeError(f"Cannot register producer {producer}: {self._requestProducer} is registered")
+        if not streaming:
+            producer = _PullToPush(producer, self)
+        self._requestProducer = producer
+        self._requestProducerStreaming = streaming
+        if not streaming:
+            producer.startStreaming()
+
+    def unregisterProducer(self) -> None:
+        if self._requestProducer is None:
+            return
+        if not self._requestProducerStreaming:
+            self._requestProducer.stopStreaming()
+        self._requestProducer = None
+        self._requestProducerStreaming = None
+
+    # IPushProducer, for the transport: a full write buffer pauses the response's producer.
+
+    def pauseProducing(self) -> None:
+        self._waitingForTransport = True
+        if self._requestProducer is not None:
+            self._requestProducer.pauseProducing()
+
+    def resumeProducing(self) -> None:
+        self._waitingForTransport = False
+        if self._requestProducer is not None:
+            self._requestProducer.resumeProducing()
+
+    def stopProducing(self) -> None:
+        if self._requestProducer is not None:
+            self._requestProducer.stopProducing()
