@@ -54,6 +54,10 @@ def build_site(config: Config, reactor) -> AccelSite:
     )
     if site.hsts is not None:
         site.requestFactory = with_hsts(site.requestFactory, site.hsts)
+    if cache is not None:
+        from accel.cache.fast import FastHits
+
+        site.fast_hits = FastHits(proxy, handler)
 
     def close():
         if cache is not None:

@@ -441,14 +441,20 @@ class CacheLayer:
         return {"sort_query": self.settings.sort_query, "drop_params": self.settings.drop_params}
 
     def scheme(self, request) -> str:
-        return "http" if self.settings.share_schemes or not request.isSecure() else "https"
+        return self.scheme_for(request.isSecure())
+
+    def scheme_for(self, secure: bool) -> str:
+        return "http" if self.settings.share_schemes or not secure else "https"
 
     def key_for(self, request, target: str) -> str:
-        host = request.getHeader(b"host") or b""
-        memo = (request.isSecure(), host, target)
+        return self.key_for_parts(request.isSecure(), request.getHeader(b"host") or b"", target)
+
+    def key_for_parts(self, secure: bool, host: bytes, target: str) -> str:
+        """The primary cache key of ``target`` on ``host`` (remembered for hot URLs)."""
+        memo = (secure, host, target)
         key = self._keys.get(memo)
         if key is None:
-            key = cache_key(self.scheme(request), host.decode("latin-1"), target, **self.key_options())
+            key = cache_key(self.scheme_for(secure), host.decode("latin-1"), target, **self.key_options())
             if len(self._keys) >= _MEMO_SIZE:
                 self._keys.clear()
             self._keys[memo] = key

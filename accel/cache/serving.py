@@ -55,8 +55,9 @@ def _canonical(names) -> frozenset:
 # A GET or HEAD with none of these is "plain": no request cache directives (RFC 9111 §5.2.1, §5.4), no
 # preconditions (RFC 9110 §13.1), no range (§14.2). A plain request for a fresh stored response that is the
 # only one it selects is answered on the prepared path (Responder.serve_plain).
-_NOT_PLAIN = _canonical([b"cache-control", b"pragma", b"range", b"if-range", b"if-match", b"if-none-match",
-                         b"if-modified-since", b"if-unmodified-since"])
+NOT_PLAIN_FIELDS = frozenset({b"cache-control", b"pragma", b"range", b"if-range", b"if-match", b"if-none-match",
+                              b"if-modified-since", b"if-unmodified-since"})
+_NOT_PLAIN = _canonical(NOT_PLAIN_FIELDS)
 # The fields write_head sets after the stored ones.
 _SET_AFTER_STORED = _canonical([b"age", b"cache-status", b"content-length"])
 _DATE = next(iter(_canonical([b"date"])))
@@ -106,7 +107,7 @@ class Prepared:
     """
 
     __slots__ = ("responder", "policy", "head", "stored", "freshness", "reason", "fields", "taken", "replaces_date",
-                 "length")
+                 "length_field", "length", "fast")
 
     def __init__(self, responder: Responder, policy_: CachePolicy, head: EntryHead):
         self.responder = responder
@@ -115,7 +116,9 @@ class Prepared:
         self.stored = stored_response(head)
         self.freshness = policy.freshness(self.stored, policy_)
         self.reason = head.reason.encode("latin-1")
-        self.length = b"Content-Length: %d\r\n\r\n" % head.body_length
+        self.length_field = b"Content-Length: %d\r\n" % head.body_length
+        self.length = self.length_field + b"\r\n"
+        self.fast = None  # the last FastHit made of it (accel.cache.fast)
         self.fields: bytes | None = None
         self.taken: frozenset = frozenset()
         self.replaces_date = any(name == "date" for name, _ in head.fields)

@@ -40,6 +40,15 @@ class TieredStore:
             return [(item.head, item.body, item.extra) for item in items]
         return self._promote(url)
 
+    def lookup_memory(self, url: str) -> list:
+        """The memory tier's items for `url` (MemoryItem: head, body, extra); [] when it holds none
+        (then ``lookup`` reads the disk tier). Use counts toward the disk tier's LRU."""
+        self._sync_epoch()
+        items = self.memory.get_variants(url)
+        for item in items:
+            self.disk.touch(item.head)
+        return items
+
     def _promote(self, url: str) -> list[Variant]:
         """Read `url`'s variants from disk and, if they all fit, keep them in memory."""
         found: list[Variant] = []

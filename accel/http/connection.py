@@ -252,8 +252,8 @@ class HTTPConnection(Protocol):
         if site.server_header:
             fields.append(b"Server: %s\r\n" % site.server_header)
         fields.append(http_date.field())
-        if site.hsts is not None and self.isSecure():
-            fields.append(b"Strict-Transport-Security: %s\r\n" % site.hsts)
+        if site.hsts_field and self.isSecure():
+            fields.append(site.hsts_field)
         fields.append(b"Content-Type: %s\r\nContent-Length: %d\r\nCache-Control: no-store\r\n"
                       b"Connection: close\r\n\r\n" % (content_type, len(body)))
         self.transport.writeSequence(fields + [body])

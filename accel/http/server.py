@@ -158,7 +158,7 @@ class AccelSite(server.Site):
         self.hsts = hsts  # Strict-Transport-Security of refusals over TLS (requests: accel.tls.https.with_hsts)
         self.server_header = server_header.encode("latin-1") if server_header else None
         self.server_field = b"Server: %s\r\n" % self.server_header if self.server_header else b""
-        self.hsts_field = b""
+        self.hsts_field = b"Strict-Transport-Security: %s\r\n" % hsts if hsts else b""  # on fast hits over TLS
         self.access_log = access_log
         self.fast_hits = fast_hits
 

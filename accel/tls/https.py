@@ -98,17 +98,21 @@ def hsts_value(settings: TLSSettings) -> bytes:
 def with_hsts(request_factory, value: bytes):
     """A request class that adds ``Strict-Transport-Security: value`` to its response when sent over TLS."""
 
+    field = b"Strict-Transport-Security: %s\r\n" % value
+
     class HSTSRequest(request_factory):
         def write(self, data: bytes) -> None:
             if not self.startedWriting and self.isSecure():
                 self.responseHeaders.setRawHeaders(b"strict-transport-security", [value])
             super().write(data)
 
-        def write_prepared(self, *args) -> bool:
-            # A cache hit's header section is written without write(): the field is one of the request's own.
-            if self.isSecure():
-                self.responseHeaders.setRawHeaders(b"strict-transport-security", [value])
-            return super().write_prepared(*args)
+        def write_prepared(self, code, reason, section, taken, replaced, body) -> bool:
+            """As ``write`` does: the field goes last, or replaces the stored one (the general path's job)."""
+            if not self.isSecure():
+                return super().write_prepared(code, reason, section, taken, replaced, body)
+            if b"Strict-Transport-Security" in taken:
+                return False
+            return super().write_prepared(code, reason, section[:-2] + field + b"\r\n", taken, replaced, body)
 
     HSTSRequest.__name__ = HSTSRequest.__qualname__ = f"HSTS{request_factory.__name__}"
     return HSTSRequest

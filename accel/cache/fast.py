@@ -1,0 +1,118 @@
+"""Cache hits the client connection answers itself, from bytes prepared when the response was first served.
+
+``FastHits`` is the ``fast_hits`` callable ``accel.app`` gives the Site: for a plain GET or HEAD (no request
+cache directives, preconditions or range: ``NOT_PLAIN_FIELDS``) it finds the stored response in the memory
+tier and, when that response is fresh and the only one the request selects, returns a ``FastHit`` the
+connection writes as it is. The decisions are the prepared path's (``Responder.serve_plain``): the same
+route and cache rules, key, Vary matching, ``policy.fresh_for_plain_request`` and ``Prepared`` header
+section. Anything else returns None and the request takes the general path (``ReverseProxy``), which
+also reads bodies from the disk tier.
+
+Per hit: one dict lookup of (TLS, Host, request-target) for the route, the key and the policy; the memory
+tier's lookup; the freshness check; and, once a second per stored response, formatting Age and
+Cache-Status.
+"""
+
+from __future__ import annotations
+
+import math
+
+from accel.cache import policy
+from accel.cache.layer import CacheLayer
+from accel.cache.serving import NOT_PLAIN_FIELDS, Prepared
+from accel.cache.vary import matches
+from accel.http.target import UnsafeTarget, normalise_target
+from accel.proxy.forwarding import ReverseProxy
+
+_MEMO_SIZE = 4096
+
+
+class FastHit:
+    """A response the connection writes as it is: its version, then ``status_line``, the connection's own
+    fields (Connection, Server, Date unless ``replaces_date``), ``section`` (the stored fields, Age,
+    Cache-Status, Content-Length), HSTS on TLS, the empty line and ``body`` unless HEAD."""
+
+    __slots__ = ("status", "status_line", "section", "body", "replaces_date", "has_server", "has_hsts", "origin",
+                 "age", "ttl")
+
+    def __init__(self, prepared: Prepared, body: bytes, age: int, ttl: int, origin: str):
+        self.status = prepared.head.status
+        self.status_line = b" %d %s\r\n" % (self.status, prepared.reason)
+        self.section = b"%sAge: %d\r\nCache-Status: %s%d\r\n%s" % (
+            prepared.fields, age, prepared.responder.hit_ttl, ttl, prepared.length_field
+        )
+        self.body = body
+        self.replaces_date = prepared.replaces_date
+        self.has_server = b"Server" in prepared.taken
+        self.has_hsts = b"Strict-Transport-Security" in prepared.taken
+        self.origin, self.age, self.ttl = origin, age, ttl
+
+
+class FastHits:
+    not_plain = NOT_PLAIN_FIELDS  # lower-case names of request fields that keep a request off this path
+
+    def __init__(self, proxy: ReverseProxy, layer: CacheLayer):
+        self.proxy = proxy
+        self.layer = layer
+        self.store = layer.store
+        self.responder = layer.responder
+        self._targets: dict[tuple[bool, bytes, bytes], tuple | None] = {}
+
+    def __call__(self, secure: bool, host: bytes, target: bytes, headers) -> FastHit | None:
+        where = self._targets.get((secure, host, target), False)
+        if where is False:
+            where = self._resolve(secure, host, target)
+        if where is None:
+            return None
+        key, policy_, origin = where
+        items = self.store.lookup_memory(key)
+        selected = None
+        fields = None
+        for item in items:
+            names = item.head.vary_names
+            if names:
+                if fields is None:
+                    fields = tuple((n.decode("latin-1").lower(), v.decode("latin-1")) for n, v in headers)
+                if not matches(names, item.head.secondary_key, fields):
+                    continue
+            elif names is None:
+                continue  # Vary: * never matches (RFC 9111 §4.1)
+            if selected is not None:
+                return None  # policy.most_recent_first decides between them: the general path
+            selected = item
+        if selected is None or selected.body is None:
+            return None
+        prepared = selected.extra
+        if not self.responder.prepared_for(prepared, selected.head, policy_):
+            prepared = Prepared(self.responder, policy_, selected.head)
+            self.store.set_extra(selected.head, prepared)
+        if prepared.fields is None:
+            return None
+        fresh = policy.fresh_for_plain_request(prepared.stored, prepared.freshness, self.layer.clock())
+        if fresh is None:
+            return None
+        age, ttl = max(0, int(fresh.age)), math.floor(fresh.ttl)
+        hit = prepared.fast
+        if hit is None or hit.age != age or hit.ttl != ttl or hit.origin is not origin or hit.body is not selected.body:
+            hit = prepared.fast = FastHit(prepared, selected.body, age, ttl, origin)
+        return hit
+
+    def _resolve(self, secure: bool, host: bytes, target: bytes) -> tuple | None:
+        """What ``ReverseProxy.render`` and ``CacheLayer.handle`` decide from the target alone: the
+        normalised target, its route (served by the cache?), the cache key and the policy. None: not a
+        candidate for this path."""
+        found = path = None
+        if target.startswith(b"/"):
+            try:
+                path = normalise_target(target.decode("latin-1"))  # as ReverseProxy.render does
+            except UnsafeTarget:
+                pass  # the general path answers 400
+        if path is not None:
+            route = self.proxy.routes.match(path)
+            if route is not None and not route.exclude and self.layer.caches(route, path):
+                key = self.layer.key_for_parts(secure, host, path)
+                found = (key, self.layer.policy_for(route), route.origin.key)
+        if len(self._targets) >= _MEMO_SIZE:
+            self._targets.clear()
+        self._targets[(secure, host, target)] = found
+        return found
