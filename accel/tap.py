@@ -10,6 +10,7 @@ from twisted.python import usage
 
 from accel.app import check_files
 from accel.config import Config, ConfigError, load_config, with_overrides
+from accel.http.listening import with_backlog
 
 
 class Options(usage.Options):
@@ -76,7 +77,7 @@ def makeService(options: Options) -> service.IService:
     site = build_site(config, reactor)
     top = service.MultiService()
     for description in config.listen:
-        strports.service(description, site, reactor=reactor).setServiceParent(top)
+        strports.service(with_backlog(description), site, reactor=reactor).setServiceParent(top)
     if config.tls.listeners or config.tls.redirect_listen:
         from accel.tls.listeners import tls_services
 

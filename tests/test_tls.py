@@ -266,6 +266,27 @@ class ServiceTests(OffloadCase):
         return ports
 
     @defer.inlineCallbacks
+    def test_listeners_have_a_backlog_of_511_unless_the_endpoint_sets_one(self):
+        path = self.config_file(
+            '[tls]\nlisten = ["tcp:0:interface=127.0.0.1"]\n'
+            'certificates = [{cert = "default.pem", key = "default.key"}]\n\n'
+            '[tls.redirect]\nlisten = ["tcp:0:interface=127.0.0.1:backlog=64"]\n'
+        )
+        options = Options()
+        options.parseOptions(["--config", path])
+        top = makeService(options)
+        top.startService()
+        self.addCleanup(top.stopService)
+        backlogs = []
+        for svc in top:
+            if getattr(svc, "_waitingForPort", None) is not None:
+                found = defer.Deferred()
+                svc._waitingForPort.addCallback(lambda port, found=found: (found.callback(port), port)[1])
+                port = yield found
+                backlogs.append(port.backlog)
+        self.assertEqual(sorted(backlogs), [64, 511, 511])  # --listen, the TLS listener; the redirect's own
+
+    @defer.inlineCallbacks
     def test_tls_listeners_and_redirect_from_the_file(self):
         path = self.config_file(
             '[tls]\nlisten = ["tcp:0:interface=127.0.0.1"]\n'

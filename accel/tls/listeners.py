@@ -31,6 +31,7 @@ from zope.interface import alsoProvides, implementer
 
 from accel.tls.certificates import LoadedCertificate, listener_entries, load_certificate, validity_problem
 from accel.config import ConfigError, TLSListener, TLSSettings
+from accel.http.listening import with_backlog
 
 log = Logger()
 
@@ -271,13 +272,13 @@ def tls_services(config, site, reactor) -> list[service.IService]:
     for listener in config.tls.listeners:
         store = CertificateStore(listener, config.tls, config.source, reactor)
         stores.append(store)
-        endpoint = endpoints.serverFromString(reactor, listener.endpoint)
+        endpoint = endpoints.serverFromString(reactor, with_backlog(listener.endpoint))
         svc = StreamServerEndpointService(endpoint, TLSServerFactory(store, site))
         svc._raiseSynchronously = True  # as strports.service does: a port that can't be bound stops the start
         services.append(svc)
     if config.tls.redirect_listen:
         redirects = redirect_site(config, reactor)
-        services += [strports.service(d, redirects, reactor=reactor) for d in config.tls.redirect_listen]
+        services += [strports.service(with_backlog(d), redirects, reactor=reactor) for d in config.tls.redirect_listen]
     if stores:
         services.append(ReloadOnHangup(reactor, stores))
     return services
