@@ -343,12 +343,15 @@ class HTTPConnection(Protocol):
     # -- timeouts -------------------------------------------------------------------------------------
 
     def _set_deadline(self, kind: str, seconds: float) -> None:
-        """Arm the connection's one timer lazily: moving the deadline is an assignment, and the delayed
-        call, when it fires early, re-arms itself for the rest."""
+        """Arm the connection's one timer lazily: moving the deadline later is an assignment (the delayed
+        call, when it fires early, re-arms itself for the rest); moving it earlier reschedules it."""
         self._deadline_kind = kind
-        self._deadline = self.reactor.seconds() + seconds
-        if self._timer is None:
+        deadline = self._deadline = self.reactor.seconds() + seconds
+        timer = self._timer
+        if timer is None:
             self._timer = self.reactor.callLater(seconds, self._check_deadline)
+        elif timer.getTime() > deadline:
+            timer.reset(seconds)
 
     def _check_deadline(self) -> None:
         self._timer = None

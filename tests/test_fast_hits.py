@@ -1,0 +1,219 @@
+"""One behaviour, two paths: the same requests answered by the connection's fast path (memory tier on) and by
+the general path (bodies kept on disk, so every hit goes through ReverseProxy and the cache layer) give the
+same status, fields (values of Date and Age aside), body, Cache-Status, access-log line, limits, error pages
+and HSTS. Also: pipelined requests on one connection, a fast hit behind a slow miss."""
+
+from __future__ import annotations
+
+import os
+import re
+import time
+
+from twisted.internet import defer, reactor
+from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
+from twisted.trial import unittest
+from twisted.web.server import NOT_DONE_YET
+
+from accel.config import CacheSettings, Config, TLSSettings
+from accel.http.connection import HTTPConnection
+from tests.support import RawClient, get, raw_request
+from tests.test_cache_e2e import cached_stack, responder, temporary_directory
+from tests.test_tls import OffloadCase
+from tests.tls_support import https_client
+
+FIXED = time.time()
+ON_DISK = {"memory_max_object_size": 4}  # bodies stay on disk: the fast path never answers
+
+
+def counted_fast_hits(testcase, stack) -> list:
+    """The targets the connections of ``stack`` answer on the fast path from now on."""
+    if not hasattr(testcase, "fast_answers"):
+        testcase.fast_answers = answers = {}
+        original = HTTPConnection.answer_fast
+
+        def answer_fast(connection, message):
+            done = original(connection, message)
+            if done and connection.site in answers:
+                answers[connection.site].append(message.target)
+            return done
+
+        testcase.patch(HTTPConnection, "answer_fast", answer_fast)
+    return testcase.fast_answers.setdefault(stack.accel_site, [])
+
+
+def prepare(testcase, **settings):
+    stack = cached_stack(testcase, **settings)
+    for layer in stack.accel_site.cache.layers:
+        layer.clock = lambda: FIXED
+    origin = stack.origin.handlers
+    origin[b"/a"] = responder(body=b"a body", cache_control="max-age=600", etag='"v1"', x_extra="1")
+    origin[b"/vary"] = responder(body=b"varied", cache_control="max-age=600", vary="Accept-Language")
+    origin[b"/sts"] = responder(body=b"sts body", cache_control="max-age=600", strict_transport_security="max-age=1")
+    origin[b"/tagged"] = responder(body=b"tagged", cache_control="max-age=600", surrogate_key="t1 t2",
+                                   cdn_cache_control="max-age=900")
+    path = os.path.join(temporary_directory(testcase), "access.log")
+    stack.accel_site.stopFactory()
+    stack.accel_site.access_log = path
+    stack.accel_site.startFactory()
+    return stack, path
+
+
+def fields_and_body(response: bytes):
+    """Status line, the fields with the values of Date and Age blanked, and the body."""
+    head, _, body = response.partition(b"\r\n\r\n")
+    lines = head.split(b"\r\n")
+    fields = [re.sub(rb"^(Date|Age): .*", rb"\1: -", line) for line in lines[1:]]
+    return lines[0], fields, body
+
+
+def log_lines(path: str, stack) -> list[str]:
+    with open(path) as f:
+        lines = f.read().splitlines()
+    # the timestamp, the duration (%D) and the origin's port differ between the two stacks
+    return [re.sub(r"\[[^]]*\]", "[-]", re.sub(r'" (\d+) origin=\S+', '" - origin=-', line)) for line in lines]
+
+
+@defer.inlineCallbacks
+def warm(port: int):
+    """Store the responses, and bring them into the memory tier (a response enters it on its first hit)."""
+    for request in (b"GET /a", b"GET /vary", b"GET /sts", b"GET /tagged", b"GET /a?q=1", b"GET /vary",
+                    b"GET /vary HTTP/1.1\r\nAccept-Language: de"):
+        for _ in range(2):
+            yield raw_request(port, request + (b"" if b"\r\n" in request else b" HTTP/1.1")
+                              + b"\r\nHost: h\r\nConnection: close\r\n\r\n")
+
+REQUESTS = [
+    b"GET /a HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n",
+    b"HEAD /a HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n",
+    b"GET /a HTTP/1.0\r\nHost: h\r\n\r\n",
+    b"GET /a HTTP/1.0\r\n\r\n",
+    b"GET /a?q=1 HTTP/1.1\r\nHost: h\r\nUser-Agent: t/1\r\nReferer: http://r/\r\nConnection: close\r\n\r\n",
+    b"GET /vary HTTP/1.1\r\nHost: h\r\nAccept-Language: de\r\nConnection: close\r\n\r\n",
+    b"GET /vary HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n",
+    b"GET /sts HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n",
+    b"GET /tagged HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n",
+    b'GET /a HTTP/1.1\r\nHost: h\r\nIf-None-Match: "v1"\r\nConnection: close\r\n\r\n',
+    b"GET /a HTTP/1.1\r\nHost: H:80\r\nConnection: close\r\n\r\n",
+    b"GET /status/404 HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n",
+    b"GET /" + b"x" * 9000 + b" HTTP/1.1\r\nHost: h\r\n\r\n",
+    b"GET /a HTTP/1.1\r\nHost: h\r\n" + b"".join(b"X-%d: v\r\n" % i for i in range(150)) + b"\r\n",
+    b"GET /a HTTP/1.1\r\nHost: a b\r\n\r\n",
+    b"TRACE /a HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n",
+]
+FAST = {0, 1, 2, 4, 5, 6, 7, 8, 10}  # the requests the fast path answers
+
+
+class OneBehaviourTests(unittest.TestCase):
+    @defer.inlineCallbacks
+    def test_fast_and_general_paths_answer_alike(self):
+        fast, fast_log = prepare(self)
+        general, general_log = prepare(self, **ON_DISK)
+        for stack in (fast, general):
+            port = stack.accel_port.getHost().port
+            yield warm(port)
+        answered = {"fast": counted_fast_hits(self, fast), "general": counted_fast_hits(self, general)}
+        for i, request in enumerate(REQUESTS):
+            one = yield raw_request(fast.accel_port.getHost().port, request)
+            other = yield raw_request(general.accel_port.getHost().port, request)
+            self.assertEqual(fields_and_body(one), fields_and_body(other), request[:60])
+            if i in FAST:
+                self.assertIn(b"Cache-Status: accel; hit; ttl=", one, request[:60])
+        self.assertEqual(len(answered["fast"]), len(FAST))
+        self.assertEqual(answered["general"], [])
+        for stack in (fast, general):
+            stack.accel_site.stopFactory()
+        lines = log_lines(fast_log, fast)
+        self.assertEqual(lines, log_lines(general_log, general))
+        answered_lines = lines[-(len(REQUESTS) - 3):]  # 414, 431 and 400 are refused before a request exists
+        self.assertEqual(sum(line.endswith("cache=hit") for line in answered_lines), len(FAST) + 1)  # + the 304
+
+    @defer.inlineCallbacks
+    def test_vary_selects_the_matching_variant_on_the_fast_path(self):
+        stack, _ = prepare(self)
+        port = stack.accel_port.getHost().port
+        yield warm(port)
+        answered = counted_fast_hits(self, stack)
+        hit = yield raw_request(port, b"GET /vary HTTP/1.1\r\nHost: h\r\nAccept-Language: de\r\nConnection: close\r\n\r\n")
+        miss = yield raw_request(port, b"GET /vary HTTP/1.1\r\nHost: h\r\nAccept-Language: fr\r\nConnection: close\r\n\r\n")
+        self.assertIn(b"; hit;", hit)
+        self.assertIn(b"fwd=vary-miss", miss)
+        self.assertEqual(answered, [b"/vary"])
+
+    @defer.inlineCallbacks
+    def test_a_purge_is_seen_by_the_fast_path(self):
+        stack, _ = prepare(self)
+        port = stack.accel_port.getHost().port
+        request = b"GET /a HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n"
+        yield warm(port)
+        answered = counted_fast_hits(self, stack)
+        self.assertIn(b"; hit;", (yield raw_request(port, request)))
+        self.assertEqual(answered, [b"/a"])
+        stack.accel_site.cache.store.purge_url("http://h/a")
+        self.assertIn(b"fwd=uri-miss", (yield raw_request(port, request)))
+
+
+class PipeliningTests(unittest.TestCase):
+    @defer.inlineCallbacks
+    def test_a_fast_hit_behind_a_slow_miss_waits_its_turn(self):
+        stack, _ = prepare(self)
+        port = stack.accel_port.getHost().port
+        yield warm(port)
+        held = []
+
+        def slow(request):
+            held.append(request)
+            request.setHeader(b"cache-control", b"max-age=60")
+            return NOT_DONE_YET
+
+        stack.origin.handlers[b"/slow"] = slow
+        answered = counted_fast_hits(self, stack)
+        client = RawClient(b"GET /slow HTTP/1.1\r\nHost: h\r\n\r\nGET /a HTTP/1.1\r\nHost: h\r\n\r\n"
+                           b"GET /a HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n")
+        yield connectProtocol(TCP4ClientEndpoint(reactor, "127.0.0.1", port), client)
+        while not held:
+            yield _turn()
+        self.assertEqual(answered, [])
+        held[0].write(b"slow body")
+        held[0].finish()
+        response = yield client.closed
+        self.assertEqual(re.findall(rb"HTTP/1\.1 (\d{3}) ", response), [b"200", b"200", b"200"])
+        self.assertLess(response.index(b"slow body"), response.index(b"a body"))
+        self.assertEqual(response.count(b"a body"), 2)
+        self.assertEqual(answered, [b"/a", b"/a"])
+
+
+def _turn():
+    d = defer.Deferred()
+    reactor.callLater(0, d.callback, None)
+    return d
+
+
+class HSTSOnHitsTests(OffloadCase):
+    @defer.inlineCallbacks
+    def check_hsts_on_hits(self, **cache):
+        settings = TLSSettings(hsts_max_age=600)
+        stack = self.start(settings, cache=CacheSettings(dir=temporary_directory(self), **cache))
+        stack.origin.handlers[b"/h"] = responder(body=b"hit me", cache_control="max-age=600")
+        stack.origin.handlers[b"/own"] = responder(body=b"own body", cache_control="max-age=600",
+                                                   strict_transport_security="max-age=1")
+        answered = counted_fast_hits(self, stack)
+        for path in ("/h", "/own"):
+            for _ in range(3):  # a miss, a hit that brings it into the memory tier, a hit from there
+                response, body = yield get(https_client(self, self.ca), self.url + path)
+                self.assertEqual(response.headers.getRawHeaders(b"strict-transport-security"), [b"max-age=600"])
+            self.assertIn(b"; hit;", response.headers.getRawHeaders(b"cache-status")[0])
+        response, _ = yield get(https_client(self, self.ca), self.url + "/h", method=b"HEAD")
+        self.assertEqual(response.headers.getRawHeaders(b"strict-transport-security"), [b"max-age=600"])
+        plain = yield raw_request(stack.accel_port.getHost().port, b"GET /h HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n")
+        self.assertNotIn(b"Strict-Transport-Security", plain)
+        return answered
+
+    @defer.inlineCallbacks
+    def test_hsts_on_fast_hits(self):
+        answered = yield self.check_hsts_on_hits()
+        self.assertEqual(answered, [b"/h", b"/h"])  # the HTTPS GET and HEAD; the origin's own field: general path
+
+    @defer.inlineCallbacks
+    def test_hsts_on_prepared_hits_of_the_general_path(self):
+        answered = yield self.check_hsts_on_hits(**ON_DISK)
+        self.assertEqual(answered, [])
