@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import sys
 
-from twisted.application import service, strports
+from twisted.application import service
 from twisted.internet import endpoints
 from twisted.python import usage
 
 from accel.app import check_files
 from accel.config import Config, ConfigError, load_config, with_overrides
-from accel.http.listening import with_backlog
+from accel.http.listening import listening_service
 
 
 class Options(usage.Options):
@@ -77,7 +77,7 @@ def makeService(options: Options) -> service.IService:
     site = build_site(config, reactor)
     top = service.MultiService()
     for description in config.listen:
-        strports.service(with_backlog(description), site, reactor=reactor).setServiceParent(top)
+        listening_service(description, site, reactor).setServiceParent(top)
     if config.tls.listeners or config.tls.redirect_listen:
         from accel.tls.listeners import tls_services
 

@@ -15,6 +15,7 @@ from twisted.trial import unittest
 
 from accel.tls import listeners as tls_module
 from accel.config import CacheSettings, Config, TLSListener, TLSSettings
+from accel.http.listening import ACCEPT_BATCH
 from accel.tap import Options, makeService
 from accel.tls.listeners import CertificateStore, ReloadOnHangup, TLSServerFactory
 from accel.tls.https import RedirectToHTTPS
@@ -266,7 +267,7 @@ class ServiceTests(OffloadCase):
         return ports
 
     @defer.inlineCallbacks
-    def test_listeners_have_a_backlog_of_511_unless_the_endpoint_sets_one(self):
+    def test_listeners_have_a_backlog_of_511_unless_the_endpoint_sets_one_and_accept_in_batches(self):
         path = self.config_file(
             '[tls]\nlisten = ["tcp:0:interface=127.0.0.1"]\n'
             'certificates = [{cert = "default.pem", key = "default.key"}]\n\n'
@@ -284,6 +285,8 @@ class ServiceTests(OffloadCase):
                 svc._waitingForPort.addCallback(lambda port, found=found: (found.callback(port), port)[1])
                 port = yield found
                 backlogs.append(port.backlog)
+                port.numberAccepts = 1  # what Twisted's Port sets after accepting one connection
+                self.assertEqual(port.numberAccepts, ACCEPT_BATCH)
         self.assertEqual(sorted(backlogs), [64, 511, 511])  # --listen, the TLS listener; the redirect's own
 
     @defer.inlineCallbacks

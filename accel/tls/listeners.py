@@ -22,8 +22,6 @@ import signal
 
 from OpenSSL import SSL
 from twisted.application import service
-from twisted.application.internet import StreamServerEndpointService
-from twisted.internet import endpoints
 from twisted.internet.interfaces import IOpenSSLServerConnectionCreator, ISSLTransport
 from twisted.logger import Logger
 from twisted.protocols.tls import BufferingTLSTransport, TLSMemoryBIOFactory
@@ -31,7 +29,7 @@ from zope.interface import alsoProvides, implementer
 
 from accel.tls.certificates import LoadedCertificate, listener_entries, load_certificate, validity_problem
 from accel.config import ConfigError, TLSListener, TLSSettings
-from accel.http.listening import with_backlog
+from accel.http.listening import listening_service
 
 log = Logger()
 
@@ -263,8 +261,6 @@ class ReloadOnHangup(service.Service):
 
 def tls_services(config, site, reactor) -> list[service.IService]:
     """The HTTPS listeners of ``[tls]``, the HTTP→HTTPS redirect listeners and the SIGHUP reload."""
-    from twisted.application import strports
-
     from accel.tls.https import redirect_site
 
     services: list[service.IService] = []
@@ -272,13 +268,10 @@ def tls_services(config, site, reactor) -> list[service.IService]:
     for listener in config.tls.listeners:
         store = CertificateStore(listener, config.tls, config.source, reactor)
         stores.append(store)
-        endpoint = endpoints.serverFromString(reactor, with_backlog(listener.endpoint))
-        svc = StreamServerEndpointService(endpoint, TLSServerFactory(store, site))
-        svc._raiseSynchronously = True  # as strports.service does: a port that can't be bound stops the start
-        services.append(svc)
+        services.append(listening_service(listener.endpoint, TLSServerFactory(store, site), reactor))
     if config.tls.redirect_listen:
         redirects = redirect_site(config, reactor)
-        services += [strports.service(with_backlog(d), redirects, reactor=reactor) for d in config.tls.redirect_listen]
+        services += [listening_service(d, redirects, reactor) for d in config.tls.redirect_listen]
     if stores:
         services.append(ReloadOnHangup(reactor, stores))
     return services
