@@ -238,9 +238,17 @@ class PersistenceTests(unittest.TestCase):
 class TimeoutTests(unittest.TestCase):
     LIMITS = Limits(idle_timeout=60.0, header_timeout=10.0)
 
+    def test_a_new_connection_that_sends_nothing_is_closed_after_the_header_timeout(self):
+        c = Connection(self.LIMITS)
+        c.clock.advance(9)
+        self.assertFalse(c.transport.disconnecting)
+        c.clock.advance(1)
+        self.assertTrue(c.transport.disconnecting)
+        self.assertEqual(c.transport.value(), b"")
+
     def test_an_idle_connection_is_closed(self):
         c = Connection(self.LIMITS)
-        c.clock.advance(59)
+        c.clock.advance(9)
         c.feed(b"GET /a HTTP/1.1\r\nHost: x\r\n\r\n")
         c.clock.advance(59)
         self.assertFalse(c.transport.disconnecting)

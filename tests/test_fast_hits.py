@@ -14,7 +14,7 @@ from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
 from twisted.trial import unittest
 from twisted.web.server import NOT_DONE_YET
 
-from accel.config import CacheSettings, Config, TLSSettings
+from accel.config import CacheSettings, TLSSettings
 from accel.http.connection import HTTPConnection
 from tests.support import RawClient, get, raw_request
 from tests.test_cache_e2e import cached_stack, responder, temporary_directory

@@ -26,9 +26,9 @@ than ``chunked``, a missing (HTTP/1.1) or repeated Host, or a Host that is not a
 than ``max_target_length`` is 414, a header section over ``max_header_bytes`` or ``max_headers`` is 431.
 
 Persistence (RFC 9112 §9.3): HTTP/1.1 keeps the connection unless the client sent ``Connection: close``
-(answered with ``Connection: close``); HTTP/1.0 always closes after the response. A connection idle for
-``idle_timeout`` is closed; a request whose header section is not complete ``header_timeout`` after its
-first byte is answered 408 and closed.
+(answered with ``Connection: close``); HTTP/1.0 always closes after the response. A new connection that
+sends nothing for ``header_timeout``, or one idle for ``idle_timeout`` after a response, is closed; a
+request whose header section is not complete ``header_timeout`` after its first byte is answered 408.
 """
 
 from __future__ import annotations
@@ -39,6 +39,7 @@ from collections import deque
 from http import HTTPStatus
 
 import httptools
+from twisted.internet import tcp
 from twisted.internet.interfaces import IPushProducer, ISSLTransport
 from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
@@ -51,6 +52,7 @@ from accel.http.dates import http_date
 log = Logger()
 
 PIPELINE_LIMIT = 16
+_JOIN_UP_TO = 16384  # a fast hit's body up to this size is sent in one piece with its header section
 
 # RFC 9110 §7.2: Host = uri-host [ ":" port ]; uri-host is an IP-literal or a reg-name (RFC 3986 §3.2.2,
 # IPv4 addresses are reg-names syntactically).
@@ -103,16 +105,19 @@ class HTTPConnection(Protocol):
         self._requestProducerStreaming = None
         self._waitingForTransport = False
         self._deadline: float | None = None
-        self._deadline_kind = "idle"
+        self._deadline_kind = "first"
         self._timer = None
+        self._direct = False  # a plain TCP transport: send() may write to the socket itself
         self._secure: bool | None = None
         self._peer = self._host = None
 
     # -- the connection ------------------------------------------------------------------------------
 
     def connectionMade(self) -> None:
+        self._direct = type(self.transport) is tcp.Server
         self.transport.registerProducer(self, True)
-        self._set_deadline("idle", self.limits.idle_timeout)
+        # A new connection's first request is due within header_timeout (nginx's client_header_timeout).
+        self._set_deadline("first", self.limits.header_timeout)
 
     def dataReceived(self, data: bytes) -> None:
         if self.closing:
@@ -277,18 +282,40 @@ class HTTPConnection(Protocol):
         if (hsts and hit.has_hsts) or (site.server_field and hit.has_server):
             return False  # the general path merges those with the stored fields
         closing = not message.keep_alive and message.version == b"HTTP/1.1"
-        head = message.method == b"HEAD"
-        self.transport.write(b"".join((
+        head = b"".join((
             message.version, hit.status_line, b"Connection: close\r\n" if closing else b"", site.server_field,
             b"" if hit.replaces_date else http_date.field(), hit.section, hsts, b"\r\n",
-        )))
-        if not head and hit.body:
-            self.transport.write(hit.body)
+        ))
+        body = b"" if message.method == b"HEAD" else hit.body
+        if len(body) <= _JOIN_UP_TO:
+            self.send(head + body)
+        else:
+            self.send(head)
+            self.transport.write(body)
         if site.access_log:
-            site.log_hit(self.getPeer(), message, hit.status, 0 if head else len(hit.body), hit.origin)
+            site.log_hit(self.getPeer(), message, hit.status, len(body), hit.origin)
         if not message.keep_alive:
             self.loseConnection()
         return True
+
+    def send(self, data: bytes) -> None:
+        """``transport.write``; on a plain TCP connection with nothing queued, sent at once.
+
+        Twisted's write queues the data and asks the reactor to watch for writability (two epoll_ctl
+        calls and a loop iteration per response); a hit's response usually fits the socket buffer.
+        """
+        transport = self.transport
+        if self._direct and not transport._tempDataLen and transport.offset == len(transport.dataBuffer):
+            try:
+                sent = transport.socket.send(data)
+            except (BlockingIOError, InterruptedError):
+                sent = 0
+            except OSError:
+                sent = 0  # Twisted's own write reports the error
+            if sent == len(data):
+                return
+            data = data[sent:]
+        transport.write(data)
 
     def request_for(self, message: Message):
         """The twisted.web request for ``message``."""

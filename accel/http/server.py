@@ -10,7 +10,6 @@ from __future__ import annotations
 import time
 from urllib.parse import parse_qs
 
-from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web import http, server
 from twisted.web.http import NO_BODY_CODES
