@@ -8,9 +8,12 @@ All of them talk plain HTTP/1.1 to 127.0.0.1 over asyncio streams:
 - ``populate``: many distinct requests over keep-alive connections, bounded in time.
 - ``collapse``: N connections opened first, then N requests sent at once.
 - ``slow_read``: one download read at a limited rate through a small receive buffer.
+- ``burst``: N connections opened at once, one request on each.
+- ``hold_idle``: N keep-alive connections, one request each, then held open.
 """
 
 import asyncio
+import selectors
 import socket
 import time
 
@@ -102,7 +105,7 @@ def percentile(sorted_values, pct):
     return sorted_values[rank]
 
 
-async def _load(port, path, connections, duration):
+async def _load(port, path, connections, duration, close):
     latencies, errors, non_2xx = [], 0, 0
     deadline = time.monotonic() + duration
 
@@ -118,7 +121,7 @@ async def _load(port, path, connections, duration):
             try:
                 while time.monotonic() < deadline:
                     t0 = time.monotonic()
-                    writer.write(_request_bytes(path))
+                    writer.write(_request_bytes(path, close=close))
                     resp = await _read_response(reader, keep_body=False)
                     latencies.append(time.monotonic() - t0)
                     if not 200 <= resp.status < 400:
@@ -146,12 +149,12 @@ async def _load(port, path, connections, duration):
     }
 
 
-def load(port, path, connections, duration):
-    """Closed-loop load for ``duration`` seconds; wrk-like summary dict.
+def load(port, path, connections, duration, close=False):
+    """Closed-loop load for ``duration`` seconds (``close``: one request per connection); wrk-like summary.
 
     Requests still unanswered ``LOAD_GRACE_S`` after the end count as errors.
     """
-    return asyncio.run(_load(port, path, connections, duration))
+    return asyncio.run(_load(port, path, connections, duration, close))
 
 
 async def _populate(port, paths, connections, time_limit):
@@ -244,3 +247,72 @@ def slow_read(port, path, rate, rcvbuf=64 * 1024, tick=0.05, on_tick=lambda: Non
     Returns (Response without body, seconds taken).
     """
     return asyncio.run(_slow_read(port, path, rate, rcvbuf, tick, on_tick))
+
+
+def burst(port, path, n=2000, timeout=60.0):
+    """Open ``n`` connections at once (non-blocking connects issued back to back) and send one GET with
+    ``Connection: close`` on each as soon as it is connected.
+
+    Returns (seconds from the first connect until the last response was complete, how many got 200).
+    Raw sockets and one selector: asyncio's per-connection overhead would dominate the measurement.
+    """
+    request = _request_bytes(path, close=True)
+    selector = selectors.DefaultSelector()
+    received = {}
+    start = time.monotonic()
+    for _ in range(n):
+        sock = socket.socket()
+        sock.setblocking(False)
+        sock.connect_ex((HOST, port))
+        received[sock] = []
+        selector.register(sock, selectors.EVENT_WRITE)
+    pending = n
+    while pending and time.monotonic() - start < timeout:
+        for key, events in selector.select(timeout=1.0):
+            sock = key.fileobj
+            if events & selectors.EVENT_WRITE:
+                sock.sendall(request)
+                selector.modify(sock, selectors.EVENT_READ)
+                continue
+            try:
+                data = sock.recv(READ_CHUNK)
+            except ConnectionError:
+                data = b""
+            if data:
+                received[sock].append(data)
+                continue
+            selector.unregister(sock)
+            sock.close()
+            pending -= 1
+    seconds = time.monotonic() - start
+    for sock in list(received):
+        if sock.fileno() != -1:
+            sock.close()
+    selector.close()
+    return seconds, sum(1 for parts in received.values() if b"".join(parts).startswith(b"HTTP/1.1 200 "))
+
+
+async def _hold_idle(port, path, n, batch, while_held):
+    conns = []
+    for start in range(0, n, batch):
+        opened = await asyncio.gather(*(asyncio.open_connection(HOST, port) for _ in range(min(batch, n - start))))
+        for reader, writer in opened:
+            writer.write(_request_bytes(path))
+        await asyncio.gather(*(_read_response(reader, keep_body=False) for reader, _ in opened))
+        conns += opened
+    await asyncio.sleep(1.0)  # idle
+    measured = while_held()
+    for _, writer in conns:  # every connection is still usable: one more request on each
+        writer.write(_request_bytes(path))
+    again = await asyncio.gather(*(_read_response(reader, keep_body=False) for reader, _ in conns),
+                                 return_exceptions=True)
+    for _, writer in conns:
+        writer.close()
+    return measured, sum(1 for r in again if isinstance(r, Response) and r.status == 200)
+
+
+def hold_idle(port, path, n=10_000, batch=500, while_held=lambda: None):
+    """Open ``n`` keep-alive connections (``batch`` at a time), one GET on each, hold them idle for a
+    second and call ``while_held()``; then one more GET on each. Returns (while_held's result, how many of
+    the second requests got 200)."""
+    return asyncio.run(_hold_idle(port, path, n, batch, while_held))

@@ -1,6 +1,6 @@
 """Load generation for the throughput scenarios: wrk, or the Python stand-in.
 
-``run_wrk`` runs ``wrk -t2 -cN -dSs --latency URL`` and ``parse_wrk`` turns its
+``run_wrk`` runs ``wrk -t2 -cN -dSs --latency [-H FIELD] URL`` and ``parse_wrk`` turns its
 report into ``{"rps", "p50_ms", "p99_ms", "requests", "errors", "non_2xx"}``,
 the same keys ``client.load`` returns.
 """
@@ -41,14 +41,15 @@ def parse_wrk(output):
     }
 
 
-def run_wrk(wrk, port, path, connections, duration):
-    """Run wrk against 127.0.0.1:port/path and return the parsed summary."""
+def run_wrk(wrk, port, path, connections, duration, headers=()):
+    """Run wrk against 127.0.0.1:port/path (with extra request ``headers``) and return the parsed summary."""
     argv = [
         wrk,
         f"-t{min(WRK_THREADS, connections)}",
         f"-c{connections}",
         f"-d{duration}s",
         "--latency",
+        *(arg for header in headers for arg in ("-H", header)),
         f"http://127.0.0.1:{port}{path}",
     ]
     proc = subprocess.run(argv, capture_output=True, text=True, timeout=duration + 60)

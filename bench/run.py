@@ -8,9 +8,11 @@ below, writes the results as JSON (bench/results/<timestamp>.json unless --out)
 and prints a Markdown summary. See bench/README.md for what each scenario means.
 
 Throughput scenarios (wrk; systems alternate within each round):
-  hit-1k, hit-1m, pass-1k
+  hit-1k, hit-1m, pass-1k, close-1k (one request per connection)
 Python-driven scenarios:
   collapse      100 concurrent first requests to a 1 s origin (both systems)
+  burst-2k      2,000 connections opened at once, one hit on each (both systems)
+  idle-10k      RSS of accel holding 10,000 idle keep-alive connections
   stream-rss    peak RSS of accel while a large response streams to a slow client
   startup-100k  accel start-up time with a pre-populated cache
 """
@@ -24,6 +26,7 @@ import os
 import platform
 import pwd
 import re
+import resource
 import shutil
 import signal
 import statistics
@@ -46,13 +49,16 @@ BENCH_DIR = Path(__file__).resolve().parent
 MIB = 1024 * 1024
 INSTALL_HINT = "apt-get update && apt-get install -y nginx wrk"
 
-THROUGHPUT = {  # scenario -> (path, connections)
-    "hit-1k": ("/1k", 50),
-    "hit-1m": ("/1m", 10),
-    "pass-1k": ("/nocache", 50),
+THROUGHPUT = {  # scenario -> (path, connections, request fields wrk adds)
+    "hit-1k": ("/1k", 50, ()),
+    "hit-1m": ("/1m", 10, ()),
+    "pass-1k": ("/nocache", 50, ()),
+    "close-1k": ("/1k", 50, ("Connection: close",)),
 }
-SCENARIOS = [*THROUGHPUT, "collapse", "stream-rss", "startup-100k"]
+ROUNDS_OF = ("collapse", "burst-2k")  # Python-driven scenarios measured on both systems every round
+SCENARIOS = [*THROUGHPUT, *ROUNDS_OF, "stream-rss", "startup-100k", "idle-10k"]
 COLLAPSE_CLIENTS = 100
+
 POPULATE_CONNECTIONS = 16
 
 
@@ -67,6 +73,8 @@ class Settings:
     populate_limit_s: float
     stream_bytes: int
     stream_rate: int
+    burst_clients: int
+    idle_connections: int
 
 
 @dataclass
@@ -102,6 +110,8 @@ def parse_args(argv=None):
         populate_limit_s=20.0 if a.smoke else 600.0,
         stream_bytes=pick(a.stream_mib, 1024, 16) * MIB,
         stream_rate=a.stream_rate_mib * MIB,
+        burst_clients=pick(None, 2000, 100),
+        idle_connections=pick(None, 10_000, 200),
     )
 
 
@@ -227,11 +237,12 @@ def warm_up(port, path):
 
 
 def throughput_once(settings, tools, port, scenario):
-    path, connections = THROUGHPUT[scenario]
+    path, connections, headers = THROUGHPUT[scenario]
     warm_up(port, path)
     if tools.wrk:
-        return {"tool": "wrk", **loadgen.run_wrk(tools.wrk, port, path, connections, settings.duration)}
-    return {"tool": "python", **client.load(port, path, connections, settings.duration)}
+        return {"tool": "wrk", **loadgen.run_wrk(tools.wrk, port, path, connections, settings.duration, headers)}
+    close = "Connection: close" in headers
+    return {"tool": "python", **client.load(port, path, connections, settings.duration, close)}
 
 
 def collapse_once(run, port, tag):
@@ -244,6 +255,33 @@ def collapse_once(run, port, tag):
         "ok": sum(s == 200 for s in statuses),
         "clients": COLLAPSE_CLIENTS,
     }
+
+
+def burst_once(settings, port):
+    warm_up(port, "/1k")
+    seconds, ok = client.burst(port, "/1k", settings.burst_clients)
+    return {"seconds": seconds, "ok": ok, "clients": settings.burst_clients}
+
+
+def idle_connections(settings, run):
+    """accel holding many (10,000) idle keep-alive connections: RSS per connection."""
+    child, port, _ = run.start_accel("accel-idle", run.work / "cache-idle")
+    with child:
+        warm_up(port, "/1k")
+        warm_up(port, "/1k")  # a hit: the response is in the memory tier
+        before = procs.tree_rss_mib(child.pid)
+        t0 = time.monotonic()
+        held, answered_again = client.hold_idle(port, "/1k", settings.idle_connections,
+                                                while_held=lambda: (procs.tree_rss_mib(child.pid), time.monotonic()))
+        rss_held, held_at = held
+        return {
+            "connections": settings.idle_connections,
+            "rss_before_mib": before,
+            "rss_held_mib": rss_held,
+            "kib_per_connection": (rss_held - before) * 1024 / settings.idle_connections,
+            "open_s": held_at - t0 - 1.0,
+            "answered_again": answered_again,
+        }
 
 
 def stream_rss(settings, run):
@@ -317,12 +355,16 @@ def summarize(results, systems):
     for name, entry in results.items():
         if "rounds" not in entry:
             continue
-        keys = ("rps", "p50_ms", "p99_ms") if name in THROUGHPUT else ("seconds", "origin_fetches")
+        keys = ("rps", "p50_ms", "p99_ms") if name in THROUGHPUT else ("seconds", "origin_fetches", "ok")
         entry["median"] = {s: {k: _median(entry["rounds"][s], k) for k in keys} for s in systems
                            if entry["rounds"].get(s)}
         if name == "collapse":
             for s, med in entry["median"].items():
                 med["max_origin_fetches"] = max(r["origin_fetches"] for r in entry["rounds"][s])
+        if name == "burst-2k":
+            for s, med in entry["median"].items():
+                med["max_seconds"] = max(r["seconds"] for r in entry["rounds"][s])
+                med["min_ok"] = min(r["ok"] for r in entry["rounds"][s])
         if name in THROUGHPUT and {"accel", "nginx"} <= entry["median"].keys():
             entry["ratio_rps_accel_nginx"] = entry["median"]["accel"]["rps"] / entry["median"]["nginx"]["rps"]
 
@@ -394,6 +436,26 @@ def markdown(report):
                          f"| {_fmt(n.get('max_origin_fetches'))} |")
             other.append(f"| collapse | seconds until all {COLLAPSE_CLIENTS} answered, 1 s origin (median) "
                          f"| {_fmt(a.get('seconds'), 2)} | {_fmt(n.get('seconds'), 2)} |")
+    if "burst-2k" in results:
+        entry = results["burst-2k"]
+        if "error" in entry:
+            other.append(f"| burst-2k | error: {entry['error'].splitlines()[0]} | | |")
+        else:
+            a, n = entry["median"].get("accel", {}), entry["median"].get("nginx", {})
+            other.append(f"| burst-2k | seconds until all of {entry['rounds']['accel'][0]['clients']} connections opened at once were "
+                         f"answered (median; max) | {_fmt(a.get('seconds'), 2)}; {_fmt(a.get('max_seconds'), 2)} "
+                         f"| {_fmt(n.get('seconds'), 2)}; {_fmt(n.get('max_seconds'), 2)} |")
+            other.append(f"| burst-2k | answered 200 (fewest over rounds) | {_fmt(a.get('min_ok'))} "
+                         f"| {_fmt(n.get('min_ok'))} |")
+    if "idle-10k" in results:
+        entry = results["idle-10k"]
+        if "error" in entry:
+            other.append(f"| idle-10k | error: {entry['error'].splitlines()[0]} | | |")
+        else:
+            other.append(f"| idle-10k | RSS before → holding {entry['connections']} idle keep-alive connections, "
+                         f"MiB ({_fmt(entry['kib_per_connection'], 1)} KiB per connection; "
+                         f"{entry['answered_again']} answered a second request) "
+                         f"| {_fmt(entry['rss_before_mib'])} → {_fmt(entry['rss_held_mib'])} | not run |")
     if "stream-rss" in results:
         entry = results["stream-rss"]
         if "error" in entry:
@@ -424,7 +486,7 @@ def markdown(report):
 
 def run_scenarios(settings, tools, notes):
     results = {}
-    wanted = [s for s in settings.scenarios if s in THROUGHPUT or s == "collapse"]
+    wanted = [s for s in settings.scenarios if s in THROUGHPUT or s in ROUNDS_OF]
     if not tools.wrk and not settings.smoke:
         skipped = [s for s in wanted if s in THROUGHPUT]
         wanted = [s for s in wanted if s not in THROUGHPUT]
@@ -448,6 +510,8 @@ def run_scenarios(settings, tools, notes):
                     try:
                         if name == "collapse":
                             measured = collapse_once(run, port, f"{system}-{rnd}")
+                        elif name == "burst-2k":
+                            measured = burst_once(settings, port)
                         else:
                             measured = throughput_once(settings, tools, port, name)
                     except Exception as exc:  # record it, go on with the other scenarios
@@ -458,7 +522,7 @@ def run_scenarios(settings, tools, notes):
                           f"{_progress(measured)}", flush=True)
         summarize(results, systems)
         notes.extend(error_notes(results))
-        for name, func in (("stream-rss", stream_rss), ("startup-100k", startup)):
+        for name, func in (("stream-rss", stream_rss), ("startup-100k", startup), ("idle-10k", idle_connections)):
             if name in settings.scenarios:
                 try:
                     results[name] = func(settings, run)
@@ -471,12 +535,16 @@ def run_scenarios(settings, tools, notes):
 def _progress(measured):
     if "rps" in measured:
         return f"{measured['rps']:,.0f} req/s  p50 {measured['p50_ms']:.2f} ms  p99 {measured['p99_ms']:.2f} ms"
+    if "origin_fetches" not in measured:
+        return f"{measured['ok']}/{measured['clients']} ok, {measured['seconds']:.2f} s"
     return f"{measured['origin_fetches']} origin fetch(es), {measured['ok']}/{measured['clients']} ok, " \
            f"{measured['seconds']:.2f} s"
 
 
 def main(argv=None):
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # run the clean-ups on SIGTERM
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)  # burst-2k and idle-10k hold many sockets;
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))  # the children inherit the limit
     settings = parse_args(argv)
     tools = find_tools()
     notes = []

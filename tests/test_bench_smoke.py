@@ -12,7 +12,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 RUN = ROOT / "bench" / "run.py"
-SCENARIOS = ["hit-1k", "hit-1m", "pass-1k", "collapse", "stream-rss", "startup-100k"]
+SCENARIOS = ["hit-1k", "hit-1m", "pass-1k", "close-1k", "collapse", "burst-2k", "stream-rss", "startup-100k",
+             "idle-10k"]
 
 
 def _number(value):
@@ -34,7 +35,7 @@ def test_smoke_run(tmp_path):
     results = report["scenarios"]
     assert sorted(results) == sorted(SCENARIOS)
 
-    for name in ["hit-1k", "hit-1m", "pass-1k"]:
+    for name in ["hit-1k", "hit-1m", "pass-1k", "close-1k"]:
         accel = results[name]["median"]["accel"]
         for key in ["rps", "p50_ms", "p99_ms"]:
             assert _number(accel[key]), (name, key, accel)
@@ -49,6 +50,13 @@ def test_smoke_run(tmp_path):
     collapse = results["collapse"]["median"]["accel"]
     assert _number(collapse["seconds"]) and collapse["seconds"] > 0
     assert collapse["max_origin_fetches"] == 1
+
+    burst = results["burst-2k"]["median"]["accel"]
+    assert _number(burst["seconds"]) and burst["min_ok"] == results["burst-2k"]["rounds"]["accel"][0]["clients"]
+
+    idle = results["idle-10k"]
+    assert idle["answered_again"] == idle["connections"] > 0
+    assert _number(idle["kib_per_connection"]), idle
 
     stream = results["stream-rss"]
     for key in ["rss_before_mib", "peak_rss_mib", "seconds"]:
