@@ -140,6 +140,20 @@ class OneBehaviourTests(unittest.TestCase):
         self.assertEqual(answered, [b"/vary"])
 
     @defer.inlineCallbacks
+    def test_the_fast_path_normalises_the_target_as_the_general_path_does(self):
+        stack, _ = prepare(self)
+        port = stack.accel_port.getHost().port
+        yield warm(port)
+        answered = counted_fast_hits(self, stack)
+        for target in (b"/./a", b"/x/../a", b"/%61"):
+            response = yield raw_request(port, b"GET %s HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n" % target)
+            self.assertIn(b"; hit;", response, target)
+            self.assertTrue(response.endswith(b"a body"))
+        unsafe = yield raw_request(port, b"GET /../a HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n")
+        self.assertTrue(unsafe.startswith(b"HTTP/1.1 400 "), unsafe)
+        self.assertEqual(answered, [b"/./a", b"/x/../a", b"/%61"])
+
+    @defer.inlineCallbacks
     def test_a_purge_is_seen_by_the_fast_path(self):
         stack, _ = prepare(self)
         port = stack.accel_port.getHost().port
