@@ -131,10 +131,17 @@ class ParsingTests(unittest.TestCase):
         c.feed(b"POST /up HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\n01234")
         self.assertEqual(c.resource.seen, [(b"POST", b"/up")])
 
-    def test_expect_100_continue(self):
+    def test_expect_100_continue_when_the_request_has_its_turn(self):
         c = Connection()
         out = c.feed(b"PUT /up HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\nExpect: 100-continue\r\n\r\n")
         self.assertTrue(out.startswith(b"HTTP/1.1 100 Continue\r\n\r\n"))
+        c = Connection()
+        c.feed(b"GET /slow HTTP/1.1\r\nHost: x\r\n\r\n"
+               b"PUT /up HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\nExpect: 100-continue\r\n\r\n")
+        self.assertEqual(c.transport.value(), b"")  # not in the middle of the first response
+        c.resource.finish_slow()
+        out = c.transport.value()
+        self.assertLess(out.index(b"slow done"), out.index(b"HTTP/1.1 100 Continue\r\n\r\n"))
 
 
 BAD = {

@@ -47,9 +47,6 @@ class AccelRequest(server.Request):
             self.responseHeaders.setRawHeaders(b"connection", [b"close"])  # RFC 9112 §9.6
         if message.length != 0:
             self.body = RequestBody(self, message.length)
-            expect = headers.getRawHeaders(b"expect")
-            if expect and expect[0].lower() == b"100-continue" and message.version == b"HTTP/1.1":
-                self.channel.write(b"HTTP/1.1 100 Continue\r\n\r\n")
 
     def handleContentChunk(self, data: bytes) -> None:
         if self.body is not None:
@@ -60,7 +57,11 @@ class AccelRequest(server.Request):
             self.body.finish()
 
     def dispatch(self) -> None:
-        """Start processing: the header section is complete; a body follows as a stream."""
+        """Start processing (the request's turn on its connection has come); a body follows as a stream."""
+        if self.body is not None and not self.body.complete and self.clientproto == b"HTTP/1.1":
+            expect = self.requestHeaders.getRawHeaders(b"expect")
+            if expect and expect[0].lower() == b"100-continue":
+                self.channel.write(b"HTTP/1.1 100 Continue\r\n\r\n")  # RFC 9110 §10.1.1
         self.process()
 
     def process(self) -> None:
