@@ -53,13 +53,14 @@ def fast_hit_for(target: bytes):
 
 class FakeFastHits:
     not_plain = frozenset({b"cache-control", b"range"})
+    conditional = frozenset({b"if-none-match"})
 
     def __init__(self):
         self.asked = []
 
-    def __call__(self, secure, host, target, headers):
-        self.asked.append(target)
-        return fast_hit_for(target)
+    def __call__(self, secure, message):
+        self.asked.append((message.target, message.conditional))
+        return fast_hit_for(message.target)
 
 
 class Connection:
@@ -313,8 +314,9 @@ class FastPathOrderTests(unittest.TestCase):
     def test_requests_with_complications_are_not_offered_to_the_fast_path(self):
         c = Connection(fast=True)
         c.feed(b"GET /fast HTTP/1.1\r\nHost: x\r\nRange: bytes=0-1\r\n\r\n"
-               b"POST /fast HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n")
-        self.assertEqual(c.fast.asked, [])
+               b"POST /fast HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n"
+               b"GET /fast HTTP/1.1\r\nHost: x\r\nIf-None-Match: \"a\"\r\n\r\n")
+        self.assertEqual(c.fast.asked, [(b"/fast", True)])  # a conditional is the fast path's to decide
         self.assertEqual(c.resource.seen, [(b"GET", b"/fast"), (b"POST", b"/fast")])
 
     def test_connection_close_on_a_fast_hit(self):

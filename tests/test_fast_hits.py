@@ -93,6 +93,12 @@ REQUESTS = [
     b"GET /sts HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n",
     b"GET /tagged HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n",
     b'GET /a HTTP/1.1\r\nHost: h\r\nIf-None-Match: "v1"\r\nConnection: close\r\n\r\n',
+    b'HEAD /a HTTP/1.1\r\nHost: h\r\nIf-None-Match: W/"x", "v1"\r\nConnection: close\r\n\r\n',
+    b'GET /a HTTP/1.1\r\nHost: h\r\nIf-None-Match: "v0"\r\nConnection: close\r\n\r\n',
+    b"GET /a HTTP/1.1\r\nHost: h\r\nIf-Modified-Since: Tue, 14 Nov 2090 22:13:20 GMT\r\nConnection: close\r\n\r\n",
+    b"GET /a HTTP/1.1\r\nHost: h\r\nIf-Modified-Since: Tue, 14 Nov 2000 22:13:20 GMT\r\nConnection: close\r\n\r\n",
+    b'GET /vary HTTP/1.1\r\nHost: h\r\nIf-None-Match: "v1"\r\nConnection: close\r\n\r\n',
+    b'GET /a HTTP/1.1\r\nHost: h\r\nIf-None-Match: "v1"\r\nPragma: x\r\nConnection: close\r\n\r\n',
     b"GET /a HTTP/1.1\r\nHost: H:80\r\nConnection: close\r\n\r\n",
     b"GET /status/404 HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n",
     b"GET /" + b"x" * 9000 + b" HTTP/1.1\r\nHost: h\r\n\r\n",
@@ -100,7 +106,7 @@ REQUESTS = [
     b"GET /a HTTP/1.1\r\nHost: a b\r\n\r\n",
     b"TRACE /a HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n",
 ]
-FAST = {0, 1, 2, 4, 5, 6, 7, 8, 10}  # the requests the fast path answers
+FAST = {0, 1, 2, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 16}  # the requests the fast path answers
 
 
 class OneBehaviourTests(unittest.TestCase):
@@ -125,7 +131,8 @@ class OneBehaviourTests(unittest.TestCase):
         lines = log_lines(fast_log, fast)
         self.assertEqual(lines, log_lines(general_log, general))
         answered_lines = lines[-(len(REQUESTS) - 3):]  # 414, 431 and 400 are refused before a request exists
-        self.assertEqual(sum(line.endswith("cache=hit") for line in answered_lines), len(FAST) + 1)  # + the 304
+        self.assertEqual(sum(line.endswith("cache=hit") for line in answered_lines), len(FAST) + 1)  # + the general path's 304
+        self.assertEqual(sum('" 304 - ' in line for line in answered_lines), 4)
 
     @defer.inlineCallbacks
     def test_vary_selects_the_matching_variant_on_the_fast_path(self):

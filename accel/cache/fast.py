@@ -1,9 +1,9 @@
 """Cache hits the client connection answers itself, from bytes prepared when the response was first served.
 
-``FastHits`` is the ``fast_hits`` callable ``accel.app`` gives the Site: for a plain GET or HEAD (no request
-cache directives, preconditions or range: ``NOT_PLAIN_FIELDS``) it finds the stored response in the memory
-tier and, when that response is fresh and the only one the request selects, returns a ``FastHit`` the
-connection writes as it is. The decisions are the prepared path's (``Responder.serve_plain``): the same
+``FastHits`` is the ``fast_hits`` callable ``accel.app`` gives the Site: for a GET or HEAD without request
+cache directives, range or preconditions other than If-None-Match / If-Modified-Since, it finds the stored
+response in the memory tier and, when that response is fresh and the only one the request selects,
+returns a ``FastHit`` the connection writes as it is: the response, or a 304 when a conditional says so. The decisions are the prepared path's (``Responder.serve_plain``): the same
 route and cache rules, key, Vary matching, ``policy.fresh_for_plain_request`` and ``Prepared`` header
 section. Anything else returns None and the request takes the general path (``ReverseProxy``), which
 also reads bodies from the disk tier.
@@ -19,7 +19,7 @@ import math
 
 from accel.cache import policy
 from accel.cache.layer import CacheLayer
-from accel.cache.serving import NOT_PLAIN_FIELDS, Prepared
+from accel.cache.serving import CONDITIONAL_FIELDS, NOT_PLAIN_FIELDS, Prepared, encode_fields
 from accel.cache.vary import matches
 from accel.http.target import UnsafeTarget, normalise_target
 from accel.proxy.forwarding import ReverseProxy
@@ -30,26 +30,47 @@ _MEMO_SIZE = 4096
 class FastHit:
     """A response the connection writes as it is: its version, then ``status_line``, the connection's own
     fields (Connection, Server, Date unless ``replaces_date``), ``section`` (the stored fields, Age,
-    Cache-Status, Content-Length), HSTS on TLS, the empty line and ``body`` unless HEAD."""
+    Cache-Status, Content-Length for a 200), HSTS on TLS, the empty line and ``body`` unless HEAD."""
 
     __slots__ = ("status", "status_line", "section", "body", "replaces_date", "has_server", "has_hsts", "origin",
                  "age", "ttl")
 
-    def __init__(self, prepared: Prepared, body: bytes, age: int, ttl: int, origin: str):
-        self.status = prepared.head.status
-        self.status_line = b" %d %s\r\n" % (self.status, prepared.reason)
-        self.section = b"%sAge: %d\r\nCache-Status: %s%d\r\n%s" % (
-            prepared.fields, age, prepared.responder.hit_ttl, ttl, prepared.length_field
-        )
+    def __init__(self, status: int, reason: bytes, section: bytes, body: bytes, replaces_date: bool,
+                 names: frozenset, origin: str, age: int, ttl: int):
+        self.status = status
+        self.status_line = b" %d %s\r\n" % (status, reason)
+        self.section = section
         self.body = body
-        self.replaces_date = prepared.replaces_date
-        self.has_server = b"Server" in prepared.taken
-        self.has_hsts = b"Strict-Transport-Security" in prepared.taken
+        self.replaces_date = replaces_date
+        self.has_server = b"Server" in names
+        self.has_hsts = b"Strict-Transport-Security" in names
         self.origin, self.age, self.ttl = origin, age, ttl
 
 
+def _ok(prepared: Prepared, body: bytes, age: int, ttl: int, origin: str) -> FastHit:
+    section = b"%sAge: %d\r\nCache-Status: %s%d\r\n%s" % (
+        prepared.fields, age, prepared.responder.hit_ttl, ttl, prepared.length_field
+    )
+    return FastHit(prepared.head.status, prepared.reason, section, body, prepared.replaces_date, prepared.taken,
+                   origin, age, ttl)
+
+
+def _not_modified(prepared: Prepared, age: int, ttl: int, origin: str) -> FastHit | None:
+    """RFC 9110 §15.4.5: the 304 ``Responder.serve`` writes, with the stored fields a 304 carries."""
+    fields = policy.not_modified_fields(prepared.head.fields)
+    encoded = encode_fields(fields, prepared.responder.hidden_fields)
+    if encoded is None:
+        return None
+    lines, names = encoded
+    section = b"%sAge: %d\r\nCache-Status: %s%d\r\n" % (lines, age, prepared.responder.hit_ttl, ttl)
+    return FastHit(304, b"Not Modified", section, b"", any(n == "date" for n, _ in fields), names, origin, age, ttl)
+
+
 class FastHits:
-    not_plain = NOT_PLAIN_FIELDS  # lower-case names of request fields that keep a request off this path
+    # lower-case names of request fields: those that keep a request off this path, and the conditionals
+    # it answers (RFC 9110 §13.2.2: If-None-Match, If-Modified-Since of a fresh response: 304 or 200)
+    not_plain = NOT_PLAIN_FIELDS - CONDITIONAL_FIELDS
+    conditional = CONDITIONAL_FIELDS
 
     def __init__(self, proxy: ReverseProxy, layer: CacheLayer):
         self.proxy = proxy
@@ -58,10 +79,12 @@ class FastHits:
         self.responder = layer.responder
         self._targets: dict[tuple[bool, bytes, bytes], tuple | None] = {}
 
-    def __call__(self, secure: bool, host: bytes, target: bytes, headers) -> FastHit | None:
-        where = self._targets.get((secure, host, target), False)
+    def __call__(self, secure: bool, message) -> FastHit | None:
+        """The answer to ``message`` (an ``accel.http.connection.Message``: a GET or HEAD without a body
+        and without fields in ``not_plain``), or None when the general path must answer."""
+        where = self._targets.get((secure, message.host, message.target), False)
         if where is False:
-            where = self._resolve(secure, host, target)
+            where = self._resolve(secure, message.host, message.target)
         if where is None:
             return None
         key, policy_, origin = where
@@ -72,7 +95,7 @@ class FastHits:
             names = item.head.vary_names
             if names:
                 if fields is None:
-                    fields = tuple((n.decode("latin-1").lower(), v.decode("latin-1")) for n, v in headers)
+                    fields = _pure(message.headers)
                 if not matches(names, item.head.secondary_key, fields):
                     continue
             elif names is None:
@@ -92,9 +115,19 @@ class FastHits:
         if fresh is None:
             return None
         age, ttl = max(0, int(fresh.age)), math.floor(fresh.ttl)
+        if message.conditional:
+            method = message.method.decode("latin-1")
+            condition = policy.evaluate_conditionals(method, fields or _pure(message.headers), selected.head.fields)
+            if condition == 304:
+                hit = prepared.fast_304
+                if hit is None or hit.age != age or hit.ttl != ttl or hit.origin is not origin:
+                    hit = prepared.fast_304 = _not_modified(prepared, age, ttl, origin)
+                return hit
+            if condition is not None:
+                return None
         hit = prepared.fast
         if hit is None or hit.age != age or hit.ttl != ttl or hit.origin is not origin or hit.body is not selected.body:
-            hit = prepared.fast = FastHit(prepared, selected.body, age, ttl, origin)
+            hit = prepared.fast = _ok(prepared, selected.body, age, ttl, origin)
         return hit
 
     def _resolve(self, secure: bool, host: bytes, target: bytes) -> tuple | None:
@@ -116,3 +149,8 @@ class FastHits:
             self._targets.clear()
         self._targets[(secure, host, target)] = found
         return found
+
+
+def _pure(headers) -> tuple:
+    """The request's fields in the pure code's form (lower-case str names, str values)."""
+    return tuple((n.decode("latin-1").lower(), v.decode("latin-1")) for n, v in headers)

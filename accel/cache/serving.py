@@ -55,8 +55,9 @@ def _canonical(names) -> frozenset:
 # A GET or HEAD with none of these is "plain": no request cache directives (RFC 9111 §5.2.1, §5.4), no
 # preconditions (RFC 9110 §13.1), no range (§14.2). A plain request for a fresh stored response that is the
 # only one it selects is answered on the prepared path (Responder.serve_plain).
-NOT_PLAIN_FIELDS = frozenset({b"cache-control", b"pragma", b"range", b"if-range", b"if-match", b"if-none-match",
-                              b"if-modified-since", b"if-unmodified-since"})
+CONDITIONAL_FIELDS = frozenset({b"if-none-match", b"if-modified-since"})  # a fresh hit may answer them with 304
+NOT_PLAIN_FIELDS = frozenset({b"cache-control", b"pragma", b"range", b"if-range", b"if-match",
+                              b"if-unmodified-since"}) | CONDITIONAL_FIELDS
 _NOT_PLAIN = _canonical(NOT_PLAIN_FIELDS)
 # The fields write_head sets after the stored ones.
 _SET_AFTER_STORED = _canonical([b"age", b"cache-status", b"content-length"])
@@ -107,7 +108,7 @@ class Prepared:
     """
 
     __slots__ = ("responder", "policy", "head", "stored", "freshness", "reason", "fields", "taken", "replaces_date",
-                 "length_field", "length", "fast")
+                 "length_field", "length", "fast", "fast_304")
 
     def __init__(self, responder: Responder, policy_: CachePolicy, head: EntryHead):
         self.responder = responder
@@ -118,23 +119,32 @@ class Prepared:
         self.reason = head.reason.encode("latin-1")
         self.length_field = b"Content-Length: %d\r\n" % head.body_length
         self.length = self.length_field + b"\r\n"
-        self.fast = None  # the last FastHit made of it (accel.cache.fast)
+        self.fast = self.fast_304 = None  # the last 200 and 304 FastHit made of it (accel.cache.fast)
         self.fields: bytes | None = None
         self.taken: frozenset = frozenset()
         self.replaces_date = any(name == "date" for name, _ in head.fields)
-        headers = Headers()
-        try:
-            for name, value in head.fields:
-                if name not in responder.hidden_fields and name not in _FRAMING:
-                    headers.addRawHeader(name.encode("latin-1"), value.encode("latin-1"))
-        except ValueError:  # not encodable as a field line: leave it to the general path
+        encoded = encode_fields(head.fields, responder.hidden_fields)
+        if encoded is None:
             return
-        lines = [b"%s: %s\r\n" % (name, value) for name, values in headers.getAllRawHeaders() for value in values]
-        names = frozenset(name for name, _ in headers.getAllRawHeaders())
-        if names & _SET_AFTER_STORED:
-            return  # write_head would replace a stored field in place
-        self.fields = b"".join(lines)
+        self.fields, names = encoded
         self.taken = (names | _SET_AFTER_STORED) - {_DATE} if self.replaces_date else names | _SET_AFTER_STORED
+
+
+def encode_fields(fields: Fields, hidden: frozenset) -> tuple[bytes, frozenset] | None:
+    """The field lines ``write_head`` adds for stored ``fields`` (not ``hidden``, no framing), encoded as
+    twisted.web writes them, and their canonical names; None when a field cannot be encoded or is one
+    ``write_head`` sets itself after the stored ones (then only the general path writes it right)."""
+    headers = Headers()
+    try:
+        for name, value in fields:
+            if name not in hidden and name not in _FRAMING:
+                headers.addRawHeader(name.encode("latin-1"), value.encode("latin-1"))
+    except ValueError:  # not encodable as a field line
+        return None
+    names = frozenset(name for name, _ in headers.getAllRawHeaders())
+    if names & _SET_AFTER_STORED:
+        return None
+    return b"".join(b"%s: %s\r\n" % (name, value) for name, values in headers.getAllRawHeaders() for value in values), names
 
 
 class Responder:

@@ -74,15 +74,16 @@ class Message:
     """One request as parsed: what the fast path and ``AccelRequest`` are built from."""
 
     __slots__ = ("method", "target", "version", "headers", "host", "keep_alive", "length", "started",
-                 "request", "plain")
+                 "request", "plain", "conditional")
 
     def __init__(self, started: float):
         self.started = started
         self.target = b""
         self.headers: list[tuple[bytes, bytes]] = []
-        self.host: bytes | None = None
+        self.host = b""
         self.request = None  # the AccelRequest, once one is built
         self.plain = True  # no field that keeps it off the fast path (fast_hits.not_plain)
+        self.conditional = False  # a field in fast_hits.conditional (If-None-Match, If-Modified-Since)
 
 
 @implementer(IPushProducer)
@@ -220,7 +221,8 @@ class HTTPConnection(Protocol):
         hosts = 0
         length = 0
         size = len(message.target)
-        not_plain = self.fast_hits.not_plain if self.fast_hits is not None else ()
+        fast = self.fast_hits
+        not_plain, conditional = (fast.not_plain, fast.conditional) if fast is not None else ((), ())
         for name, value in message.headers:
             size += len(name) + len(value) + 4
             lower = name.lower()
@@ -237,6 +239,8 @@ class HTTPConnection(Protocol):
                 length = None
             elif lower in not_plain:
                 message.plain = False
+            elif lower in conditional:
+                message.conditional = True
         if size > self.limits.max_header_bytes:
             raise Refused(431)
         if hosts > 1 or (hosts == 0 and message.version == b"HTTP/1.1"):
@@ -274,7 +278,7 @@ class HTTPConnection(Protocol):
         Date unless the stored response has one), the stored section, then HSTS on TLS.
         """
         secure = self.isSecure()
-        hit = self.fast_hits(secure, message.host or b"", message.target, message.headers)
+        hit = self.fast_hits(secure, message)
         if hit is None:
             return False
         site = self.site
