@@ -4,6 +4,7 @@ waits behind a slow request."""
 
 from __future__ import annotations
 
+import random
 import re
 from types import SimpleNamespace
 
@@ -107,6 +108,37 @@ class ParsingTests(unittest.TestCase):
             out = c.feed(data, byte_by_byte)
             self.assertEqual(c.resource.seen, [(b"GET", b"/%d" % i) for i in range(5)])
             self.assertEqual([int(part[:1]) for part in out.split(b"general /")[1:]], list(range(5)))
+
+    def test_any_split_of_a_pipelined_stream_gives_the_same_answers(self):
+        stream = (b"GET /1 HTTP/1.1\r\nHost: x\r\n\r\n"
+                  b"GET /2 HTTP/1.1\r\nHost: x\r\nX-Long: " + b"v" * 300 + b"\r\n\r\n"
+                  b"GET /3?q HTTP/1.1\r\nHost: x\r\n\r\n")
+        expected = Connection().feed(stream)
+        rng = random.Random(12)
+        for _ in range(50):
+            cuts = sorted(rng.sample(range(1, len(stream)), rng.randint(1, 12)))
+            c = Connection()
+            for start, end in zip([0] + cuts, cuts + [len(stream)]):
+                c.feed(stream[start:end])
+            self.assertEqual(re.sub(rb"Date: [^\r]*", b"", c.transport.value()), re.sub(rb"Date: [^\r]*", b"", expected))
+            self.assertEqual(c.resource.seen, [(b"GET", b"/1"), (b"GET", b"/2"), (b"GET", b"/3?q")])
+
+    def test_any_split_of_a_chunked_body_delivers_the_same_bytes(self):
+        body = b"".join(b"%x\r\n%s\r\n" % (len(part), part) for part in (b"abc", b"0123456789" * 7, b"z"))
+        stream = (b"POST /slow-up HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n" + body
+                  + b"0\r\n\r\nGET /after HTTP/1.1\r\nHost: x\r\n\r\n")
+        rng = random.Random(7)
+        for _ in range(30):
+            cuts = sorted(rng.sample(range(1, len(stream)), rng.randint(1, 15)))
+            c = Connection()
+            received = []
+            for start, end in zip([0] + cuts, cuts + [len(stream)]):
+                c.feed(stream[start:end])
+                if c.resource.slow and not received:
+                    c.resource.slow[0].body.startProducing(SimpleNamespace(write=received.append))
+            self.assertEqual(b"".join(received), b"abc" + b"0123456789" * 7 + b"z")
+            c.resource.finish_slow()
+            self.assertEqual(c.resource.seen, [(b"POST", b"/slow-up"), (b"GET", b"/after")])
 
     def test_a_body_streams_and_the_next_request_follows(self):
         for byte_by_byte in WAYS:
