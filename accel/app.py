@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 
-from twisted.internet.defer import maybeDeferred
+from twisted.internet.defer import Deferred, gatherResults, maybeDeferred, succeed
 from twisted.internet.task import LoopingCall
 from twisted.internet.threads import deferToThread
 from twisted.logger import Logger
@@ -15,6 +15,7 @@ from accel.proxy.origin import OriginClients
 from accel.tls.listeners import check_certificates
 from accel.tls.origin import check_route_files, origin_policies
 from accel.proxy.forwarding import Forwarder, ReverseProxy
+from accel.cache.batches import run_batches
 from accel.cache.purge import PurgeHandler
 from accel.http.server import AccelSite
 from accel.tls.https import hsts_value, with_hsts
@@ -42,7 +43,7 @@ def build_site(config: Config, reactor) -> AccelSite:
         handler = cache.layer(forwarder)
     proxy = ReverseProxy(config, handler, errors)
     if cache is not None:
-        proxy.purge = PurgeHandler(cache.store, config.purge, config.cache, proxy.serves_host)
+        proxy.purge = PurgeHandler(cache.store, config.purge, config.cache, proxy.serves_host, reactor)
     site = AccelSite(
         proxy,
         limits=config.limits,
@@ -60,9 +61,10 @@ def build_site(config: Config, reactor) -> AccelSite:
         site.fast_hits = FastHits(proxy, handler)
 
     def close():
-        if cache is not None:
-            cache.close()
-        return clients.close()
+        closing = clients.close()
+        if cache is None:
+            return closing
+        return gatherResults([closing, cache.close()])
 
     site.close = close
     site.cache = cache
@@ -94,13 +96,24 @@ class CacheRuntime:
         )
         self.store = TieredStore(disk, memory, PurgeEpoch(os.path.join(settings.dir, "purge-epoch")))
         self.layers = []
-        self.closed = False
+        self.closed: Deferred | None = None
+        self.syncing: Deferred | None = None  # the fsync running in a thread, if one is
         now = reactor.seconds
         self.timers = [
-            self._every(self.FLUSH_ACCESS_EVERY, lambda: disk.flush_access(now())),
+            self._every(self.FLUSH_ACCESS_EVERY, lambda: run_batches(reactor, disk.flush_access_batches(now()))),
             self._every(self.COLLECT_ORPHANS_EVERY, lambda: disk.collect_orphans(now() - self.COLLECT_ORPHANS_EVERY)),
-            self._every(self.SYNC_EVERY, lambda: deferToThread(disk.sync), now=False),
+            self._every(self.SYNC_EVERY, self.sync, now=False),
         ]
+
+    def sync(self) -> Deferred:
+        """fsync the disk tier in a thread; ``close`` waits for it before closing the environment."""
+        self.syncing = deferToThread(self.store.disk.sync)
+
+        def over(result):
+            self.syncing = None
+            return result
+
+        return self.syncing.addBoth(over)
 
     def _every(self, seconds: float, work, now: bool = True) -> LoopingCall:
         def run():
@@ -118,15 +131,23 @@ class CacheRuntime:
         self.layers.append(layer)
         return layer
 
-    def close(self) -> None:
-        if self.closed:
-            return
-        self.closed = True
+    def close(self) -> Deferred:
+        """Stop the housekeeping, persist access times and close the store, once no fsync thread uses it."""
+        if self.closed is not None:
+            return self.closed
         for timer in self.timers:
             if timer.running:
                 timer.stop()
         for layer in self.layers:
             layer.close()
         self.store.disk.flush_access(self.reactor.seconds())
+        pending = self.syncing if self.syncing is not None else succeed(None)
+        self.closed = Deferred()
+        pending.addErrback(lambda failure: log.failure("cache sync failed", failure=failure))
+        pending.addCallback(lambda _: self._close_store())
+        pending.chainDeferred(self.closed)
+        return self.closed
+
+    def _close_store(self) -> None:
         self.store.disk.close()
         self.store.epoch.close()

@@ -15,7 +15,7 @@ from click.testing import CliRunner
 
 from accel.cli import describe
 from accel.cache.entry import EntryHead
-from accel.cache.epoch import PurgeEpoch
+from accel.cache.epoch import PurgeEpoch, url_bucket
 from accel.cache.memory import MemoryTier
 from accel.cache.store import DiskStore
 from accel.cache.tiers import TieredStore
@@ -198,11 +198,13 @@ def test_stats(cache_dir):
 
 def test_purge_url_both_schemes_all_variants(cache_dir):
     epoch = PurgeEpoch(os.path.join(cache_dir, "purge-epoch"))
-    before = epoch.current()
+    buckets = [url_bucket(f"{scheme}://example.com/page") for scheme in ("http", "https")]
+    before = [epoch.generation(bucket) for bucket in buckets]
     result = run("purge", "https://example.com/page", "--cache-dir", cache_dir)
     assert result.exit_code == 0, result.output
     assert "purged 3 entries" in result.output
-    assert epoch.current() > before
+    # Every server's memory tier sees both URLs changed on its next lookup.
+    assert all(epoch.generation(bucket) > old for bucket, old in zip(buckets, before))
     epoch.close()
     assert "http://example.com/page" not in urls(cache_dir)
     assert "https://example.com/page" not in urls(cache_dir)

@@ -8,7 +8,7 @@ import sys
 import textwrap
 from pathlib import Path
 
-from accel.cache.epoch import PurgeEpoch
+from accel.cache.epoch import BUCKETS, PurgeEpoch
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -20,7 +20,7 @@ def test_starts_at_zero_and_bumps(tmp_path):
     assert epoch.bump() == 2
     assert epoch.current() == 2
     epoch.close()
-    assert (tmp_path / "purge-epoch").stat().st_size == 8
+    assert (tmp_path / "purge-epoch").stat().st_size == 8 * (1 + BUCKETS)
 
 
 def test_bump_is_visible_to_another_instance(tmp_path):

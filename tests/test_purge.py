@@ -82,7 +82,9 @@ class PurgeTestCase(unittest.TestCase):
         self.store = open_tiered(self.dir)
         self.addCleanup(self.store.epoch.close)
         self.addCleanup(self.store.disk.close)
-        self.handler = PurgeHandler(self.store, self.purge, self.cache_settings, lambda host: host.split(":")[0] == HOST)
+        self.handler = PurgeHandler(
+            self.store, self.purge, self.cache_settings, lambda host: host.split(":")[0] == HOST, reactor
+        )
         self.resource = _PurgeOnly(self.handler)
         port = reactor.listenTCP(0, server.Site(self.resource), interface="127.0.0.1")
         self.addCleanup(port.stopListening)
@@ -269,7 +271,7 @@ class RefusalTests(PurgeTestCase):
         self.assertEqual(code, 403)
 
     def test_ipv4_mapped_addresses_match_ipv4_networks(self):
-        handler = PurgeHandler(self.store, self.purge, CacheSettings(), lambda h: True)
+        handler = PurgeHandler(self.store, self.purge, CacheSettings(), lambda h: True, reactor)
         self.assertTrue(handler.allowed(IPv6Address("TCP", "::ffff:10.1.2.3", 1)))
         self.assertTrue(handler.allowed(IPv6Address("TCP", "::1", 1)))
         self.assertFalse(handler.allowed(IPv6Address("TCP", "::ffff:127.0.0.1", 1)))
@@ -278,7 +280,7 @@ class RefusalTests(PurgeTestCase):
     def test_unix_socket_peers_only_when_allow_lists_unix(self):
         unix = UNIXAddress("/run/accel.sock")
         settings = replace(self.purge, allow_unix_peers=True)
-        self.assertTrue(PurgeHandler(self.store, settings, CacheSettings(), lambda h: True).allowed(unix))
+        self.assertTrue(PurgeHandler(self.store, settings, CacheSettings(), lambda h: True, reactor).allowed(unix))
 
 
 class SecretTests(PurgeTestCase):

@@ -7,6 +7,11 @@ invariant the tiered lookup relies on — if the memory tier has a URL at all, i
 has all of that URL's variants — so a hit on a partial group can never hide a
 variant that only exists on disk and turn every request for it into a miss.
 
+A group is admitted only if it fits the limits on its own: its size is checked before its bodies are read
+(``group_fits``) and before it grows (``put``), so a URL with too many variants is served from disk rather
+than emptying the tier. Each group carries a ``stamp`` (the cross-process generation it was read at; see
+``accel.cache.tiers``).
+
 Items whose body is outside the size window are kept head-only (``body`` is
 None; the caller streams the body from disk) so that groups stay complete.
 Each item also carries an opaque ``extra`` slot (the HTTP layer keeps
@@ -23,6 +28,17 @@ from accel.cache.entry import EntryHead
 
 _ITEM_OVERHEAD = 256  # rough bytes of Python object overhead per item
 _FIELD_OVERHEAD = 16
+
+
+class _Group(dict):
+    """A URL's items by secondary key, with the group's total charge and its stamp."""
+
+    __slots__ = ("charge", "stamp")
+
+    def __init__(self, stamp: Any = None) -> None:
+        super().__init__()
+        self.charge = 0
+        self.stamp = stamp
 
 
 @dataclass(slots=True)
@@ -47,7 +63,7 @@ class MemoryTier:
         self.max_objects = max_objects
         self.min_object_size = min_object_size
         self.max_object_size = max_bytes // 8 if max_object_size is None else max_object_size
-        self._groups: OrderedDict[str, dict[str, MemoryItem]] = OrderedDict()
+        self._groups: OrderedDict[str, _Group] = OrderedDict()
         self._bytes = 0
         self._count = 0
         self._hits = 0
@@ -60,6 +76,43 @@ class MemoryTier:
 
     def has_url(self, url: str) -> bool:
         """Whether `url` has a group (no effect on recency)."""
+        return url in self._groups
+
+    def stamp(self, url: str) -> Any:
+        """The stamp of `url`'s group; None when there is no group."""
+        group = self._groups.get(url)
+        return None if group is None else group.stamp
+
+    def set_stamp(self, url: str, stamp: Any) -> None:
+        group = self._groups.get(url)
+        if group is not None:
+            group.stamp = stamp
+
+    def group_fits(self, heads: list[EntryHead]) -> bool:
+        """Whether a group of these heads, with the bodies this tier accepts, fits the limits on its own:
+        checked before reading the bodies."""
+        charge = sum(
+            item_charge(head, head.body_length if self.accepts(head.body_length) else 0) for head in heads
+        )
+        return len(heads) <= self.max_objects and charge <= self.max_bytes
+
+    def put_group(self, url: str, items: list[tuple[EntryHead, bytes | None]], stamp: Any) -> bool:
+        """Replace `url`'s group with `items` (every variant); False, keeping nothing of the URL and
+        evicting nothing, when it does not fit on its own."""
+        self.drop_url(url)
+        group = _Group(stamp)
+        for head, body in items:
+            if body is not None and not self.accepts(len(body)):
+                return False
+            item = MemoryItem(head, body, None, _charge(head, body, None))
+            group[head.secondary_key] = item
+            group.charge += item.charge
+        if len(group) > self.max_objects or group.charge > self.max_bytes:
+            return False
+        self._groups[url] = group
+        self._bytes += group.charge
+        self._count += len(group)
+        self._evict()
         return url in self._groups
 
     def get_variants(self, url: str) -> list[MemoryItem]:
@@ -83,10 +136,15 @@ class MemoryTier:
             self.drop_url(head.url)
             return False
         item = MemoryItem(head, body, extra, _charge(head, body, extra))
-        group = self._groups.setdefault(head.url, {})
-        self._account(group.pop(head.secondary_key, None), -1)
+        group = self._groups.get(head.url)
+        if group is None:
+            group = self._groups[head.url] = _Group()
+        self._account(group, group.pop(head.secondary_key, None), -1)
         group[head.secondary_key] = item
-        self._account(item, +1)
+        self._account(group, item, +1)
+        if len(group) > self.max_objects or group.charge > self.max_bytes:
+            self.drop_url(head.url)  # too large on its own: evicting others would not make it fit
+            return False
         self._groups.move_to_end(head.url)
         self._evict()
         return head.url in self._groups
@@ -114,8 +172,8 @@ class MemoryTier:
         group = self._groups.pop(url, None)
         if group is None:
             return 0
-        for item in group.values():
-            self._account(item, -1)
+        self._bytes -= group.charge
+        self._count -= len(group)
         return len(group)
 
     def drop_prefix(self, prefix: str) -> int:
@@ -149,8 +207,9 @@ class MemoryTier:
             "evictions": self._evictions,
         }
 
-    def _account(self, item: MemoryItem | None, sign: int) -> None:
+    def _account(self, group: _Group, item: MemoryItem | None, sign: int) -> None:
         if item is not None:
+            group.charge += sign * item.charge
             self._bytes += sign * item.charge
             self._count += sign
 
@@ -161,11 +220,14 @@ class MemoryTier:
             self._evictions += self.drop_url(url)
 
 
-def _charge(head: EntryHead, body: bytes | None, extra: Any) -> int:
+def item_charge(head: EntryHead, body_length: int) -> int:
+    """Bytes an item holding `head` and a body of `body_length` bytes counts against the limit."""
     size = _ITEM_OVERHEAD + len(head.url) + len(head.secondary_key)
-    size += sum(len(name) + len(value) + _FIELD_OVERHEAD for name, value in head.fields)
-    if body is not None:
-        size += len(body)
+    return size + body_length + sum(len(name) + len(value) + _FIELD_OVERHEAD for name, value in head.fields)
+
+
+def _charge(head: EntryHead, body: bytes | None, extra: Any) -> int:
+    size = item_charge(head, len(body) if body is not None else 0)
     if isinstance(extra, (bytes, bytearray, memoryview)):
         size += len(extra)
     return size

@@ -21,7 +21,9 @@ Keys are computed like the cache computes them (``accel.cache.key`` with ``sort_
 for both ``http`` and ``https`` unless ``share_schemes`` is set (then the one shared key, which uses
 ``http``). The answer is JSON, ``{"status": "ok", "purged": N, "mode": ..., ...}`` with 200, or with 404
 when nothing matched. The purge is visible to every accel process using the cache directory before the
-answer is sent (``TieredStore`` bumps the shared purge epoch).
+answer is sent (every change reaches the other processes' memory tiers through the shared counters, see
+``accel.cache.tiers``). A purge of many entries runs as bounded write transactions with the reactor
+serving requests between them (``accel.cache.batches``); the answer is sent when the last one committed.
 
 Only clients whose address (the TCP peer; never X-Forwarded-For) is in ``[purge] allow`` may purge, and
 when ``[purge] secret`` is set the request must also carry it in ``[purge] secret_header``; anyone else
@@ -31,11 +33,14 @@ gets 403 and a log line naming the address. A PURGE for a host accel does not se
 from __future__ import annotations
 
 import hmac
+import itertools
 import json
 from collections.abc import Callable
 
+from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 
+from accel.cache.batches import run_batches
 from accel.cache.key import cache_key, url_prefix_key
 from accel.cache.store import StoreFull
 from accel.cache.tiers import TieredStore
@@ -79,7 +84,9 @@ class PurgeHandler:
         settings: PurgeSettings,
         cache: CacheSettings,
         served_hosts: Callable[[str], bool],
+        reactor,
     ):
+        self.reactor = reactor
         self.store = store
         self.settings = settings
         self.cache = cache
@@ -111,34 +118,52 @@ class PurgeHandler:
         if mode == "tag" and not tags:
             self.answer(request, 400, {"status": "bad request", "detail": "a tag purge needs a Surrogate-Key field"})
             return
-        try:
-            result = self.purge(mode, host, target, tags, soft)
-        except StoreFull as exc:
-            log.error("PURGE {target} failed: {why}", target=target, why=str(exc))
-            self.answer(request, 503, {"status": "error", "detail": "the cache store is full"})
-            return
+        d = self.purge(mode, host, target, tags, soft)
+        d.addCallbacks(lambda result: self.purged(request, result, address),
+                       lambda failure: self.failed(request, target, failure))
+        d.addErrback(lambda failure: self.crashed(request, target, failure))
+
+    def crashed(self, request, target: str, failure) -> None:
+        log.failure("answering PURGE {target} failed", failure=failure, target=target)
+        if not (request._disconnected or request.finished or request.startedWriting):
+            self.answer(request, 500, {"status": "error", "detail": "internal error"})
+
+    def failed(self, request, target: str, failure) -> None:
+        if failure.check(StoreFull):
+            log.error("PURGE {target} failed: {why}", target=target, why=failure.getErrorMessage())
+            detail = "the cache store is full"
+        else:
+            log.failure("PURGE {target} failed", failure=failure, target=target)
+            detail = "the cache store failed"
+        if not request._disconnected:
+            self.answer(request, 503, {"status": "error", "detail": detail})
+
+    def purged(self, request, result: dict, address: str) -> None:
         result = {"status": "ok" if result["purged"] else "not found", **result}
         log.info(
             "PURGE ({mode}{soft}) {what} from {address}: {n} entries",
-            mode=mode, soft=", soft" if soft else "", what=result.get("key") or result.get("tags"),
+            mode=result["mode"], soft=", soft" if result["soft"] else "", what=result.get("key") or result.get("tags"),
             address=address, n=result["purged"],
         )
-        self.answer(request, 200 if result["purged"] else 404, result)
+        if not request._disconnected:
+            self.answer(request, 200 if result["purged"] else 404, result)
 
-    def purge(self, mode: str, host: str, target: str, tags: list[str], soft: bool) -> dict:
-        """Apply one purge to both tiers (and publish it to every process); the JSON answer's fields."""
-        store = self.store
+    def purge(self, mode: str, host: str, target: str, tags: list[str], soft: bool) -> Deferred[dict]:
+        """Apply one purge to both tiers (visible to every process), in bounded steps with the reactor
+        running between them; fires with the JSON answer's fields."""
         if mode == "tag":
-            purged = sum(store.purge_tag(tag, soft=soft) for tag in dict.fromkeys(tags))
-            return {"purged": purged, "mode": mode, "soft": soft, "tags": list(dict.fromkeys(tags))}
-        if mode == "url":
-            keys = url_keys(host, target, self.cache)
-            purged = sum(store.purge_url(key, soft=soft) for key in keys)
+            tags = list(dict.fromkeys(tags))
+            fields = {"mode": mode, "soft": soft, "tags": tags}
+            steps = [("tag", tag) for tag in tags]
         else:
-            path = target.partition("#")[0] if mode == "prefix" else "/"
-            keys = prefix_keys(host, path, self.cache)
-            purged = sum(store.purge_prefix(key, soft=soft) for key in keys)
-        return {"purged": purged, "mode": mode, "soft": soft, "key": keys[0], "keys": keys}
+            if mode == "url":
+                keys = url_keys(host, target, self.cache)
+            else:  # "all" is every URL of this host: a prefix purge of its root
+                keys = prefix_keys(host, target.partition("#")[0] if mode == "prefix" else "/", self.cache)
+            fields = {"mode": mode, "soft": soft, "key": keys[0], "keys": keys}
+            steps = [("url" if mode == "url" else "prefix", key) for key in keys]
+        batches = itertools.chain.from_iterable(self.store.purge_batches(kind, what, soft) for kind, what in steps)
+        return run_batches(self.reactor, batches).addCallback(lambda purged: {"purged": purged, **fields})
 
     # -- access control -------------------------------------------------------------------------------
 

@@ -10,7 +10,9 @@ a hit only formats Age and Cache-Status.
 
 from __future__ import annotations
 
+import itertools
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 from twisted.internet.interfaces import IPullProducer
@@ -39,6 +41,14 @@ from accel.cache.vary import matches
 from accel.http.errors import ErrorPages
 
 log = Logger()
+
+class BodyGone(Exception):
+    """A stored head's body is no longer on disk (evicted, replaced or purged since the head was read)."""
+
+
+# What ``Responder.serve_plain`` returns when the selected response's body has gone: nothing was written,
+# the memory tier has dropped the URL, and the caller must look again.
+BODY_GONE = "body-gone"
 
 # Framing is accel's job when it serves from the store.
 _FRAMING = frozenset({"content-length", "transfer-encoding"})
@@ -158,11 +168,12 @@ class Responder:
         # Cache-Status of a fresh hit up to its ttl value, e.g. b"accel; hit; ttl=" (serve_plain)
         self.hit_ttl = (policy.cache_status_value(name, hit=True) + "; ttl=").encode("ascii")
 
-    def serve_plain(self, request, policy_: CachePolicy, found) -> bool:
+    def serve_plain(self, request, policy_: CachePolicy, found) -> bool | str:
         """The prepared path for a plain request (see ``_NOT_PLAIN``) that selects one stored response:
         answer it if that response is fresh, with the header section encoded when it was first served.
         The decision is ``policy.fresh_for_plain_request``, i.e. ``evaluate``'s. Returns False, having
-        written nothing, when the general path must decide (stale, no-cache, several variants match…)."""
+        written nothing, when the general path must decide (stale, no-cache, several variants match…),
+        and ``BODY_GONE`` when the body to stream from disk is no longer there."""
         selected = None
         fields = None
         for entry in found:
@@ -172,8 +183,6 @@ class Responder:
                     fields = request_fields(request)
                 if not matches(names, entry[0].secondary_key, fields):
                     continue
-            elif names is None:
-                continue  # Vary: * never matches (§4.1)
             if selected is not None:
                 return False  # most_recent_first decides between them
             selected = entry
@@ -188,6 +197,12 @@ class Responder:
         fresh = policy.fresh_for_plain_request(prepared.stored, prepared.freshness, self.clock())
         if fresh is None:
             return False
+        chunks = None
+        if body is None and request.method != b"HEAD" and head.body_length:
+            try:
+                chunks = self.open_body(head)
+            except BodyGone:
+                return BODY_GONE
         section = b"%sAge: %d\r\nCache-Status: %s%d\r\n%s" % (
             prepared.fields, max(0, int(fresh.age)), self.hit_ttl, math.floor(fresh.ttl), prepared.length
         )
@@ -196,15 +211,28 @@ class Responder:
                                       _DATE if prepared.replaces_date else None, body):
             request.log_cache = "-"
             return False
-        if body is None and request.method != b"HEAD" and head.body_length:
-            DiskBodyProducer(request, self.store.disk.iter_body(head), [(0, head.body_length - 1)]).start()
+        if chunks is not None:
+            DiskBodyProducer(request, chunks, [(0, head.body_length - 1)]).start()
         else:
             request.finish()
         return True
 
+    def open_body(self, head: EntryHead) -> Iterator[bytes]:
+        """The chunks of a body on disk, the first already read: a body that has gone raises ``BodyGone``
+        before anything is written, and its URL leaves the memory tier (a hit on it becomes a miss)."""
+        chunks = self.store.disk.iter_body(head)
+        try:
+            first = next(chunks)
+        except (CorruptEntry, StopIteration):
+            self.store.forget(head.url)
+            log.info("stored body of {url} has gone; looking again", url=head.url)
+            raise BodyGone(head.url) from None
+        return itertools.chain((first,), chunks)
+
     def serve(self, request, method: str, fields: Fields, variant: Variant, age: float, cache_status: bytes) -> None:
         """Answer ``request`` (``method``, its ``fields``) from a stored response that may be used: its
-        conditionals (RFC 9110 §13.2.2), Range (§14) and HEAD are answered here."""
+        conditionals (RFC 9110 §13.2.2), Range (§14) and HEAD are answered here. Raises ``BodyGone``, having
+        written nothing, when the body to stream from disk is no longer there."""
         head = variant.head
         request.log_cache = "hit" if b"; hit" in cache_status else "miss"
         condition = policy.evaluate_conditionals(method, fields, head.fields)
@@ -221,12 +249,15 @@ class Responder:
                             cache_status, {b"content-range": ranges.content_range.encode(), b"content-length": b"0"})
             request.finish()
             return
+        chunks = None
+        if variant.body is None and method == "GET" and head.body_length:
+            chunks = self.open_body(head)
         if isinstance(ranges, Satisfiable):
-            self.serve_ranges(request, variant, ranges.ranges, age, cache_status)
+            self.serve_ranges(request, variant, ranges.ranges, age, cache_status, chunks)
             return
         self.write_head(request, head.status, head.reason.encode("latin-1"), head.fields, age, cache_status,
                         {b"content-length": b"%d" % head.body_length})
-        self.write_body(request, variant, [(0, head.body_length - 1)] if head.body_length else [])
+        self.write_body(request, variant, [(0, head.body_length - 1)] if head.body_length else [], chunks)
 
     def ranges_for(self, method: str, fields: Fields, head: EntryHead):
         """RFC 9110 §14.2: Range is honoured for GET of a stored 200, subject to If-Range (§13.1.5)."""
@@ -242,7 +273,7 @@ class Responder:
             return IgnoreRange("if-range")
         return parse_range(value, head.body_length)
 
-    def serve_ranges(self, request, variant: Variant, ranges, age: float, cache_status: bytes) -> None:
+    def serve_ranges(self, request, variant: Variant, ranges, age: float, cache_status: bytes, chunks) -> None:
         head = variant.head
         length = head.body_length
         if len(ranges) == 1:
@@ -251,7 +282,7 @@ class Responder:
                 b"content-range": content_range(first, last, length).encode(),
                 b"content-length": b"%d" % (last - first + 1),
             })
-            self.write_body(request, variant, [(first, last)])
+            self.write_body(request, variant, [(first, last)], chunks)
             return
         boundary = f"accel-{head.body_id.hex()[:16]}-{len(ranges)}"
         content_type = get_one(head.fields, "content-type")
@@ -265,7 +296,7 @@ class Responder:
             pieces.append(multipart_part_header(boundary, content_type, first, last, length))
             pieces.append((first, last))
         pieces.append(multipart_end(boundary))
-        self.write_body(request, variant, pieces)
+        self.write_body(request, variant, pieces, chunks)
 
     def write_head(self, request, code: int, reason: bytes, fields: Fields, age: float, cache_status: bytes, extra=None):
         request.setResponseCode(code, reason)
@@ -280,8 +311,9 @@ class Responder:
         for name, value in (extra or {}).items():
             headers.setRawHeaders(name, [value])
 
-    def write_body(self, request, variant: Variant, pieces) -> None:
-        """Write byte ranges of the body (and literal byte strings between them), then finish."""
+    def write_body(self, request, variant: Variant, pieces, chunks: Iterator[bytes] | None) -> None:
+        """Write byte ranges of the body (and literal byte strings between them), then finish; the body
+        is ``variant.body``, or the ``chunks`` from ``open_body``."""
         if request.method == b"HEAD":
             request.finish()
             return
@@ -291,7 +323,7 @@ class Responder:
                 request.write(piece if isinstance(piece, bytes) else bytes(body[piece[0] : piece[1] + 1]))
             request.finish()
             return
-        DiskBodyProducer(request, self.store.disk.iter_body(variant.head), pieces).start()
+        DiskBodyProducer(request, chunks, pieces).start()
 
     # -- the store's variants, with what was prepared for them ------------------------------------------
 

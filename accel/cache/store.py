@@ -70,21 +70,21 @@ costs ~70 µs per entry, so at most ~5 ms per write.
 from __future__ import annotations
 
 import hashlib
-import logging
 import os
 import struct
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import replace
 from typing import TypeVar
 
 import lmdb
+from twisted.logger import Logger
 
 from accel.cache.entry import CorruptEntry, EntryHead, decode_head, encode_head
 
 __all__ = ["BodyWriter", "CorruptEntry", "DiskStore", "IncompatibleStore", "StoreFull"]
 
-log = logging.getLogger(__name__)
+log = Logger()
 
 CHUNK_SIZE = 16 * 4096 - 16
 ACCESS_RESOLUTION = 30.0
@@ -100,12 +100,17 @@ _BATCH = 256
 _WRITE_ATTEMPTS = 4
 _CHUNKS_PER_TXN = 4
 _EVICT_BATCH = 64
+_WRITE_BATCH = 256  # entries one purge, clear or repair transaction changes at most
+_FREE_BATCH = 256  # body chunks (16 MiB) one transaction frees at most; the rest in the next ones
+_ACCESS_BATCH = 1024  # access records one flush transaction writes at most
+_LEFTOVER = b"\x00" * 8  # the pending stamp of a deleted entry's body whose chunks are not all freed yet
 _TXN_SLACK_PAGES = 16  # pages a write transaction may copy besides its data
 
 _U32 = struct.Struct(">I")
 _U64 = struct.Struct(">Q")
 _T = TypeVar("_T")
-_Finder = Callable[[lmdb.Transaction], list[tuple[bytes, EntryHead]]]
+# (txn, limit, after): up to `limit` matching (head key, head), in key order, with keys after `after`.
+_Finder = Callable[[lmdb.Transaction, int, bytes], list[tuple[bytes, EntryHead]]]
 _Action = Callable[[lmdb.Transaction, bytes, EntryHead], None]
 
 
@@ -164,6 +169,21 @@ def _millis(now: float) -> bytes:
     return _U64.pack(max(0, int(now * 1000)))
 
 
+def _first(items: Iterable[_T], limit: int) -> list[_T]:
+    """Up to `limit` items, in order."""
+    taken = []
+    for item in items:
+        taken.append(item)
+        if len(taken) >= limit:
+            break
+    return taken
+
+
+def _after(prefix: bytes, after: bytes) -> bytes:
+    """Where a scan of `prefix` resumes: just past key `after`, or at the start."""
+    return after + b"\x00" if after else prefix
+
+
 def _pages(length: int) -> int:
     """Whole pages LMDB needs to store a value of `length` bytes (upper bound)."""
     return (length + 16 + 4095) // 4096
@@ -181,11 +201,18 @@ class DiskStore:
         max_body_size: int | None = None,
         orphan_age: float = ORPHAN_AGE,
         clock: Callable[[], float] = time.time,
+        on_change: Callable[[set[str] | None], None] | None = None,
     ) -> None:
         self.path = os.fspath(path)
         self.max_body_size = map_size // 4 if max_body_size is None else max_body_size
         self._clock = clock
         self._touched: dict[bytes, None] = {}
+        self.on_change = on_change  # called after a commit with the URLs it changed (None: unknown)
+        self._changes: set[str] | None = set()  # URLs the open write transaction changed; None: unknown
+        self._free_budget = _FREE_BATCH
+        self._leftovers = False  # a transaction left chunks of a deleted body for the next ones
+        self._freeing = False
+        self.write_transactions = 0  # committed, for tests and stats
         self._env = lmdb.open(
             self.path,
             map_size=map_size,
@@ -223,10 +250,22 @@ class DiskStore:
             self._meta, self._heads, self._bodies, self._pending,
             self._tags, self._access, self._atime,
         )
-        info = env.info()
-        self.map_size = info["map_size"]
+        self._adopt_map_size()
+
+    def _adopt_map_size(self) -> None:
+        self.map_size = self._env.info()["map_size"]
         self._high_water = int(self.map_size * HIGH_WATER)
         self._low_water = int(self.map_size * LOW_WATER)
+
+    def _begin(self, write: bool = False, db=None) -> lmdb.Transaction:
+        """A transaction; when another process has grown the map, adopt its size and begin again."""
+        try:
+            return self._env.begin(write=write, db=db)
+        except lmdb.MapResizedError:
+            self._env.set_mapsize(0)
+            self._adopt_map_size()
+            log.info("{path}: another process grew the map to {size} bytes", path=self.path, size=self.map_size)
+            return self._env.begin(write=write, db=db)
 
     def close(self) -> None:
         self._env.close()
@@ -240,14 +279,14 @@ class DiskStore:
     def variants(self, url: str) -> list[EntryHead]:
         """Every stored head for `url` (one short read transaction)."""
         prefix = url_key(url) + _SEP
-        with self._env.begin(db=self._heads) as txn:
+        with self._begin(db=self._heads) as txn:
             heads = [head for _, head in self._scan_heads(txn, prefix)]
         return [head for head in heads if head.url == url]
 
     def read_body(self, head: EntryHead) -> bytes | None:
         """The whole body of `head` (for small bodies), or None if it is missing
         or incomplete."""
-        with self._env.begin(db=self._bodies) as txn:
+        with self._begin(db=self._bodies) as txn:
             chunks = list(self._scan_chunks(txn, head.body_id))
         body = b"".join(chunks)
         return body if len(body) == head.body_length else None
@@ -262,7 +301,7 @@ class DiskStore:
         sent = 0
         index = 0
         while sent < head.body_length:
-            with self._env.begin(db=self._bodies) as txn:
+            with self._begin(db=self._bodies) as txn:
                 chunk = txn.get(_chunk_key(head.body_id, index))
             if chunk is None:
                 raise CorruptEntry(f"{head.url}: body chunk {index} missing")
@@ -277,7 +316,7 @@ class DiskStore:
         scan = _prefix_scan_key(prefix)
         start = scan
         while True:
-            with self._env.begin(db=self._heads) as txn:
+            with self._begin(db=self._heads) as txn:
                 batch = self._read_batch(txn, scan, start)
             for _, head in batch:
                 if head.url.startswith(prefix):
@@ -301,7 +340,8 @@ class DiskStore:
     ) -> Iterator[tuple[bytes, EntryHead]]:
         """(key, head) for heads whose key starts with `prefix`; corrupt ones are skipped."""
         cursor = txn.cursor(self._heads)
-        if not cursor.set_range(prefix if start is None else start):
+        start = prefix if start is None else start
+        if not (cursor.set_range(start) if start else cursor.first()):
             return
         for key, value in cursor:
             if not key.startswith(prefix):
@@ -309,7 +349,7 @@ class DiskStore:
             try:
                 yield key, decode_head(value)
             except CorruptEntry as exc:
-                log.warning("skipping corrupt cache head %r: %s", key, exc)
+                log.warn("skipping corrupt cache head {key!r}: {why}", key=key, why=str(exc))
 
     def _scan_chunks(self, txn: lmdb.Transaction, body_id: bytes) -> Iterator[bytes]:
         """The chunks of `body_id` in order, stopping at the first gap."""
@@ -346,66 +386,116 @@ class DiskStore:
 
     def delete_url(self, url: str) -> int:
         """Delete every variant of `url`; return how many were deleted."""
-        return self._for_each(self._url_matches(url), self._delete_entry)
+        return sum(self.delete_url_batches(url))
 
     def delete_prefix(self, url_prefix: str) -> int:
         """Delete every entry whose URL starts with `url_prefix`."""
-        return self._for_each(self._prefix_matches(url_prefix), self._delete_entry)
+        return sum(self.delete_prefix_batches(url_prefix))
 
     def delete_tag(self, tag: str) -> int:
         """Delete every entry tagged `tag`."""
-        return self._for_each(self._tag_matches(tag), self._delete_entry)
+        return sum(self.delete_tag_batches(tag))
 
     def delete_all(self) -> int:
         """Delete every entry and every body, including bodies still being written."""
-
-        def apply(txn: lmdb.Transaction) -> int:
-            count = txn.stat(self._heads)["entries"]
-            for db in self._all_dbs:
-                if db is not self._meta:
-                    txn.drop(db, delete=False)
-            return count
-
-        return self._write(apply)
+        return sum(self.delete_all_batches())
 
     def mark_stale_url(self, url: str) -> int:
         """Soft-purge every variant of `url`: it must be revalidated before reuse."""
-        return self._for_each(self._url_matches(url), self._mark_stale)
+        return sum(self.mark_stale_url_batches(url))
 
     def mark_stale_prefix(self, url_prefix: str) -> int:
-        return self._for_each(self._prefix_matches(url_prefix), self._mark_stale)
+        return sum(self.mark_stale_prefix_batches(url_prefix))
 
     def mark_stale_tag(self, tag: str) -> int:
-        return self._for_each(self._tag_matches(tag), self._mark_stale)
+        return sum(self.mark_stale_tag_batches(tag))
 
-    def _for_each(self, find: _Finder, action: _Action) -> int:
-        """Apply `action` to every entry `find` returns, in one write transaction."""
+    # Each *_batches generator makes the change in write transactions of at most `_WRITE_BATCH` entries
+    # and yields the count of each one after it committed, so a caller can let others run in between
+    # (the server's reactor; other processes always get the writer lock between batches).
 
-        def apply(txn: lmdb.Transaction) -> int:
-            found = find(txn)
+    def delete_url_batches(self, url: str) -> Iterator[int]:
+        return self._batches(self._url_matches(url), self._delete_entry)
+
+    def delete_prefix_batches(self, url_prefix: str) -> Iterator[int]:
+        return self._batches(self._prefix_matches(url_prefix), self._delete_entry)
+
+    def delete_tag_batches(self, tag: str) -> Iterator[int]:
+        return self._batches(self._tag_matches(tag), self._delete_entry)
+
+    def mark_stale_url_batches(self, url: str) -> Iterator[int]:
+        return self._batches(self._url_matches(url), self._mark_stale)
+
+    def mark_stale_prefix_batches(self, url_prefix: str) -> Iterator[int]:
+        return self._batches(self._prefix_matches(url_prefix), self._mark_stale)
+
+    def mark_stale_tag_batches(self, tag: str) -> Iterator[int]:
+        return self._batches(self._tag_matches(tag), self._mark_stale)
+
+    def delete_all_batches(self) -> Iterator[int]:
+        """Every entry, then every body still being written (its writer fails), batch by batch."""
+        yield from self._batches(self._prefix_matches(""), self._delete_entry)
+
+        def free_pending(txn: lmdb.Transaction, limit: int) -> int:
+            body_ids = [key for key, _ in _first(txn.cursor(self._pending), limit)]
+            for body_id in body_ids:
+                self._free_body(txn, body_id)
+            return len(body_ids)
+
+        while self._write_batch(free_pending):
+            yield 0
+
+    def _batches(self, find: _Finder, action: _Action) -> Iterator[int]:
+        """Apply `action` to what `find` returns, at most `_WRITE_BATCH` entries per transaction."""
+        after = b""
+
+        def apply(txn: lmdb.Transaction, limit: int) -> int:
+            nonlocal after
+            found = find(txn, limit, after)
             for key, head in found:
                 action(txn, key, head)
+            if found:
+                after = found[-1][0]
             return len(found)
 
-        return self._write(apply)
+        while True:
+            count = self._write_batch(apply)
+            if not count:
+                return
+            yield count
+
+    def _write_batch(self, apply: Callable[[lmdb.Transaction, int], int]) -> int:
+        """One transaction of `apply(txn, limit)`; halves the limit when LMDB says the transaction is full."""
+        limit = _WRITE_BATCH
+        while True:
+            try:
+                return self._write(lambda txn: apply(txn, limit))
+            except lmdb.TxnFullError:
+                if limit == 1:
+                    raise StoreFull(f"{self.path}: one entry does not fit in a write transaction") from None
+                limit //= 2
 
     def _url_matches(self, url: str) -> _Finder:
         prefix = url_key(url) + _SEP
-        return lambda txn: [(k, h) for k, h in self._scan_heads(txn, prefix) if h.url == url]
+        return lambda txn, limit, after: _first(
+            ((k, h) for k, h in self._scan_heads(txn, prefix, _after(prefix, after)) if h.url == url), limit
+        )
 
     def _prefix_matches(self, url_prefix: str) -> _Finder:
         scan = _prefix_scan_key(url_prefix)
-        return lambda txn: [
-            (k, h) for k, h in self._scan_heads(txn, scan) if h.url.startswith(url_prefix)
-        ]
+        return lambda txn, limit, after: _first(
+            ((k, h) for k, h in self._scan_heads(txn, scan, _after(scan, after)) if h.url.startswith(url_prefix)),
+            limit,
+        )
 
     def _tag_matches(self, tag: str) -> _Finder:
-        def find(txn: lmdb.Transaction) -> list[tuple[bytes, EntryHead]]:
+        def find(txn: lmdb.Transaction, limit: int, after: bytes) -> list[tuple[bytes, EntryHead]]:
             cursor = txn.cursor(self._tags)
-            if not cursor.set_key(_tag_key(tag)):
+            found = cursor.set_range_dup(_tag_key(tag), after + b"\x00") if after else cursor.set_key(_tag_key(tag))
+            if not found:
                 return []
-            heads = [(key, self._get_head(txn, key)) for key in list(cursor.iternext_dup())]
-            return [(key, head) for key, head in heads if head is not None and tag in head.tags]
+            heads = ((key, self._get_head(txn, key)) for key in cursor.iternext_dup())
+            return _first(((key, head) for key, head in heads if head is not None and tag in head.tags), limit)
 
         return find
 
@@ -420,15 +510,19 @@ class DiskStore:
         self._touched[head_key(head.url, head.secondary_key)] = None
 
     def flush_access(self, now: float) -> int:
-        """Persist noted accesses in one transaction; return how many were updated."""
-        touched, self._touched = self._touched, {}
-        if not touched:
-            return 0
+        """Persist noted accesses; return how many were updated."""
+        return sum(self.flush_access_batches(now))
 
-        def apply(txn: lmdb.Transaction) -> int:
-            return sum(self._record_access(txn, key, now) for key in touched)
+    def flush_access_batches(self, now: float) -> Iterator[int]:
+        """Persist noted accesses, `_ACCESS_BATCH` per transaction; yield each one's count."""
+        touched, self._touched = list(self._touched), {}
+        for start in range(0, len(touched), _ACCESS_BATCH):
+            batch = touched[start : start + _ACCESS_BATCH]
 
-        return self._write_or(apply, len(touched) // 32 + 1, 0)
+            def apply(txn: lmdb.Transaction, batch=batch) -> int:
+                return sum(self._record_access(txn, key, now) for key in batch)
+
+            yield self._write_or(apply, len(batch) // 32 + 1, 0)
 
     def _record_access(self, txn: lmdb.Transaction, key: bytes, now: float) -> bool:
         old = txn.get(key, db=self._access)
@@ -474,7 +568,7 @@ class DiskStore:
         return self._write(apply)
 
     def stats(self) -> dict[str, int]:
-        with self._env.begin() as txn:
+        with self._begin() as txn:
             entries = txn.stat(self._heads)["entries"]
             pending = txn.stat(self._pending)["entries"]
             body_bytes = self._db_bytes(txn, self._bodies)
@@ -493,15 +587,20 @@ class DiskStore:
     def verify(self, repair: bool = False) -> list[str]:
         """Check every head decodes and every body is complete; list the problems.
 
-        Reads the whole store in one transaction (an admin operation, not for
-        the reactor thread). With `repair`, it runs in one write transaction
-        and deletes broken entries, dangling index records and unreferenced
-        chunks.
+        Reads the whole store in one read transaction (an admin operation, not for the reactor
+        thread; it blocks no writer). With `repair`, the broken entries, dangling index records and
+        unreferenced chunks it found are then removed in write transactions of at most `_WRITE_BATCH`
+        repairs, each checking that what it removes is still the broken record it found.
         """
-        if not repair:
-            with self._env.begin() as txn:
-                return _Verifier(self, txn, repair=False).run()
-        return self._write(lambda txn: _Verifier(self, txn, repair=True).run())
+        with self._begin() as txn:
+            verifier = _Verifier(self, txn)
+            problems = verifier.run()
+        if repair:
+            repairs = verifier.repairs
+            for start in range(0, len(repairs), _WRITE_BATCH):
+                batch = repairs[start : start + _WRITE_BATCH]
+                self._write(lambda txn, batch=batch: [fix(txn) for fix in batch])
+        return problems
 
     # -- internals shared with BodyWriter and _Verifier ------------------------
 
@@ -518,6 +617,7 @@ class DiskStore:
         self, txn: lmdb.Transaction, key: bytes, head: EntryHead, old: EntryHead | None
     ) -> None:
         """Write `head` under `key` and move tag index entries from `old`'s tags."""
+        self._note_change(head.url)
         txn.put(key, encode_head(head), db=self._heads)
         old_tags = set(old.tags) if old is not None else set()
         for tag in old_tags - set(head.tags):
@@ -529,12 +629,17 @@ class DiskStore:
         """Delete the head at `key` with its body and index records."""
         txn.delete(key, db=self._heads)
         self._clear_access(txn, key)
-        if head is not None:
-            for tag in head.tags:
-                txn.delete(_tag_key(tag), key, db=self._tags)
-            self._free_body(txn, head.body_id)
+        if head is None:
+            self._changes = None  # a corrupt head: which URL it was is unknown
+            return
+        self._note_change(head.url)
+        for tag in head.tags:
+            txn.delete(_tag_key(tag), key, db=self._tags)
+        self._free_body(txn, head.body_id)
 
     def _free_body(self, txn: lmdb.Transaction, body_id: bytes) -> None:
+        """Delete a body's chunks, within this transaction's budget of `_FREE_BATCH` chunks; what is
+        left is recorded as pending with the `_LEFTOVER` stamp and freed by the next transactions."""
         txn.delete(body_id, db=self._pending)
         if not body_id:
             return
@@ -542,8 +647,45 @@ class DiskStore:
         if not cursor.set_range(body_id):
             return
         while cursor.key().startswith(body_id):
+            if self._free_budget <= 0:
+                txn.put(body_id, _LEFTOVER, db=self._pending)
+                self._leftovers = True
+                return
+            self._free_budget -= 1
             if not cursor.delete():
                 return
+
+    def _free_leftovers(self) -> None:
+        """Free the chunks deleted entries left behind, one bounded transaction at a time."""
+        if self._freeing:
+            return  # the loop below is already running
+        self._freeing = True
+        try:
+            self._free_leftovers_loop()
+        finally:
+            self._freeing = False
+
+    def _free_leftovers_loop(self) -> None:
+        while self._leftovers:
+            self._leftovers = False
+
+            def apply(txn: lmdb.Transaction) -> None:
+                leftovers = [key for key, stamp in txn.cursor(self._pending) if stamp == _LEFTOVER]
+                for body_id in leftovers:
+                    self._free_body(txn, body_id)
+
+            self._write(apply)
+
+    def _note_change(self, url: str) -> None:
+        if self._changes is not None:
+            self._changes.add(url)
+
+    def _committed(self) -> None:
+        """After a write transaction committed: tell every process's memory tier what changed."""
+        self.write_transactions += 1
+        changes, self._changes = self._changes, set()
+        if self.on_change is not None and (changes is None or changes):
+            self.on_change(changes)
 
     def _db_bytes(self, txn: lmdb.Transaction, db: lmdb._Database) -> int:
         stat = txn.stat(db)
@@ -564,19 +706,28 @@ class DiskStore:
         """
         needed = (new_pages + _TXN_SLACK_PAGES) * 4096
         for attempt in range(_WRITE_ATTEMPTS):
+            self._start_transaction()
             try:
-                with self._env.begin(write=True) as txn:
+                with self._begin(write=True) as txn:
                     if new_pages and self._used_bytes(txn) + needed > self._high_water:
                         raise _NeedRoom
-                    return apply(txn)
+                    result = apply(txn)
             except _NeedRoom:
                 evicted = self._evict(needed)
             except lmdb.MapFullError:
                 self._env.reader_check()
                 evicted = self._evict(needed, at_least=needed * (attempt + 1))
+            else:
+                self._committed()
+                self._free_leftovers()
+                return result
             if not evicted:
                 break
         raise StoreFull(f"{self.path}: no room for {needed} bytes after eviction")
+
+    def _start_transaction(self) -> None:
+        self._changes = set()
+        self._free_budget = _FREE_BATCH
 
     def _write_or(self, apply: Callable[[lmdb.Transaction], _T], pages: int, default: _T) -> _T:
         try:
@@ -585,28 +736,39 @@ class DiskStore:
             return default
 
     def _evict(self, needed: int, at_least: int = 0) -> int:
-        """Evict least recently used entries in one transaction to make room
-        for `needed` bytes, freeing at least `at_least` bytes.
+        """Evict least recently used entries to make room for `needed` bytes, freeing at least
+        `at_least` bytes.
 
-        Aims for the low-water mark, but once `_EVICT_BATCH` entries are gone
-        it stops as soon as the write fits under the high-water mark, which
-        bounds the time one write can spend evicting; later writes continue.
-        Pending accesses are recorded first so they count. Returns the number
-        evicted: 0 when nothing could be (even an eviction can hit map-full
-        while old readers pin the freed pages).
+        Aims for the low-water mark, but once `_EVICT_BATCH` entries are gone it stops as soon as the
+        write fits under the high-water mark, which bounds the time one write can spend evicting; later
+        writes continue. A large body is freed `_FREE_BATCH` chunks per transaction: the eviction
+        transaction ends after the entry whose body it could not free whole, the rest is freed in
+        further transactions, and eviction goes on in a new one if still needed. Pending accesses are
+        recorded first so they count. Returns the number evicted: 0 when nothing could be (even an
+        eviction can hit map-full while old readers pin the freed pages).
         """
-        try:
-            with self._env.begin(write=True) as txn:
-                self._record_touches(txn)
-                ceiling = self._used_bytes(txn) - at_least - needed
-                target = min(self._low_water - needed, ceiling)
-                enough = min(self._high_water - needed, ceiling)
-                evicted = self._evict_in(txn, target, enough)
-        except lmdb.MapFullError:
-            return 0
-        self._touched.clear()
+        evicted = 0
+        target = enough = None
+        while True:
+            self._start_transaction()
+            try:
+                with self._begin(write=True) as txn:
+                    if target is None:
+                        self._record_touches(txn)
+                        ceiling = self._used_bytes(txn) - at_least - needed
+                        target = min(self._low_water - needed, ceiling)
+                        enough = min(self._high_water - needed, ceiling)
+                    batch = self._evict_in(txn, target, enough, evicted)
+            except lmdb.MapFullError:
+                break
+            self._touched.clear()
+            self._committed()
+            evicted += batch
+            if not (batch and self._leftovers):
+                break
+            self._free_leftovers()
         if evicted:
-            log.info("evicted %d cache entries from %s", evicted, self.path)
+            log.info("evicted {n} cache entries from {path}", n=evicted, path=self.path)
         return evicted
 
     def _record_touches(self, txn: lmdb.Transaction) -> None:
@@ -614,12 +776,13 @@ class DiskStore:
         for key in self._touched:
             self._record_access(txn, key, now)
 
-    def _evict_in(self, txn: lmdb.Transaction, target: int, enough: int) -> int:
+    def _evict_in(self, txn: lmdb.Transaction, target: int, enough: int, before: int) -> int:
+        """Evict in this transaction; stop at the water marks or after leaving a body's chunks."""
         evicted = 0
         cursor = txn.cursor(self._atime)
-        while cursor.first():
+        while cursor.first() and not self._leftovers:
             used = self._used_bytes(txn)
-            if used <= target or (evicted >= _EVICT_BATCH and used <= enough):
+            if used <= target or (before + evicted >= _EVICT_BATCH and used <= enough):
                 break
             oldest = cursor.key()
             key = oldest[8:]
@@ -702,7 +865,7 @@ class BodyWriter:
             try:
                 self._store._write(lambda txn: self._store._free_body(txn, self.body_id))
             except StoreFull:
-                log.warning("could not free body %s; left for collect_orphans", self.body_id.hex())
+                log.warn("could not free body {body}; left for collect_orphans", body=self.body_id.hex())
             self._chunks = 0
 
     def _flush(self, final: bool, head: EntryHead | None = None) -> bool:
@@ -758,13 +921,14 @@ class BodyWriter:
 
 
 class _Verifier:
-    """One pass of `DiskStore.verify` inside a single transaction."""
+    """One pass of `DiskStore.verify` over a read transaction; `repairs` fix what it found, given a
+    write transaction, if it is still there."""
 
-    def __init__(self, store: DiskStore, txn: lmdb.Transaction, repair: bool) -> None:
+    def __init__(self, store: DiskStore, txn: lmdb.Transaction) -> None:
         self.store = store
         self.txn = txn
-        self.repair = repair
         self.problems: list[str] = []
+        self.repairs: list[Callable[[lmdb.Transaction], None]] = []
         self.live_bodies: set[bytes] = set()
 
     def run(self) -> list[str]:
@@ -776,18 +940,19 @@ class _Verifier:
         self.check_index(self.store._tags, lambda key, value: value)
         return self.problems
 
-    def report(self, problem: str) -> None:
-        self.problems.append(problem)
-
     def check_heads(self) -> None:
-        store, txn = self.store, self.txn
-        for key, data in list(txn.cursor(store._heads)):
+        store = self.store
+        for key, data in self.txn.cursor(store._heads):
             problem = self.head_problem(key, data)
             if problem is None:
                 continue
-            self.report(problem)
-            if self.repair:
-                store._delete_entry(txn, key, store._get_head(txn, key))
+            self.problems.append(problem)
+
+            def delete_head(txn: lmdb.Transaction, key=key, data=data) -> None:
+                if txn.get(key, db=store._heads) == data:
+                    store._delete_entry(txn, key, store._get_head(txn, key))
+
+            self.repairs.append(delete_head)
 
     def head_problem(self, key: bytes, data: bytes) -> str | None:
         try:
@@ -805,17 +970,22 @@ class _Verifier:
         return None
 
     def check_chunks(self) -> None:
+        # Body ids are never reused and a body's chunks are written with its pending record or head, so
+        # chunks without either stay unreferenced: freeing them later is safe.
         orphans = {key[:-4] for key, _ in self.txn.cursor(self.store._bodies)} - self.live_bodies
         for body_id in sorted(orphans):
-            self.report(f"body {body_id.hex()}: chunks without a head or pending record")
-            if self.repair:
-                self.store._free_body(self.txn, body_id)
+            self.problems.append(f"body {body_id.hex()}: chunks without a head or pending record")
+            self.repairs.append(lambda txn, body_id=body_id: self.store._free_body(txn, body_id))
 
     def check_index(self, db: lmdb._Database, head_key_of: Callable[[bytes, bytes], bytes]) -> None:
         heads = self.store._heads
-        for key, value in list(self.txn.cursor(db)):
+        for key, value in self.txn.cursor(db):
             if self.txn.get(head_key_of(key, value), db=heads) is not None:
                 continue
-            self.report(f"index record {key!r} -> {value!r}: head missing")
-            if self.repair:
-                self.txn.delete(key, value, db=db)
+            self.problems.append(f"index record {key!r} -> {value!r}: head missing")
+
+            def delete_record(txn: lmdb.Transaction, key=key, value=value) -> None:
+                if txn.get(head_key_of(key, value), db=heads) is None:
+                    txn.delete(key, value, db=db)
+
+            self.repairs.append(delete_record)

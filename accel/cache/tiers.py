@@ -1,18 +1,28 @@
 """The memory tier and the disk store combined, kept coherent across processes.
 
-Lookups try this process's memory tier first and fall back to the shared disk
-store, promoting what they read. Purges apply to disk, then to memory, then
-bump the shared `PurgeEpoch` before returning, so by the time a PURGE is
-answered every process will see the new epoch on its next lookup and drop its
-memory tier. Every call is short and synchronous (for the reactor thread).
+Lookups try this process's memory tier first and fall back to the shared disk store, promoting what
+they read. What a memory tier holds stays what the disk holds, whichever process changed the disk:
+
+- every committed change to an entry (stored, replaced, freshened, marked stale, deleted, evicted) bumps
+  the generation of its URL's bucket in the shared `PurgeEpoch` file (`DiskStore.on_change`), and a
+  lookup drops a URL's group whose stamp is not its bucket's current generation (one shared-memory read);
+- a change too wide to name URL by URL (purge-all, many entries at once) bumps the epoch, and a lookup
+  that sees a new epoch drops the whole memory tier;
+- a body found missing when it is streamed (evicted between lookup and read) drops the URL's group too
+  (`forget`); the caller treats the request as a miss.
+
+Purges and other long changes come as batches (`purge_batches`): each yields after one bounded write
+transaction has committed, so the server can let its reactor run between them. Every other call is
+short and synchronous (for the reactor thread).
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any
 
 from accel.cache.entry import EntryHead
-from accel.cache.epoch import PurgeEpoch
+from accel.cache.epoch import PurgeEpoch, url_bucket
 from accel.cache.memory import MemoryTier
 from accel.cache.store import BodyWriter, DiskStore
 
@@ -25,43 +35,63 @@ class TieredStore:
         self.memory = memory
         self.epoch = epoch
         self._seen_epoch = epoch.current()
+        disk.on_change = epoch.changed
 
     def lookup(self, url: str) -> list[Variant]:
         """Every stored variant of `url` as (head, body or None, extra).
 
-        A None body means the body is too large for memory; stream it with
-        ``disk.iter_body(head)``. Use counts toward the disk tier's LRU.
+        A None body means the body is not in memory; stream it with ``disk.iter_body(head)``. Use
+        counts toward the disk tier's LRU.
         """
         self._sync_epoch()
-        items = self.memory.get_variants(url)
-        if items:
+        bucket = url_bucket(url)
+        stamp = self.memory.stamp(url)
+        if stamp is not None and stamp == self.epoch.generation(bucket):
+            items = self.memory.get_variants(url)
             for item in items:
                 self.disk.touch(item.head)
             return [(item.head, item.body, item.extra) for item in items]
-        return self._promote(url)
+        self.memory.drop_url(url)  # changed on disk since it was read (or never stamped)
+        return self._promote(url, bucket)
 
     def lookup_memory(self, url: str) -> list:
-        """The memory tier's items for `url` (MemoryItem: head, body, extra); [] when it holds none
-        (then ``lookup`` reads the disk tier). Use counts toward the disk tier's LRU."""
+        """The memory tier's items for `url` (MemoryItem: head, body, extra); [] when it holds none or its
+        group changed on disk since it was read (then ``lookup`` reads the disk tier). Use counts toward the
+        disk tier's LRU."""
         self._sync_epoch()
+        stamp = self.memory.stamp(url)
+        if stamp is None or stamp != self.epoch.generation(url_bucket(url)):
+            return []
         items = self.memory.get_variants(url)
         for item in items:
             self.disk.touch(item.head)
         return items
 
-    def _promote(self, url: str) -> list[Variant]:
-        """Read `url`'s variants from disk and, if they all fit, keep them in memory."""
+    def _promote(self, url: str, bucket: int) -> list[Variant]:
+        """Read `url`'s variants from disk and keep them in memory if the whole group fits.
+
+        The group's size is checked before any body is read: a group too large for the memory tier is
+        returned head-only (bodies streamed from disk) and leaves the tier as it was.
+        """
+        stamp = self.epoch.generation(bucket)  # read first: a change after it is seen by the next lookup
+        heads = self.disk.variants(url)
+        for head in heads:
+            self.disk.touch(head)
+        if not self.memory.group_fits(heads):
+            return [(head, None, None) for head in heads]
         found: list[Variant] = []
-        for head in self.disk.variants(url):
+        for head in heads:
             body = self.disk.read_body(head) if self.memory.accepts(head.body_length) else None
             if body is None and self.memory.accepts(head.body_length):
                 continue  # deleted or damaged since the heads were read
-            self.disk.touch(head)
             found.append((head, body, None))
-        for head, body, _ in found:
-            if not self.memory.put(head, body):
-                break  # put() dropped the whole group, so memory never holds part of it
+        if found:
+            self.memory.put_group(url, [(head, body) for head, body, _ in found], stamp)
         return found
+
+    def forget(self, url: str) -> None:
+        """Drop `url` from memory: what it holds is no longer on disk."""
+        self.memory.drop_url(url)
 
     def begin(self, url: str, secondary_key: str) -> BodyWriter:
         return self.disk.begin(url, secondary_key)
@@ -75,15 +105,26 @@ class TieredStore:
     ) -> EntryHead | None:
         """Publish a written entry; pass `body` if the caller still has it in memory.
 
-        If this process's memory tier holds the URL, the new variant joins it
-        (head-only when the body is too large or not given); otherwise the
-        next lookup promotes all variants from disk.
+        If this process's memory tier holds the URL, the new variant joins it (head-only when the body
+        is too large or not given); otherwise the next lookup promotes all variants from disk.
         """
+        before = self.epoch.generation(url_bucket(head.url))
         stored = writer.commit(head, expected_length)
         if stored is not None:
             self._sync_epoch()
-            self._remember(stored, body)
+            if self._only_our_change(head.url, before):
+                self._remember(stored, body)
         return stored
+
+    def _only_our_change(self, url: str, before: int) -> bool:
+        """After this process changed `url` on disk: if its group was current and nobody else changed the
+        bucket meanwhile, stamp the group with the new generation and return True; else drop it."""
+        bucket = url_bucket(url)
+        if self.memory.stamp(url) == before and self.epoch.generation(bucket) == before + 1:
+            self.memory.set_stamp(url, before + 1)
+            return True
+        self.memory.drop_url(url)
+        return False
 
     def _remember(self, head: EntryHead, body: bytes | None) -> None:
         if not self.memory.has_url(head.url):
@@ -97,10 +138,12 @@ class TieredStore:
 
     def freshen(self, head: EntryHead) -> bool:
         """Replace a stored head keeping its body (e.g. after a 304)."""
+        before = self.epoch.generation(url_bucket(head.url))
         if not self.disk.replace_head(head):
             self.memory.drop_url(head.url)
             return False
-        self.memory.update_head(head)
+        if self._only_our_change(head.url, before):
+            self.memory.update_head(head)
         return True
 
     def set_extra(self, head: EntryHead, extra: Any) -> bool:
@@ -108,32 +151,38 @@ class TieredStore:
         return self.memory.set_extra(head, extra)
 
     def purge_url(self, url: str, soft: bool = False) -> int:
-        count = self.disk.mark_stale_url(url) if soft else self.disk.delete_url(url)
-        self.memory.drop_url(url)
-        return self._purged(count)
+        return sum(self.purge_batches("url", url, soft))
 
     def purge_prefix(self, url_prefix: str, soft: bool = False) -> int:
-        disk = self.disk
-        count = disk.mark_stale_prefix(url_prefix) if soft else disk.delete_prefix(url_prefix)
-        self.memory.drop_prefix(url_prefix)
-        return self._purged(count)
+        return sum(self.purge_batches("prefix", url_prefix, soft))
 
     def purge_tag(self, tag: str, soft: bool = False) -> int:
-        count = self.disk.mark_stale_tag(tag) if soft else self.disk.delete_tag(tag)
-        self.memory.drop_tag(tag)
-        return self._purged(count)
+        return sum(self.purge_batches("tag", tag, soft))
 
     def purge_all(self, soft: bool = False) -> int:
-        count = self.disk.mark_stale_prefix("") if soft else self.disk.delete_all()
-        self.memory.clear()
-        return self._purged(count)
+        return sum(self.purge_batches("all", "", soft))
 
-    def _purged(self, count: int) -> int:
-        """Publish a purge to every process before it is acknowledged."""
-        new_epoch = self.epoch.bump()
-        if new_epoch == self._seen_epoch + 1:
-            self._seen_epoch = new_epoch  # nobody else purged: memory is already current
-        return count
+    def purge_batches(self, mode: str, target: str, soft: bool = False) -> Iterator[int]:
+        """Purge (`soft`: mark stale) the entries of URL, prefix, tag or all, one bounded write
+        transaction per step; yields each step's count. Each step is visible to every process when it
+        is yielded (see the module docstring); this process's memory copies go at the end."""
+        disk, memory = self.disk, self.memory
+        if mode == "url":
+            yield from disk.mark_stale_url_batches(target) if soft else disk.delete_url_batches(target)
+            memory.drop_url(target)
+        elif mode == "prefix":
+            yield from disk.mark_stale_prefix_batches(target) if soft else disk.delete_prefix_batches(target)
+            memory.drop_prefix(target)
+        elif mode == "tag":
+            yield from disk.mark_stale_tag_batches(target) if soft else disk.delete_tag_batches(target)
+            memory.drop_tag(target)
+        elif mode == "all":
+            yield from disk.mark_stale_prefix_batches("") if soft else disk.delete_all_batches()
+            memory.clear()
+            self.epoch.bump()
+            self._seen_epoch = self.epoch.current()
+        else:
+            raise ValueError(f"unknown purge mode {mode!r}")
 
     def _sync_epoch(self) -> None:
         current = self.epoch.current()

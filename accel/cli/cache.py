@@ -255,15 +255,16 @@ def purge_command(ctx, url, prefix, tags, purge_all, soft, as_json, cache_dir, c
 def verify_command(ctx, repair: bool, as_json: bool, cache_dir, config_path) -> None:
     """Check that every record decodes and every body is complete.
 
-    Exit status 1 when problems were found and not repaired. Reads the whole store in one transaction.
+    Exit status 1 when problems were found and not repaired. Reads the whole store in one read transaction
+    (running servers go on writing); repairs are made in short write transactions.
     """
     opened = open_cache(ctx, cache_dir, config_path)
     entries = guard(opened.disk.stats)["entries"]
     if not as_json and entries >= describe.PROGRESS_THRESHOLD:
         click.echo(f"verifying {entries} entries…", err=True)
-    problems = guard(lambda: opened.disk.verify(repair=repair))
-    if repair and problems:
-        opened.tiered.epoch.bump()  # servers drop memory copies of what was removed
+    # With --repair, through the tiered store: servers drop their memory copies of what is removed.
+    disk = opened.tiered.disk if repair else opened.disk
+    problems = guard(lambda: disk.verify(repair=repair))
     if as_json:
         emit_json({"entries": entries, "problems": problems, "repaired": repair and bool(problems)})
     else:
@@ -285,7 +286,7 @@ def verify_command(ctx, repair: bool, as_json: bool, cache_dir, config_path) -> 
 @location_options
 @click.pass_context
 def clear_command(ctx, yes: bool, as_json: bool, cache_dir, config_path) -> None:
-    """Delete every entry, including bodies still being written."""
+    """Delete every entry, including bodies still being written (in short write transactions)."""
     opened = open_cache(ctx, cache_dir, config_path)
     if not yes:
         entries = guard(opened.disk.stats)["entries"]

@@ -4,7 +4,6 @@ command failures map to exit statuses (0 success, 1 nothing matched, 2 usage or 
 from __future__ import annotations
 
 import os
-import struct
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
@@ -22,7 +21,6 @@ from accel.proxy.routing import RouteTable
 EXIT_OK, EXIT_NOTHING, EXIT_ERROR = 0, 1, 2
 EPOCH_FILE = "purge-epoch"
 _FORMAT_MARKER = b"accel-cache/1"  # DiskStore's meta "format" value
-_META_MAGIC = 0xBEEFC0DE
 
 
 class CacheCommandError(click.ClickException):
@@ -84,49 +82,24 @@ def locate(cache_dir: str | None, config_path: str | None) -> Location:
     return Location(os.path.abspath(directory), config, settings)
 
 
-def stored_map_size(directory: str) -> int | None:
-    """The map size recorded in the LMDB meta pages by the last writer, or None when unreadable.
+def check_cache_dir(directory: str) -> int:
+    """Refuse anything that is not an existing accel cache; return its map size.
 
-    Opening with a different map size and then writing would record that size for every process, so
-    the command uses the size the server uses.
+    The environment is opened with map size 0, which adopts the size the last writer recorded: opening
+    with another size and then writing would record that size for every process.
     """
-    try:
-        with open(os.path.join(directory, "data.mdb"), "rb") as f:
-            head = f.read(16 + 64)
-            if len(head) < 80:
-                return None
-            page_size = struct.unpack_from("<I", head, 16 + 24)[0]  # FREE_DBI md_pad holds the page size
-            if page_size < 512 or page_size > 1 << 16:
-                return None
-            f.seek(page_size)
-            second = f.read(len(head) + 96 + 16)
-    except OSError:
-        return None
-    best = None
-    for page in (head, second):
-        if len(page) < 16 + 24:
-            continue
-        magic, _version, _address, map_size = struct.unpack_from("<IIQQ", page, 16)
-        txnid = struct.unpack_from("<Q", page, 16 + 24 + 96 + 8)[0] if len(page) >= 16 + 24 + 96 + 16 else -1
-        if magic == _META_MAGIC and (best is None or txnid > best[0]):
-            best = (txnid, map_size)
-    return best[1] if best else None
-
-
-def check_cache_dir(directory: str) -> int | None:
-    """Refuse anything that is not an existing accel cache; return its recorded map size."""
     if not os.path.isdir(directory):
         raise CacheCommandError(f"{directory}: no such directory")
     if not os.path.isfile(os.path.join(directory, "data.mdb")):
         raise CacheCommandError(f"{directory}: not an accel cache (no data.mdb); nothing was created")
-    map_size = stored_map_size(directory)
-    if map_size is None:
-        raise CacheCommandError(f"{directory}: not an accel cache (data.mdb is not an LMDB database)")
     try:
-        env = lmdb.open(directory, readonly=True, max_dbs=8, subdir=True, map_size=map_size)
+        env = lmdb.open(directory, readonly=True, max_dbs=8, subdir=True, map_size=0)
+    except lmdb.InvalidError:
+        raise CacheCommandError(f"{directory}: not an accel cache (data.mdb is not an LMDB database)") from None
     except lmdb.Error as exc:
         raise CacheCommandError(f"{directory}: cannot open the cache: {exc}") from None
     try:
+        map_size = env.info()["map_size"]
         with env.begin() as txn:
             try:
                 meta = env.open_db(b"meta", txn=txn, create=False)
@@ -150,7 +123,7 @@ class Opened:
         self.location = location
         map_size = check_cache_dir(location.dir)
         try:
-            self.disk = DiskStore(location.dir, map_size=map_size or location.settings.map_size)
+            self.disk = DiskStore(location.dir, map_size=map_size)
         except IncompatibleStore as exc:
             raise CacheCommandError(f"not an accel cache: {exc}") from None
         except (lmdb.Error, OSError) as exc:
@@ -159,7 +132,8 @@ class Opened:
 
     @property
     def tiered(self) -> TieredStore:
-        """For purges: an empty memory tier, and the epoch every server process watches."""
+        """For changes: an empty memory tier, and the shared counters every server process watches (from
+        here on, every change the disk store commits reaches the servers' memory tiers)."""
         if self._tiered is None:
             epoch = PurgeEpoch(os.path.join(self.location.dir, EPOCH_FILE))
             self._tiered = TieredStore(self.disk, MemoryTier(max_bytes=0, max_objects=0), epoch)
