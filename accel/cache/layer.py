@@ -28,6 +28,7 @@ from dataclasses import dataclass, replace
 from twisted.internet.defer import Deferred
 from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 from twisted.web.client import PotentialDataLoss, ResponseDone
 from twisted.web.iweb import UNKNOWN_LENGTH
 
@@ -42,7 +43,7 @@ from accel.cache.collapse import Collapser
 from accel.config import CacheSettings, Route, RouteCache
 from accel.proxy.origin import Fetched
 from accel.proxy.forwarding import Forwarder, discard, origin_failure
-from accel.cache.serving import Responder, Variant, plain, request_fields, stored_response
+from accel.cache.serving import BODY_GONE, BodyGone, Responder, Variant, plain, request_fields, stored_response
 
 log = Logger()
 
@@ -82,6 +83,7 @@ class Exchange:
     policy: CachePolicy
     collapsed: bool = False
     leader: bool = False
+    held: Fetched | None = None  # an origin response (and its connection slot) nobody has taken yet
 
     @property
     def has_range(self) -> bool:
@@ -114,32 +116,43 @@ class CacheLayer:
     # -- the request path --------------------------------------------------------------------------------
 
     def handle(self, request, route: Route, target: str, collapsed: bool = False) -> None:
+        """Answer ``request``; whatever fails on the way ends in ``crashed``, never in a hung client."""
         if request._disconnected:
             return
-        if not self.caches(route, target):
-            request.log_cache = "bypass"
-            request.responseHeaders.setRawHeaders(b"cache-status", [self.status(fwd="bypass")])
-            self.forwarder.handle(request, route, target)
-            return
-        key = self.key_for(request, target)
-        found = None
-        if not collapsed and request.method in (b"GET", b"HEAD") and plain(request):
-            found = self.store.lookup(key)
-            if found and self.responder.serve_plain(request, self.policy_for(route), found):
+        exchange = None
+        try:
+            if not self.caches(route, target):
+                request.log_cache = "bypass"
+                request.responseHeaders.setRawHeaders(b"cache-status", [self.status(fwd="bypass")])
+                self.forwarder.handle(request, route, target)
                 return
-        method = request.method.decode("latin-1")
-        exchange = Exchange(
-            request, route, target, key, request_fields(request), method, self.policy_for(route), collapsed,
-        )
-        if method not in ("GET", "HEAD"):
-            self.forward_unsafe(exchange)
-            return
-        if found is None:
-            found = self.store.lookup(key)
+            key = self.key_for(request, target)
+            found = None
+            if not collapsed and request.method in (b"GET", b"HEAD") and plain(request):
+                found = self.store.lookup(key)
+                served = self.responder.serve_plain(request, self.policy_for(route), found) if found else False
+                if served is True:
+                    return
+                if served is BODY_GONE:
+                    found = []  # the memory tier dropped it: look on disk again
+            method = request.method.decode("latin-1")
+            exchange = Exchange(
+                request, route, target, key, request_fields(request), method, self.policy_for(route), collapsed,
+            )
+            if method not in ("GET", "HEAD"):
+                self.forward_unsafe(exchange)
+                return
+            self.decide(exchange, self.store.lookup(key) if not found else found)
+        except Exception:
+            self.crashed(request, exchange, Failure())
+
+    def decide(self, exchange: Exchange, found) -> None:
+        """Evaluate the stored variants for a GET or HEAD and act on the decision."""
+        request = exchange.request
         variants = self.responder.variants(found, exchange.policy)
         now = self.clock()
         decision = policy.evaluate(
-            method, exchange.fields, [v.stored for v in variants], exchange.policy, now,
+            exchange.method, exchange.fields, [v.stored for v in variants], exchange.policy, now,
             Responder.known_freshness(variants, exchange.policy),
         )
         if isinstance(decision, policy.Fresh):
@@ -150,7 +163,10 @@ class CacheLayer:
             if decision.revalidate is not None:
                 self.revalidate_in_background(exchange, decision.revalidate)
         elif isinstance(decision, policy.Revalidate):
-            self.fetch(exchange, decision.fwd, revalidate=decision, variants=variants)
+            # Staleness is the same for every request: one conditional fetch serves them all. A request that
+            # itself demands validation (no-cache, max-age=0...) is not collapsed.
+            if decision.fwd != "stale" or self.lead_or_wait(exchange):
+                self.fetch(exchange, decision.fwd, revalidate=decision, variants=variants)
         elif isinstance(decision, policy.Miss):
             self.miss(exchange, decision.reason)
         else:
@@ -158,23 +174,47 @@ class CacheLayer:
             self.forwarder.errors.send(request, 504, "Not in the cache (only-if-cached).",
                                        {b"cache-status": self.status(detail="only-if-cached")})
 
+    def crashed(self, request, exchange: Exchange | None, failure: Failure) -> None:
+        """The end of every callback chain: log ``failure``, free what the exchange holds (the origin
+        connection slot, the collapse key, so waiters look again at once) and answer the client."""
+        if exchange is not None:
+            self.stop_leading(exchange)
+            held = self.take(exchange)
+            if held is not None:
+                try:
+                    discard(held)
+                except Exception:
+                    log.failure("releasing the origin response of {uri} failed", uri=request.uri)
+        self.forwarder.crashed(request, failure)
+
+    @staticmethod
+    def take(exchange: Exchange) -> Fetched | None:
+        """Hand the held origin response on: from here on its taker releases its slot."""
+        held, exchange.held = exchange.held, None
+        return held
+
     def miss(self, exchange: Exchange, reason: str) -> None:
         """Fetch for a miss, first joining an in-flight fetch of the same URL if there is one."""
+        if self.lead_or_wait(exchange):
+            self.fetch(exchange, reason)
+
+    def lead_or_wait(self, exchange: Exchange) -> bool:
+        """Collapsing: True when the caller fetches (it leads, or the request is not collapsible); False when
+        it waits for the in-flight fetch of its URL and then looks again."""
         collapsible = (
             exchange.method == "GET"
             and not exchange.collapsed
             and not exchange.has_range
             and self.hit_for_miss.get(exchange.key, 0) < self.clock()
         )
-        if collapsible:
-            waiting = self.collapser.join(exchange.key)
-            if waiting is not None:
-                waiting.addCallback(
-                    lambda _: self.handle(exchange.request, exchange.route, exchange.target, collapsed=True)
-                )
-                return
+        if not collapsible:
+            return True
+        waiting = self.collapser.join(exchange.key)
+        if waiting is None:
             exchange.leader = True
-        self.fetch(exchange, reason)
+            return True
+        waiting.addCallback(lambda _: self.handle(exchange.request, exchange.route, exchange.target, collapsed=True))
+        return False
 
     def fetch(self, exchange: Exchange, fwd: str, revalidate: policy.Revalidate | None = None, variants=()) -> None:
         """Forward to the origin; store what may be stored while it streams to the client."""
@@ -187,24 +227,30 @@ class CacheLayer:
         elif storing:
             drop = CLIENT_VALIDATORS
         request_time = self.clock()
-        d = self.forwarder.fetch(request, exchange.route, exchange.target, extra=extra, drop=drop)
+        # A leader's fetch goes on when its client leaves: the waiters get what it stores.
+        d = self.forwarder.fetch(
+            request, exchange.route, exchange.target, extra=extra, drop=drop, cancel_on_disconnect=not exchange.leader
+        )
         d.addCallbacks(
             lambda fetched: self.fetched(exchange, fwd, fetched, request_time, revalidate, variants, storing),
             lambda failure: self.fetch_failed(exchange, failure, fwd, revalidate, variants),
         )
+        d.addErrback(lambda failure: self.crashed(request, exchange, failure))
 
     def fetched(self, exchange, fwd, fetched: Fetched, request_time, revalidate, variants, storing) -> None:
+        exchange.held = fetched
         request, response = exchange.request, fetched.response
         response_time = self.clock()
         code = response.code
         client_fields = self.forwarder.response_fields(request, exchange.route, fetched)
         fields = as_pure(client_fields)
         if revalidate is not None and code == 304:
-            discard(fetched)
+            discard(self.take(exchange))
             self.freshened(exchange, revalidate, variants, fields, request_time, response_time)
             return
         if revalidate is not None and code >= 500 and self.serve_stale_on_error(exchange, revalidate, variants, code):
-            discard(fetched)
+            discard(self.take(exchange))
+            self.stop_leading(exchange)
             return
         verdict = policy.storable(
             exchange.method, code, exchange.fields, fields, exchange.policy, complete=True
@@ -212,29 +258,34 @@ class CacheLayer:
         too_big = response.length is not UNKNOWN_LENGTH and response.length > self.settings.max_object_size
         if not (storing and verdict.ok and not too_big):
             self.not_stored(exchange)
-            self.relay(exchange, fetched, client_fields, self.status(fwd=fwd, fwd_status=code))
+            self.relay(exchange, self.take(exchange), client_fields, self.status(fwd=fwd, fwd_status=code))
             return
         writer = self.entry_writer(self.new_head(exchange, code, response.phrase, fields, request_time, response_time), response)
-        if policy.evaluate_conditionals(exchange.method, exchange.fields, writer.template.fields) is not None:
-            # The client asked conditionally: store the whole response first, then answer it from the store.
+        if request._disconnected or policy.evaluate_conditionals(exchange.method, exchange.fields, writer.template.fields) is not None:
+            # The client asked conditionally (or left, and others wait for this fetch): store the whole
+            # response first, then answer it from the store.
             sink = BodySink(writer.write)
             sink.done.addCallback(lambda complete: self.stored_then_serve(exchange, writer, complete, fwd, code))
             sink.done.addBoth(lambda result: (fetched.release(), result)[1])
+            sink.done.addErrback(lambda failure: self.crashed(request, exchange, failure))
+            self.take(exchange)
             response.deliverBody(sink)
             return
-        done = self.relay(exchange, fetched, client_fields, self.status(fwd=fwd, fwd_status=code, stored=True), writer.write)
+        done = self.relay(exchange, self.take(exchange), client_fields,
+                          self.status(fwd=fwd, fwd_status=code, stored=True), writer.write, keep_reading=exchange.leader)
         done.addCallback(lambda complete: self.committed(exchange, writer.finish(complete)))
+        done.addErrback(lambda failure: self.crashed(request, exchange, failure))
 
-    def relay(self, exchange: Exchange, fetched: Fetched, client_fields, cache_status: bytes, tee=None) -> Deferred:
+    def relay(self, exchange: Exchange, fetched: Fetched, client_fields, cache_status: bytes, tee=None,
+              keep_reading: bool = False) -> Deferred:
         request = exchange.request
         request.log_cache = "miss"
         shown = [(n, v) for n, v in client_fields if n.lower().decode("latin-1") not in self.hidden_fields]
         request.responseHeaders.setRawHeaders(b"cache-status", [self.collapsed(exchange, cache_status)])
-        return self.forwarder.relay(request, exchange.route, fetched, tee=tee, fields=shown)
+        return self.forwarder.relay(request, exchange.route, fetched, tee=tee, fields=shown, keep_reading=keep_reading)
 
     def committed(self, exchange: Exchange, head: EntryHead | None) -> None:
-        if exchange.leader:
-            self.collapser.release(exchange.key)
+        self.stop_leading(exchange)
         if head is not None:
             self.hit_for_miss.pop(exchange.key, None)
 
@@ -243,8 +294,13 @@ class CacheLayer:
         of requests for this URL skips collapsing for a while (hit-for-miss)."""
         if exchange.leader:
             self.remember_hit_for_miss(exchange.key)
-            self.collapser.release(exchange.key)
+            self.stop_leading(exchange)
+
+    def stop_leading(self, exchange: Exchange) -> None:
+        """The leader's fetch is over: its waiters look the URL up again."""
+        if exchange.leader:
             exchange.leader = False
+            self.collapser.release(exchange.key)
 
     def remember_hit_for_miss(self, key: str) -> None:
         """Mark ``key`` as not worth collapsing for ``hit_for_miss_ttl``; the table stays bounded."""
@@ -269,8 +325,7 @@ class CacheLayer:
         self.serve(exchange, variant, head.initial_age, self.status(fwd=fwd, fwd_status=code, stored=True))
 
     def fetch_failed(self, exchange: Exchange, failure, fwd: str, revalidate=None, variants=()) -> None:
-        if exchange.leader:
-            self.collapser.release(exchange.key)
+        self.stop_leading(exchange)
         if revalidate is not None and self.serve_stale_on_error(exchange, revalidate, variants, 504):
             return
         exchange.request.log_cache = "miss"
@@ -292,11 +347,12 @@ class CacheLayer:
     def freshened(self, exchange: Exchange, revalidate, variants, fields_304: Fields, request_time, response_time) -> None:
         """§4.3.4: a 304 updates the stored responses it selects; the request is then served from them."""
         updated = self.apply_304(revalidate, variants, fields_304, request_time, response_time, exchange.policy)
-        if exchange.request._disconnected:
-            return
         if not updated:
-            # The 304 matched nothing we hold (§4.3.4): ask again without validators.
+            # The 304 matched nothing we hold (§4.3.4): ask again without validators (still leading).
             self.fetch(exchange, "stale")
+            return
+        self.stop_leading(exchange)
+        if exchange.request._disconnected:
             return
         chosen = next((v for v in updated if matches(v.head.vary_names, v.head.secondary_key, exchange.fields)), updated[0])
         self.serve(exchange, chosen, chosen.head.initial_age, self.status(fwd="stale", fwd_status=304))
@@ -330,44 +386,47 @@ class CacheLayer:
         request_time = self.clock()
 
         def fetched(fetched: Fetched):
-            response_time = self.clock()
-            fields = as_pure(self.forwarder.response_fields(exchange.request, exchange.route, fetched))
-            code = fetched.response.code
-            if code == 304:
+            try:
+                response_time = self.clock()
+                fields = as_pure(self.forwarder.response_fields(exchange.request, exchange.route, fetched))
+                code = fetched.response.code
+                verdict = policy.storable("GET", code, exchange.fields, fields, exchange.policy, complete=True)
+                if code == 304 or not verdict.ok:
+                    discard(fetched)
+                    if code == 304:
+                        self.apply_304(revalidate, variants, fields, request_time, response_time, exchange.policy)
+                    return None
+                head = self.new_head(exchange, code, fetched.response.phrase, fields, request_time, response_time)
+                writer = self.entry_writer(head, fetched.response)
+            except Exception:
                 discard(fetched)
-                self.apply_304(revalidate, variants, fields, request_time, response_time, exchange.policy)
-                return None
-            verdict = policy.storable("GET", code, exchange.fields, fields, exchange.policy, complete=True)
-            if not verdict.ok:
-                discard(fetched)
-                return None
-            head = self.new_head(exchange, code, fetched.response.phrase, fields, request_time, response_time)
-            writer = self.entry_writer(head, fetched.response)
+                raise
             sink = BodySink(writer.write)
             fetched.response.deliverBody(sink)
             return sink.done.addCallback(writer.finish).addBoth(lambda result: (fetched.release(), result)[1])
 
         d = self.forwarder.send(exchange.route, b"GET", exchange.target, headers)
         d.addCallback(fetched)
-        d.addErrback(lambda failure: log.warn("background revalidation of {key} failed: {why}",
-                                              key=exchange.key, why=failure.getErrorMessage()))
+        d.addErrback(lambda failure: log.failure("background revalidation of {key} failed", failure=failure,
+                                                 key=exchange.key))
         d.addBoth(lambda _: self.revalidating.discard(exchange.key))
 
     def forward_unsafe(self, exchange: Exchange) -> None:
         """Forward an unsafe request; a non-error answer invalidates the URLs it names (§4.4)."""
         request = exchange.request
 
-        def fetched(fetched: Fetched):
+        def fetched_unsafe(fetched: Fetched):
+            exchange.held = fetched
             client_fields = self.forwarder.response_fields(request, exchange.route, fetched)
             code = fetched.response.code
             effective_uri = self.effective_uri(request, exchange.target)
             for uri in policy.invalidation_targets(exchange.method, code, effective_uri, as_pure(client_fields)):
                 self.invalidate(cache_key_for_uri(uri, **self.key_options()))
-            self.relay(exchange, fetched, client_fields, self.status(fwd="method", fwd_status=code))
+            self.relay(exchange, self.take(exchange), client_fields, self.status(fwd="method", fwd_status=code))
 
-        self.forwarder.fetch(request, exchange.route, exchange.target).addCallbacks(
-            fetched, lambda failure: self.fetch_failed(exchange, failure, "method")
-        )
+        d = self.forwarder.fetch(request, exchange.route, exchange.target)
+        d.addCallbacks(fetched_unsafe, lambda failure: self.fetch_failed(exchange, failure, "method"))
+        d.addErrback(lambda failure: self.crashed(request, exchange, failure))
 
     def invalidate(self, key: str) -> None:
         if self.store.disk.variants(key):
@@ -376,9 +435,12 @@ class CacheLayer:
     # -- serving from the store ----------------------------------------------------------------------
 
     def serve(self, exchange: Exchange, variant: Variant, age: float, cache_status: bytes) -> None:
-        self.responder.serve(
-            exchange.request, exchange.method, exchange.fields, variant, age, self.collapsed(exchange, cache_status)
-        )
+        try:
+            self.responder.serve(
+                exchange.request, exchange.method, exchange.fields, variant, age, self.collapsed(exchange, cache_status)
+            )
+        except BodyGone:
+            self.miss(exchange, "miss")  # evicted or replaced since it was looked up
 
     # -- helpers -------------------------------------------------------------------------------------
 
@@ -499,20 +561,32 @@ class EntryWriter:
         self.abandoned = False
 
     def write(self, data: bytes) -> None:
+        """Store a chunk; a store that fails gives up this entry, never the response streaming past."""
         if self.abandoned:
             return
         self.size += len(data)
         if self.size > self.max_size:
-            self.abandoned = True
-            self.writer.abort()
-            self.chunks = None
+            self.abandon()
             return
-        self.writer.write(data)
+        try:
+            self.writer.write(data)
+        except Exception:
+            log.failure("storing {url} failed; it is relayed without being stored", url=self.template.url)
+            self.abandon()
+            return
         if self.chunks is not None:
             if self.size <= self.keep_up_to:
                 self.chunks.append(data)
             else:
                 self.chunks = None
+
+    def abandon(self) -> None:
+        self.abandoned = True
+        self.chunks = None
+        try:
+            self.writer.abort()
+        except Exception:
+            log.failure("discarding the partial entry of {url} failed", url=self.template.url)
 
     def finish(self, complete: bool) -> EntryHead | None:
         """Commit if the body is complete (§3.3); otherwise nothing becomes visible."""

@@ -125,12 +125,19 @@ class RequestBody:
 
 @implementer(IPushProducer)
 class ResponseRelay(Protocol):
-    """Writes an origin response body to the client; fires ``done`` with True (complete) or False."""
+    """Writes an origin response body to the client; fires ``done`` with True (complete) or False.
 
-    def __init__(self, request, *, tee: Callable[[bytes], None] | None = None, on_activity=lambda: None):
+    With ``keep_reading``, a client that goes away does not stop the body: the relay detaches from the
+    client and reads on for the tee alone (a cache fetch others are waiting for).
+    """
+
+    def __init__(self, request, *, tee: Callable[[bytes], None] | None = None, on_activity=lambda: None,
+                 keep_reading: bool = False):
         self.request = request
         self.tee = tee
         self.on_activity = on_activity
+        self.keep_reading = keep_reading and tee is not None
+        self.detached = False
         self.done: Deferred[bool] = Deferred()
 
     def connectionMade(self) -> None:
@@ -140,12 +147,13 @@ class ResponseRelay(Protocol):
         self.on_activity()
         if self.tee is not None:
             self.tee(data)
-        self.request.write(data)
+        if not self.detached:
+            self.request.write(data)
 
     def connectionLost(self, reason: Failure) -> None:
         complete = reason.check(ResponseDone, PotentialDataLoss) is not None
         request = self.request
-        if not request._disconnected and not request.finished:
+        if not self.detached and not request._disconnected and not request.finished:
             request.unregisterProducer()
             if complete:
                 request.finish()
@@ -155,17 +163,30 @@ class ResponseRelay(Protocol):
         self.done.callback(complete)
 
     def client_gone(self) -> None:
-        """The client disconnected: stop reading the origin's body (its connection is closed)."""
+        """The client disconnected: stop reading the origin's body (its connection is closed), or detach."""
+        if self.keep_reading:
+            self._detach()
+        elif self.transport is not None:
+            self.transport.stopProducing()
+
+    def abort(self) -> None:
+        """Stop reading the origin's body (e.g. it went idle): the response ends incomplete."""
         if self.transport is not None:
             self.transport.stopProducing()
+
+    def _detach(self) -> None:
+        self.detached = True
+        if self.transport is not None:
+            self.transport.resumeProducing()
 
     # IPushProducer: the client's write buffer steers the origin connection.
 
     def pauseProducing(self) -> None:
-        self.transport.pauseProducing()
+        if not self.detached:
+            self.transport.pauseProducing()
 
     def resumeProducing(self) -> None:
         self.transport.resumeProducing()
 
     def stopProducing(self) -> None:
-        self.transport.stopProducing()
+        self.client_gone()

@@ -148,21 +148,24 @@ class Forwarder:
         self.server_name = (config.server_names or (socket.gethostname(),))[0]
 
     def handle(self, request, route: Route, target: str) -> None:
-        self.fetch(request, route, target).addCallbacks(
-            lambda fetched: self.relay(request, route, fetched), lambda failure: self.fail(request, failure)
-        )
+        d = self.fetch(request, route, target)
+        d.addCallbacks(lambda fetched: self.relay(request, route, fetched), lambda failure: self.fail(request, failure))
+        d.addErrback(lambda failure: self.crashed(request, failure))
 
     def fetch(
-        self, request, route: Route, target: str, extra: Iterable[tuple[bytes, bytes]] = (), drop: frozenset = frozenset()
+        self, request, route: Route, target: str, extra: Iterable[tuple[bytes, bytes]] = (), drop: frozenset = frozenset(),
+        cancel_on_disconnect: bool = True,
     ) -> Deferred[Fetched]:
         """Send ``request`` to the route's origin; fires when the response header section is in.
 
         ``extra`` fields are added and the client's fields named in ``drop`` are left out (the cache uses
-        both to send its own validators). The origin request is abandoned if the client goes away.
+        both to send its own validators). The origin request is abandoned if the client goes away, unless
+        ``cancel_on_disconnect`` is False (a cache fetch other requests wait for).
         """
         headers = self.upstream_headers(request, route, extra, drop)
         d = self.send(route, request.method, target, headers, request.body)
-        request.notifyFinish().addErrback(lambda _: d.cancel())
+        if cancel_on_disconnect:
+            request.notifyFinish().addErrback(lambda _: d.cancel())
         return d
 
     def upstream_headers(
@@ -211,26 +214,31 @@ class Forwarder:
         mapping = ReverseMap(route.origin, route.prefix, "https" if request.isSecure() else "http", public_host)
         return reverse_fields(fields, mapping)
 
-    def relay(self, request, route: Route, fetched: Fetched, tee=None, fields=None) -> Deferred[bool]:
+    def relay(self, request, route: Route, fetched: Fetched, tee=None, fields=None, keep_reading=False) -> Deferred[bool]:
         """Write the origin response to the client as it streams; fires with True when it was complete.
 
         ``fields`` (default: ``response_fields``) are the header fields the client gets; ``tee`` sees
-        every body chunk.
+        every body chunk, and with ``keep_reading`` goes on seeing them after the client has left.
+        The response's connection slot is released when the body is over, or at once if this fails.
         """
         response = fetched.response
         if request._disconnected:
             discard(fetched)
             return succeed(False)
-        request.setResponseCode(response.code, response.phrase)
-        if fields is None:
-            fields = self.response_fields(request, route, fetched)
-        if any(name.lower() == b"date" for name, _ in fields):
-            request.responseHeaders.removeHeader(b"date")
-        for name, value in fields:
-            request.responseHeaders.addRawHeader(name, value)
+        try:
+            request.setResponseCode(response.code, response.phrase)
+            if fields is None:
+                fields = self.response_fields(request, route, fetched)
+            if any(name.lower() == b"date" for name, _ in fields):
+                request.responseHeaders.removeHeader(b"date")
+            for name, value in fields:
+                request.responseHeaders.addRawHeader(name, value)
+        except Exception:
+            discard(fetched)
+            raise
         if response.length is not UNKNOWN_LENGTH and request.method != b"HEAD":
             request.responseHeaders.setRawHeaders(b"content-length", [b"%d" % response.length])
-        relay = ResponseRelay(request, tee=tee)
+        relay = ResponseRelay(request, tee=tee, keep_reading=keep_reading)
         timer = IdleTimer(self.reactor, route.idle_timeout, lambda: _idle_abort(relay, route))
         relay.on_activity = timer.touch
         request.notifyFinish().addErrback(lambda _: relay.client_gone())
@@ -248,6 +256,20 @@ class Forwarder:
         log.warn("{code} for {uri}: {why}", code=code, uri=request.uri, why=failure.getErrorMessage())
         self.errors.send(request, code, headers=headers)
 
+    def crashed(self, request, failure: Failure) -> None:
+        """The end of a callback chain that failed unexpectedly: log it and answer 500, or cut a response
+        that has already started, so no client is left waiting."""
+        log.failure("handling {uri} failed", failure=failure, uri=request.uri)
+        if request._disconnected or request.finished:
+            return
+        if request.startedWriting:
+            request.close_incomplete()
+            return
+        for name in [name for name, _ in request.responseHeaders.getAllRawHeaders()]:
+            if name.lower() not in _KEPT_ON_ERROR:
+                request.responseHeaders.removeHeader(name)
+        self.errors.send(request, 500)
+
 
 def origin_failure(failure: Failure) -> tuple[int, str]:
     """(status, short reason) for an origin request that got no response: 504 for a timeout, else 502."""
@@ -256,9 +278,13 @@ def origin_failure(failure: Failure) -> tuple[int, str]:
     return 502, "origin-unreachable"
 
 
+# The fields of a request's own (Server, Date, HSTS) that an error answer keeps; the rest came from a response.
+_KEPT_ON_ERROR = frozenset({b"server", b"date", b"strict-transport-security"})
+
+
 def _idle_abort(relay: ResponseRelay, route: Route) -> None:
     log.warn("origin {origin} idle for {s} s mid-body; aborting", origin=route.origin.key, s=route.idle_timeout)
-    relay.stopProducing()
+    relay.abort()
 
 
 def _pairs(headers: Headers) -> list[tuple[bytes, bytes]]:
