@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import replace
 
 import pytest
@@ -172,3 +173,115 @@ def test_failed_commit_stores_nothing(cache):
     writer.write(b"12345")
     assert cache.commit(writer, make_head("http://x/bad"), 6) is None
     assert cache.lookup("http://x/bad") == []
+
+
+# -- memory coherent with the disk of every process -----------------------------------------------------
+
+
+def test_a_replacement_by_another_process_reaches_memory(disk, tmp_path):
+    here, there = tiered(disk, tmp_path), tiered(disk, tmp_path)
+    old = store(here, "http://x/big", b"o" * 200_000)
+    assert here.lookup("http://x/big") == [(old, None, None)]  # head-only in memory
+    new = store(there, "http://x/big", b"n" * 150_000)  # frees the old body
+    found = here.lookup("http://x/big")
+    assert found == [(new, None, None)]
+    assert b"".join(here.disk.iter_body(found[0][0])) == b"n" * 150_000
+
+
+def test_an_eviction_by_another_process_reaches_memory(tmp_path):
+    ticks = itertools.count()
+    disk = DiskStore(tmp_path / "cache", map_size=8 << 20, clock=lambda: NOW + next(ticks) / 1000)
+    try:
+        here, there = tiered(disk, tmp_path), tiered(disk, tmp_path)
+        store(here, "http://x/small", b"s")
+        assert here.lookup("http://x/small")[0][1] == b"s"
+        n = 0
+        while disk.variants("http://x/small"):  # the other process fills the disk: small is evicted
+            store(there, f"http://x/filler/{n}", b"f" * 500_000)
+            n += 1
+        assert here.lookup("http://x/small") == []
+    finally:
+        disk.close()
+
+
+def test_a_variant_added_by_another_process_is_found(disk, tmp_path):
+    here, there = tiered(disk, tmp_path), tiered(disk, tmp_path)
+    gzip = store(here, "http://x/v", b"gz", "ae=gzip")
+    here.lookup("http://x/v")
+    plain = store(there, "http://x/v", b"plain", "ae=")
+    found = sorted(here.lookup("http://x/v"), key=lambda variant: variant[0].secondary_key)
+    assert found == [(plain, b"plain", None), (gzip, b"gz", None)]
+
+
+REPLACER = """
+import os, sys
+sys.path.insert(0, {root!r})
+from accel.cache.epoch import PurgeEpoch
+from accel.cache.memory import MemoryTier
+from accel.cache.store import DiskStore
+from accel.cache.tiers import TieredStore
+from tests.test_tiers import make_head
+
+directory = {directory!r}
+store = TieredStore(DiskStore(directory, map_size=64 << 20), MemoryTier(1 << 20, 100),
+                    PurgeEpoch(os.path.join(directory, "purge-epoch")))
+writer = store.begin("http://x/shared", "")
+writer.write(b"from the other process")
+store.commit(writer, make_head("http://x/shared"), 22)
+"""
+
+
+def test_a_replacement_by_a_real_second_process_reaches_memory(disk, tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    here = tiered(disk, tmp_path)
+    store(here, "http://x/shared", b"from this process")
+    assert here.lookup("http://x/shared")[0][1] == b"from this process"
+    root = str(Path(__file__).resolve().parents[1])
+    subprocess.run([sys.executable, "-c", REPLACER.format(root=root, directory=disk.path)], check=True, timeout=30)
+    assert here.lookup("http://x/shared")[0][1] == b"from the other process"
+
+
+def test_a_url_with_too_many_variants_leaves_memory_alone(cache, monkeypatch):
+    other = store(cache, "http://x/other", b"other")
+    cache.lookup("http://x/other")
+    heads = [store(cache, "http://x/many", b"v" * 100, f"k={n}") for n in range(150)]  # > max_objects (100)
+    bodies = []
+    read_body = cache.disk.read_body
+    monkeypatch.setattr(cache.disk, "read_body", lambda head: bodies.append(head) or read_body(head))
+    found = cache.lookup("http://x/many")
+    assert sorted(head.secondary_key for head, _, _ in found) == sorted(head.secondary_key for head in heads)
+    assert all(body is None for _, body, _ in found)  # streamed from disk when served
+    assert bodies == []  # no body was read to find out it would not fit
+    assert not cache.memory.has_url("http://x/many")
+    assert cache.lookup("http://x/other") == [(other, b"other", None)]  # still in memory
+    assert bodies == []
+
+
+def test_a_url_with_too_many_bytes_of_variants_leaves_memory_alone(disk, tmp_path, monkeypatch):
+    cache = TieredStore(disk, MemoryTier(max_bytes=100_000, max_objects=100, max_object_size=60_000),
+                        PurgeEpoch(tmp_path / "cache" / "purge-epoch"))
+    store(cache, "http://x/other", b"other")
+    cache.lookup("http://x/other")
+    for n in range(3):
+        store(cache, "http://x/wide", b"w" * 50_000, f"k={n}")  # each fits, the group does not
+    reads = []
+    read_body = cache.disk.read_body
+    monkeypatch.setattr(cache.disk, "read_body", lambda head: reads.append(head) or read_body(head))
+    assert len(cache.lookup("http://x/wide")) == 3
+    assert reads == [] and cache.memory.has_url("http://x/other")
+
+
+def test_a_variant_that_would_overflow_its_group_evicts_nothing_else(disk, tmp_path):
+    cache = TieredStore(disk, MemoryTier(max_bytes=100_000, max_objects=100, max_object_size=60_000),
+                        PurgeEpoch(tmp_path / "cache" / "purge-epoch"))
+    store(cache, "http://x/other", b"other")
+    cache.lookup("http://x/other")
+    store(cache, "http://x/wide", b"w" * 50_000, "k=0")
+    cache.lookup("http://x/wide")
+    assert cache.memory.has_url("http://x/wide")
+    store(cache, "http://x/wide", b"w" * 50_000, "k=1")  # the group no longer fits on its own
+    assert not cache.memory.has_url("http://x/wide")
+    assert cache.memory.has_url("http://x/other")
