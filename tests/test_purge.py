@@ -378,3 +378,35 @@ class ThroughTheServerTests(unittest.TestCase):
         self.assertEqual([s.method for s in stack.origin.seen], [b"GET", b"GET"])  # PURGE never reached it
         response, body = yield get(agent, stack.url + "/", method=b"PURGE", headers={b"surrogate-key": b"t"})
         self.assertEqual((response.code, json.loads(body)["mode"]), (200, "tag"))
+
+
+class BatchTests(unittest.TestCase):
+    @defer.inlineCallbacks
+    def test_a_large_purge_lets_the_reactor_run_between_its_transactions(self):
+        from accel.cache import store as store_module
+
+        self.patch(store_module, "_WRITE_BATCH", 10)
+        directory = tempfile.mkdtemp(prefix="accel-purge-")
+        self.addCleanup(shutil.rmtree, directory, True)
+        store = open_tiered(directory)
+        self.addCleanup(store.epoch.close)
+        self.addCleanup(store.disk.close)
+        for n in range(25):
+            put(store, f"http://{HOST}/img/{n}")
+        handler = PurgeHandler(store, PurgeSettings(), CacheSettings(share_schemes=True), lambda h: True, reactor)
+        before = store.disk.write_transactions
+        seen_by_other_work = []
+
+        def other_work():  # what the reactor does between the purge's steps: e.g. serve a request
+            seen_by_other_work.append(store.disk.write_transactions - before)
+            if not result.called:
+                reactor.callLater(0, other_work)
+
+        reactor.callLater(0, other_work)
+        result = handler.purge("prefix", HOST, "/img/", [], soft=False)  # the first step runs now
+        document = yield result
+        self.assertEqual(document["purged"], 25)
+        self.assertEqual(store.disk.write_transactions - before, 3)  # 10, 10 and 5 entries
+        self.assertIn(1, seen_by_other_work)  # ran after the first transaction...
+        self.assertIn(2, seen_by_other_work)  # ...and between the second and the third
+        self.assertEqual(list(store.disk.iter_heads()), [])

@@ -15,7 +15,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from accel.cache.entry import CorruptEntry, EntryHead, decode_head, encode_head
-from accel.cache.store import CHUNK_SIZE, DiskStore, IncompatibleStore
+from accel.cache import store as store_module
+from accel.cache.store import CHUNK_SIZE, DiskStore, IncompatibleStore, _chunk_key
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -445,3 +446,132 @@ def test_map_full_while_a_reader_pins_freed_pages(tmp_path, clock):
         assert store.verify() == []
     finally:
         store.close()
+
+
+# -- bounded write transactions --------------------------------------------------------------------------
+
+
+def test_a_prefix_purge_spans_bounded_transactions(store, monkeypatch):
+    monkeypatch.setattr(store_module, "_WRITE_BATCH", 8)
+    for n in range(20):
+        put(store, f"http://x/p/{n:02}", b"b", tags=("t",))
+    put(store, "http://x/q", b"kept")
+    before = store.write_transactions
+    batches = store.delete_prefix_batches("http://x/p/")
+    assert next(batches) == 8
+    assert store.write_transactions == before + 1
+    assert len(list(store.iter_heads("http://x/p/"))) == 12  # the rest waits for the next step
+    assert list(batches) == [8, 4]
+    assert store.write_transactions == before + 3  # the short batch shows nothing is left
+    assert [head.url for head in store.iter_heads()] == ["http://x/q"]
+    assert store.verify() == []
+
+
+@pytest.mark.parametrize("kind", ["url", "prefix", "tag"])
+def test_soft_purges_batch_and_count_every_entry(store, monkeypatch, kind):
+    monkeypatch.setattr(store_module, "_WRITE_BATCH", 3)
+    for n in range(7):
+        put(store, "http://x/v", b"b", f"k={n}", tags=("t",))
+    target = {"url": "http://x/v", "prefix": "http://x/", "tag": "t"}[kind]
+    batches = getattr(store, f"mark_stale_{kind}_batches")(target)
+    assert list(batches) == [3, 3, 1]
+    assert all(head.stale_marked for head in store.variants("http://x/v"))
+    assert sum(getattr(store, f"mark_stale_{kind}_batches")(target)) == 7  # marked again, counted again
+
+
+def test_clear_and_access_flush_batch(store, monkeypatch, clock):
+    monkeypatch.setattr(store_module, "_WRITE_BATCH", 4)
+    monkeypatch.setattr(store_module, "_ACCESS_BATCH", 4)
+    heads = [put(store, f"http://x/{n}", b"b") for n in range(10)]
+    clock.now += 60
+    for head in heads:
+        store.touch(head)
+    assert list(store.flush_access_batches(clock())) == [4, 4, 2]
+    writer = store.begin("http://x/being-written", "")
+    writer.write(b"w" * (CHUNK_SIZE * 5))  # a pending body: clear frees it too
+    assert sum(store.delete_all_batches()) == 10
+    assert store.stats()["entries"] == store.stats()["pending"] == 0
+    assert store.verify() == []
+
+
+def test_a_large_body_is_freed_over_several_transactions(tmp_path, clock, monkeypatch):
+    monkeypatch.setattr(store_module, "_FREE_BATCH", 4)
+    store = DiskStore(tmp_path / "cache", map_size=64 << 20, clock=clock)
+    try:
+        head = put(store, "http://x/large", b"L" * (CHUNK_SIZE * 10))
+        put(store, "http://x/small", b"s")
+        before = store.write_transactions
+        assert store.delete_url("http://x/large") == 1
+        assert store.write_transactions - before == 3  # 4 + 4 + 2 chunks
+        assert list(store._scan_chunks(store._begin(), head.body_id)) == []
+        assert store.stats()["pending"] == 0 and store.verify() == []
+    finally:
+        store.close()
+
+
+def test_eviction_frees_a_large_body_in_bounded_transactions(tmp_path, clock, monkeypatch):
+    monkeypatch.setattr(store_module, "_FREE_BATCH", 16)
+    store = DiskStore(tmp_path / "cache", map_size=16 << 20, clock=clock)
+    try:
+        put(store, "http://x/large", b"L" * (CHUNK_SIZE * 60))  # ~4 MiB, the least recently used
+        for n in range(40):
+            clock.now += 60
+            put(store, f"http://x/{n}", b"f" * 300_000)
+        assert store.variants("http://x/large") == []
+        assert store.stats()["pending"] == 0 and store.verify() == []
+    finally:
+        store.close()
+
+
+def test_a_full_transaction_is_retried_with_smaller_batches(store, monkeypatch):
+    for n in range(6):
+        put(store, f"http://x/{n}", b"b")
+    limits = []
+
+    def apply(txn, limit):
+        limits.append(limit)
+        if limit > 64:
+            raise lmdb.TxnFullError("too many dirty pages")
+        return 0
+
+    assert store._write_batch(apply) == 0
+    assert limits == [256, 128, 64]
+
+
+def test_verify_repairs_in_bounded_transactions(store, monkeypatch):
+    monkeypatch.setattr(store_module, "_WRITE_BATCH", 2)
+    heads = [put(store, f"http://x/{n}", b"b" * 10) for n in range(5)]
+    with store._env.begin(write=True) as txn:
+        for head in heads:
+            txn.delete(_chunk_key(head.body_id, 0), db=store._bodies)
+    before = store.write_transactions
+    assert len(store.verify(repair=True)) == 5
+    assert store.write_transactions - before == 3
+    assert store.verify() == [] and list(store.iter_heads()) == []
+
+
+def test_a_map_grown_by_another_process_is_adopted(tmp_path, clock):
+    store = DiskStore(tmp_path / "cache", map_size=8 << 20, clock=clock)
+    try:
+        put(store, "http://x/a", b"a")
+        run_child(f"""
+            from accel.cache.store import DiskStore
+            from tests.test_store import put
+            store = DiskStore({store.path!r}, map_size=64 << 20)
+            for n in range(6):  # 12 MiB: pages beyond the first process's 8 MiB map
+                put(store, f"http://x/b{{n}}", b"b" * (2 << 20))
+        """)
+        assert len(store.variants("http://x/b5")) == 1  # not lmdb.MapResizedError
+        put(store, "http://x/c", b"c")
+        assert store.map_size == 64 << 20
+    finally:
+        store.close()
+
+
+def test_changes_are_reported_after_commit(store):
+    seen = []
+    store.on_change = seen.append
+    put(store, "http://x/a", b"a")
+    put(store, "http://x/a", b"A")  # replaced
+    store.delete_url("http://x/a")
+    assert seen == [{"http://x/a"}] * 3

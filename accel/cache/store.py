@@ -448,21 +448,22 @@ class DiskStore:
     def _batches(self, find: _Finder, action: _Action) -> Iterator[int]:
         """Apply `action` to what `find` returns, at most `_WRITE_BATCH` entries per transaction."""
         after = b""
+        exhausted = False
 
         def apply(txn: lmdb.Transaction, limit: int) -> int:
-            nonlocal after
+            nonlocal after, exhausted
             found = find(txn, limit, after)
             for key, head in found:
                 action(txn, key, head)
             if found:
                 after = found[-1][0]
+            exhausted = len(found) < limit
             return len(found)
 
-        while True:
+        while not exhausted:
             count = self._write_batch(apply)
-            if not count:
-                return
-            yield count
+            if count:
+                yield count
 
     def _write_batch(self, apply: Callable[[lmdb.Transaction, int], int]) -> int:
         """One transaction of `apply(txn, limit)`; halves the limit when LMDB says the transaction is full."""
