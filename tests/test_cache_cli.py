@@ -378,11 +378,6 @@ from accel.config import CacheSettings, Config  # noqa: E402
 from tests.support import get, http_client, start_stack  # noqa: E402
 
 
-def _wired(module: str, name: str) -> bool:
-    with open(os.path.join(ROOT, "accel", module), encoding="utf-8") as f:
-        return name in f.read()
-
-
 def _responder(**fields):
     def handle(request):
         for name, value in fields.items():
@@ -392,7 +387,6 @@ def _responder(**fields):
     return handle
 
 
-@pytest.mark.skipif(not _wired("app.py", "CacheLayer"), reason="the cache is not wired into build_site yet")
 class EndToEndTests(_trial.TestCase):
     """The server stores through HTTP; `accel cache` runs in another process, as an operator would run it."""
 

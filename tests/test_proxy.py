@@ -4,8 +4,8 @@ from __future__ import annotations
 
 
 from twisted.internet import defer, reactor
-from twisted.internet.error import CannotListenError
 from twisted.internet.endpoints import TCP4ClientEndpoint, UNIXClientEndpoint, connectProtocol
+from twisted.internet.error import CannotListenError, ConnectionLost
 from twisted.internet.protocol import Factory, Protocol
 from twisted.trial import unittest
 from twisted.web.client import FileBodyProducer
@@ -266,7 +266,7 @@ class FailureTests(unittest.TestCase):
         origin_request = stack.origin.pending[0]
         gone = origin_request.notifyFinish()
         client.transport.loseConnection()
-        yield self.assertFailure(gone, Exception)  # the origin saw its connection close
+        yield self.assertFailure(gone, ConnectionLost)  # the origin saw its connection aborted
 
 
 class StreamingTests(unittest.TestCase):

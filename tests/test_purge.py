@@ -152,23 +152,6 @@ class UrlPurgeTests(PurgeTestCase):
         self.assertEqual(code, 400)
         self.assertIn("X-Purge-Method", doc["detail"])
 
-    @defer.inlineCallbacks
-    def test_soft_purge_marks_stale_and_keeps_the_entries(self):
-        put(self.store, f"http://{HOST}/soft", secondary_key="a")
-        put(self.store, f"http://{HOST}/soft", secondary_key="b")
-        code, doc = yield self.send("/soft", x_purge_soft="1")
-        self.assertEqual((code, doc["purged"], doc["soft"]), (200, 2, True))
-        heads = [head for head, _, _ in self.store.lookup(f"http://{HOST}/soft")]
-        self.assertEqual([h.stale_marked for h in heads], [True, True])
-
-    @defer.inlineCallbacks
-    def test_fastly_soft_purge_field_is_a_synonym(self):
-        put(self.store, f"http://{HOST}/soft")
-        code, doc = yield self.send("/soft", fastly_soft_purge="1")
-        self.assertEqual((code, doc["soft"]), (200, True))
-        self.assertTrue(self.store.disk.variants(f"http://{HOST}/soft")[0].stale_marked)
-
-
 class QueryOptionTests(PurgeTestCase):
     cache_settings = CacheSettings(sort_query=True, drop_params=("utm_*",), share_schemes=True)
 
@@ -197,15 +180,6 @@ class PrefixTagAllTests(PurgeTestCase):
         self.assertEqual(self.urls(), [f"http://{HOST}.evil/img/a.png", f"http://{HOST}/imgx", f"http://{HOST}/other"])
 
     @defer.inlineCallbacks
-    def test_soft_prefix(self):
-        put(self.store, f"http://{HOST}/p/1")
-        put(self.store, f"http://{HOST}/q")
-        code, doc = yield self.send("/p", x_purge_method="prefix", x_purge_soft="true")
-        self.assertEqual((code, doc["purged"]), (200, 1))
-        self.assertTrue(self.store.disk.variants(f"http://{HOST}/p/1")[0].stale_marked)
-        self.assertFalse(self.store.disk.variants(f"http://{HOST}/q")[0].stale_marked)
-
-    @defer.inlineCallbacks
     def test_tags(self):
         put(self.store, f"http://{HOST}/a", tags=("product-1", "list"))
         put(self.store, f"http://{HOST}/b", tags=("product-2",))
@@ -217,13 +191,6 @@ class PrefixTagAllTests(PurgeTestCase):
         self.assertEqual(doc["tags"], ["product-1", "product-2"])
         self.assertEqual(self.urls(), [f"http://{HOST}/c", f"http://{HOST}/d"])
         self.assertEqual(self.store.lookup(f"http://{HOST}/a"), [])
-
-    @defer.inlineCallbacks
-    def test_soft_tag(self):
-        put(self.store, f"http://{HOST}/a", tags=("t",))
-        code, doc = yield self.send("/", surrogate_key="t", x_purge_soft="1", x_purge_method="tag")
-        self.assertEqual((code, doc["purged"]), (200, 1))
-        self.assertTrue(self.store.disk.variants(f"http://{HOST}/a")[0].stale_marked)
 
     @defer.inlineCallbacks
     def test_tag_method_without_tags_is_400(self):
@@ -378,6 +345,61 @@ class ThroughTheServerTests(unittest.TestCase):
         self.assertEqual([s.method for s in stack.origin.seen], [b"GET", b"GET"])  # PURGE never reached it
         response, body = yield get(agent, stack.url + "/", method=b"PURGE", headers={b"surrogate-key": b"t"})
         self.assertEqual((response.code, json.loads(body)["mode"]), (200, "tag"))
+
+
+class SoftPurgeThroughTheServerTests(unittest.TestCase):
+    """A soft purge keeps the entries but makes the next use revalidate: If-None-Match reaches the origin,
+    its 304 freshens the entry, and the client is told ``fwd=stale; fwd-status=304``."""
+
+    @defer.inlineCallbacks
+    def soft_purge(self, fields: dict, purged: int, target: str = "/p/1"):
+        from accel.config import Config
+        from tests.support import start_stack
+
+        directory = tempfile.mkdtemp(prefix="accel-purge-e2e-")
+        self.addCleanup(shutil.rmtree, directory, True)
+        stack = start_stack(self, config=Config(cache=CacheSettings(dir=directory, map_size=MAP_SIZE)))
+
+        def validated(request):
+            request.setHeader(b"cache-control", b"max-age=600")
+            request.setHeader(b"etag", b'"v1"')
+            request.setHeader(b"surrogate-key", b"t" if request.path.startswith(b"/p/") else b"other")
+            if request.getHeader(b"if-none-match") == b'"v1"':
+                request.setResponseCode(304)
+                return b""
+            return b"hello"
+
+        for path in (b"/p/1", b"/p/2", b"/q"):
+            stack.origin.handlers[path] = validated
+        agent = http_client(self)
+        for path in ("/p/1", "/p/2", "/q", "/p/1"):
+            yield get(agent, stack.url + path)
+        self.assertEqual(len(stack.origin.seen), 3)
+        response, body = yield get(agent, stack.url + target, method=b"PURGE", headers=fields)
+        self.assertEqual((response.code, json.loads(body)["purged"], json.loads(body)["soft"]), (200, purged, True))
+
+        response, body = yield get(agent, stack.url + "/p/1")
+        self.assertEqual((response.code, body), (200, b"hello"))
+        self.assertEqual(response.headers.getRawHeaders(b"cache-status"), [b"accel; fwd=stale; fwd-status=304"])
+        revalidation = stack.origin.seen[-1]
+        self.assertEqual((revalidation.uri, revalidation.header(b"if-none-match")), (b"/p/1", [b'"v1"']))
+        response, _ = yield get(agent, stack.url + "/p/1")  # freshened by the 304: a hit again
+        self.assertTrue(response.headers.getRawHeaders(b"cache-status")[0].startswith(b"accel; hit"))
+        response, _ = yield get(agent, stack.url + "/q")  # matched by no soft purge here
+        self.assertTrue(response.headers.getRawHeaders(b"cache-status")[0].startswith(b"accel; hit"))
+        self.assertEqual(len(stack.origin.seen), 4)
+
+    def test_url(self):
+        return self.soft_purge({b"x-purge-soft": b"1"}, purged=1)
+
+    def test_fastly_soft_purge_is_a_synonym(self):
+        return self.soft_purge({b"fastly-soft-purge": b"1"}, purged=1)
+
+    def test_prefix(self):
+        return self.soft_purge({b"x-purge-soft": b"true", b"x-purge-method": b"prefix"}, purged=2, target="/p/")
+
+    def test_tag(self):
+        return self.soft_purge({b"x-purge-soft": b"1", b"surrogate-key": b"t"}, purged=2, target="/")
 
 
 class BatchTests(unittest.TestCase):

@@ -88,11 +88,6 @@ def test_set_cookie_needs_policy_or_qualified_directive():
     assert verdict(response=qualified) == Verdict(True, "ok")
 
 
-def test_cache_post_is_refused():
-    with pytest.raises(ValueError):
-        CachePolicy(cache_post=True)
-
-
 def test_s3_1_fields_to_store_drops_connection_specific_and_named_fields():
     response = (
         ("date", "d"),

@@ -14,8 +14,7 @@ Decisions, in the order a request meets them:
   invalidation ``invalidation_targets`` (§4.4)
   reporting    ``cache_status_value`` (RFC 9211)
 
-POST responses are never stored: ``CachePolicy.cache_post`` exists for configuration
-compatibility but only False is accepted (§4.4's invalidation still applies to POST).
+POST responses are never stored (§4.4's invalidation still applies to POST).
 """
 
 from __future__ import annotations
@@ -95,11 +94,6 @@ class CachePolicy:
     store_set_cookie: bool = False
     targeted_fields: tuple[str, ...] = ("cdn-cache-control",)
     grace: float = 0.0
-    cache_post: bool = False
-
-    def __post_init__(self) -> None:
-        if self.cache_post:
-            raise ValueError("caching POST responses is not supported")
 
 
 DEFAULT_POLICY = CachePolicy()
