@@ -1,7 +1,5 @@
 """RFC 9111 §3 storing responses, §3.1 stored fields, §3.5 Authorization, §5.2.2 response directives."""
 
-import pytest
-
 from accel.cache.policy import CachePolicy, Verdict, fields_to_store, storable
 
 P = CachePolicy()
