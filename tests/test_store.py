@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 
 from accel.cache.entry import CorruptEntry, EntryHead, decode_head, encode_head
 from accel.cache import store as store_module
-from accel.cache.store import CHUNK_SIZE, DiskStore, IncompatibleStore, _chunk_key
+from accel.cache.store import CHUNK_SIZE, DiskStore, IncompatibleStore, StoreFull, _chunk_key
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -536,6 +536,9 @@ def test_a_full_transaction_is_retried_with_smaller_batches(store, monkeypatch):
 
     assert store._write_batch(apply) == 0
     assert limits == [256, 128, 64]
+    # Any other write that hits it is refused like a full store: PURGE answers 503, a write is not stored.
+    with pytest.raises(StoreFull):
+        store._write(lambda txn: (_ for _ in ()).throw(lmdb.TxnFullError("too many dirty pages")))
 
 
 def test_verify_repairs_in_bounded_transactions(store, monkeypatch):

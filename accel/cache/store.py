@@ -127,6 +127,11 @@ class StoreFull(Exception):
     """
 
 
+class TxnFull(StoreFull):
+    """A write transaction changed more pages than LMDB allows in one (MDB_TXN_FULL); batched
+    operations retry with smaller batches, other writes are refused like a full store."""
+
+
 class _NeedRoom(Exception):
     """Internal: a write transaction found used space above the high-water mark."""
 
@@ -471,9 +476,9 @@ class DiskStore:
         while True:
             try:
                 return self._write(lambda txn: apply(txn, limit))
-            except lmdb.TxnFullError:
+            except TxnFull:
                 if limit == 1:
-                    raise StoreFull(f"{self.path}: one entry does not fit in a write transaction") from None
+                    raise
                 limit //= 2
 
     def _url_matches(self, url: str) -> _Finder:
@@ -718,6 +723,8 @@ class DiskStore:
             except lmdb.MapFullError:
                 self._env.reader_check()
                 evicted = self._evict(needed, at_least=needed * (attempt + 1))
+            except lmdb.TxnFullError:
+                raise TxnFull(f"{self.path}: too many changes for one write transaction") from None
             else:
                 self._committed()
                 self._free_leftovers()
