@@ -134,7 +134,7 @@ class CacheLayer:
                 if served is True:
                     return
                 if served is BODY_GONE:
-                    found = []  # the memory tier dropped it: look on disk again
+                    found = None  # the memory tier dropped the URL: look again
             method = request.method.decode("latin-1")
             exchange = Exchange(
                 request, route, target, key, request_fields(request), method, self.policy_for(route), collapsed,
@@ -142,7 +142,7 @@ class CacheLayer:
             if method not in ("GET", "HEAD"):
                 self.forward_unsafe(exchange)
                 return
-            self.decide(exchange, self.store.lookup(key) if not found else found)
+            self.decide(exchange, self.store.lookup(key) if found is None else found)
         except Exception:
             self.crashed(request, exchange, Failure())
 
