@@ -45,17 +45,33 @@ than that in memory.
 Space. Used space is the sum of the page counts of every database, which LMDB
 keeps in each database record, so it costs no scan. A write that would take it
 past 90% of the map first evicts least recently used entries (following
-``atime``) towards 80% in one transaction; after 64 entries an eviction stops
-as soon as the write fits under 90%, so no single write evicts for long. A
-write that still hits MapFullError (freed pages can be pinned by old readers)
-evicts more and retries. When nothing is left to evict the write is refused:
+``atime``) towards 80%; after 64 entries an eviction stops as soon as the write
+fits under 90%, so no single write evicts for long. A write that still hits
+MapFullError (freed pages can be pinned by old readers) evicts more and
+retries. When nothing is left to evict the write is refused:
 `BodyWriter.write` becomes a no-op and `commit` returns None. Map-full never
 reaches the caller of a write; deletions need no room first, but if even a
-deletion cannot get pages `StoreFull` is raised.
+deletion cannot get pages `StoreFull` is raised. A map another process has
+grown (MapResizedError) is adopted and the transaction begun again; a
+transaction LMDB finds too large (TxnFullError) is refused as `TxnFull`, a
+`StoreFull`.
+
+Short write transactions. The writer lock is shared by every process, so no
+write transaction is unbounded: purges, clear and repairs change at most
+`_WRITE_BATCH` entries per transaction (the `*_batches` generators yield after
+each, so the server can run its reactor in between), access flushes write at
+most `_ACCESS_BATCH` records, and a transaction frees at most `_FREE_BATCH`
+body chunks — a larger body's remaining chunks are recorded in ``pending``
+with the `_LEFTOVER` stamp and freed by the next transactions (an eviction
+ends its transaction there and goes on in a new one).
+
+Changes. After each commit, `on_change` is called with the URLs whose entries
+the transaction stored, replaced, marked or deleted (None when unknown), so
+the memory tiers of every process can drop what they hold of them.
 
 Access recency. `touch` only notes the head key in memory; `flush_access`
-persists the notes in one transaction, skipping entries whose stored access
-time is less than `ACCESS_RESOLUTION` seconds old.
+persists the notes, skipping entries whose stored access time is less than
+`ACCESS_RESOLUTION` seconds old.
 
 Blocking times, measured on a loaded 2-vCPU VM (ext4, 1 GiB map, 2000
 entries; median / p99): `variants` hit 17 / 80-200 µs, miss 2 / 25 µs;
