@@ -10,6 +10,7 @@ from email.utils import formatdate
 
 from twisted.internet import defer
 from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
+from twisted.internet.error import ConnectionLost
 from twisted.internet import reactor
 from twisted.trial import unittest
 from twisted.web import server
@@ -172,6 +173,16 @@ class CollapsingTests(unittest.TestCase):
         self.assertEqual([(r.code, len(body)) for r, body in answers], [(200, 100_000)] * 9)
         self.assertEqual(origin_hits(stack, b"/slow"), 1)  # one request reached the origin, not ten
         self.assertTrue(all(cache_status(r).startswith("accel; hit") for r, _ in answers))
+
+    @defer.inlineCallbacks
+    def test_a_fetch_nobody_waits_for_stops_when_its_client_leaves(self):
+        stack = stack_with_cache(self)
+        client = RawClient(b"GET /hang HTTP/1.1\r\nHost: h\r\n\r\n")
+        yield connectProtocol(TCP4ClientEndpoint(reactor, "127.0.0.1", stack.accel_port.getHost().port), client)
+        yield until(lambda: stack.origin.pending)
+        gone = stack.origin.pending[0].notifyFinish()
+        client.transport.loseConnection()
+        yield self.assertFailure(gone, ConnectionLost)  # the origin request was abandoned
 
     @defer.inlineCallbacks
     def test_revalidations_of_one_object_are_collapsed(self):

@@ -35,6 +35,9 @@ class Collapser:
         waiter.addBoth(lambda result: (timer.active() and timer.cancel(), result)[1])
         return waiter
 
+    def has_waiters(self, key: str) -> bool:
+        return bool(self.waiting.get(key))
+
     def release(self, key: str) -> None:
         """The leader is done: every waiter looks again."""
         for waiter in self.waiting.pop(key, []):

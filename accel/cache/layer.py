@@ -227,9 +227,8 @@ class CacheLayer:
         elif storing:
             drop = CLIENT_VALIDATORS
         request_time = self.clock()
-        # A leader's fetch goes on when its client leaves: the waiters get what it stores.
         d = self.forwarder.fetch(
-            request, exchange.route, exchange.target, extra=extra, drop=drop, cancel_on_disconnect=not exchange.leader
+            request, exchange.route, exchange.target, extra=extra, drop=drop, keep_going=lambda: self.others_wait(exchange)
         )
         d.addCallbacks(
             lambda fetched: self.fetched(exchange, fwd, fetched, request_time, revalidate, variants, storing),
@@ -272,17 +271,18 @@ class CacheLayer:
             response.deliverBody(sink)
             return
         done = self.relay(exchange, self.take(exchange), client_fields,
-                          self.status(fwd=fwd, fwd_status=code, stored=True), writer.write, keep_reading=exchange.leader)
+                          self.status(fwd=fwd, fwd_status=code, stored=True), writer.write,
+                          keep_going=lambda: self.others_wait(exchange))
         done.addCallback(lambda complete: self.committed(exchange, writer.finish(complete)))
         done.addErrback(lambda failure: self.crashed(request, exchange, failure))
 
     def relay(self, exchange: Exchange, fetched: Fetched, client_fields, cache_status: bytes, tee=None,
-              keep_reading: bool = False) -> Deferred:
+              keep_going=lambda: False) -> Deferred:
         request = exchange.request
         request.log_cache = "miss"
         shown = [(n, v) for n, v in client_fields if n.lower().decode("latin-1") not in self.hidden_fields]
         request.responseHeaders.setRawHeaders(b"cache-status", [self.collapsed(exchange, cache_status)])
-        return self.forwarder.relay(request, exchange.route, fetched, tee=tee, fields=shown, keep_reading=keep_reading)
+        return self.forwarder.relay(request, exchange.route, fetched, tee=tee, fields=shown, keep_going=keep_going)
 
     def committed(self, exchange: Exchange, head: EntryHead | None) -> None:
         self.stop_leading(exchange)
@@ -295,6 +295,11 @@ class CacheLayer:
         if exchange.leader:
             self.remember_hit_for_miss(exchange.key)
             self.stop_leading(exchange)
+
+    def others_wait(self, exchange: Exchange) -> bool:
+        """Whether requests wait for this exchange's fetch: then it goes on when its own client leaves, and the
+        waiters get what it stores."""
+        return exchange.leader and self.collapser.has_waiters(exchange.key)
 
     def stop_leading(self, exchange: Exchange) -> None:
         """The leader's fetch is over: its waiters look the URL up again."""

@@ -127,16 +127,16 @@ class RequestBody:
 class ResponseRelay(Protocol):
     """Writes an origin response body to the client; fires ``done`` with True (complete) or False.
 
-    With ``keep_reading``, a client that goes away does not stop the body: the relay detaches from the
-    client and reads on for the tee alone (a cache fetch others are waiting for).
+    When ``keep_reading()`` is true as the client goes away, the body does not stop: the relay detaches
+    from the client and reads on for the tee alone (a cache fetch others are waiting for).
     """
 
     def __init__(self, request, *, tee: Callable[[bytes], None] | None = None, on_activity=lambda: None,
-                 keep_reading: bool = False):
+                 keep_reading: Callable[[], bool] = lambda: False):
         self.request = request
         self.tee = tee
         self.on_activity = on_activity
-        self.keep_reading = keep_reading and tee is not None
+        self.keep_reading = keep_reading
         self.detached = False
         self.done: Deferred[bool] = Deferred()
 
@@ -164,7 +164,9 @@ class ResponseRelay(Protocol):
 
     def client_gone(self) -> None:
         """The client disconnected: stop reading the origin's body (its connection is closed), or detach."""
-        if self.keep_reading:
+        if self.detached:
+            return
+        if self.tee is not None and self.keep_reading():
             self._detach()
         elif self.transport is not None:
             self.transport.stopProducing()

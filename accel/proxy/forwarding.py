@@ -154,18 +154,17 @@ class Forwarder:
 
     def fetch(
         self, request, route: Route, target: str, extra: Iterable[tuple[bytes, bytes]] = (), drop: frozenset = frozenset(),
-        cancel_on_disconnect: bool = True,
+        keep_going: Callable[[], bool] = lambda: False,
     ) -> Deferred[Fetched]:
         """Send ``request`` to the route's origin; fires when the response header section is in.
 
         ``extra`` fields are added and the client's fields named in ``drop`` are left out (the cache uses
         both to send its own validators). The origin request is abandoned if the client goes away, unless
-        ``cancel_on_disconnect`` is False (a cache fetch other requests wait for).
+        ``keep_going()`` says otherwise then (a cache fetch other requests wait for).
         """
         headers = self.upstream_headers(request, route, extra, drop)
         d = self.send(route, request.method, target, headers, request.body)
-        if cancel_on_disconnect:
-            request.notifyFinish().addErrback(lambda _: d.cancel())
+        request.notifyFinish().addErrback(lambda _: None if keep_going() else d.cancel())
         return d
 
     def upstream_headers(
@@ -214,11 +213,12 @@ class Forwarder:
         mapping = ReverseMap(route.origin, route.prefix, "https" if request.isSecure() else "http", public_host)
         return reverse_fields(fields, mapping)
 
-    def relay(self, request, route: Route, fetched: Fetched, tee=None, fields=None, keep_reading=False) -> Deferred[bool]:
+    def relay(self, request, route: Route, fetched: Fetched, tee=None, fields=None,
+              keep_going: Callable[[], bool] = lambda: False) -> Deferred[bool]:
         """Write the origin response to the client as it streams; fires with True when it was complete.
 
         ``fields`` (default: ``response_fields``) are the header fields the client gets; ``tee`` sees
-        every body chunk, and with ``keep_reading`` goes on seeing them after the client has left.
+        every body chunk, and goes on seeing them after the client has left if ``keep_going()`` says so then.
         The response's connection slot is released when the body is over, or at once if this fails.
         """
         response = fetched.response
@@ -238,7 +238,7 @@ class Forwarder:
             raise
         if response.length is not UNKNOWN_LENGTH and request.method != b"HEAD":
             request.responseHeaders.setRawHeaders(b"content-length", [b"%d" % response.length])
-        relay = ResponseRelay(request, tee=tee, keep_reading=keep_reading)
+        relay = ResponseRelay(request, tee=tee, keep_reading=keep_going)
         timer = IdleTimer(self.reactor, route.idle_timeout, lambda: _idle_abort(relay, route))
         relay.on_activity = timer.touch
         request.notifyFinish().addErrback(lambda _: relay.client_gone())
