@@ -489,9 +489,13 @@ def test_clear_and_access_flush_batch(store, monkeypatch, clock):
     assert list(store.flush_access_batches(clock())) == [4, 4, 2]
     writer = store.begin("http://x/being-written", "")
     writer.write(b"w" * (CHUNK_SIZE * 5))  # a pending body: clear frees it too
-    assert sum(store.delete_all_batches()) == 10
+    monkeypatch.setattr(store_module, "_FREE_BATCH", 2)
+    clearing = store.delete_all_batches()
+    assert sum(clearing) == 10
     assert store.stats()["entries"] == store.stats()["pending"] == 0
-    assert store.verify() == []
+    writer.write(b"w" * (CHUNK_SIZE * 4))  # its writer notices and stores nothing
+    assert writer.commit(make_head("http://x/being-written"), None) is None
+    assert store.verify() == [] and store.variants("http://x/being-written") == []
 
 
 def test_a_large_body_is_freed_over_several_transactions(tmp_path, clock, monkeypatch):

@@ -924,9 +924,9 @@ class BodyWriter:
         return True
 
     def _store_chunks(self, txn: lmdb.Transaction, pieces: list[bytes]) -> bool:
-        """Append chunks and refresh the pending record; False if the body was freed."""
+        """Append chunks and refresh the pending record; False if the body was freed (or is being freed)."""
         store = self._store
-        if self._chunks and txn.get(self.body_id, db=store._pending) is None:
+        if self._chunks and txn.get(self.body_id, db=store._pending) in (None, _LEFTOVER):
             return False
         for offset, piece in enumerate(pieces):
             txn.put(_chunk_key(self.body_id, self._chunks + offset), piece, db=store._bodies)
