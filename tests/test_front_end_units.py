@@ -6,7 +6,7 @@ from twisted.internet.task import Clock
 from twisted.trial import unittest
 
 from accel.cache.collapse import Collapser
-from accel.proxy.forwarding import IdleTimer
+from accel.proxy.timer import IdleTimer
 
 
 class TimerTests(unittest.TestCase):

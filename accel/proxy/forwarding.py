@@ -11,7 +11,7 @@ stream.
 from __future__ import annotations
 
 import socket
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from urllib.parse import urlsplit
 
 from twisted.internet.defer import CancelledError, Deferred, succeed
@@ -32,6 +32,7 @@ from accel.http.target import UnsafeTarget, normalise_target
 from accel.proxy.origin import Fetched, OriginClients, OriginTimeout, OriginUnavailable
 from accel.proxy.rewrite import ReverseMap, reverse_fields
 from accel.proxy.routing import RouteTable, origin_target
+from accel.proxy.timer import IdleTimer
 
 log = Logger()
 
@@ -110,31 +111,6 @@ class ReverseProxy(Resource):
         request.uri = target.encode("latin-1")
         request.path = (parts.path or "/").encode("latin-1")
         return target
-
-
-class IdleTimer:
-    """Fires ``expired`` when ``touch`` has not been called for ``seconds``; touching costs one assignment."""
-
-    def __init__(self, reactor, seconds: float, expired: Callable[[], None]):
-        self.reactor, self.seconds, self.expired = reactor, seconds, expired
-        self.last = reactor.seconds()
-        self._call = reactor.callLater(seconds, self._check)
-
-    def touch(self) -> None:
-        self.last = self.reactor.seconds()
-
-    def _check(self) -> None:
-        idle = self.reactor.seconds() - self.last
-        if idle >= self.seconds:
-            self._call = None
-            self.expired()
-        else:
-            self._call = self.reactor.callLater(self.seconds - idle, self._check)
-
-    def stop(self) -> None:
-        if self._call is not None and self._call.active():
-            self._call.cancel()
-        self._call = None
 
 
 class Forwarder:
