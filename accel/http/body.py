@@ -1,10 +1,10 @@
 """Message bodies streaming through accel, with backpressure both ways.
 
 ``RequestBody``: the client's request body, fed chunk by chunk by the channel and produced into the origin
-connection (an ``IBodyProducer`` for Twisted's Agent). When the origin is slow, reading from the client
-stops; at most ``BUFFER_LIMIT`` bytes wait in between.
+connection (an ``IBodyProducer``, registered as the origin connection's producer). When the origin is slow,
+reading from the client stops; at most ``BUFFER_LIMIT`` bytes wait in between.
 
-``ResponseRelay``: the origin's response body, delivered by Agent and written to the client. When the
+``ResponseRelay``: the origin's response body, delivered by the origin client and written to the client. When the
 client is slow, reading from the origin stops (the relay is the client request's push producer). A tee
 callback sees every chunk (the cache stores the body while it streams).
 """
@@ -17,7 +17,7 @@ from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IPushProducer
 from twisted.internet.protocol import Protocol
 from twisted.python.failure import Failure
-from twisted.web.client import PotentialDataLoss, ResponseDone
+from twisted.web.client import ResponseDone
 from twisted.web.iweb import UNKNOWN_LENGTH, IBodyProducer
 from zope.interface import implementer
 
@@ -34,7 +34,6 @@ class RequestBody:
         self.request = request
         self.length = UNKNOWN_LENGTH if length is None else length
         self.complete = False
-        self.on_activity: Callable[[], None] = lambda: None
         self._consumer = None
         self._paused = False
         self._buffer: list[bytes] = []
@@ -48,7 +47,6 @@ class RequestBody:
     def feed(self, data: bytes) -> None:
         if self._abandoned:
             return
-        self.on_activity()
         if self._consumer is not None and not self._paused and not self._buffer:
             self._consumer.write(data)
             return
@@ -94,7 +92,7 @@ class RequestBody:
 
     def stopProducing(self) -> None:
         self._consumer = None
-        self._done = None  # Agent no longer waits for it
+        self._done = None  # the origin connection no longer waits for it
         self.abandon()
 
     def _flush(self) -> None:
@@ -151,7 +149,7 @@ class ResponseRelay(Protocol):
             self.request.write(data)
 
     def connectionLost(self, reason: Failure) -> None:
-        complete = reason.check(ResponseDone, PotentialDataLoss) is not None
+        complete = reason.check(ResponseDone) is not None
         request = self.request
         if not self.detached and not request._disconnected and not request.finished:
             request.unregisterProducer()

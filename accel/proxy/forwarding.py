@@ -15,10 +15,8 @@ from collections.abc import Iterable
 from urllib.parse import urlsplit
 
 from twisted.internet.defer import CancelledError, Deferred, succeed
-from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-from twisted.web.http_headers import Headers
 from twisted.web.iweb import UNKNOWN_LENGTH
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET
@@ -27,9 +25,9 @@ from accel.http.body import ResponseRelay
 from accel.config import Config, Route, local_names
 from accel.http.addresses import peer_in, peer_name, split_authority
 from accel.http.errors import ErrorPages
-from accel.http.headers import ClientSide, request_to_origin, response_to_client
+from accel.http.headers import ClientSide, RawFields, end_to_end, request_to_origin, response_to_client
 from accel.http.target import UnsafeTarget, normalise_target
-from accel.proxy.origin import Fetched, OriginClients, OriginTimeout, OriginUnavailable
+from accel.proxy.origin import Fetched, OriginBusy, OriginClients, OriginTimeout, OriginUnavailable
 from accel.proxy.rewrite import ReverseMap, reverse_fields
 from accel.proxy.routing import RouteTable, origin_target
 from accel.proxy.timer import IdleTimer
@@ -139,13 +137,16 @@ class Forwarder:
         ``keep_going()`` says otherwise then (a cache fetch other requests wait for).
         """
         headers = self.upstream_headers(request, route, extra, drop)
-        d = self.send(route, request.method, target, headers, request.body)
+        d = self.send(
+            route, request.method, target, headers, request.body,
+            interim=lambda code, phrase, fields: relay_interim(request, code, phrase, fields),
+        )
         request.notifyFinish().addErrback(lambda _: None if keep_going() else d.cancel())
         return d
 
     def upstream_headers(
         self, request, route: Route, extra: Iterable[tuple[bytes, bytes]] = (), drop: frozenset = frozenset()
-    ) -> Headers:
+    ) -> RawFields:
         """The header section for the origin: the proxy's rules applied to the client's fields."""
         client_fields = [(n, v) for n, v in _pairs(request.requestHeaders) if n.lower() not in drop]
         fields = request_to_origin(
@@ -157,15 +158,16 @@ class Forwarder:
             via=self.config.via_pseudonym,
             client_version=request.clientproto,
         )
-        headers = Headers()
-        for name, value in list(fields) + list(extra):
-            headers.addRawHeader(name, value)
-        return headers
+        fields.extend(extra)
+        return fields
 
-    def send(self, route: Route, method: bytes, target: str, headers: Headers, body=None) -> Deferred[Fetched]:
+    def send(
+        self, route: Route, method: bytes, target: str, headers: RawFields, body=None, interim=None
+    ) -> Deferred[Fetched]:
         """Send a prepared request for a public ``target`` to the route's origin."""
         upstream = origin_target(route, target).encode("latin-1")
-        return self.clients.for_route(route).fetch(method, upstream, headers, body, timeout=route.response_timeout)
+        client = self.clients.for_route(route)
+        return client.fetch(method, upstream, headers, body, timeout=route.response_timeout, interim=interim)
 
     def client_side(self, request) -> ClientSide:
         peer = request.getClientAddress()
@@ -180,11 +182,7 @@ class Forwarder:
     def response_fields(self, request, route: Route, fetched: Fetched) -> list[tuple[bytes, bytes]]:
         """The origin response's header fields as the client must see them."""
         response = fetched.response
-        version = b"%s/%d.%d" % response.version
-        connection = [(b"connection", v) for v in getattr(response, "connection_tokens", ())]
-        fields = response_to_client(
-            _pairs(response.headers) + connection, via=self.config.via_pseudonym, origin_version=version
-        )
+        fields = response_to_client(response.fields, via=self.config.via_pseudonym, origin_version=response.version)
         public_host = (request.getHeader(b"host") or route.origin.authority.encode()).decode("latin-1")
         mapping = ReverseMap(route.origin, route.prefix, "https" if request.isSecure() else "http", public_host)
         return reverse_fields(fields, mapping)
@@ -227,7 +225,7 @@ class Forwarder:
         if failure.check(CancelledError) or request._disconnected:
             return
         code, _ = origin_failure(failure)
-        if not failure.check(OriginTimeout, OriginUnavailable):
+        if not failure.check(OriginTimeout, OriginUnavailable, OriginBusy):
             log.failure("unexpected origin failure for {uri}", failure=failure, uri=request.uri)
         log.warn("{code} for {uri}: {why}", code=code, uri=request.uri, why=failure.getErrorMessage())
         self.errors.send(request, code, headers=headers)
@@ -248,9 +246,12 @@ class Forwarder:
 
 
 def origin_failure(failure: Failure) -> tuple[int, str]:
-    """(status, short reason) for an origin request that got no response: 504 for a timeout, else 502."""
+    """(status, short reason) for an origin request that got no response: 504 for a timeout, 503 when too
+    many requests already wait for the origin, else 502."""
     if failure.check(OriginTimeout):
         return 504, "origin-timeout"
+    if failure.check(OriginBusy):
+        return 503, "origin-busy"
     return 502, "origin-unreachable"
 
 
@@ -258,23 +259,26 @@ def origin_failure(failure: Failure) -> tuple[int, str]:
 _KEPT_ON_ERROR = frozenset({b"server", b"date", b"strict-transport-security"})
 
 
+def relay_interim(request, code: int, phrase: bytes, fields: RawFields) -> None:
+    """RFC 9110 §15.2: an interim response goes on to an HTTP/1.1 client ahead of the final one."""
+    if request.clientproto != b"HTTP/1.1" or request.startedWriting or request._disconnected:
+        return
+    lines = [b"HTTP/1.1 %d %s\r\n" % (code, phrase)]
+    for name, value in end_to_end(fields):
+        lines += (name, b": ", value, b"\r\n")
+    lines.append(b"\r\n")
+    request.channel.transport.writeSequence(lines)
+
+
 def _idle_abort(relay: ResponseRelay, route: Route) -> None:
     log.warn("origin {origin} idle for {s} s mid-body; aborting", origin=route.origin.key, s=route.idle_timeout)
     relay.abort()
 
 
-def _pairs(headers: Headers) -> list[tuple[bytes, bytes]]:
+def _pairs(headers) -> RawFields:
     return [(name, value) for name, values in headers.getAllRawHeaders() for value in values]
 
 
 def discard(fetched: Fetched) -> None:
-    """Drop a response nobody will read: close its connection and free its slot."""
+    """Drop a response nobody will read: its connection is closed unless the body is already complete."""
     fetched.release()
-    fetched.response.deliverBody(_Discard())
-
-
-class _Discard(Protocol):
-    """Takes a response body nobody wants any more, by closing its connection."""
-
-    def connectionMade(self) -> None:
-        self.transport.stopProducing()

@@ -1,32 +1,41 @@
-"""Talking to origins: persistent HTTP/1.1 connection pools, a per-origin connection cap, timeouts.
+"""Talking to origins: a pool of persistent connections per origin, a connection cap, timeouts.
 
-One ``OriginClient`` per (origin, connect timeout, connection cap). Each has its own persistent
-``HTTPConnectionPool`` (Twisted's default pool is not persistent) whose idle-connection limit equals the cap,
-and a ``DeferredSemaphore`` that bounds concurrent requests, since the pool only bounds idle connections.
-A slot is held from the moment a request is sent until its response body has been fully relayed.
+One ``OriginClient`` per (origin, connect timeout, connection cap). It holds at most ``max_connections``
+connections (connecting, busy or idle). A request takes an idle connection (the most recently used), else
+opens one while under the cap, else waits in a FIFO queue of at most ``QUEUE_PER_CONNECTION`` requests per
+connection (beyond that: ``OriginBusy``, 503). A connection is busy from the request until its response
+body has been read to the end (or dropped); then it goes to the first waiter, or waits idle for
+``IDLE_TIMEOUT`` seconds before it is closed.
+
+The response timeout runs from the request until the final response head arrives, and restarts whenever
+a piece of the request body is written: a slow, steady upload is not a silent origin.
+A request that finds its reused connection closed by the origin before any answer (the origin timed it
+out just as it was reused) is sent once more on a fresh connection when it is idempotent and has no body
+(RFC 9110 §9.2.2, RFC 9112 §9.3.1); otherwise it fails (502).
 """
 
 from __future__ import annotations
 
+from collections import deque
 from dataclasses import dataclass
 
 from twisted.internet import error as netError
-from twisted.internet.defer import CancelledError, Deferred, DeferredSemaphore, gatherResults
+from twisted.internet.defer import Deferred, gatherResults, succeed
+from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
+from twisted.internet.protocol import Factory
 from twisted.logger import Logger
-from twisted.web.client import (
-    Agent,
-    BrowserLikePolicyForHTTPS,
-    HTTPConnectionPool,
-    ResponseNeverReceived,
-    _HTTP11ClientFactory,
-)
-from twisted.web._newclient import HTTP11ClientProtocol
-from twisted.web.http_headers import Headers
-from twisted.web.iweb import IResponse
+from twisted.web.client import BrowserLikePolicyForHTTPS
 
 from accel.config import Origin, Route
+from accel.http.headers import RawFields
+from accel.proxy.client import OriginConnection, OriginProtocolError, OriginResponse
+from accel.proxy.timer import IdleTimer
 
 log = Logger()
+
+IDLE_TIMEOUT = 30.0  # seconds an unused connection is kept open
+QUEUE_PER_CONNECTION = 64  # waiting requests allowed per connection of the cap
+IDEMPOTENT = frozenset({b"GET", b"HEAD", b"OPTIONS", b"PUT", b"DELETE", b"TRACE"})  # RFC 9110 §9.2.2
 
 
 class OriginTimeout(Exception):
@@ -37,104 +46,228 @@ class OriginUnavailable(Exception):
     """The origin refused, was unreachable, or broke the connection before answering: 502."""
 
 
+class OriginBusy(Exception):
+    """Too many requests already wait for a connection to this origin: 503."""
+
+
 @dataclass
 class Fetched:
-    """An origin response whose body has not been read yet, and the connection slot it holds."""
+    """An origin response whose body has not been read yet; its connection is busy until it has."""
 
-    response: IResponse
-    client: OriginClient
+    response: OriginResponse
 
     def release(self) -> None:
-        self.client.slots.release()
-
-
-class _OriginConnection(HTTP11ClientProtocol):
-    """Keeps the response's ``Connection`` field, which Twisted's parser files away as connection control.
-
-    A proxy needs it: every field it nominates is hop-by-hop and must not reach the client (RFC 9110
-    §7.6.1). The values are put on the response as ``connection_tokens``.
-    """
-
-    def request(self, request):
-        result = super().request(request)
-        parser = self._parser
-        if parser is not None:
-            original = parser.allHeadersReceived
-
-            def all_headers_received():
-                parser.response.connection_tokens = parser.connHeaders.getRawHeaders(b"connection", [])
-                original()
-
-            parser.allHeadersReceived = all_headers_received
-        return result
-
-
-class _OriginConnectionFactory(_HTTP11ClientFactory):
-    noisy = False  # one "Starting factory" log line per origin connection is noise
-
-    def buildProtocol(self, addr):
-        return _OriginConnection(self._quiescentCallback)
+        """Done with the response: a body not read to the end closes its connection."""
+        self.response.release()
 
 
 class OriginClient:
     def __init__(self, reactor, origin: Origin, *, max_connections: int, connect_timeout: float, tls_policy=None):
         self.reactor = reactor
         self.origin = origin
-        self.pool = HTTPConnectionPool(reactor, persistent=True)
-        self.pool.maxPersistentPerHost = max_connections
-        self.pool.retryAutomatically = True  # one retry of idempotent requests on a dead pooled connection
-        self.pool._factory = _OriginConnectionFactory
-        self.agent = Agent(
-            reactor,
-            contextFactory=tls_policy or BrowserLikePolicyForHTTPS(),
-            connectTimeout=connect_timeout,
-            pool=self.pool,
-        )
-        self.slots = DeferredSemaphore(max_connections)
-        self.prefix = origin.key.encode("ascii")
+        self.max_connections = max_connections
+        self.queue_limit = QUEUE_PER_CONNECTION * max_connections
+        endpoint = HostnameEndpoint(reactor, origin.host, origin.port, timeout=connect_timeout)
+        if origin.scheme == "https":
+            policy = tls_policy or BrowserLikePolicyForHTTPS()
+            endpoint = wrapClientTLS(policy.creatorForNetloc(origin.host.encode("idna"), origin.port), endpoint)
+        self.endpoint = endpoint
+        self.factory = Factory.forProtocol(lambda: OriginConnection(self._released, self._lost))
+        self.factory.noisy = False
+        self.opened = 0  # connections open or opening
+        self.connections: set[OriginConnection] = set()  # open ones
+        self.idle: list[OriginConnection] = []
+        self.waiting: deque[_Request] = deque()
+        self.closing = False
+        self._closed: Deferred | None = None
 
-    def fetch(self, method: bytes, target: bytes, headers: Headers, body, *, timeout: float) -> Deferred[Fetched]:
-        """Send a request; fires with ``Fetched`` once the response header section has arrived.
+    def fetch(
+        self, method: bytes, target: bytes, fields: RawFields, body=None, *, timeout: float, interim=None
+    ) -> Deferred[Fetched]:
+        """Send a request; fires with ``Fetched`` once the final response head has arrived.
 
-        Fails with ``OriginTimeout`` or ``OriginUnavailable``. Cancelling the Deferred (the client went away)
-        abandons the request and frees its slot.
+        ``interim(code, phrase, fields)`` is called for each 1xx response other than 100 and 101 before that.
+        Fails with ``OriginTimeout``, ``OriginUnavailable`` or ``OriginBusy``. Cancelling the Deferred (the
+        client went away) abandons the request and frees its connection.
         """
-        url = self.prefix + target
-        state: dict = {}
+        request = _Request(self, method, target, fields, body, timeout, interim)
+        self._dispatch(request)
+        return request.deferred
 
-        def send(_):
-            state["sent"] = d = self.agent.request(method, url, headers, body)
-            return d
+    # The pool --------------------------------------------------------------------------------------
 
-        def got(response):
-            timer.cancel()
-            return Fetched(response, self)
+    def _dispatch(self, request: _Request, fresh: bool = False) -> None:
+        if self.closing:
+            request.fail(OriginUnavailable("accel is shutting down"))
+        elif self.idle and not fresh:
+            connection = self.idle.pop()
+            connection.idle_call.cancel()
+            request.sent_on(connection)
+        elif self.opened < self.max_connections:
+            self._connect(request)
+        elif len(self.waiting) < self.queue_limit:
+            if fresh:
+                self.waiting.appendleft(request)
+                self._close_an_idle_connection()
+            else:
+                self.waiting.append(request)
+        else:
+            request.fail(OriginBusy(f"{len(self.waiting)} requests already wait for a connection to {self.origin.key}"))
+
+    def _connect(self, request: _Request) -> None:
+        self.opened += 1
+        request.connecting = True
+
+        def connected(connection: OriginConnection):
+            request.connecting = False
+            self.connections.add(connection)
+            if request.deferred.called:  # it timed out or was cancelled meanwhile: someone else may use it
+                self._released(connection, True)
+            else:
+                request.sent_on(connection)
 
         def failed(failure):
-            if timer.active():
-                timer.cancel()
-            if "sent" in state:
-                self.slots.release()
-            if state.get("timed_out"):
-                raise OriginTimeout(f"no response from {self.origin.key} within {timeout:g} s")
-            if failure.check(CancelledError):
-                return failure
-            if failure.check(netError.TimeoutError):
-                raise OriginTimeout(f"connecting to {self.origin.key} timed out")
-            raise OriginUnavailable(_describe(self.origin, failure))
+            self.opened -= 1
+            request.connecting = False
+            request.fail_with(failure)
+            self._serve_waiting()
 
-        def time_out():
-            state["timed_out"] = True
-            result.cancel()
+        self.endpoint.connect(self.factory).addCallbacks(connected, failed)
 
-        acquired = self.slots.acquire()
-        result = acquired.addCallback(send)
-        result.addCallbacks(got, failed)
-        timer = self.reactor.callLater(timeout, time_out)
-        return result
+    def _released(self, connection: OriginConnection, reusable: bool) -> None:
+        if not reusable or self.closing:
+            if not connection.closed:
+                connection.transport.loseConnection()
+            return
+        while self.waiting:
+            request = self.waiting.popleft()
+            if not request.deferred.called:
+                request.sent_on(connection)
+                return
+        self.idle.append(connection)
+        connection.idle_call = self.reactor.callLater(IDLE_TIMEOUT, self._expire, connection)
+
+    def _expire(self, connection: OriginConnection) -> None:
+        self.idle.remove(connection)
+        connection.transport.loseConnection()
+
+    def _lost(self, connection: OriginConnection) -> None:
+        self.opened -= 1
+        self.connections.discard(connection)
+        if connection in self.idle:
+            self.idle.remove(connection)
+        if self.closing:
+            if not self.connections and self._closed is not None:
+                closed, self._closed = self._closed, None
+                closed.callback(None)
+            return
+        self._serve_waiting()
+
+    def _serve_waiting(self) -> None:
+        while self.waiting and self.opened < self.max_connections and not self.closing:
+            request = self.waiting.popleft()
+            if not request.deferred.called:
+                self._connect(request)
+
+    def _close_an_idle_connection(self) -> None:
+        """Make room under the cap for a fresh connection (a retry must not take a pooled one)."""
+        if self.idle:
+            connection = self.idle.pop(0)
+            connection.idle_call.cancel()
+            connection.transport.loseConnection()
 
     def close(self) -> Deferred:
-        return self.pool.closeCachedConnections()
+        """Close every connection; fires when they are all closed."""
+        self.closing = True
+        for request in self.waiting:
+            request.fail(OriginUnavailable("accel is shutting down"))
+        self.waiting.clear()
+        if not self.connections:
+            return succeed(None)
+        self._closed = Deferred()
+        for connection in list(self.connections):
+            connection.transport.loseConnection()
+        return self._closed
+
+
+class _Request:
+    """One request on its way through an ``OriginClient``: waiting, connecting, or sent on a connection."""
+
+    def __init__(self, client: OriginClient, method, target, fields, body, timeout: float, interim):
+        self.client = client
+        self.method, self.target, self.fields, self.body = method, target, fields, body
+        self.timeout = timeout
+        self.on_interim = interim
+        self.connection: OriginConnection | None = None
+        self.connecting = False
+        self.retried = False
+        self.deferred: Deferred[Fetched] = Deferred(self._cancelled)
+        self.timer = IdleTimer(client.reactor, timeout, self._timed_out)
+
+    def sent_on(self, connection: OriginConnection) -> None:
+        self.connection = connection
+        connection.send(self, self.method, self.target, self.fields, self.body)
+
+    # Listener: what the connection reports ------------------------------------------------------------
+
+    def progress(self) -> None:
+        self.timer.touch()
+
+    def interim(self, code: int, phrase: bytes, fields: RawFields) -> None:
+        if self.on_interim is not None and not self.deferred.called:
+            self.on_interim(code, phrase, fields)
+
+    def head(self, response: OriginResponse) -> None:
+        self.timer.stop()
+        if self.deferred.called:  # timed out or cancelled: nobody wants it
+            response.release()
+            return
+        self.deferred.callback(Fetched(response))
+        if not response.claimed:
+            # A callback failed before it took the body: free the connection rather than hold it forever.
+            log.warn("nobody read the response of {origin} to {method} {target}; closing its connection",
+                     origin=self.client.origin.key, method=self.method, target=self.target)
+            response.release()
+
+    def broken(self, reason, retryable: bool) -> None:
+        self.connection = None
+        if self.deferred.called:
+            return
+        if retryable and not self.retried and self.body is None and self.method in IDEMPOTENT:
+            self.retried = True
+            self.client._dispatch(self, fresh=True)
+            return
+        self.fail_with(reason)
+
+    # Endings ---------------------------------------------------------------------------------------
+
+    def fail_with(self, failure) -> None:
+        self.fail(_as_origin_error(self.client.origin, failure))
+
+    def fail(self, error: Exception) -> None:
+        self.timer.stop()
+        if not self.deferred.called:
+            self.deferred.errback(error)
+
+    def _timed_out(self) -> None:
+        self._abandon()
+        self.fail(OriginTimeout(f"no response from {self.client.origin.key} within {self.timeout:g} s"))
+
+    def _cancelled(self, _deferred) -> None:
+        self.timer.stop()
+        self._abandon()
+
+    def _abandon(self) -> None:
+        if self.connection is not None:
+            connection, self.connection = self.connection, None
+            connection.abort()
+        # Waiting or connecting: the pool skips requests whose Deferred has fired.
+
+
+def _as_origin_error(origin: Origin, failure) -> Exception:
+    if failure.check(netError.TimeoutError):
+        return OriginTimeout(f"connecting to {origin.key} timed out")
+    return OriginUnavailable(_describe(origin, failure))
 
 
 def _describe(origin: Origin, failure) -> str:
@@ -143,13 +276,14 @@ def _describe(origin: Origin, failure) -> str:
     tls = describe_tls_failure(origin, failure)
     if tls:
         return tls
-    if failure.check(ResponseNeverReceived):
-        reasons = [r.getErrorMessage() for r in failure.value.reasons]
-        return f"{origin.key} closed the connection before answering ({'; '.join(reasons)})"
+    if failure.check(OriginProtocolError):
+        return f"{origin.key}: {failure.getErrorMessage()}"
     if failure.check(netError.ConnectionRefusedError):
         return f"{origin.key} refused the connection"
     if failure.check(netError.DNSLookupError):
         return f"cannot resolve {origin.host}"
+    if failure.check(netError.ConnectionDone, netError.ConnectionLost):
+        return f"{origin.key} closed the connection before answering ({failure.getErrorMessage()})"
     return f"{origin.key}: {failure.getErrorMessage()}"
 
 
