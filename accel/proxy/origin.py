@@ -62,15 +62,16 @@ class Fetched:
 
 
 class OriginClient:
-    def __init__(self, reactor, origin: Origin, *, max_connections: int, connect_timeout: float, tls_policy=None):
+    def __init__(
+        self, reactor, origin: Origin, *, max_connections: int, connect_timeout: float, tls_policy=None, endpoint=None
+    ):
+        """``endpoint`` (made from ``origin`` unless given) opens the connections."""
         self.reactor = reactor
         self.origin = origin
         self.max_connections = max_connections
         self.queue_limit = QUEUE_PER_CONNECTION * max_connections
-        endpoint = HostnameEndpoint(reactor, origin.host, origin.port, timeout=connect_timeout)
-        if origin.scheme == "https":
-            policy = tls_policy or BrowserLikePolicyForHTTPS()
-            endpoint = wrapClientTLS(policy.creatorForNetloc(origin.host.encode("idna"), origin.port), endpoint)
+        if endpoint is None:
+            endpoint = _endpoint(reactor, origin, connect_timeout, tls_policy)
         self.endpoint = endpoint
         self.factory = Factory.forProtocol(lambda: OriginConnection(self._released, self._lost))
         self.factory.noisy = False
@@ -188,6 +189,15 @@ class OriginClient:
         for connection in list(self.connections):
             connection.transport.loseConnection()
         return self._closed
+
+
+def _endpoint(reactor, origin: Origin, connect_timeout: float, tls_policy):
+    """TCP to the origin, wrapped in TLS verified by ``tls_policy`` for https:// (accel.tls.origin)."""
+    endpoint = HostnameEndpoint(reactor, origin.host, origin.port, timeout=connect_timeout)
+    if origin.scheme == "https":
+        policy = tls_policy or BrowserLikePolicyForHTTPS()
+        endpoint = wrapClientTLS(policy.creatorForNetloc(origin.host.encode("idna"), origin.port), endpoint)
+    return endpoint
 
 
 class _Request:
