@@ -39,6 +39,7 @@ from accel.http.headers import RawFields
 NO_BODY_STATUS = frozenset({204, 304})
 # Twisted's Agent sends "Content-Length: 0" for these when there is no body; so does accel (RFC 9110 §8.6).
 _EXPECTS_BODY = frozenset({b"POST", b"PUT", b"PATCH"})
+DRAIN_LIMIT = 64 * 1024  # an unwanted body up to this long is read to keep the connection; a longer one closes it
 
 
 class OriginProtocolError(Exception):
@@ -88,9 +89,17 @@ class OriginResponse:
             protocol.connectionLost(self.ended)
 
     def release(self) -> None:
-        """Nobody (or nobody else) reads this body: unless it is complete, its connection is closed."""
+        """Nobody (or nobody else) reads this body. A short one is read and dropped, so that the connection
+        stays usable (a 304's, an error page's); a longer one closes the connection."""
         self.claimed = True
-        self.stopProducing()
+        if self.connection is None:
+            return
+        if self.length is not UNKNOWN_LENGTH and self.length <= DRAIN_LIMIT:
+            self._protocol = _DROP
+            self._pending.clear()
+            self.resumeProducing()
+        else:
+            self.stopProducing()
 
     # Fed by the connection -------------------------------------------------------------------------
 
@@ -123,6 +132,19 @@ class OriginResponse:
             self.connection.abort()
 
 
+class _Drop:
+    """Reads a body nobody wants."""
+
+    def dataReceived(self, data: bytes) -> None:
+        pass
+
+    def connectionLost(self, reason: Failure) -> None:
+        pass
+
+
+_DROP = _Drop()
+
+
 class _SkipBody(Exception):
     """Raised from the parser's head callback: llhttp cannot be told that a response to HEAD has no body."""
 
@@ -144,7 +166,7 @@ class OriginConnection(Protocol):
         self.served = 0  # requests sent on this connection
         self.heard = False  # any byte of the current exchange's response arrived
         self.uploading = False
-        self.closed = False
+        self.closed = False  # closed, or closing after an abort
         self.paused = False
         self.idle_call = None  # the pool's idle timeout while the connection waits in it
         self._fields: RawFields = []
@@ -209,11 +231,14 @@ class OriginConnection(Protocol):
 
     def abort(self) -> None:
         if not self.closed:
+            self.closed = True  # nothing more is read or written: connectionLost follows
             self.transport.abortConnection()
 
     # Parsing ---------------------------------------------------------------------------------------
 
     def dataReceived(self, data: bytes) -> None:
+        if self.closed:
+            return
         if self.listener is None:
             self.abort()  # bytes on an idle connection: nothing can be trusted after them
             return
@@ -232,9 +257,10 @@ class OriginConnection(Protocol):
 
     def on_message_begin(self) -> None:
         self._in_head = True
+        self._phrase = b""
 
     def on_status(self, phrase: bytes) -> None:
-        self._phrase = phrase
+        self._phrase += phrase  # in pieces when the status line arrives in pieces
 
     def on_header(self, name: bytes, value: bytes) -> None:
         if self._in_head:  # fields after the body are a chunked trailer section: dropped
