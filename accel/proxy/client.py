@@ -168,12 +168,17 @@ class OriginConnection(Protocol):
         self.uploading = False
         self.closed = False  # closed, or closing after an abort
         self.paused = False
-        self.idle_call = None  # the pool's idle timeout while the connection waits in it
+        self.idle_since = 0.0  # when the connection last went back to its pool
         self._fields: RawFields = []
         self._phrase = b""
         self._in_head = True
         self._close_delimited = False
         self._head_keep_alive = False
+
+    def connectionMade(self) -> None:
+        no_delay = getattr(self.transport, "setTcpNoDelay", None)  # TCP (not a test's StringTransport)
+        if no_delay is not None:
+            no_delay(True)  # a request or chunk is written whole: Nagle would only delay it
 
     # Sending ---------------------------------------------------------------------------------------
 
@@ -306,8 +311,6 @@ class OriginConnection(Protocol):
 
     def connectionLost(self, reason: Failure = Failure(ConnectionDone())) -> None:
         self.closed = True
-        if self.idle_call is not None and self.idle_call.active():
-            self.idle_call.cancel()
         self.lost(self)
         if self.response is not None and self._close_delimited and reason.check(ConnectionDone):
             self._complete(False)  # RFC 9112 §6.3 item 8: the close ends the body

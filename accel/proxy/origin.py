@@ -81,6 +81,7 @@ class OriginClient:
         self.waiting: deque[_Request] = deque()
         self.closing = False
         self._closed: Deferred | None = None
+        self._sweep = None  # the idle timeout's timer
 
     def fetch(
         self, method: bytes, target: bytes, fields: RawFields, body=None, *, timeout: float, interim=None
@@ -101,9 +102,7 @@ class OriginClient:
         if self.closing:
             request.fail(OriginUnavailable("accel is shutting down"))
         elif self.idle and not fresh:
-            connection = self.idle.pop()
-            connection.idle_call.cancel()
-            request.sent_on(connection)
+            request.sent_on(self.idle.pop())
         elif self.opened < self.max_connections:
             self._connect(request)
         elif len(self.waiting) < self.queue_limit:
@@ -145,12 +144,19 @@ class OriginClient:
             if not request.deferred.called:
                 request.sent_on(connection)
                 return
+        connection.idle_since = self.reactor.seconds()
         self.idle.append(connection)
-        connection.idle_call = self.reactor.callLater(IDLE_TIMEOUT, self._expire, connection)
+        if self._sweep is None:
+            self._sweep = self.reactor.callLater(IDLE_TIMEOUT, self._close_idle)
 
-    def _expire(self, connection: OriginConnection) -> None:
-        self.idle.remove(connection)
-        connection.transport.loseConnection()
+    def _close_idle(self) -> None:
+        """Close the connections idle for IDLE_TIMEOUT; one timer for the pool, not one per release."""
+        self._sweep = None
+        now = self.reactor.seconds()
+        while self.idle and now - self.idle[0].idle_since >= IDLE_TIMEOUT:  # oldest first
+            self.idle.pop(0).transport.loseConnection()
+        if self.idle:
+            self._sweep = self.reactor.callLater(self.idle[0].idle_since + IDLE_TIMEOUT - now, self._close_idle)
 
     def _lost(self, connection: OriginConnection) -> None:
         self.opened -= 1
@@ -173,13 +179,14 @@ class OriginClient:
     def _close_an_idle_connection(self) -> None:
         """Make room under the cap for a fresh connection (a retry must not take a pooled one)."""
         if self.idle:
-            connection = self.idle.pop(0)
-            connection.idle_call.cancel()
-            connection.transport.loseConnection()
+            self.idle.pop(0).transport.loseConnection()
 
     def close(self) -> Deferred:
         """Close every connection; fires when they are all closed."""
         self.closing = True
+        if self._sweep is not None:
+            self._sweep.cancel()
+            self._sweep = None
         for request in self.waiting:
             request.fail(OriginUnavailable("accel is shutting down"))
         self.waiting.clear()
