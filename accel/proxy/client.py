@@ -198,7 +198,7 @@ class OriginConnection(Protocol):
         else:
             lines.append(b"Content-Length: %d\r\n" % body.length)
         lines.append(b"\r\n")
-        self.transport.writeSequence(lines)
+        self.transport.write(b"".join(lines))  # one piece: Twisted checks every piece of a writeSequence
         if body is not None:
             self._upload(body, chunked=body.length is UNKNOWN_LENGTH)
 
