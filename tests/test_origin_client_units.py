@@ -165,3 +165,4 @@ class CapTests(unittest.TestCase):
         connection.dataReceived(b"sorry")
         self.assertEqual(origin.idle, [connection])
         self.assertFalse(transport.disconnecting)
+

@@ -76,39 +76,29 @@ class OriginResponse:
         self.claimed = False  # someone took the body (deliverBody) or gave it up (release)
         self.ended: Failure | None = None
         self._protocol = None
-        self._pending: list[bytes] = []
 
     def deliverBody(self, protocol) -> None:
         self.claimed = True
         self._protocol = protocol
         protocol.makeConnection(self)
-        pending, self._pending = self._pending, []
-        for data in pending:
-            protocol.dataReceived(data)
         if self.ended is not None:
             protocol.connectionLost(self.ended)
 
     def release(self) -> None:
-        """Nobody (or nobody else) reads this body. A short one is read and dropped, so that the connection
-        stays usable (a 304's, an error page's); a longer one closes the connection."""
+        """Nobody (or nobody any more) reads this body. An unread short one is read and dropped, so that the
+        connection stays usable (a 304's, an error page's); else an unfinished body closes the connection."""
         self.claimed = True
         if self.connection is None:
             return
-        if self.length is not UNKNOWN_LENGTH and self.length <= DRAIN_LIMIT:
+        if self._protocol is None and self.length is not UNKNOWN_LENGTH and self.length <= DRAIN_LIMIT:
             self._protocol = _DROP
-            self._pending.clear()
-            self.resumeProducing()
         else:
             self.stopProducing()
 
     # Fed by the connection -------------------------------------------------------------------------
 
     def _data(self, data: bytes) -> None:
-        if self._protocol is not None:
-            self._protocol.dataReceived(data)
-        else:
-            self._pending.append(data)
-            self.pauseProducing()
+        self._protocol.dataReceived(data)  # claimed as the head arrived: see accel.proxy.origin._Request.head
 
     def _end(self, reason: Failure | None) -> None:
         """The body is over: complete when ``reason`` is None."""
@@ -288,7 +278,7 @@ class OriginConnection(Protocol):
             raise _SkipBody()
 
     def on_body(self, data: bytes) -> None:
-        if self.response is not None:
+        if self.response is not None and not self.closed:  # closed: aborted earlier in this same read
             self.response._data(data)
 
     def on_message_complete(self) -> None:

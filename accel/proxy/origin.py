@@ -52,7 +52,11 @@ class OriginBusy(Exception):
 
 @dataclass
 class Fetched:
-    """An origin response whose body has not been read yet; its connection is busy until it has."""
+    """An origin response whose body has not been read yet; its connection is busy until it has.
+
+    Whoever receives it takes the body (``response.deliverBody``) or gives it up (``release``) in that
+    same callback; one left untaken is released as the callbacks return (see ``_Request.head``).
+    """
 
     response: OriginResponse
 
