@@ -166,3 +166,11 @@ class CapTests(unittest.TestCase):
         self.assertEqual(origin.idle, [connection])
         self.assertFalse(transport.disconnecting)
 
+
+    def test_a_response_nobody_asked_for_closes_the_connection(self):
+        clock, endpoint, origin = client()
+        got = results(origin.fetch(b"GET", b"/", FIELDS, timeout=10), Collect())
+        connection, transport = endpoint.made[0]
+        connection.dataReceived(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nokHTTP/1.1 200 OK\r\n\r\n")
+        self.assertEqual(got[0].response.code, 200)
+        self.assertTrue(transport.disconnecting or transport.disconnected)

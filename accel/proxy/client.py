@@ -28,7 +28,7 @@ from typing import Protocol as Interface
 
 from httptools import HttpParserCallbackError, HttpParserError, HttpParserUpgrade, HttpResponseParser
 from twisted.internet.error import ConnectionDone
-from twisted.internet.protocol import Protocol
+from twisted.internet.protocol import Protocol, connectionDone
 from twisted.python.failure import Failure
 from twisted.web.client import ResponseDone
 from twisted.web.iweb import UNKNOWN_LENGTH
@@ -241,16 +241,21 @@ class OriginConnection(Protocol):
         try:
             self.parser.feed_data(data)
         except HttpParserCallbackError as error:
-            if not isinstance(error.__context__, _SkipBody):
+            if isinstance(error.__context__, _SkipBody):
+                self.parser = HttpResponseParser(self)
+                self._complete(self._head_keep_alive)
+            elif isinstance(error.__context__, OriginProtocolError):
+                self._fail(error.__context__)
+            else:
                 raise
-            self.parser = HttpResponseParser(self)
-            self._complete(self._head_keep_alive)
         except HttpParserUpgrade:
             self._fail(OriginProtocolError("the origin switched protocols (101) without being asked"))
         except HttpParserError as error:
             self._fail(OriginProtocolError(f"the origin's response is not valid HTTP/1.1 ({error})"))
 
     def on_message_begin(self) -> None:
+        if self.listener is None:  # more bytes after a complete response, in the same read
+            raise OriginProtocolError("the origin sent a response nobody asked for")
         self._in_head = True
         self._phrase = b""
 
@@ -299,7 +304,7 @@ class OriginConnection(Protocol):
         self.abort()
         self._end_exchange(Failure(error))
 
-    def connectionLost(self, reason: Failure = Failure(ConnectionDone())) -> None:
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
         self.closed = True
         self.lost(self)
         if self.response is not None and self._close_delimited and reason.check(ConnectionDone):
@@ -324,8 +329,8 @@ def _framing(method: bytes, code: int, fields: RawFields):
     length = None
     for name, value in fields:
         lower = name.lower()
-        if lower == b"transfer-encoding":
-            return UNKNOWN_LENGTH, False
+        if lower == b"transfer-encoding":  # chunked last, else the body runs until the close (§6.3 item 4)
+            return UNKNOWN_LENGTH, value.rsplit(b",", 1)[-1].strip().lower() != b"chunked"
         if lower == b"content-length":
             length = int(value)
     if length is None:
