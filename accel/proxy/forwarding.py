@@ -34,6 +34,8 @@ from accel.proxy.timer import IdleTimer
 
 log = Logger()
 
+_PEERS_REMEMBERED = 4096  # bound on Forwarder.peer's memo
+
 
 class ReverseProxy(Resource):
     isLeaf = True
@@ -120,6 +122,7 @@ class Forwarder:
         self.errors = errors
         self.reactor = reactor
         self.server_name = (config.server_names or (socket.gethostname(),))[0]
+        self._peers: dict[tuple, tuple[str, bool]] = {}
 
     def handle(self, request, route: Route, target: str) -> None:
         d = self.fetch(request, route, target)
@@ -170,14 +173,25 @@ class Forwarder:
         return client.fetch(method, upstream, headers, body, timeout=route.response_timeout, interim=interim)
 
     def client_side(self, request) -> ClientSide:
-        peer = request.getClientAddress()
+        address, trusted = self.peer(request.getClientAddress())
         return ClientSide(
-            address=peer_name(peer),
+            address=address,
             host=request.getHeader(b"host"),
             scheme="https" if request.isSecure() else "http",
             port=getattr(request.getHost(), "port", None),
-            trusted=peer_in(peer, self.config.trusted_proxies, self.config.trusted_unix_peers),
+            trusted=trusted,
         )
+
+    def peer(self, peer) -> tuple[str, bool]:
+        """(name, trusted) of a client's peer address; remembered, since a few peers send most requests."""
+        key = (type(peer), getattr(peer, "host", None))  # both answers depend on the host alone, not the port
+        known = self._peers.get(key)
+        if known is None:
+            if len(self._peers) >= _PEERS_REMEMBERED:
+                self._peers.clear()
+            trusted = peer_in(peer, self.config.trusted_proxies, self.config.trusted_unix_peers)
+            known = self._peers[key] = (peer_name(peer), trusted)
+        return known
 
     def response_fields(self, request, route: Route, fetched: Fetched) -> list[tuple[bytes, bytes]]:
         """The origin response's header fields as the client must see them."""
