@@ -198,7 +198,10 @@ class OriginClient:
             return succeed(None)
         self._closed = Deferred()
         for connection in list(self.connections):
-            connection.transport.loseConnection()
+            if connection in self.idle:
+                connection.transport.loseConnection()
+            else:
+                connection.abort()  # busy: an origin that stopped reading must not hold the shutdown up
         return self._closed
 
 
