@@ -174,3 +174,24 @@ class CapTests(unittest.TestCase):
         connection.dataReceived(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nokHTTP/1.1 200 OK\r\n\r\n")
         self.assertEqual(got[0].response.code, 200)
         self.assertTrue(transport.disconnecting or transport.disconnected)
+
+
+class ReuseRaceUnitTests(unittest.TestCase):
+    def test_a_retry_waits_for_a_fresh_connection_rather_than_a_pooled_one(self):
+        clock, endpoint, origin = client(max_connections=1)
+        results(origin.fetch(b"GET", b"/1", FIELDS, timeout=10), Collect())
+        first, first_transport = endpoint.made[0]
+        first.dataReceived(b"HTTP/1.1 204 No Content\r\n\r\n")
+        retried = results(origin.fetch(b"GET", b"/2", FIELDS, timeout=10), Collect())  # on the pooled one
+        queued = results(origin.fetch(b"GET", b"/3", FIELDS, timeout=10), Collect())
+        lose(first, first_transport)  # the origin closed it as /2 went out
+        second, second_transport = endpoint.made[1]
+        self.assertTrue(second_transport.value().startswith(b"GET /3 "))  # the waiter took the free slot
+        second.dataReceived(b"HTTP/1.1 204 No Content\r\n\r\n")
+        self.assertEqual(queued[0].response.code, 204)
+        self.assertTrue(second_transport.disconnecting)  # not reused for the retry: closed to make room
+        lose(second, second_transport)
+        third, third_transport = endpoint.made[2]
+        self.assertTrue(third_transport.value().startswith(b"GET /2 "))
+        third.dataReceived(b"HTTP/1.1 204 No Content\r\n\r\n")
+        self.assertEqual(retried[0].response.code, 204)

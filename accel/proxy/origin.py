@@ -125,6 +125,8 @@ class OriginClient:
         def connected(connection: OriginConnection):
             request.connecting = False
             self.connections.add(connection)
+            if self.closing:
+                request.fail(OriginUnavailable("accel is shutting down"))
             if request.deferred.called:  # it timed out or was cancelled meanwhile: someone else may use it
                 self._released(connection, True)
             else:
@@ -145,9 +147,14 @@ class OriginClient:
             return
         while self.waiting:
             request = self.waiting.popleft()
-            if not request.deferred.called:
+            if request.deferred.called:
+                continue
+            if request.retried:  # a retry goes out on a fresh connection: this one makes room for it
+                self.waiting.appendleft(request)
+                connection.transport.loseConnection()
+            else:
                 request.sent_on(connection)
-                return
+            return
         connection.idle_since = self.reactor.seconds()
         self.idle.append(connection)
         if self._sweep is None:
