@@ -1,17 +1,21 @@
 """An origin that writes raw bytes, for the framings twisted.web cannot produce (chunked trailers, bodies
-delimited by closing, 103, closing a kept-alive connection), and accel in front of any origin URL."""
+delimited by closing, 103, closing a kept-alive connection), accel in front of any origin URL, and raw
+requests and clients to talk to it."""
 
 from __future__ import annotations
 
+import shutil
 import socket
 import struct
+import tempfile
 from dataclasses import dataclass, replace
 
 from twisted.internet import reactor
 from twisted.internet.protocol import Factory, Protocol
 
 from accel.app import build_site
-from accel.config import Config, Route, parse_origin
+from accel.config import CacheSettings, Config, Route, parse_origin
+from tests.support import RawClient
 
 
 @dataclass
@@ -100,3 +104,33 @@ def accel_in_front(testcase, origin_url: str, config: Config | None = None, **ro
     testcase.addCleanup(site.close)
     testcase.addCleanup(port.stopListening)
     return port.getHost().port
+
+
+def cached(testcase) -> Config:
+    """A Config with the cache in a temporary directory, removed with the test."""
+    directory = tempfile.mkdtemp(prefix="accel-test-")
+    testcase.addCleanup(shutil.rmtree, directory, True)
+    return Config(cache=CacheSettings(dir=directory))
+
+
+def request(path: bytes, method: bytes = b"GET", extra: bytes = b"") -> bytes:
+    """A raw request (``extra``: more header lines) after which accel closes the client connection."""
+    return b"%s %s HTTP/1.1\r\nHost: example.test\r\nConnection: close\r\n%s\r\n" % (method, path, extra)
+
+
+def parts(response: bytes) -> tuple[bytes, bytes]:
+    """(head, body) of a raw response."""
+    head, _, body = response.partition(b"\r\n\r\n")
+    return head, body
+
+
+class WatchingClient(RawClient):
+    """A raw client that calls ``seen(everything received so far)`` on each arrival."""
+
+    def __init__(self, payload: bytes, seen):
+        super().__init__(payload)
+        self.seen = seen
+
+    def dataReceived(self, data):
+        super().dataReceived(data)
+        self.seen(self.received)

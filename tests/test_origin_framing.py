@@ -2,29 +2,15 @@
 
 from __future__ import annotations
 
-import shutil
-import tempfile
-
 from twisted.internet import defer, reactor
 from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
 from twisted.trial import unittest
 
-from accel.config import CacheSettings, Config
 from accel.proxy.forwarding import Forwarder
-from tests.raw_origin import RawOrigin, accel_in_front
-from tests.support import RawClient, raw_request
+from tests.raw_origin import RawOrigin, WatchingClient, accel_in_front, cached, parts, request
+from tests.support import raw_request
 
 CACHEABLE = b"Cache-Control: max-age=60\r\n"
-
-
-def cached(testcase) -> Config:
-    directory = tempfile.mkdtemp(prefix="accel-test-")
-    testcase.addCleanup(shutil.rmtree, directory, True)
-    return Config(cache=CacheSettings(dir=directory))
-
-
-def request(path: bytes, method: bytes = b"GET", extra: bytes = b"") -> bytes:
-    return b"%s %s HTTP/1.1\r\nHost: example.test\r\nConnection: close\r\n%s\r\n" % (method, path, extra)
 
 
 def dechunk(body: bytes) -> tuple[bytes, bool]:
@@ -39,11 +25,6 @@ def dechunk(body: bytes) -> tuple[bytes, bool]:
             return data, rest.startswith(b"\r\n")
         data += rest[:size]
         body = rest[size + 2:]
-
-
-def parts(response: bytes) -> tuple[bytes, bytes]:
-    head, _, body = response.partition(b"\r\n\r\n")
-    return head, body
 
 
 class FramingTests(unittest.TestCase):
@@ -101,7 +82,7 @@ class FramingTests(unittest.TestCase):
 
         origin = RawOrigin(self, answer)
         port = accel_in_front(self, origin.url, config=cached(self))
-        client = _OnData(request(b"/cut"), lambda data: b"part" in data and origin_connections[0].reset())
+        client = WatchingClient(request(b"/cut"), lambda data: b"part" in data and origin_connections[0].reset())
         yield connectProtocol(TCP4ClientEndpoint(reactor, "127.0.0.1", port), client)
         head, body = parts((yield client.closed))
         self.assertTrue(head.startswith(b"HTTP/1.1 200 OK"))
@@ -241,15 +222,3 @@ class FailingCallbackTests(unittest.TestCase):
         self.flushLoggedErrors(RuntimeError)
         head, body = parts((yield raw_request(port, request(b"/next"))))
         self.assertEqual(body, b"ok")
-
-
-class _OnData(RawClient):
-    """A raw client that calls ``seen(everything received so far)`` on each arrival."""
-
-    def __init__(self, payload: bytes, seen):
-        super().__init__(payload)
-        self.seen = seen
-
-    def dataReceived(self, data):
-        super().dataReceived(data)
-        self.seen(self.received)

@@ -13,9 +13,8 @@ from twisted.trial import unittest
 from zope.interface import implementer
 from twisted.internet.interfaces import IPushProducer
 
-from tests.raw_origin import RawOrigin, accel_in_front
+from tests.raw_origin import RawOrigin, WatchingClient, accel_in_front, cached, parts, request
 from tests.support import raw_request
-from tests.test_origin_framing import _OnData, cached, parts, request
 from tests.test_process import AccelProcess
 
 MIB = 1024 * 1024
@@ -38,7 +37,7 @@ class MissStreamingTests(unittest.TestCase):
             if len(data) > 100_000 and held:
                 held.pop().write(b"b" * (MIB // 2))
 
-        client = _OnData(request(b"/1m"), seen)
+        client = WatchingClient(request(b"/1m"), seen)
         yield connectProtocol(TCP4ClientEndpoint(reactor, "127.0.0.1", port), client)
         head, body = parts((yield client.closed))
         self.assertEqual(body, b"a" * (MIB // 2) + b"b" * (MIB // 2))
