@@ -11,7 +11,7 @@ stream.
 from __future__ import annotations
 
 import socket
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from urllib.parse import urlsplit
 
 from twisted.internet.defer import CancelledError, Deferred, succeed
