@@ -68,6 +68,7 @@ class Route:
 
     prefix: str
     origin: Origin | None = None  # None for an exclusion route (ProxyPass "!")
+    hosts: tuple[str, ...] = ()  # lower-case names or "*.domain" patterns; () serves every host
     preserve_host: bool = False
     connect_timeout: float = 5.0
     response_timeout: float = 60.0  # until the response header section has arrived
@@ -170,10 +171,14 @@ class TLSSettings:
 DEFAULT_LISTEN = ("tcp:8080",)
 
 
+COMMAND_LINE = "command line"  # the source of a configuration made from options alone
+
+
 @dataclass(frozen=True, slots=True)
 class Config:
-    source: str = "<command line>"
+    source: str = COMMAND_LINE
     listen: tuple[str, ...] = DEFAULT_LISTEN
+    shutdown_timeout: float = 10.0  # SIGTERM: how long in-flight requests may take to finish
     routes: tuple[Route, ...] = ()
     server_header: str | None = "accel"  # None: send no Server field
     server_names: tuple[str, ...] = ()  # hosts accepted in absolute-form targets (besides local names)
@@ -206,7 +211,7 @@ class _Reader:
         return f"{self.path}.{name}" if self.path else name
 
     def fail(self, name: str, expected: str, got: object = None) -> ConfigError:
-        return ConfigError(self.source, self.key(name), expected, got, _line_of(self.text, name))
+        return ConfigError(self.source, self.key(name), expected, got, line_of(self.text, self.path, name))
 
     def get(self, name: str, kind: type | tuple[type, ...], expected: str, default: Any = None) -> Any:
         self.seen.add(name)
@@ -248,13 +253,61 @@ class _Reader:
                 raise self.fail(name, "a known key (see the configuration reference in README.md)", None)
 
 
-def _line_of(text: str, name: str) -> int | None:
-    """Best-effort line number of a key, for messages about values that parsed but are wrong."""
-    for number, line in enumerate(text.splitlines(), 1):
-        stripped = line.strip()
-        if stripped.startswith(name) and stripped[len(name) :].lstrip().startswith("="):
-            return number
-    return None
+_HEADER = re.compile(r"^\s*(\[\[?)\s*([^\]]+?)\s*\]\]?\s*(?:#.*)?$")
+
+
+def _sections(text: str) -> list[tuple[str, int, int]]:
+    """(dotted path with array indexes such as "route[1].cache", first line, last line) of every table.
+
+    The top level is the path "". Good enough for messages: dotted keys and inline tables are searched
+    as text within the table that holds them.
+    """
+    lines = text.splitlines()
+    counts: dict[str, int] = {}
+    sections: list[tuple[str, int, int]] = []
+    start, path = 1, ""
+    for number, line in enumerate(lines, 1):
+        found = _HEADER.match(line)
+        if not found:
+            continue
+        sections.append((path, start, number - 1))
+        names = [part.strip().strip("\"'") for part in found.group(2).split(".")]
+        resolved = []
+        for i, name in enumerate(names):
+            plain = ".".join(names[: i + 1])
+            if found.group(1) == "[[" and i == len(names) - 1:
+                counts[plain] = counts.get(plain, 0) + 1
+            index = counts.get(plain)
+            resolved.append(f"{name}[{index - 1}]" if index else name)
+        path, start = ".".join(resolved), number
+    sections.append((path, start, len(lines)))
+    return sections
+
+
+def line_of(text: str, table: str, name: str) -> int | None:
+    """The line of key ``name`` in the table ``table`` (a dotted path such as "route[1]" or "tls"), for
+    messages about values that parsed but are wrong. A key not found in its table (an inline table's) is
+    looked for in the enclosing one."""
+    lines = text.splitlines()
+    key = re.compile(r"(?:^|[{,\s])[\"']?" + re.escape(name) + r"[\"']?\s*=")
+    sections = _sections(text)
+    path = table
+    while True:
+        for section, first, last in sections:
+            if section != path:
+                continue
+            for number in range(first, last + 1):
+                line = lines[number - 1]
+                if not _HEADER.match(line) and key.search(line.split("#", 1)[0]):
+                    return number
+        if not path:
+            return None
+        path = path.rpartition(".")[0]
+
+
+def table_line(text: str, table: str) -> int | None:
+    """The header line of a table such as "route[1]"."""
+    return next((first for section, first, _ in _sections(text) if table and section == table), None)
 
 
 def parse_origin(url: str) -> Origin:
@@ -298,6 +351,7 @@ def _route(source: str, text: str, index: int, table: dict[str, Any]) -> Route:
     route = Route(
         prefix=prefix,
         origin=origin,
+        hosts=_hosts(r),
         preserve_host=r.get("preserve_host", bool, "true or false", False),
         connect_timeout=r.seconds("connect_timeout", _ROUTE.connect_timeout),
         response_timeout=r.seconds("response_timeout", _ROUTE.response_timeout),
@@ -308,6 +362,20 @@ def _route(source: str, text: str, index: int, table: dict[str, Any]) -> Route:
     )
     r.reject_unknown()
     return route
+
+
+_HOST_PATTERN = re.compile(r"^(\*\.)?([a-z0-9](?:[a-z0-9-]*[a-z0-9])?)(\.[a-z0-9](?:[a-z0-9-]*[a-z0-9])?)*$")
+
+
+def _hosts(r: _Reader) -> tuple[str, ...]:
+    """A route's ``hosts``: names ("api.example.com") or wildcards ("*.example.org"), compared without case."""
+    hosts = r.strings("hosts")
+    if "hosts" in r.table and not hosts:
+        raise r.fail("hosts", "at least one host name (leave hosts out to serve every host)", [])
+    for host in hosts:
+        if not _HOST_PATTERN.match(host.lower()):
+            raise r.fail("hosts", 'host names such as "api.example.com" or "*.example.org", without a port', host)
+    return tuple(dict.fromkeys(h.lower() for h in hosts))
 
 
 def _route_tls(r: _Reader, origin: Origin | None) -> dict[str, Any]:
@@ -328,14 +396,19 @@ def _route_tls(r: _Reader, origin: Origin | None) -> dict[str, Any]:
     return values
 
 
-def _path(r: _Reader, name: str) -> str | None:
+def _path(r: _Reader, name: str, expected: str = "a file path") -> str | None:
     """A file or directory path; relative paths are relative to the configuration file."""
-    value = r.get(name, str, "a file path")
+    value = r.get(name, str, expected)
     if value is None:
         return None
     if not value:
-        raise r.fail(name, "a file path", value)
-    return value if os.path.isabs(value) else os.path.join(os.path.dirname(os.path.abspath(r.source)), value)
+        raise r.fail(name, expected, value)
+    return relative_to_file(r.source, value)
+
+
+def relative_to_file(source: str, path: str) -> str:
+    """``path`` made absolute: a relative one is taken relative to the folder of the file ``source``."""
+    return os.path.normpath(os.path.join(os.path.dirname(os.path.abspath(source)), os.path.expanduser(path)))
 
 
 def _certificates(r: _Reader, where: str) -> tuple[CertificateFiles, ...]:
@@ -373,10 +446,13 @@ def _tls_settings(r: _Reader) -> TLSSettings:
         listeners.append(TLSListener(endpoint, certs, directory, lr.path))
         lr.reject_unknown()
     for listener in listeners:
+        name = "listen" if listener.where == "tls" else "endpoint"
         if listener.endpoint.split(":", 1)[0].lower() in ("ssl", "tls"):
-            raise r.fail("listen", "a plain endpoint such as tcp:443 (accel adds TLS itself)", listener.endpoint)
+            raise ConfigError(r.source, f"{listener.where}.{name}", "a plain endpoint such as tcp:443 (accel adds TLS itself)",
+                              listener.endpoint, line_of(r.text, listener.where, name))
         if not listener.certificates and listener.directory is None:
-            raise ConfigError(r.source, f"{listener.where}.certificates", "at least one certificate (certificates or directory)")
+            raise ConfigError(r.source, f"{listener.where}.certificates", "at least one certificate (certificates or directory)",
+                              line=line_of(r.text, listener.where, name))
     if (shared_certs or shared_dir) and not listeners:
         raise r.fail("listen", "an HTTPS listener for the certificates (tls.listen or [[tls.listener]])")
     version = r.get("min_version", str, '"1.2" or "1.3"', "1.2")
@@ -425,7 +501,7 @@ def _route_cache(r: _Reader) -> RouteCache:
 def _cache_settings(r: _Reader) -> CacheSettings:
     d = CacheSettings()
     settings = CacheSettings(
-        dir=r.get("dir", str, "a directory path"),
+        dir=_path(r, "dir", "a directory path"),
         map_size=r.positive_int("map_size", d.map_size),
         memory_max_bytes=r.get("memory_max_bytes", int, "a number of bytes", d.memory_max_bytes),
         memory_max_objects=r.get("memory_max_objects", int, "a whole number", d.memory_max_objects),
@@ -499,15 +575,19 @@ def parse_config(text: str, source: str) -> Config:
     )
     limits_r.reject_unknown()
     trusted_proxies, trusted_unix_peers = _networks(server, "trusted_proxies")
+    access_log = server.get("access_log", str, "a file path, or '-' for standard output")
+    if access_log == "":
+        raise server.fail("access_log", "a file path, or '-' for standard output", access_log)
     config = Config(
         source=source,
         listen=listen,
+        shutdown_timeout=server.seconds("shutdown_timeout", Config().shutdown_timeout),
         server_header=header or None,
         server_names=server.strings("names"),
         trusted_proxies=trusted_proxies,
         trusted_unix_peers=trusted_unix_peers,
         via_pseudonym=server.get("via", str, "a string", "accel"),
-        access_log=server.get("access_log", str, "a file path, or '-' for standard output"),
+        access_log=access_log if access_log in (None, "-") else relative_to_file(source, access_log),
         limits=limits,
     )
     server.reject_unknown()
@@ -518,10 +598,13 @@ def parse_config(text: str, source: str) -> Config:
         if not isinstance(table, dict):
             raise top.fail("route", "[[route]] tables", table)
         routes.append(_route(source, text, i, table))
-    prefixes = [r.prefix for r in routes]
-    for p in prefixes:
-        if prefixes.count(p) > 1:
-            raise ConfigError(source, "route.prefix", "each prefix at most once", p)
+    seen_routes: dict[tuple[str, str], int] = {}
+    for i, route in enumerate(routes):
+        for host in route.hosts or ("",):
+            first = seen_routes.setdefault((host, route.prefix), i)
+            if first != i:
+                raise ConfigError(source, f"route[{i}].prefix", f"each prefix at most once per host (route[{first}] has it)",
+                                  route.prefix, line_of(text, f"route[{i}]", "prefix"))
 
     docs_r = _Reader(source, top.table_of("error_documents"), "error_documents", text)
     docs: dict[int, str] = {}
@@ -531,7 +614,7 @@ def parse_config(text: str, source: str) -> Config:
             raise docs_r.fail(code, "an HTTP error status code between 400 and 599 as the key")
         if not isinstance(path, str):
             raise docs_r.fail(code, "the path of a file", path)
-        full = path if os.path.isabs(path) else os.path.join(os.path.dirname(os.path.abspath(source)), path)
+        full = relative_to_file(source, path)
         if not os.path.isfile(full) or not os.access(full, os.R_OK):
             raise docs_r.fail(code, "a readable file", path)
         docs[int(code)] = full
@@ -547,20 +630,21 @@ def parse_config(text: str, source: str) -> Config:
     )
     purge_r.reject_unknown()
     tls = _tls_settings(_Reader(source, top.table_of("tls"), "tls", text))
-    _same_origin_tls(source, routes)
+    _same_origin_tls(source, text, routes)
     top.seen.update({"server", "limits", "route", "error_documents", "cache", "purge", "tls"})
     top.reject_unknown()
     return replace(config, routes=tuple(routes), error_documents=docs, cache=cache, purge=purge, tls=tls)
 
 
-def _same_origin_tls(source: str, routes: list[Route]) -> None:
+def _same_origin_tls(source: str, text: str, routes: list[Route]) -> None:
     """Routes to one https origin share its connections, so they must agree on how to verify it."""
     seen: dict[str, tuple] = {}
     for i, route in enumerate(routes):
         if route.origin is not None and route.origin.scheme == "https":
             settings = (route.tls_verify, route.tls_ca, route.tls_client_cert, route.tls_client_key)
             if seen.setdefault(route.origin.key, settings) != settings:
-                raise ConfigError(source, f"route[{i}].tls_*", f"the same tls_* keys on every route to {route.origin.key}")
+                raise ConfigError(source, f"route[{i}].tls_*", f"the same tls_* keys on every route to {route.origin.key}",
+                                  line=table_line(text, f"route[{i}]"))
 
 
 def load_config(path: str) -> Config:
@@ -582,7 +666,8 @@ def with_overrides(
     cache_dir: str | None = None,
     access_log: str | None = None,
 ) -> Config:
-    """Apply command-line options, which win over the file."""
+    """Apply command-line options, which win over the file; their relative paths are relative to the working
+    directory."""
     changes: dict[str, Any] = {}
     if listen:
         changes["listen"] = tuple(listen)
@@ -590,13 +675,13 @@ def with_overrides(
         try:
             parsed = parse_origin(origin)
         except ValueError as e:
-            raise ConfigError("command line", "--origin", str(e), origin) from None
-        others = tuple(r for r in config.routes if r.prefix != "/")
+            raise ConfigError(COMMAND_LINE, "--origin", str(e), origin) from None
+        others = tuple(r for r in config.routes if r.prefix != "/" or r.hosts)
         changes["routes"] = others + (Route(prefix="/", origin=parsed),)
     if cache_dir is not None:
-        changes["cache"] = replace(config.cache, dir=cache_dir)
+        changes["cache"] = replace(config.cache, dir=os.path.abspath(cache_dir))
     if access_log is not None:
-        changes["access_log"] = access_log
+        changes["access_log"] = access_log if access_log == "-" else os.path.abspath(access_log)
     return replace(config, **changes)
 
 

@@ -75,7 +75,7 @@ def test_a_full_file():
         ("[error_documents]\n503 = '/nonexistent/file.html'\n", "error_documents.503: expected a readable file"),
         ("[error_documents]\n200 = '/etc/hostname'\n", "error_documents.200: expected an HTTP error status code"),
         ("[cache]\nheuristic_fraction = 2\n", "cache.heuristic_fraction: expected a fraction between 0 and 1"),
-        ("[[route]]\nprefix = '/'\norigin = 'http://o/'\n[[route]]\nprefix = '/'\norigin = 'http://p/'\n", "route.prefix: expected each prefix at most once"),
+        ("[[route]]\nprefix = '/'\norigin = 'http://o/'\n[[route]]\nprefix = '/'\norigin = 'http://p/'\n", "line 5: route[1].prefix: expected each prefix at most once per host"),
     ],
 )
 def test_mistakes_name_file_key_and_expectation(text, message):
@@ -203,3 +203,46 @@ def test_trusted_proxies_and_purge_allow_may_name_unix_socket_peers():
     assert [str(n) for n in default.purge.allow] == ["127.0.0.0/8", "::1/128"]
     with pytest.raises(ConfigError, match='server.trusted_proxies: expected IP addresses or networks such as 10.0.0.0/8, or "unix"'):
         parse_config('[server]\ntrusted_proxies = ["unix:/run/x.sock"]\n', "accel.toml")
+
+
+def test_route_hosts_are_read_lower_case_and_checked():
+    config = parse_config('[[route]]\nprefix = "/"\norigin = "http://o/"\nhosts = ["API.example.com", "*.example.org"]\n', "a.toml")
+    assert config.routes[0].hosts == ("api.example.com", "*.example.org")
+    with pytest.raises(ConfigError, match=r"line 4: route\[0\].hosts: expected host names .* got 'api.example.com:80'"):
+        parse_config('[[route]]\nprefix = "/"\norigin = "http://o/"\nhosts = ["api.example.com:80"]\n', "a.toml")
+
+
+def test_the_same_prefix_may_serve_different_hosts():
+    text = '[[route]]\nprefix = "/"\norigin = "http://o/"\n[[route]]\nprefix = "/"\norigin = "http://p/"\nhosts = ["a.test"]\n'
+    assert len(parse_config(text, "a.toml").routes) == 2
+
+
+def test_a_mistake_in_the_second_route_names_that_routes_line():
+    text = ('[server]\nlisten = ["tcp:8080"]\n\n[[route]]\nprefix = "/a/"\norigin = "http://o/"\nconnect_timeout = 1\n\n'
+            '[[route]]\nprefix = "/"\norigin = "http://o/"\nconnect_timeout = "soon"\n')
+    with pytest.raises(ConfigError, match=r"a.toml, line 12: route\[1\].connect_timeout: expected"):
+        parse_config(text, "a.toml")
+
+
+def test_a_mistake_in_tls_listen_names_its_own_line():
+    text = '[server]\nlisten = ["tcp:8080"]\n\n[tls]\nlisten = ["ssl:443"]\ncertificates = [{ cert = "c.pem" }]\n'
+    with pytest.raises(ConfigError, match=r"a.toml, line 5: tls.listen: expected a plain endpoint"):
+        parse_config(text, "a.toml")
+
+
+def test_relative_paths_in_a_file_are_relative_to_the_file(tmp_path, monkeypatch):
+    monkeypatch.chdir("/")
+    path = tmp_path / "etc" / "accel.toml"
+    path.parent.mkdir()
+    path.write_text('[server]\naccess_log = "logs/access.log"\n[cache]\ndir = "../cache"\n'
+                    '[[route]]\nprefix = "/"\norigin = "http://o/"\n')
+    config = load_config(str(path))
+    assert config.cache.dir == str(tmp_path / "cache")
+    assert config.access_log == str(tmp_path / "etc" / "logs" / "access.log")
+
+
+def test_relative_paths_on_the_command_line_are_relative_to_the_working_directory(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    config = with_overrides(parse_config(GOOD, "/etc/accel/accel.toml"), cache_dir="c", access_log="a.log")
+    assert (config.cache.dir, config.access_log) == (str(tmp_path / "c"), str(tmp_path / "a.log"))
+    assert with_overrides(config, access_log="-").access_log == "-"

@@ -206,3 +206,43 @@ def test_peers_against_networks(peer, name, in_ten):
     ten = (ipaddress.ip_network("10.0.0.0/8"), ipaddress.ip_network("::1/128"))
     assert (peer_name(peer), peer_in(peer, ten)) == (name, in_ten)
     assert peer_in(peer, ten, unix=True) == (in_ten or isinstance(peer, UNIXAddress))
+
+
+def host_route(prefix, url, *hosts):
+    return Route(prefix=prefix, origin=parse_origin(url), hosts=tuple(hosts))
+
+
+HOSTS = RouteTable(
+    [
+        host_route("/", "http://main/"),
+        host_route("/static/", "http://files/"),
+        host_route("/", "http://api/", "api.example.com"),
+        host_route("/v2/", "http://api2/", "api.example.com"),
+        host_route("/", "http://org/", "*.example.org"),
+        host_route("/", "http://shop/", "*.shop.example.org"),
+    ]
+)
+
+
+@pytest.mark.parametrize(
+    "host, path, origin",
+    [
+        ("api.example.com", "/users", "http://api/"),
+        ("API.Example.COM:8443", "/v2/x", "http://api2/"),  # case and port ignored
+        ("api.example.com.", "/users", "http://api/"),  # a trailing dot too
+        ("www.example.com", "/users", "http://main/"),  # no host route: the routes for every host
+        (None, "/users", "http://main/"),  # HTTP/1.0 without Host
+        ("www.example.org", "/a", "http://org/"),
+        ("a.b.example.org", "/a", "http://org/"),  # one or more labels below
+        ("example.org", "/a", "http://main/"),  # the wildcard does not cover the domain itself
+        ("x.shop.example.org", "/a", "http://shop/"),  # the longest wildcard first
+        ("api.example.com", "/static/x", "http://api/"),  # the host's "/" wins over a hostless longer prefix
+    ],
+)
+def test_virtual_hosts_route_by_host_then_path(host, path, origin):
+    assert HOSTS.match(path, host).origin.url == origin
+
+
+def test_host_routes_fall_through_to_every_host_when_no_prefix_matches():
+    table = RouteTable([host_route("/api/", "http://api/", "api.example.com"), host_route("/", "http://main/")])
+    assert table.match("/other", "api.example.com").origin.url == "http://main/"

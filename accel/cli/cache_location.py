@@ -50,7 +50,7 @@ class Location:
         route_cache = None
         if self.routes is not None:
             parts = urlsplit(url)
-            route = self.routes.match((parts.path or "/") + (f"?{parts.query}" if parts.query else ""))
+            route = self.routes.match((parts.path or "/") + (f"?{parts.query}" if parts.query else ""), parts.netloc)
             route_cache = route.cache if route is not None else None
         return CachePolicy(
             heuristic_fraction=s.heuristic_fraction,

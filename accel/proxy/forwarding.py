@@ -77,7 +77,8 @@ class ReverseProxy(Resource):
             else:
                 self.purge.handle(request, target)
             return NOT_DONE_YET
-        route = self.routes.match(target)
+        host = request.getHeader(b"host")
+        route = self.routes.match(target, host.decode("latin-1") if host else None)
         if route is None or route.exclude:
             self.errors.send(request, 404, "No route serves this path.")
             return NOT_DONE_YET
