@@ -10,6 +10,7 @@ from urllib.parse import urlsplit
 import click
 import lmdb
 
+from accel.cache.directory import NotACache, check_cache_dir
 from accel.cache.epoch import PurgeEpoch
 from accel.cache.memory import MemoryTier
 from accel.cache.policy import CachePolicy
@@ -20,7 +21,6 @@ from accel.proxy.routing import RouteTable
 
 EXIT_OK, EXIT_NOTHING, EXIT_ERROR = 0, 1, 2
 EPOCH_FILE = "purge-epoch"
-_FORMAT_MARKER = b"accel-cache/1"  # DiskStore's meta "format" value
 
 
 class CacheCommandError(click.ClickException):
@@ -82,46 +82,15 @@ def locate(cache_dir: str | None, config_path: str | None) -> Location:
     return Location(os.path.abspath(directory), config, settings)
 
 
-def check_cache_dir(directory: str) -> int:
-    """Refuse anything that is not an existing accel cache; return its map size.
-
-    The environment is opened with map size 0, which adopts the size the last writer recorded: opening
-    with another size and then writing would record that size for every process.
-    """
-    if not os.path.isdir(directory):
-        raise CacheCommandError(f"{directory}: no such directory")
-    if not os.path.isfile(os.path.join(directory, "data.mdb")):
-        raise CacheCommandError(f"{directory}: not an accel cache (no data.mdb); nothing was created")
-    try:
-        env = lmdb.open(directory, readonly=True, max_dbs=8, subdir=True, map_size=0)
-    except lmdb.InvalidError:
-        raise CacheCommandError(f"{directory}: not an accel cache (data.mdb is not an LMDB database)") from None
-    except lmdb.Error as exc:
-        raise CacheCommandError(f"{directory}: cannot open the cache: {exc}") from None
-    try:
-        map_size = env.info()["map_size"]
-        with env.begin() as txn:
-            try:
-                meta = env.open_db(b"meta", txn=txn, create=False)
-                marker = txn.get(b"format", db=meta)
-            except (lmdb.NotFoundError, lmdb.IncompatibleError):
-                marker = None
-    except lmdb.Error as exc:
-        raise CacheCommandError(f"{directory}: cannot read the cache: {exc}") from None
-    finally:
-        env.close()
-    if marker != _FORMAT_MARKER:
-        found = "no accel format marker" if marker is None else f"format {marker!r}, expected {_FORMAT_MARKER!r}"
-        raise CacheCommandError(f"{directory}: not an accel cache ({found})")
-    return map_size
-
-
 class Opened:
     """The cache opened for one command: the disk store and, for purges, a TieredStore over it."""
 
     def __init__(self, location: Location):
         self.location = location
-        map_size = check_cache_dir(location.dir)
+        try:
+            map_size = check_cache_dir(location.dir)
+        except NotACache as exc:
+            raise CacheCommandError(str(exc)) from None
         try:
             self.disk = DiskStore(location.dir, map_size=map_size)
         except IncompatibleStore as exc:
