@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 
 from twisted.internet.defer import Deferred, gatherResults, maybeDeferred, succeed
 from twisted.internet.task import LoopingCall
 from twisted.internet.threads import deferToThread
 from twisted.logger import Logger
+from twisted.web.resource import Resource
 
-from accel.config import CacheSettings, Config
+from accel.cache.directory import NotACache, check_cache_dir
+from accel.config import CacheSettings, Config, ConfigError, located
 from accel.http.errors import ErrorPages
 from accel.proxy.origin import OriginClients
 from accel.tls.listeners import check_certificates
@@ -33,42 +36,216 @@ def check_files(config: Config) -> None:
             check_route_files(route, config.source, f"route[{i}]")
 
 
+def startup_problems(config: Config) -> list[ConfigError]:
+    """Everything starting needs from the disk, checked without changing anything: certificates and keys
+    (``check_files``), a cache directory that can be created or holds a valid cache, a log file that can be
+    written. One ConfigError per problem; ``twistd accel`` and ``accel check-config`` print them."""
+    problems = []
+    for check in (check_files, _check_cache_dir, _check_access_log):
+        try:
+            check(config)
+        except ConfigError as e:
+            problems.append(located(e))
+    return problems
+
+
+def _check_cache_dir(config: Config) -> None:
+    directory = config.cache.dir
+    if directory is None:
+        return
+    source, key = config.origin_of("cache.dir", "--cache-dir")
+    if os.path.exists(directory) and not os.path.isdir(directory):
+        raise ConfigError(source, key, "a directory", f"{directory} (not a directory)")
+    if not os.path.isdir(directory):
+        parent = os.path.dirname(directory)
+        while parent and not os.path.exists(parent):
+            parent = os.path.dirname(parent)
+        if not os.path.isdir(parent) or not os.access(parent, os.W_OK | os.X_OK):
+            raise ConfigError(source, key, "a directory accel can create",
+                              f"{directory} ({parent} is not a writable directory)")
+        return
+    if not os.access(directory, os.W_OK | os.X_OK):
+        raise ConfigError(source, key, "a directory accel can write", f"{directory} (not writable)")
+    if os.path.exists(os.path.join(directory, "data.mdb")):
+        try:
+            check_cache_dir(directory)
+        except NotACache as e:
+            raise ConfigError(source, key, "an accel cache or an empty directory",
+                              f"{e}; move {directory} away to start with an empty cache") from None
+
+
+def _check_access_log(config: Config) -> None:
+    path = config.access_log
+    if path is None or path == "-":
+        return
+    folder = os.path.dirname(path)
+    source, key = config.origin_of("server.access_log", "--access-log")
+    if os.path.isdir(path):
+        raise ConfigError(source, key, "a file", f"{path} (a directory)")
+    if not os.path.isdir(folder):
+        raise ConfigError(source, key, "a file in an existing directory",
+                          f"{path} (no directory {folder})")
+    if not os.access(path if os.path.exists(path) else folder, os.W_OK):
+        raise ConfigError(source, key, "a file accel can write", f"{path} (not writable)")
+
+
 def build_site(config: Config, reactor) -> AccelSite:
-    errors = ErrorPages(config.error_documents)
-    clients = OriginClients(reactor, tls_policy_for=origin_policies(config.routes, config.source))
-    handler = forwarder = Forwarder(config, clients, errors, reactor)
-    cache = None
-    if config.cache.dir:
-        cache = CacheRuntime(config.cache, reactor)
-        handler = cache.layer(forwarder)
-    proxy = ReverseProxy(config, handler, errors)
-    if cache is not None:
-        proxy.purge = PurgeHandler(cache.store, config.purge, config.cache, proxy.serves_host, reactor)
-    site = AccelSite(
-        proxy,
-        limits=config.limits,
-        server_header=config.server_header,
-        access_log=config.access_log,
-        errors=errors,
-        hsts=hsts_value(config.tls) if config.tls.hsts_max_age is not None else None,
-        reactor=reactor,
-    )
-    if site.hsts is not None:
-        site.requestFactory = with_hsts(site.requestFactory, site.hsts)
-    if cache is not None:
-        from accel.cache.fast import FastHits
-
-        site.fast_hits = FastHits(proxy, handler)
-
-    def close():
-        closing = clients.close()
-        if cache is None:
-            return closing
-        return gatherResults([closing, cache.close()])
-
-    site.close = close
-    site.cache = cache
+    """The Site serving ``config``; ``site.accelerator`` reloads it, ``site.close()`` releases everything."""
+    accelerator = Accelerator(config, reactor)
+    site = accelerator.site
+    site.accelerator = accelerator
+    site.close = accelerator.close
+    site.cache = accelerator.cache
     return site
+
+
+@dataclass(frozen=True)
+class Generation:
+    """One configuration in service. A request takes the current generation's resource when it starts and
+    keeps its routes, forwarder, cache rules and error pages to the end, whatever a reload does meanwhile."""
+
+    config: Config
+    resource: Resource
+    clients: OriginClients
+    errors: ErrorPages
+    hsts: bytes | None  # Strict-Transport-Security over TLS
+    request_factory: type
+    fast_hits: object | None  # accel.cache.fast.FastHits over this generation's routes and cache layer
+
+
+# What a reload cannot change in a running process: (what, how it is read from a Config).
+RESTART_TO_CHANGE = (
+    ("listeners", lambda c: (c.listen, tuple(l.endpoint for l in c.tls.listeners), c.tls.redirect_listen)),
+    ("[cache] dir, map_size and memory limits", lambda c: (
+        c.cache.dir, c.cache.map_size, c.cache.memory_max_bytes, c.cache.memory_max_objects,
+        c.cache.memory_min_object_size, c.cache.memory_max_object_size)),
+)
+
+
+class Accelerator:
+    """accel in one process: the Site, the cache and the configuration in service (a ``Generation``).
+
+    ``reload`` builds a new generation and swaps it in: requests that started keep theirs, connections stay
+    open, and the cache (storage, memory tier) carries on. ``drain`` waits for the requests in flight.
+    """
+
+    def __init__(self, config: Config, reactor):
+        self.reactor = reactor
+        self.cache = CacheRuntime(config.cache, reactor) if config.cache.dir else None
+        self.in_flight = InFlight()
+        self.clients: list[OriginClients] = []
+        self.generation: Generation | None = None
+        generation = self._build(config)
+        self.site = AccelSite(
+            generation.resource,
+            limits=config.limits,
+            server_header=config.server_header,
+            access_log=config.access_log,
+            reactor=reactor,
+        )
+        self._apply(generation)
+
+    def _build(self, config: Config) -> Generation:
+        errors = ErrorPages(config.error_documents)
+        previous = self.generation
+        if previous is not None and _origin_tls(previous.config) == _origin_tls(config):
+            clients = previous.clients  # same origins' TLS settings: keep the pools and their connections
+        else:
+            clients = OriginClients(self.reactor, tls_policy_for=origin_policies(config.routes, config.source))
+            self.clients.append(clients)
+        handler = forwarder = Forwarder(config, clients, errors, self.reactor)
+        if self.cache is not None:
+            handler = self.cache.layer(forwarder, config.cache)
+        proxy = ReverseProxy(config, handler, errors)
+        fast_hits = None
+        if self.cache is not None:
+            from accel.cache.fast import FastHits
+
+            proxy.purge = PurgeHandler(self.cache.store, config.purge, config.cache, proxy.serves_host, self.reactor)
+            fast_hits = FastHits(proxy, handler)
+        hsts = hsts_value(config.tls) if config.tls.hsts_max_age is not None else None
+        factory = AccelSite.requestFactory if hsts is None else with_hsts(AccelSite.requestFactory, hsts)
+        return Generation(config, Counted(proxy, self.in_flight), clients, errors, hsts, factory, fast_hits)
+
+    def _apply(self, generation: Generation) -> None:
+        """Swap ``generation`` in: new requests use it (limits and HSTS: new connections)."""
+        config = generation.config
+        self.generation = generation
+        site = self.site
+        site.resource = generation.resource
+        site.errors = generation.errors
+        site.hsts = generation.hsts
+        site.hsts_field = b"Strict-Transport-Security: %s\r\n" % generation.hsts if generation.hsts else b""
+        site.requestFactory = generation.request_factory
+        site.fast_hits = generation.fast_hits
+        site.limits = config.limits
+        site.server_header = config.server_header.encode("latin-1") if config.server_header else None
+        site.server_field = b"Server: %s\r\n" % site.server_header if site.server_header else b""
+        site.use_access_log(config.access_log)
+
+    def reload(self, config: Config) -> list[str]:
+        """Serve ``config`` from now on; returns what it changes that needs a restart (kept as it was)."""
+        previous = self.generation.config
+        self._apply(self._build(config))
+        return [what for what, read in RESTART_TO_CHANGE if read(previous) != read(config)]
+
+    def drain(self, timeout: float) -> Deferred:
+        """Fires with the number of requests still in flight: 0 once they all finished, more after ``timeout``."""
+        return self.in_flight.wait(self.reactor, timeout)
+
+    def close(self) -> Deferred:
+        closing = [clients.close() for clients in self.clients]
+        if self.cache is not None:
+            closing.append(self.cache.close())
+        return gatherResults(closing)
+
+
+def _origin_tls(config: Config) -> tuple:
+    """What the origin clients are built from besides each route's own keys: the https origins' TLS settings."""
+    return tuple((r.origin.key, r.tls_verify, r.tls_ca, r.tls_client_cert, r.tls_client_key)
+                 for r in config.routes if r.origin is not None and r.origin.scheme == "https")
+
+
+class InFlight:
+    """Counts the requests being answered, and tells when there are none left."""
+
+    def __init__(self):
+        self.count = 0
+        self._waiting: list[Deferred] = []
+
+    def started(self, request) -> None:
+        self.count += 1
+        request.notifyFinish().addBoth(self._finished)
+
+    def _finished(self, _) -> None:
+        self.count -= 1
+        if self.count == 0:
+            waiting, self._waiting = self._waiting, []
+            for d in waiting:
+                d.callback(0)
+
+    def wait(self, reactor, timeout: float) -> Deferred:
+        if self.count == 0:
+            return succeed(0)
+        d = Deferred()
+        self._waiting.append(d)
+        d.addTimeout(timeout, reactor, onTimeoutCancel=lambda result, timeout: self.count)
+        return d
+
+
+class Counted(Resource):
+    """The resource a generation serves: its ReverseProxy, with the request counted while in flight."""
+
+    isLeaf = True
+
+    def __init__(self, proxy: ReverseProxy, in_flight: InFlight):
+        super().__init__()
+        self.proxy = proxy
+        self.in_flight = in_flight
+
+    def render(self, request):
+        self.in_flight.started(request)
+        return self.proxy.render(request)
 
 
 class CacheRuntime:
@@ -124,10 +301,12 @@ class CacheRuntime:
         call.start(seconds, now=now)
         return call
 
-    def layer(self, forwarder):
+    def layer(self, forwarder, settings: CacheSettings | None = None):
+        """A cache layer around ``forwarder`` (one per configuration generation: ``settings`` may differ from
+        the storage's own)."""
         from accel.cache.layer import CacheLayer
 
-        layer = CacheLayer(forwarder, self.store, self.settings, self.reactor)
+        layer = CacheLayer(forwarder, self.store, settings or self.settings, self.reactor)
         self.layers.append(layer)
         return layer
 

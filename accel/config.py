@@ -191,6 +191,11 @@ class Config:
     error_documents: dict[int, str] = field(default_factory=dict)
     limits: Limits = Limits()
     tls: TLSSettings = TLSSettings()
+    options: tuple[str, ...] = ()  # the command-line options that replaced values of the file ("--cache-dir")
+
+    def origin_of(self, key: str, option: str) -> tuple[str, str]:
+        """(source, key) naming a value in messages: the option, when the command line set it."""
+        return (COMMAND_LINE, option) if option in self.options or self.source == COMMAND_LINE else (self.source, key)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -647,6 +652,21 @@ def _same_origin_tls(source: str, text: str, routes: list[Route]) -> None:
                                   line=table_line(text, f"route[{i}]"))
 
 
+def located(error: ConfigError) -> ConfigError:
+    """``error`` with its line, for a problem found after parsing (a certificate, a directory): the key's line
+    in the file it names, when the key is there."""
+    if error.line is not None or error.source == COMMAND_LINE:
+        return error
+    try:
+        with open(error.source, encoding="utf-8") as f:
+            text = f.read()
+    except (OSError, UnicodeDecodeError):
+        return error
+    table, _, name = error.key.rpartition(".")
+    line = line_of(text, table, name.split("[", 1)[0]) if name else None
+    return ConfigError(error.source, error.key, error.expected, error.got, line) if line else error
+
+
 def load_config(path: str) -> Config:
     try:
         with open(path, "rb") as f:
@@ -669,9 +689,12 @@ def with_overrides(
     """Apply command-line options, which win over the file; their relative paths are relative to the working
     directory."""
     changes: dict[str, Any] = {}
+    options: list[str] = list(config.options)
     if listen:
         changes["listen"] = tuple(listen)
+        options.append("--listen")
     if origin is not None:
+        options.append("--origin")
         try:
             parsed = parse_origin(origin)
         except ValueError as e:
@@ -680,9 +703,11 @@ def with_overrides(
         changes["routes"] = others + (Route(prefix="/", origin=parsed),)
     if cache_dir is not None:
         changes["cache"] = replace(config.cache, dir=os.path.abspath(cache_dir))
+        options.append("--cache-dir")
     if access_log is not None:
         changes["access_log"] = access_log if access_log == "-" else os.path.abspath(access_log)
-    return replace(config, **changes)
+        options.append("--access-log")
+    return replace(config, options=tuple(options), **changes)
 
 
 def local_names() -> tuple[str, ...]:

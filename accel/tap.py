@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import signal
 import sys
 
 from twisted.application import service
 from twisted.internet import endpoints
+from twisted.logger import Logger
 from twisted.python import usage
 
-from accel.app import check_files
-from accel.config import Config, ConfigError, load_config, with_overrides
+from accel.app import startup_problems
+from accel.config import COMMAND_LINE, Config, ConfigError, load_config, located, with_overrides
 from accel.http.listening import listening_service
+
+log = Logger()
 
 
 class Options(usage.Options):
@@ -32,40 +36,75 @@ class Options(usage.Options):
         self["listen"].append(endpoint)
 
     def postOptions(self) -> None:
+        # Problems are one line each, naming the file, key and expectation; twistd would print its usage first.
         try:
             self.config = build_config(self)
+            problems = config_problems(self.config)
         except ConfigError as e:
-            # One line naming the file, key and expectation; twistd would print its whole usage first.
-            print(f"accel: {e}", file=sys.stderr)
-            raise SystemExit(1) from None
+            problems = [e]
+        if problems:
+            report(problems)
+            raise SystemExit(1)
+
+
+def report(problems) -> None:
+    """One line a problem on the process's real standard error (twistd sends ``sys.stderr`` to its log once it
+    has started logging)."""
+    for problem in problems:
+        print(f"accel: {problem}", file=sys.__stderr__, flush=True)
 
 
 def build_config(options) -> Config:
-    """The effective configuration: the file (if any) with command-line overrides, fully checked."""
+    """The effective configuration: the file (if any) with the command-line overrides. Not checked further
+    than parsing: see ``config_problems``."""
     config = load_config(options["config"]) if options["config"] else Config()
-    config = with_overrides(
+    return with_overrides(
         config,
         listen=tuple(options["listen"]),
         origin=options["origin"],
         cache_dir=options["cache-dir"],
         access_log=options["access-log"],
     )
+
+
+def listener_keys(config: Config) -> list[tuple[str, str, str]]:
+    """(source, key, endpoint description) of every listener, for messages."""
+    source, key = config.origin_of("server.listen", "--listen")
+    found = [(source, key, d) for d in config.listen]
+    found += [(config.source, f"{l.where}.listen" if l.where == "tls" else f"{l.where}.endpoint", l.endpoint)
+              for l in config.tls.listeners]
+    found += [(config.source, "tls.redirect.listen", d) for d in config.tls.redirect_listen]
+    return found
+
+
+def config_problems(config: Config) -> list[ConfigError]:
+    """Everything start-up checks before binding its ports; [] when accel can start."""
+    problems = []
     if not config.routes:
-        raise ConfigError(config.source, "route", "at least one [[route]] (or --origin URL)")
-    for description in config.listen + tuple(l.endpoint for l in config.tls.listeners) + config.tls.redirect_listen:
-        check_endpoint(config.source, description)
-    check_files(config)
-    return config
+        problems.append(ConfigError(config.source, "route", "at least one [[route]] (or --origin URL)"))
+    for source, key, description in listener_keys(config):
+        try:
+            check_endpoint(source, key, description)
+        except ConfigError as e:
+            problems.append(located(e))
+    return problems + startup_problems(config)
 
 
-def check_endpoint(source: str, description: str) -> None:
-    """Parse an endpoint description without listening, so a typo is a config error and not a traceback."""
+def check_endpoint(source: str, key: str, description: str) -> None:
+    """Parse an endpoint description without listening, so a typo is a config error and not a traceback.
+    (An ``ssl:`` endpoint loads its certificate and key here.)"""
     from twisted.internet import reactor
 
     try:
         endpoints.serverFromString(reactor, description)
-    except (ValueError, TypeError, KeyError) as e:
-        raise ConfigError(source, "listen", "a Twisted server endpoint such as tcp:8080", f"{description} ({e})") from None
+    except Exception as e:  # what a parser raises is its own business: ValueError, KeyError, OSError, SSL.Error...
+        raise ConfigError(source, key, "a Twisted server endpoint such as tcp:8080", f"{description} ({_reason(e)})") from None
+
+
+def _reason(error: Exception) -> str:
+    if isinstance(error, OSError) and error.strerror:
+        return f"{error.filename}: {error.strerror}" if error.filename else error.strerror
+    return str(error) or type(error).__name__
 
 
 def makeService(options: Options) -> service.IService:
@@ -74,25 +113,127 @@ def makeService(options: Options) -> service.IService:
     from accel.app import build_site
 
     config = options.config
-    site = build_site(config, reactor)
-    top = service.MultiService()
-    for description in config.listen:
-        listening_service(description, site, reactor).setServiceParent(top)
+    try:
+        site = build_site(config, reactor)
+    except Exception as e:  # a cache that cannot be opened after all (a race with the checks, a full disk)
+        source, key = config.origin_of("cache.dir", "--cache-dir")
+        report([ConfigError(source, key, "a cache accel can open", f"{config.cache.dir} ({_reason(e)})")])
+        raise SystemExit(1) from None
+    top = Listeners()
+    for source, key, description in listener_keys(config)[: len(config.listen)]:
+        top.listen(listening_service(description, site, reactor), source, key, description)
+    stores = []
     if config.tls.listeners or config.tls.redirect_listen:
         from accel.tls.listeners import tls_services
 
-        for tls_service in tls_services(config, site, reactor):
-            tls_service.setServiceParent(top)
-    top.addService(_Closer(site))
+        tls_keys = listener_keys(config)[len(config.listen) :]
+        for tls_service, (source, key, description) in zip(tls_services(config, site, reactor), tls_keys):
+            top.listen(tls_service, source, key, description)
+            store = getattr(getattr(tls_service, "factory", None), "store", None)
+            if store is not None:
+                stores.append(store)
+    top.addService(Operations(options, site.accelerator, stores, reactor))
     return top
 
 
-class _Closer(service.Service):
-    """Closes origin connection pools on shutdown."""
+class Listeners(service.MultiService):
+    """The listening services; a port that cannot be bound stops the start with one line naming it."""
 
-    def __init__(self, site):
-        self.site = site
+    def __init__(self):
+        super().__init__()
+        self.described: dict[service.IService, tuple[str, str, str]] = {}
+
+    def listen(self, child: service.IService, source: str, key: str, description: str) -> None:
+        self.described[child] = (source, key, description)
+        child.setServiceParent(self)
+
+    def privilegedStartService(self) -> None:
+        service.Service.privilegedStartService(self)
+        for child in self:
+            try:
+                child.privilegedStartService()
+            except Exception as e:
+                source, key, description = self.described.get(child, ("accel", "listen", "?"))
+                reason = getattr(e, "socketError", None) or e
+                problem = located(ConfigError(source, key, "an endpoint accel can listen on",
+                                              f"{description} ({_reason(reason)})"))
+                log.critical("accel: {problem}", problem=str(problem))  # for a daemon's log file
+                report([problem])
+                raise SystemExit(1) from None
+
+
+class Operations(service.Service):
+    """Signals while accel runs, and its stop.
+
+    SIGHUP: re-read the configuration and serve it to new requests (an invalid one is refused with one log
+    line and the running one stays); certificates and log files are reloaded too. SIGUSR1: reopen the log
+    files (after a rotation). SIGTERM / SIGINT (twistd stops the reactor): stop accepting connections, let the
+    requests in flight finish for up to ``[server] shutdown_timeout`` seconds, then close.
+    """
+
+    def __init__(self, options: Options, accelerator, stores, reactor):
+        self.options, self.accelerator, self.stores, self.reactor = options, accelerator, stores, reactor
+        self._previous: dict[int, object] = {}
+
+    def startService(self) -> None:
+        super().startService()
+        for signum, action in ((signal.SIGHUP, self.reload), (signal.SIGUSR1, self.reopen_logs)):
+            self._previous[signum] = signal.signal(signum, self._handler(signum, action))
+
+    def _handler(self, signum: int, action):
+        previous = signal.getsignal(signum)
+
+        def handle(number, frame):
+            self.reactor.callFromThread(action)
+            if callable(previous) and signum == signal.SIGUSR1:
+                previous(number, frame)  # twistd's own: rotates its --logfile
+
+        return handle
+
+    def reload(self) -> None:
+        source = self.options["config"] or COMMAND_LINE
+        try:
+            config = build_config(self.options)
+            problems = config_problems(config)
+        except ConfigError as e:
+            problems = [e]
+        if problems:
+            log.error("accel: configuration not reloaded, the running one stays in service: {problems}",
+                      problems="; ".join(str(p) for p in problems))
+            return
+        needs_restart = self.accelerator.reload(config)
+        by_endpoint = {listener.endpoint: listener for listener in config.tls.listeners}
+        for store in self.stores:
+            listener = by_endpoint.get(store.listener.endpoint)
+            if listener is not None:
+                store.listener, store.settings = listener, config.tls
+            store.reload("SIGHUP")
+        log.info("accel: configuration reloaded from {source}", source=source)
+        for what in needs_restart:
+            log.warn("accel: {what} changed in {source}: restart accel to apply (the previous ones stay in use)",
+                     what=what, source=source)
+
+    def reopen_logs(self) -> None:
+        self.accelerator.site.use_access_log(self.accelerator.site.access_log)
+        log.info("accel: log files reopened")
 
     def stopService(self):
-        return self.site.close()
+        super().stopService()
+        for signum, previous in self._previous.items():
+            signal.signal(signum, previous)
+        self._previous.clear()
+        timeout = self.accelerator.generation.config.shutdown_timeout
+        waiting = self.accelerator.in_flight.count
+        if waiting:
+            log.info("accel: stopping: waiting up to {timeout:g} s for {n} request(s) in flight",
+                     timeout=timeout, n=waiting)
 
+        def drained(left: int):
+            if left:
+                log.warn("accel: stopping: shutdown_timeout ({timeout:g} s) passed, {n} request(s) cut off",
+                         timeout=timeout, n=left)
+            elif waiting:
+                log.info("accel: stopping: every request in flight finished")
+            return self.accelerator.close()
+
+        return self.accelerator.drain(timeout).addCallback(drained)

@@ -116,7 +116,7 @@ def test_check_config_error_is_one_line_without_traceback(tmp_path):
     path.write_text("[[route]]\nprefix = '/'\norigin = 'gopher://x'\n")
     result = CliRunner().invoke(main, ["check-config", str(path)])
     assert result.exit_code == 1
-    assert result.output.strip() == f"Error: {path}, line 3: route[0].origin: expected an http:// or https:// URL with a host, got 'gopher://x'"
+    assert result.output.strip() == f"accel: {path}, line 3: route[0].origin: expected an http:// or https:// URL with a host, got 'gopher://x'"
 
 
 def test_twistd_reports_a_bad_config_in_one_line(tmp_path):
@@ -144,12 +144,12 @@ EXAMPLES = sorted(Path(__file__).parent.parent.joinpath("examples").glob("*.toml
 
 
 def materialise_etc_files(text: str, root: Path) -> str:
-    """The example with every /etc/... path moved under ``root``, where real files now stand: certificates
-    (``<name>.pem`` with ``<name>.key``) issued by an intermediate (``chain.pem``) of a test CA
-    (``*ca.pem``), and directories for the paths without a file name extension."""
+    """The example with every /etc/... and /var/... path moved under ``root``, where real files now stand:
+    certificates (``<name>.pem`` with ``<name>.key``) issued by an intermediate (``chain.pem``) of a test CA
+    (``*ca.pem``), directories for the paths without a file name extension, and the folders of the others."""
     ca = trustme.CA()
     intermediate = ca.create_child_ca()
-    paths = sorted(set(re.findall(r'"(/etc/[^"]+)"', text)))
+    paths = sorted(set(re.findall(r'"(/(?:etc|var)/[^"]+)"', text)))
     for path in paths:
         target = root / path.lstrip("/")
         target.parent.mkdir(parents=True, exist_ok=True)
@@ -163,7 +163,7 @@ def materialise_etc_files(text: str, root: Path) -> str:
             leaf = intermediate.issue_cert(target.stem if "." in target.stem else f"{target.stem}.test")
             leaf.cert_chain_pems[0].write_to_path(str(target))
             leaf.private_key_pem.write_to_path(str(target.with_suffix(".key")))
-    return re.sub(r'"/etc/', f'"{root}/etc/', text)
+    return re.sub(r'"/(etc|var)/', lambda m: f'"{root}/{m.group(1)}/', text)
 
 
 def test_example_configs_are_valid(tmp_path):
@@ -183,7 +183,7 @@ def test_the_tls_example_without_its_files_names_the_first_missing_one(tmp_path)
     result = CliRunner().invoke(main, ["check-config", str(copy)])
     assert result.exit_code == 1
     assert result.output.strip().splitlines() == [
-        f"Error: {copy}: tls.directory: expected a readable directory of certificates, "
+        f"accel: {copy}, line 14: tls.directory: expected a readable directory of certificates, "
         f"got '{tmp_path}/etc/letsencrypt/live (No such file or directory)'"
     ]
 

@@ -127,13 +127,13 @@ def test_missing_and_unusable_files_are_named(tmp_path, certs, entry, named):
     assert named in str(caught.value)
 
 
-def test_twistd_prints_one_line_and_exits_1(tmp_path, certs, capsys):
+def test_twistd_prints_one_line_and_exits_1(tmp_path, certs, capfd):
     path = tmp_path / "accel.toml"
     path.write_text('[tls]\nlisten = ["tcp:443"]\ncertificates = [{cert = "www.pem", key = "api.key"}]\n' + ROUTE)
     with pytest.raises(SystemExit) as caught:
         Options().parseOptions(["--config", str(path)])
     assert caught.value.code == 1
-    err = capsys.readouterr().err
+    err = capfd.readouterr().err  # the process's real standard error
     assert err.count("\n") == 1 and err.startswith(f"accel: {path}") and "api.key" in err
 
 

@@ -16,6 +16,7 @@ from accel.cache.memory import MemoryTier
 from accel.cache.policy import CachePolicy
 from accel.cache.store import DiskStore, IncompatibleStore, StoreFull
 from accel.cache.tiers import TieredStore
+from accel.cli.messages import CommandError
 from accel.config import CacheSettings, Config, ConfigError, load_config
 from accel.proxy.routing import RouteTable
 
@@ -23,13 +24,13 @@ EXIT_OK, EXIT_NOTHING, EXIT_ERROR = 0, 1, 2
 EPOCH_FILE = "purge-epoch"
 
 
-class CacheCommandError(click.ClickException):
+class CacheCommandError(CommandError):
     """A usage, configuration or I/O problem: exit status 2."""
 
     exit_code = EXIT_ERROR
 
 
-class NothingMatched(click.ClickException):
+class NothingMatched(CommandError):
     """The command worked but found nothing: exit status 1."""
 
     exit_code = EXIT_NOTHING
@@ -124,7 +125,7 @@ def open_cache(ctx: click.Context, cache_dir: str | None, config_path: str | Non
 
 def location_options(command):
     command = click.option(
-        "--config", "config_path", type=click.Path(dir_okay=False),
+        "--config", "config_path", type=click.Path(),
         help="accel configuration file: the cache is its [cache] dir.",
     )(command)
     command = click.option(

@@ -38,6 +38,32 @@ def format_access_line(
     )
 
 
+class LogFile:
+    """The access log file, opened for appending; ``reopen`` opens the path again, so that after a rotation
+    (the file renamed away) lines go to a new file by the old name."""
+
+    def __init__(self, path: str):
+        self.path = path
+        self.file = self._open()
+
+    def _open(self):
+        return open(self.path, "a", encoding="utf-8", errors="replace")
+
+    def write(self, text: str) -> None:
+        self.file.write(text)
+
+    def flush(self) -> None:
+        self.file.flush()
+
+    def reopen(self) -> None:
+        replacement = self._open()  # an error leaves the old file in use
+        self.file.close()
+        self.file = replacement
+
+    def close(self) -> None:
+        self.file.close()
+
+
 class StandardOutput:
     """Log file object for ``access_log = "-"``: the process's real standard output (twistd redirects
     ``sys.stdout`` into its own log)."""
@@ -50,6 +76,9 @@ class StandardOutput:
         sys.__stdout__.flush()
 
     def close(self) -> None:
+        pass
+
+    def reopen(self) -> None:
         pass
 
 
@@ -79,8 +108,17 @@ class PerTurnWriter:
             self.file.write("".join(lines))
             self.file.flush()
 
+    def reopen(self) -> None:
+        self.flush()
+        self.file.reopen()
+
     def close(self) -> None:
         if self.call is not None and self.call.active():
             self.call.cancel()
         self.flush()
         self.file.close()
+
+
+def open_access_log(path: str, reactor) -> PerTurnWriter:
+    """The writer for ``access_log``: a file path, or "-" for standard output."""
+    return PerTurnWriter(StandardOutput() if path == "-" else LogFile(path), reactor)

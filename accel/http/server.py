@@ -11,10 +11,10 @@ import time
 from urllib.parse import parse_qs
 
 from twisted.python.failure import Failure
-from twisted.web import http, server
+from twisted.web import server
 from twisted.web.http import NO_BODY_CODES
 
-from accel.http.accesslog import PerTurnWriter, StandardOutput, access_log_line, format_access_line
+from accel.http.accesslog import access_log_line, format_access_line, open_access_log
 from accel.http.body import RequestBody
 from accel.http.errors import ErrorPages
 from accel.http.connection import HTTPConnection
@@ -181,21 +181,36 @@ class AccelSite(server.Site):
             user_agent, message.started, origin, "hit",
         ) + "\n")
 
-    def _openLogFile(self, path):
-        """The access log, opened for appending (line-buffered), as twisted.web's HTTPFactory does.
-
-        Not twisted.web.server.Site's rotating LogFile: it renames the file every 1 MB, on the reactor
-        thread, keeping every old file; with ``--access-log /dev/null`` (the bench) it renamed the
-        device itself and put a regular file in its place. Rotate with logrotate (copytruncate).
-        """
-        return http.HTTPFactory._openLogFile(self, path)
+    _log_open = False
 
     def startFactory(self) -> None:
         super().startFactory()
-        if self.access_log == "-":
-            self._logFile = PerTurnWriter(StandardOutput(), self.reactor)
-        elif self.access_log:
-            self._logFile = PerTurnWriter(self._openLogFile(self.access_log), self.reactor)
+        self._log_open = True
+        self._logFile = open_access_log(self.access_log, self.reactor) if self.access_log else None
+
+    def use_access_log(self, path: str | None) -> None:
+        """Write the access log to ``path`` from now on (a reload); the same path is reopened (a rotation).
+
+        Not twisted.web.server.Site's rotating LogFile: it renames the file every 1 MB, on the reactor thread,
+        keeping every old file. Rotate with logrotate, then SIGUSR1 (or SIGHUP) makes accel reopen the file.
+        """
+        writer = getattr(self, "_logFile", None)
+        if path == self.access_log and writer is not None:
+            writer.reopen()
+            return
+        if writer is not None:
+            writer.close()
+            self._logFile = None
+        self.access_log = path
+        if path and self._log_open:
+            self._logFile = open_access_log(path, self.reactor)
+
+    def stopFactory(self) -> None:
+        self._log_open = False
+        if getattr(self, "_logFile", None) is not None:
+            self._logFile.close()
+            self._logFile = None
+        super().stopFactory()
 
     def log(self, request) -> None:
         if self.access_log:

@@ -6,7 +6,7 @@ certificate. Each listener has a ``CertificateStore``: one OpenSSL context per c
 client's server name (exact name, then ``*.`` wildcard, then the default certificate). TLS 1.2 is the
 minimum, ciphers are Mozilla's "intermediate" choice, ALPN offers ``http/1.1``.
 
-Renewal: SIGHUP reloads every store; besides, a handshake checks the modification times of the certificate
+Renewal: SIGHUP reloads every store (``accel.tap.Operations``); besides, a handshake checks the modification times of the certificate
 files (and of the certificate directory) at most once every ``check_interval`` seconds, and reloads when they
 changed. An unknown server name never causes a look at the disk. A reload that fails (a half-written file,
 a key that does not match) is logged and the previous certificates stay in service.
@@ -18,7 +18,6 @@ Reading and checking PEM files is ``accel.tls.certificates``; the redirect liste
 from __future__ import annotations
 
 import os
-import signal
 
 from OpenSSL import SSL
 from twisted.application import service
@@ -233,45 +232,16 @@ class TLSServerFactory(TLSMemoryBIOFactory):
         self.store = store
 
 
-class ReloadOnHangup(service.Service):
-    """SIGHUP reloads every listener's certificates."""
-
-    def __init__(self, reactor, stores: list[CertificateStore]):
-        self.reactor, self.stores = reactor, stores
-        self._previous = None
-
-    def startService(self) -> None:
-        super().startService()
-        if hasattr(signal, "SIGHUP"):
-            self._previous = signal.signal(signal.SIGHUP, self._signalled)
-
-    def _signalled(self, signum, frame) -> None:
-        self.reactor.callFromThread(self.reload)
-
-    def reload(self) -> None:
-        for store in self.stores:
-            store.reload("SIGHUP")
-
-    def stopService(self) -> None:
-        if self._previous is not None:
-            signal.signal(signal.SIGHUP, self._previous)
-            self._previous = None
-        return super().stopService()
-
-
 def tls_services(config, site, reactor) -> list[service.IService]:
-    """The HTTPS listeners of ``[tls]``, the HTTP→HTTPS redirect listeners and the SIGHUP reload."""
+    """The HTTPS listeners of ``[tls]`` (each ``factory.store`` is its certificates, which SIGHUP reloads: see
+    ``accel.tap``), then the HTTP→HTTPS redirect listeners, in the order of the configuration."""
     from accel.tls.https import redirect_site
 
     services: list[service.IService] = []
-    stores = []
     for listener in config.tls.listeners:
         store = CertificateStore(listener, config.tls, config.source, reactor)
-        stores.append(store)
         services.append(listening_service(listener.endpoint, TLSServerFactory(store, site), reactor))
     if config.tls.redirect_listen:
         redirects = redirect_site(config, reactor)
         services += [listening_service(d, redirects, reactor) for d in config.tls.redirect_listen]
-    if stores:
-        services.append(ReloadOnHangup(reactor, stores))
     return services

@@ -1,0 +1,91 @@
+"""``accel check-config``: everything ``twistd accel`` checks before it binds its ports, then the effective
+configuration, as accel will run it."""
+
+from __future__ import annotations
+
+import click
+
+from accel.cli.messages import CommandError
+from accel.config import Config, ConfigError, Route, load_config
+from accel.tap import config_problems
+
+
+@click.command("check-config")
+@click.argument("path", type=click.Path())
+def check_config(path: str) -> None:
+    """Check a configuration file as start-up does (certificates, cache directory, log file, endpoints;
+    not binding the ports) and print the effective configuration. Exit status 1, with one line per problem,
+    when accel would not start."""
+    try:
+        config = load_config(path)
+        problems = config_problems(config)
+    except ConfigError as e:
+        problems = [e]
+    if problems:
+        for problem in problems[:-1]:
+            click.echo(f"accel: {problem}", err=True)
+        raise CommandError(str(problems[-1]))
+    click.echo(f"{path}: OK")
+    for line in describe(config):
+        click.echo(line)
+
+
+def describe(config: Config) -> list[str]:
+    """The effective configuration, one item a line."""
+    from accel.tls.certificates import listener_entries, load_certificate
+
+    lines = ["listeners:"]
+    lines += [f"  http      {d}" for d in config.listen]
+    for listener in config.tls.listeners:
+        try:
+            names = [name for files in listener_entries(listener, config.source)
+                     for name in load_certificate(files, config.source).names]
+        except ConfigError as e:  # only when the checks were skipped
+            names = [f"unreadable: {e}"]
+        lines.append(f"  https     {listener.endpoint}  (certificates for {', '.join(dict.fromkeys(names))})")
+    port = config.tls.redirect_port
+    lines += [f"  redirect  {d}  (301 to https://{'' if port in (None, 443) else f'...:{port}'})" for d in config.tls.redirect_listen]
+    lines.append("routes (the first group with a route for the path serves it; longest prefix first):")
+    for hosts, routes in _route_groups(config.routes):
+        lines.append(f"  {'host ' + ', '.join(hosts) if hosts else 'every host'}:")
+        lines += [f"    {_route(route)}" for route in routes]
+    cache = config.cache
+    if cache.dir:
+        lines.append(f"cache: {cache.dir}  (map {cache.map_size >> 20} MiB; memory {cache.memory_max_bytes >> 20} MiB,"
+                     f" {cache.memory_max_objects} objects)")
+    else:
+        lines.append("cache: off (no [cache] dir)")
+    log = {None: "off", "-": "standard output"}.get(config.access_log, config.access_log)
+    lines.append(f"access log: {log}")
+    lines += [f"error document {code}: {doc}" for code, doc in sorted(config.error_documents.items())]
+    lines.append(f"shutdown timeout: {config.shutdown_timeout:g} s")
+    return lines
+
+
+def _route_groups(routes: tuple[Route, ...]) -> list[tuple[tuple[str, ...], list[Route]]]:
+    """Routes grouped by their ``hosts``, host-specific groups first, each longest prefix first."""
+    groups: dict[tuple[str, ...], list[Route]] = {}
+    for route in routes:
+        groups.setdefault(route.hosts, []).append(route)
+    ordered = sorted(groups.items(), key=lambda item: not item[0])
+    return [(hosts, sorted(group, key=lambda r: len(r.prefix), reverse=True)) for hosts, group in ordered]
+
+
+def _route(route: Route) -> str:
+    if route.exclude:
+        return f"{route.prefix:<24} (excluded: 404)"
+    extra = ", preserve_host" if route.preserve_host else ""
+    cache = route.cache
+    rules = []
+    if not cache.enabled:
+        rules.append("cache off")
+    if cache.enabled and cache.default_ttl is not None:
+        rules.append(f"default_ttl {cache.default_ttl:g} s")
+    if cache.enabled and cache.max_ttl is not None:
+        rules.append(f"max_ttl {cache.max_ttl:g} s")
+    if cache.enabled and cache.disable:
+        rules.append(f"never cached: {', '.join(cache.disable)}")
+    rules = ", ".join(rules) or "cached by the responses' own rules"
+    return (f"{route.prefix:<24} -> {route.origin.url}  (connect {route.connect_timeout:g}s,"
+            f" response {route.response_timeout:g}s, idle {route.idle_timeout:g}s,"
+            f" max {route.max_connections} connections{extra}; {rules})")
