@@ -36,12 +36,18 @@ def check_files(config: Config) -> None:
             check_route_files(route, config.source, f"route[{i}]")
 
 
-def startup_problems(config: Config) -> list[ConfigError]:
+def startup_problems(config: Config, cache_in_use: str | None = None) -> list[ConfigError]:
     """Everything starting needs from the disk, checked without changing anything: certificates and keys
     (``check_files``), a cache directory that can be created or holds a valid cache, a log file that can be
-    written. One ConfigError per problem; ``twistd accel`` and ``accel check-config`` print them."""
+    written. One ConfigError per problem; ``twistd accel`` and ``accel check-config`` print them.
+
+    ``cache_in_use`` is the directory of the cache this process has open (a reload): it is not opened again
+    (LMDB allows one environment per file and process) and cannot change anyway."""
     problems = []
-    for check in (check_files, _check_cache_dir, _check_access_log):
+    checks = [check_files, _check_access_log]
+    if config.cache.dir is not None and config.cache.dir != cache_in_use:
+        checks.append(_check_cache_dir)
+    for check in checks:
         try:
             check(config)
         except ConfigError as e:
@@ -51,8 +57,6 @@ def startup_problems(config: Config) -> list[ConfigError]:
 
 def _check_cache_dir(config: Config) -> None:
     directory = config.cache.dir
-    if directory is None:
-        return
     source, key = config.origin_of("cache.dir", "--cache-dir")
     if os.path.exists(directory) and not os.path.isdir(directory):
         raise ConfigError(source, key, "a directory", f"{directory} (not a directory)")

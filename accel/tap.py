@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import signal
 import sys
 
@@ -77,8 +78,9 @@ def listener_keys(config: Config) -> list[tuple[str, str, str]]:
     return found
 
 
-def config_problems(config: Config) -> list[ConfigError]:
-    """Everything start-up checks before binding its ports; [] when accel can start."""
+def config_problems(config: Config, cache_in_use: str | None = None) -> list[ConfigError]:
+    """Everything start-up checks before binding its ports; [] when accel can start (``cache_in_use``: see
+    ``startup_problems``)."""
     problems = []
     if not config.routes:
         problems.append(ConfigError(config.source, "route", "at least one [[route]] (or --origin URL)"))
@@ -87,7 +89,7 @@ def config_problems(config: Config) -> list[ConfigError]:
             check_endpoint(source, key, description)
         except ConfigError as e:
             problems.append(located(e))
-    return problems + startup_problems(config)
+    return problems + startup_problems(config, cache_in_use)
 
 
 def check_endpoint(source: str, key: str, description: str) -> None:
@@ -179,6 +181,8 @@ class Operations(service.Service):
         super().startService()
         for signum, action in ((signal.SIGHUP, self.reload), (signal.SIGUSR1, self.reopen_logs)):
             self._previous[signum] = signal.signal(signum, self._handler(signum, action))
+        log.info("accel: running (pid {pid}): SIGHUP reloads the configuration, SIGUSR1 reopens the log files,"
+                 " SIGTERM stops after the requests in flight", pid=os.getpid())
 
     def _handler(self, signum: int, action):
         previous = signal.getsignal(signum)
@@ -194,7 +198,8 @@ class Operations(service.Service):
         source = self.options["config"] or COMMAND_LINE
         try:
             config = build_config(self.options)
-            problems = config_problems(config)
+            running = self.accelerator.cache
+            problems = config_problems(config, running.settings.dir if running is not None else None)
         except ConfigError as e:
             problems = [e]
         if problems:

@@ -43,7 +43,7 @@ def unusable_setups(tmp_path):
     (not_lmdb / "data.mdb").write_bytes(b"this is not an LMDB file" * 100)
     return {
         "cache dir is a file": (f'[cache]\ndir = "{a_file}"\n', ["line 2: cache.dir: expected a directory", str(a_file)]),
-        "data.mdb is not LMDB": (f'[cache]\ndir = "not-lmdb"\n', ["line 2: cache.dir: expected an accel cache or an empty directory",
+        "data.mdb is not LMDB": ('[cache]\ndir = "not-lmdb"\n', ["line 2: cache.dir: expected an accel cache or an empty directory",
                                                                "data.mdb is not an LMDB database", "move"]),
         "access log dir missing": ('[server]\naccess_log = "nowhere/access.log"\n', ["line 2: server.access_log: expected a file in an existing directory",
                                                                                     str(tmp_path / "nowhere")]),
@@ -119,7 +119,7 @@ def test_a_missing_file_and_a_directory_exit_alike(tmp_path):
 
 
 def test_check_config_prints_the_whole_effective_configuration(tmp_path):
-    text = f"""
+    text = """
 [server]
 listen = ["tcp:8080:interface=127.0.0.1"]
 access_log = "access.log"

@@ -1,0 +1,200 @@
+"""Operating a real `twistd -n accel`: SIGHUP reloads the configuration, SIGUSR1 reopens the access log after a
+rotation, SIGTERM lets the requests in flight finish. Every wait is on an event: a log line, a request seen by
+the origin, a response."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+
+from twisted.internet import defer, reactor
+from twisted.internet.protocol import ProcessProtocol
+from twisted.trial import unittest
+from twisted.web import server
+
+from tests.support import TWISTD, RecordingOrigin, get, http_client, until
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+class Twistd(ProcessProtocol):
+    """``twistd -n accel --config FILE`` in a child process; its log (standard output) can be waited on."""
+
+    def __init__(self, testcase, config_path: str):
+        self.output = b""
+        self.errors = b""
+        self.ended = defer.Deferred()
+        self.status = None
+        self._waiting: list[tuple[re.Pattern, defer.Deferred]] = []
+        argv = TWISTD + ["--nodaemon", "--pidfile=", "accel", "--config", config_path]
+        reactor.spawnProcess(self, argv[0], argv, env={**os.environ, "PYTHONUNBUFFERED": "1"}, path=ROOT)
+        testcase.addCleanup(self.kill)
+
+    def outReceived(self, data: bytes) -> None:
+        self.output += data
+        self._check()
+
+    def errReceived(self, data: bytes) -> None:
+        self.errors += data
+
+    def _check(self) -> None:
+        for entry in list(self._waiting):
+            found = entry[0].search(self.output)
+            if found:
+                self._waiting.remove(entry)
+                entry[1].callback(found)
+
+    def log_line(self, pattern: bytes) -> defer.Deferred:
+        """Fires with the match once the log has a line matching ``pattern`` (counting lines already there)."""
+        d = defer.Deferred()
+        self._waiting.append((re.compile(pattern), d))
+        self._check()
+        return d
+
+    def processEnded(self, reason) -> None:
+        self.status = reason.value.exitCode
+        for _, d in self._waiting:
+            d.errback(AssertionError(f"accel exited:\n{self.output.decode()}\n{self.errors.decode()}"))
+        self._waiting = []
+        self.ended.callback(self.status)
+
+    @defer.inlineCallbacks
+    def url(self):
+        """The URL of the listener, once accel runs (its signal handlers installed)."""
+        found = yield self.log_line(rb"AccelSite starting on (\d+)")
+        yield self.log_line(rb"accel: running")
+        return f"http://127.0.0.1:{int(found.group(1))}"
+
+    def signal(self, name: str) -> None:
+        self.transport.signalProcess(getattr(signal, f"SIG{name}"))
+
+    def kill(self) -> defer.Deferred:
+        if not self.ended.called:
+            self.transport.signalProcess("KILL")
+        return self.ended
+
+
+def start_origin(testcase, name: bytes) -> tuple[RecordingOrigin, str]:
+    """An origin whose answers say which one it is; ``/cached`` is cacheable."""
+    origin = RecordingOrigin()
+
+    def cached(request):
+        request.setHeader(b"cache-control", b"max-age=600")
+        return b"cached by " + name
+
+    origin.handlers[b"/cached"] = cached
+    site = server.Site(origin)
+    port = reactor.listenTCP(0, site, interface="127.0.0.1")
+    testcase.addCleanup(port.stopListening)
+    origin.name = name
+    return origin, f"http://127.0.0.1:{port.getHost().port}/"
+
+
+def config_text(origin_url: str, tmp: str, extra: str = "") -> str:
+    return (f'[server]\nlisten = ["tcp:0:interface=127.0.0.1"]\naccess_log = "access.log"\n'
+            f'[cache]\ndir = "cache"\n\n[[route]]\nprefix = "/"\norigin = "{origin_url}"\n' + extra)
+
+
+class ReloadTests(unittest.TestCase):
+    def setUp(self):
+        self.dir = self.mktemp()
+        os.makedirs(self.dir)
+        self.config = os.path.join(self.dir, "accel.toml")
+
+    def write(self, text: str) -> None:
+        with open(self.config + ".new", "w") as f:
+            f.write(text)
+        os.replace(self.config + ".new", self.config)
+
+    @defer.inlineCallbacks
+    def test_sighup_applies_new_routes_to_new_requests_and_keeps_requests_connections_and_cache(self):
+        a, a_url = start_origin(self, b"a")
+        b, b_url = start_origin(self, b"b")
+        self.write(config_text(a_url, self.dir))
+        accel = Twistd(self, self.config)
+        url = yield accel.url()
+        agent = http_client(self)
+        _, body = yield get(agent, url + "/cached")
+        self.assertEqual(body, b"cached by a")
+        in_flight = get(http_client(self), url + "/hang")  # held by origin a across the reload
+        yield until(lambda: a.pending)
+
+        self.write(config_text(a_url, self.dir, f'\n[[route]]\nprefix = "/new/"\norigin = "{b_url}"\n'
+                                                 f'hosts = ["api.example.com"]\n'))
+        accel.signal("HUP")
+        yield accel.log_line(rb"configuration reloaded from")
+        response, body = yield get(agent, url + "/new/x", headers={b"host": b"api.example.com"})
+        self.assertEqual((response.code, b.seen[-1].uri), (200, b"/x"))
+        _, body = yield get(agent, url + "/new/x", headers={b"host": b"www.example.com"})  # another host: route "/"
+        self.assertEqual(a.seen[-1].uri, b"/new/x")
+        response, body = yield get(agent, url + "/cached")  # the cache carried on
+        self.assertEqual(body, b"cached by a")
+        self.assertIn(b"hit", response.headers.getRawHeaders(b"cache-status")[0])
+        self.assertEqual(len([s for s in a.seen if s.uri == b"/cached"]), 1)
+
+        request = a.pending.pop()
+        request.write(b"finished after the reload")
+        request.finish()
+        response, body = yield in_flight
+        self.assertEqual((response.code, body), (200, b"finished after the reload"))
+
+        self.write("[[route]]\nprefix = '/'\norigin = 'gopher://nowhere'\n")
+        accel.signal("HUP")
+        yield accel.log_line(rb"configuration not reloaded, the running one stays in service: .*route\[0\]\.origin")
+        response, _ = yield get(agent, url + "/new/y", headers={b"host": b"api.example.com"})
+        self.assertEqual((response.code, b.seen[-1].uri), (200, b"/y"))
+
+    @defer.inlineCallbacks
+    def test_a_changed_listener_is_logged_as_needing_a_restart(self):
+        _, a_url = start_origin(self, b"a")
+        self.write(config_text(a_url, self.dir))
+        accel = Twistd(self, self.config)
+        yield accel.url()
+        self.write(config_text(a_url, self.dir).replace("tcp:0:", "tcp:1:"))
+        accel.signal("HUP")
+        yield accel.log_line(rb"listeners changed in .*: restart accel to apply")
+
+    @defer.inlineCallbacks
+    def test_sigusr1_reopens_the_access_log_after_a_rotation(self):
+        _, a_url = start_origin(self, b"a")
+        self.write(config_text(a_url, self.dir))
+        accel = Twistd(self, self.config)
+        url = yield accel.url()
+        log = os.path.join(self.dir, "access.log")
+        yield get(http_client(self), url + "/before")
+        yield until(lambda: os.path.exists(log) and b"/before" in open(log, "rb").read())
+        os.rename(log, log + ".1")
+        accel.signal("USR1")
+        yield accel.log_line(rb"log files reopened")
+        yield get(http_client(self), url + "/after")
+        yield until(lambda: os.path.exists(log) and b"/after" in open(log, "rb").read())
+        with open(log + ".1", "rb") as rotated:
+            self.assertNotIn(b"/after", rotated.read())
+
+
+class StopTests(unittest.TestCase):
+    @defer.inlineCallbacks
+    def test_sigterm_lets_a_request_in_flight_finish(self):
+        directory = self.mktemp()
+        os.makedirs(directory)
+        origin, origin_url = start_origin(self, b"a")
+        path = os.path.join(directory, "accel.toml")
+        with open(path, "w") as f:
+            f.write(f'[server]\nlisten = ["tcp:0:interface=127.0.0.1"]\n'
+                    f'[[route]]\nprefix = "/"\norigin = "{origin_url}"\n')
+        accel = Twistd(self, path)
+        url = yield accel.url()
+        slow = get(http_client(self), url + "/hang")
+        yield until(lambda: origin.pending)
+        accel.signal("TERM")
+        yield accel.log_line(rb"stopping: waiting up to 10 s for 1 request")
+        request = origin.pending.pop()
+        request.write(b"slow but complete")
+        request.finish()
+        response, body = yield slow
+        self.assertEqual((response.code, body), (200, b"slow but complete"))
+        yield accel.ended  # twistd ends by re-raising SIGTERM on itself once stopped, as a signal ends a process
+        self.assertIn(b"every request in flight finished", accel.output)
+        self.assertIn(b"Server Shut Down.", accel.output)
+        self.assertNotIn(b"Traceback", accel.output + accel.errors)
