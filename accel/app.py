@@ -11,7 +11,7 @@ from twisted.internet.threads import deferToThread
 from twisted.logger import Logger
 from twisted.web.resource import Resource
 
-from accel.cache.directory import NotACache, check_cache_dir
+from accel.cache.directory import DamagedCache, NotACache, check_cache_dir
 from accel.config import CacheSettings, Config, ConfigError, located
 from accel.http.errors import ErrorPages
 from accel.proxy.origin import OriginClients
@@ -73,6 +73,8 @@ def _check_cache_dir(config: Config) -> None:
     if os.path.exists(os.path.join(directory, "data.mdb")):
         try:
             check_cache_dir(directory)
+        except DamagedCache as e:
+            raise ConfigError(source, key, "an accel cache or an empty directory", str(e)) from None
         except NotACache as e:
             raise ConfigError(source, key, "an accel cache or an empty directory",
                               f"{e}; move {directory} away to start with an empty cache") from None

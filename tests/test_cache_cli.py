@@ -461,3 +461,38 @@ def test_route_ttls_and_shared_schemes_come_from_the_config(cache_dir, tmp_path)
     [variant] = json.loads(result.output)["variants"]
     assert variant["lifetime"] == 60 and "capped by the route's max_ttl" in variant["lifetime_basis"]
     assert variant["fresh"] is False
+
+
+def test_ls_prefix_a_path_matches_it_on_every_host_and_scheme(cache_dir):
+    rows = json.loads(run("ls", "--json", "--prefix", "/page", "--cache-dir", cache_dir).output)
+    assert [r["url"] for r in rows] == ["http://example.com/page", "https://example.com/page"]
+    rows = json.loads(run("ls", "--json", "--prefix", "/x", "--cache-dir", cache_dir).output)
+    assert [r["url"] for r in rows] == ["http://other.example/x"]
+    assert run("ls", "--prefix", "img/", "--cache-dir", cache_dir).exit_code == 2
+
+
+def test_stored_times_carry_their_time_zone(cache_dir):
+    stored = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d[+-]\d\d:\d\d")
+    assert stored.search(run("ls", "--cache-dir", cache_dir).output)
+    assert stored.search(run("show", "http://example.com/img/a.png", "--cache-dir", cache_dir).output)
+
+
+def damage(directory: str) -> None:
+    """Overwrite LMDB pages past the meta pages, as a failing disk or a stray write would."""
+    with open(os.path.join(directory, "data.mdb"), "r+b") as f:
+        f.seek(4096 * 3)
+        f.write(b"\xa5" * 4096 * 20)
+
+
+def test_verify_repair_on_a_damaged_file_says_what_to_do(tmp_path):
+    directory = str(tmp_path / "cache")
+    store = open_tiered(directory)
+    for i in range(200):
+        put(store, head(f"http://example.com/p{i}"), b"x" * 3000)
+    close(store)
+    damage(directory)
+    result = run("verify", "--repair", "--cache-dir", directory)
+    assert result.exit_code == 2
+    assert result.output.strip() == (
+        f"accel: {directory}: the cache is damaged (LMDB: Located page was wrong type) and cannot be repaired in "
+        f"place; stop accel, move {directory} away (or delete it) and start accel again with an empty cache")

@@ -164,3 +164,17 @@ def test_accel_cache_reads_the_cache_of_a_tls_config_without_its_certificates(tm
     result = CliRunner().invoke(main, ["cache", "--config", path, "stats"])
     assert result.exit_code == 0, result.output
     assert str(tmp_path / "cache") in result.output
+
+
+def test_twistd_refuses_a_damaged_cache_file_with_advice(tmp_path):
+    from tests.test_cache_cli import close, damage, head, open_tiered, put
+
+    directory = str(tmp_path / "cache")
+    store = open_tiered(directory)
+    for i in range(200):
+        put(store, head(f"http://example.com/p{i}"), b"x" * 3000)
+    close(store)
+    damage(directory)
+    path = write(tmp_path, '[cache]\ndir = "cache"\n' + ROUTE)
+    assert_one_line(twistd("--config", path), f"accel: {path}, line 2: cache.dir: expected an accel cache or an empty directory",
+                    "the cache is damaged", f"move {directory} away")

@@ -1,6 +1,6 @@
 """Whether a directory holds an accel cache, found out without creating or changing anything: an LMDB
 environment with accel's format marker. Used by ``accel cache`` (which never creates a cache) and by the start-up
-checks (which refuse a ``data.mdb`` that is not one)."""
+checks (which refuse a ``data.mdb`` that is not one, or is damaged)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,21 @@ _FORMAT_MARKER = b"accel-cache/1"  # DiskStore's meta "format" value
 
 
 class NotACache(Exception):
-    """The directory is missing, or holds something that is not an accel cache ."""
+    """The directory is missing, or holds something that is not an accel cache (or a damaged one)."""
+
+
+class DamagedCache(NotACache):
+    """An accel cache whose file LMDB finds damaged; the message says what to do."""
+
+
+DAMAGE = (lmdb.CorruptedError, lmdb.PageNotFoundError, lmdb.InvalidError, lmdb.BadTxnError)
+
+
+def damaged(directory: str, error: lmdb.Error) -> str:
+    """What to tell an operator whose cache file is damaged: LMDB cannot repair a file, a new cache can."""
+    detail = str(error).split(": ")[-1]
+    return (f"{directory}: the cache is damaged (LMDB: {detail}) and cannot be repaired in place; stop accel, "
+            f"move {directory} away (or delete it) and start accel again with an empty cache")
 
 
 def check_cache_dir(directory: str) -> int:
@@ -29,6 +43,8 @@ def check_cache_dir(directory: str) -> int:
         env = lmdb.open(directory, readonly=True, max_dbs=8, subdir=True, map_size=0)
     except lmdb.InvalidError:
         raise NotACache(f"{directory}: not an accel cache (data.mdb is not an LMDB database)") from None
+    except DAMAGE as exc:
+        raise DamagedCache(damaged(directory, exc)) from None
     except lmdb.Error as exc:
         raise NotACache(f"{directory}: cannot open the cache: {exc}") from None
     try:
@@ -39,6 +55,8 @@ def check_cache_dir(directory: str) -> int:
                 marker = txn.get(b"format", db=meta)
             except (lmdb.NotFoundError, lmdb.IncompatibleError):
                 marker = None
+    except DAMAGE as exc:
+        raise DamagedCache(damaged(directory, exc)) from None
     except lmdb.Error as exc:
         raise NotACache(f"{directory}: cannot read the cache: {exc}") from None
     finally:

@@ -49,7 +49,8 @@ def cache(ctx: click.Context, cache_dir: str | None, config_path: str | None) ->
 
 
 @cache.command("ls")
-@click.option("--prefix", default="", help="Only URLs starting with this (e.g. https://example.com/img/).")
+@click.option("--prefix", default="", help="Only URLs starting with this URL (https://example.com/img/), or whose path "
+              "starts with this path on any host (/img/).")
 @click.option("--limit", type=click.IntRange(min=1), default=None, help="List at most N URLs.")
 @json_option
 @location_options
@@ -59,6 +60,8 @@ def ls_command(ctx, prefix: str, limit: int | None, as_json: bool, cache_dir, co
 
     The memory tier belongs to each server process, so this lists the disk tier, which holds everything.
     """
+    if prefix and not prefix.startswith("/") and urlsplit(prefix).scheme.lower() not in ("http", "https"):
+        raise CacheCommandError(f"--prefix {prefix!r}: give a path such as /img/ or a URL such as https://example.com/img/")
     opened = open_cache(ctx, cache_dir, config_path)
     location, disk = opened.location, opened.disk
     now = time.time()

@@ -10,7 +10,7 @@ from urllib.parse import urlsplit
 import click
 import lmdb
 
-from accel.cache.directory import NotACache, check_cache_dir
+from accel.cache.directory import DAMAGE, NotACache, check_cache_dir, damaged
 from accel.cache.epoch import PurgeEpoch
 from accel.cache.memory import MemoryTier
 from accel.cache.policy import CachePolicy
@@ -21,6 +21,7 @@ from accel.config import CacheSettings, Config, ConfigError, load_config
 from accel.proxy.routing import RouteTable
 
 EXIT_OK, EXIT_NOTHING, EXIT_ERROR = 0, 1, 2
+_OPENED_DIR = "accel.cache_dir"  # click context meta: the directory of the cache a command opened
 EPOCH_FILE = "purge-epoch"
 
 
@@ -119,6 +120,7 @@ def open_cache(ctx: click.Context, cache_dir: str | None, config_path: str | Non
     group = ctx.find_object(dict) or {}
     location = locate(cache_dir or group.get("cache_dir"), config_path or group.get("config"))
     opened = Opened(location)
+    ctx.meta[_OPENED_DIR] = location.dir
     ctx.call_on_close(opened.close)
     return opened
 
@@ -144,5 +146,9 @@ def guard(action):
         return action()
     except StoreFull as exc:
         raise CacheCommandError(f"the cache is full: {exc}") from None
+    except DAMAGE as exc:
+        ctx = click.get_current_context(silent=True)
+        directory = ctx.meta.get(_OPENED_DIR) if ctx is not None else None
+        raise CacheCommandError(damaged(directory or "the cache directory", exc)) from None
     except (lmdb.Error, OSError) as exc:
         raise CacheCommandError(f"cache I/O error: {exc}") from None

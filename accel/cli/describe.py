@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import json
 import sys
-import time
 from dataclasses import replace
+from datetime import datetime
 
 import click
 
@@ -47,7 +47,8 @@ def size(n: int) -> str:
 
 
 def when(timestamp: float) -> str:
-    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(timestamp))
+    """A stored time in ISO 8601 with the local offset: 2026-03-01T10:12:04+01:00."""
+    return datetime.fromtimestamp(timestamp).astimezone().isoformat(timespec="seconds")
 
 
 def stored_response(head: EntryHead) -> StoredResponse:
@@ -124,9 +125,14 @@ def secondary_key_fields(head: EntryHead) -> list[list]:
 
 
 def url_groups(disk: DiskStore, prefix: str):
-    """(url, [heads]) for stored URLs starting with `prefix`, in key order."""
+    """(url, [heads]) for stored URLs starting with `prefix`, in key order. A `prefix` starting with "/" is a
+    path: it matches URLs of every host and scheme whose path starts with it."""
     url, heads = None, []
-    for head in disk.iter_heads(prefix):
+    if prefix.startswith("/"):
+        stored = (head for head in disk.iter_heads() if _path_of(head.url).startswith(prefix))
+    else:
+        stored = disk.iter_heads(prefix)
+    for head in stored:
         if head.url != url and heads:
             yield url, heads
             heads = []
@@ -134,6 +140,12 @@ def url_groups(disk: DiskStore, prefix: str):
         heads.append(head)
     if heads:
         yield url, heads
+
+
+def _path_of(url: str) -> str:
+    """The path and query of a stored URL ("http://host/a?b" → "/a?b")."""
+    slash = url.find("/", url.find("://") + 3)
+    return url[slash:] if slash != -1 else "/"
 
 
 def progress(total: int, label: str):
