@@ -41,6 +41,7 @@ from accel.cache.tiers import TieredStore
 from accel.cache.vary import matches, secondary_key, vary_names
 from accel.cache.collapse import Collapser
 from accel.config import CacheSettings, Route, RouteCache
+from accel.http.accesslog import request_label
 from accel.proxy.origin import Fetched
 from accel.proxy.forwarding import Forwarder, discard, origin_failure
 from accel.cache.serving import BODY_GONE, BodyGone, Responder, Variant, plain, request_fields, stored_response
@@ -184,7 +185,7 @@ class CacheLayer:
                 try:
                     discard(held)
                 except Exception:
-                    log.failure("releasing the origin response of {uri} failed", uri=request.uri)
+                    log.failure("releasing the origin response of {request} failed", request=request_label(request))
         self.forwarder.crashed(request, failure)
 
     @staticmethod

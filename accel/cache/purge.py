@@ -45,6 +45,7 @@ from accel.cache.key import cache_key, url_prefix_key
 from accel.cache.store import StoreFull
 from accel.cache.tiers import TieredStore
 from accel.config import CacheSettings, PurgeSettings
+from accel.http.accesslog import request_label
 from accel.http.addresses import peer_in, peer_name
 
 log = Logger()
@@ -102,7 +103,7 @@ class PurgeHandler:
         address = peer_name(peer)
         refusal = self.refusal(request, peer)
         if refusal is not None:
-            log.warn("PURGE {target} refused for {address}: {why}", target=target, address=address, why=refusal)
+            log.warn("PURGE refused for {request}: {why}", request=request_label(request), why=refusal, address=address)
             self.answer(request, 403, {"status": "forbidden", "detail": refusal})
             return
         host = (request.getHeader(b"host") or b"").decode("latin-1").strip().lower()
@@ -119,31 +120,31 @@ class PurgeHandler:
             self.answer(request, 400, {"status": "bad request", "detail": "a tag purge needs a Surrogate-Key field"})
             return
         d = self.purge(mode, host, target, tags, soft)
-        d.addCallbacks(lambda result: self.purged(request, result, address),
+        d.addCallbacks(lambda result: self.purged(request, result),
                        lambda failure: self.failed(request, target, failure))
         d.addErrback(lambda failure: self.crashed(request, target, failure))
 
     def crashed(self, request, target: str, failure) -> None:
-        log.failure("answering PURGE {target} failed", failure=failure, target=target)
+        log.failure("answering PURGE failed for {request}", failure=failure, request=request_label(request))
         if not (request._disconnected or request.finished or request.startedWriting):
             self.answer(request, 500, {"status": "error", "detail": "internal error"})
 
     def failed(self, request, target: str, failure) -> None:
         if failure.check(StoreFull):
-            log.error("PURGE {target} failed: {why}", target=target, why=failure.getErrorMessage())
+            log.error("PURGE failed for {request}: {why}", request=request_label(request), why=failure.getErrorMessage())
             detail = "the cache store is full"
         else:
-            log.failure("PURGE {target} failed", failure=failure, target=target)
+            log.failure("PURGE failed for {request}", failure=failure, request=request_label(request))
             detail = "the cache store failed"
         if not request._disconnected:
             self.answer(request, 503, {"status": "error", "detail": detail})
 
-    def purged(self, request, result: dict, address: str) -> None:
+    def purged(self, request, result: dict) -> None:
         result = {"status": "ok" if result["purged"] else "not found", **result}
         log.info(
-            "PURGE ({mode}{soft}) {what} from {address}: {n} entries",
-            mode=result["mode"], soft=", soft" if result["soft"] else "", what=result.get("key") or result.get("tags"),
-            address=address, n=result["purged"],
+            "PURGE ({mode}{soft}) {what} for {request}: {n} entries",
+            mode=result["mode"], soft=", soft" if result["soft"] else "",
+            what=result.get("key") or " ".join(result.get("tags") or ()), request=request_label(request), n=result["purged"],
         )
         if not request._disconnected:
             self.answer(request, 200 if result["purged"] else 404, result)

@@ -38,6 +38,7 @@ from accel.cache.ranges import (
 )
 from accel.cache.tiers import TieredStore
 from accel.cache.vary import matches
+from accel.http.accesslog import request_label
 from accel.http.errors import ErrorPages
 
 log = Logger()
@@ -388,7 +389,7 @@ class DiskBodyProducer:
             self.request.finish()
             return
         except Exception:
-            log.failure("stored body unreadable for {uri}", uri=self.request.uri)
+            log.failure("stored body unreadable for {request}", request=request_label(self.request))
             self.request.unregisterProducer()
             self.request.close_incomplete()
             return

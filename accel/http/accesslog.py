@@ -1,5 +1,5 @@
 """The access log: Apache's combined format, then the duration in microseconds (%D), the origin and the
-cache outcome.
+cache outcome. Also how error-log lines name a request (``request_label``): plain text, never a Python repr.
 
     127.0.0.1 - - [22/Nov/2026:10:00:00 +0000] "GET /a HTTP/1.1" 200 512 "-" "curl/8.5" 1840 origin=http://10.0.0.5:8000 cache=hit
 """
@@ -9,11 +9,37 @@ from __future__ import annotations
 import sys
 import time
 
+from accel.http.addresses import peer_name
+
 
 def _quoted(value: bytes | None) -> str:
     if not value:
         return "-"
     return value.decode("latin-1").replace("\\", "\\\\").replace('"', '\\"')
+
+
+def _text(value: bytes | str | None) -> str:
+    if not value:
+        return "-"
+    return value.decode("latin-1") if isinstance(value, bytes) else value
+
+
+def peer_label(peer) -> str:
+    """A client or peer as log lines show it: its address (``peer_name``) and port, "127.0.0.1:52344",
+    "[::1]:52344"; "unknown" for a UNIX socket's peer."""
+    name, port = peer_name(peer), getattr(peer, "port", None)
+    if port is None:
+        return name
+    return f"[{name}]:{port}" if ":" in name else f"{name}:{port}"
+
+
+def request_label(request) -> str:
+    """How an error-log line names a request: client address, Host, method and target.
+
+        127.0.0.1:52344 www.example.com GET /slow?d=5
+    """
+    return (f"{peer_label(request.getClientAddress())} {_text(request.getHeader(b'host'))}"
+            f" {_text(getattr(request, 'method', None))} {_text(getattr(request, 'uri', None))}")
 
 
 def access_log_line(timestamp: str, request) -> str:

@@ -47,6 +47,7 @@ from twisted.web.http import _PullToPush
 from zope.interface import implementer
 
 from accel.config import Limits
+from accel.http.accesslog import peer_label
 from accel.http.dates import http_date
 
 log = Logger()
@@ -254,7 +255,7 @@ class HTTPConnection(Protocol):
         """
         if self.closing:
             return
-        log.info("refused request from {peer}: {code}", peer=self.getPeer(), code=code)
+        log.info("refused a request from {peer}: {code}", peer=peer_label(self.getPeer()), code=code)
         site = self.site
         body, content_type = site.errors.page(code)
         fields = [b"HTTP/1.1 %d %s\r\n" % (code, HTTPStatus(code).phrase.encode("ascii"))]

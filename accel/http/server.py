@@ -14,7 +14,7 @@ from twisted.python.failure import Failure
 from twisted.web import server
 from twisted.web.http import NO_BODY_CODES
 
-from accel.http.accesslog import access_log_line, format_access_line, open_access_log
+from accel.http.accesslog import access_log_line, format_access_line, open_access_log, request_label
 from accel.http.body import RequestBody
 from accel.http.errors import ErrorPages
 from accel.http.connection import HTTPConnection
@@ -115,7 +115,7 @@ class AccelRequest(server.Request):
         super().finish()
 
     def processingFailed(self, reason):
-        self._log.failure("processing {uri} failed", failure=reason, uri=self.uri)
+        self._log.failure("processing {request} failed", failure=reason, request=request_label(self))
         if self.startedWriting:
             self.close_incomplete()
             return None

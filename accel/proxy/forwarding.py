@@ -21,6 +21,7 @@ from twisted.web.iweb import UNKNOWN_LENGTH
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET
 
+from accel.http.accesslog import request_label
 from accel.http.body import ResponseRelay
 from accel.config import Config, Route, local_names
 from accel.http.addresses import peer_in, peer_name, split_authority
@@ -228,7 +229,7 @@ class Forwarder:
         if response.length is not UNKNOWN_LENGTH and request.method != b"HEAD":
             request.responseHeaders.setRawHeaders(b"content-length", [b"%d" % response.length])
         relay = ResponseRelay(request, tee=tee, keep_reading=keep_going)
-        timer = IdleTimer(self.reactor, route.idle_timeout, lambda: _idle_abort(relay, route))
+        timer = IdleTimer(self.reactor, route.idle_timeout, lambda: _idle_abort(relay, route, request))
         relay.on_activity = timer.touch
         request.notifyFinish().addErrback(lambda _: relay.client_gone())
         relay.done.addBoth(lambda complete: (timer.stop(), fetched.release(), complete)[2])
@@ -241,14 +242,14 @@ class Forwarder:
             return
         code, _ = origin_failure(failure)
         if not failure.check(OriginTimeout, OriginUnavailable, OriginBusy):
-            log.failure("unexpected origin failure for {uri}", failure=failure, uri=request.uri)
-        log.warn("{code} for {uri}: {why}", code=code, uri=request.uri, why=failure.getErrorMessage())
+            log.failure("unexpected origin failure for {request}", failure=failure, request=request_label(request))
+        log.warn("{code} for {request}: {why}", code=code, request=request_label(request), why=failure.getErrorMessage())
         self.errors.send(request, code, headers=headers)
 
     def crashed(self, request, failure: Failure) -> None:
         """The end of a callback chain that failed unexpectedly: log it and answer 500, or cut a response
         that has already started, so no client is left waiting."""
-        log.failure("handling {uri} failed", failure=failure, uri=request.uri)
+        log.failure("handling {request} failed", failure=failure, request=request_label(request))
         if request._disconnected or request.finished:
             return
         if request.startedWriting:
@@ -285,8 +286,9 @@ def relay_interim(request, code: int, phrase: bytes, fields: RawFields) -> None:
     request.channel.transport.writeSequence(lines)
 
 
-def _idle_abort(relay: ResponseRelay, route: Route) -> None:
-    log.warn("origin {origin} idle for {s} s mid-body; aborting", origin=route.origin.key, s=route.idle_timeout)
+def _idle_abort(relay: ResponseRelay, route: Route, request) -> None:
+    log.warn("origin {origin} idle for {s:g} s mid-body for {request}; aborting", origin=route.origin.key,
+             s=route.idle_timeout, request=request_label(request))
     relay.abort()
 
 

@@ -28,6 +28,7 @@ from zope.interface import alsoProvides, implementer
 
 from accel.tls.certificates import LoadedCertificate, listener_entries, load_certificate, validity_problem
 from accel.config import ConfigError, TLSListener, TLSSettings
+from accel.http.accesslog import peer_label
 from accel.http.listening import listening_service
 
 log = Logger()
@@ -216,7 +217,7 @@ class TLSServerProtocol(BufferingTLSTransport):
             self._first = False
             if data[:1] != b"\x16":  # not a TLS handshake record
                 self._refused = True
-                log.info("refused a non-TLS connection from {peer} on an HTTPS port", peer=self.transport.getPeer())
+                log.info("refused a non-TLS connection from {peer} on an HTTPS port", peer=peer_label(self.transport.getPeer()))
                 if data[:1].isalpha():  # most likely an HTTP request line
                     self.transport.write(_PLAIN_HTTP_ANSWER)
                 self.transport.loseConnection()
