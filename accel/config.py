@@ -416,6 +416,28 @@ def relative_to_file(source: str, path: str) -> str:
     return os.path.normpath(os.path.join(os.path.dirname(os.path.abspath(source)), os.path.expanduser(path)))
 
 
+# Endpoint arguments that are file paths, by endpoint type (Twisted's ssl: and unix: server endpoints).
+_ENDPOINT_PATHS = {"ssl": ("privateKey", "certKey", "extraCertChain", "caCertsDir", "dhParameters"), "unix": ("address",)}
+
+
+def endpoint_relative_to_file(source: str, description: str) -> str:
+    """An endpoint description whose relative file paths (an ``ssl:`` endpoint's key and certificate, a ``unix:``
+    socket) are made relative to the configuration file, like every other path in it."""
+    kind, _, rest = description.partition(":")
+    names = _ENDPOINT_PATHS.get(kind.lower())
+    if not names or not rest:
+        return description
+    parts = re.split(r"(?<!\\):", rest)
+    for i, part in enumerate(parts):
+        name, equals, value = part.partition("=")
+        path = value if equals else name
+        if (equals and name in names or not equals and i == 0 and kind.lower() == "unix") and path:
+            if not os.path.isabs(path):
+                absolute = relative_to_file(source, path).replace(":", "\\:")
+                parts[i] = f"{name}={absolute}" if equals else absolute
+    return f"{kind}:{':'.join(parts)}"
+
+
 def _certificates(r: _Reader, where: str) -> tuple[CertificateFiles, ...]:
     entries = r.get("certificates", list, "an array of {cert = ..., key = ..., chain = ...} tables", [])
     out = []
@@ -437,7 +459,7 @@ def _certificates(r: _Reader, where: str) -> tuple[CertificateFiles, ...]:
 def _tls_settings(r: _Reader) -> TLSSettings:
     """The ``[tls]`` table; listeners without certificates of their own use those of ``[tls]``."""
     shared_certs, shared_dir = _certificates(r, "tls"), _path(r, "directory")
-    listeners = [TLSListener(e, shared_certs, shared_dir, "tls") for e in r.strings("listen")]
+    listeners = [TLSListener(endpoint_relative_to_file(r.source, e), shared_certs, shared_dir, "tls") for e in r.strings("listen")]
     for i, table in enumerate(r.get("listener", list, "an array of [[tls.listener]] tables", [])):
         lr = _Reader(r.source, table if isinstance(table, dict) else {}, f"tls.listener[{i}]", r.text)
         if not isinstance(table, dict):
@@ -448,7 +470,7 @@ def _tls_settings(r: _Reader) -> TLSSettings:
         certs, directory = _certificates(lr, lr.path), _path(lr, "directory")
         if not certs and directory is None:
             certs, directory = shared_certs, shared_dir
-        listeners.append(TLSListener(endpoint, certs, directory, lr.path))
+        listeners.append(TLSListener(endpoint_relative_to_file(r.source, endpoint), certs, directory, lr.path))
         lr.reject_unknown()
     for listener in listeners:
         name = "listen" if listener.where == "tls" else "endpoint"
@@ -470,7 +492,7 @@ def _tls_settings(r: _Reader) -> TLSSettings:
         min_version=version,
         ciphers=r.get("ciphers", str, "an OpenSSL cipher string"),
         check_interval=r.seconds("check_interval", TLSSettings().check_interval),
-        redirect_listen=redirect.strings("listen"),
+        redirect_listen=tuple(endpoint_relative_to_file(r.source, e) for e in redirect.strings("listen")),
         redirect_port=redirect.get("port", int, "a port number", None),
         hsts_max_age=hsts.get("max_age", int, "a number of seconds, 0 or more", None),
         hsts_include_subdomains=hsts.get("include_subdomains", bool, "true or false", False),
@@ -564,7 +586,7 @@ def parse_config(text: str, source: str) -> Config:
         raise ConfigError(source, "syntax", "valid TOML", str(e), int(found.group(1)) if found else None) from None
     top = _Reader(source, data, "", text)
     server = _Reader(source, top.table_of("server"), "server", text)
-    listen = server.strings("listen", DEFAULT_LISTEN)
+    listen = tuple(endpoint_relative_to_file(source, d) for d in server.strings("listen", DEFAULT_LISTEN))
     if not listen:
         raise server.fail("listen", "at least one listener endpoint such as tcp:8080")
     header = server.get("server_header", (str, bool), "a string, or false to send no Server field", "accel")

@@ -246,3 +246,11 @@ def test_relative_paths_on_the_command_line_are_relative_to_the_working_director
     config = with_overrides(parse_config(GOOD, "/etc/accel/accel.toml"), cache_dir="c", access_log="a.log")
     assert (config.cache.dir, config.access_log) == (str(tmp_path / "c"), str(tmp_path / "a.log"))
     assert with_overrides(config, access_log="-").access_log == "-"
+
+
+def test_endpoint_files_in_a_file_are_relative_to_the_file():
+    text = ('[server]\nlisten = ["ssl:8443:interface=127.0.0.1:privateKey=tls/k.pem:certKey=/abs/c.pem", "unix:run/accel.sock"]\n'
+            '[[route]]\nprefix = "/"\norigin = "http://o/"\n')
+    config = parse_config(text, "/etc/accel/accel.toml")
+    assert config.listen == ("ssl:8443:interface=127.0.0.1:privateKey=/etc/accel/tls/k.pem:certKey=/abs/c.pem",
+                             "unix:/etc/accel/run/accel.sock")
