@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import signal
+import tempfile
 
 from twisted.internet import defer, reactor
 from twisted.internet.protocol import ProcessProtocol
@@ -75,6 +77,13 @@ class Twistd(ProcessProtocol):
         return self.ended
 
 
+def temporary_directory(testcase) -> str:
+    """A directory outside the checkout (trial's mktemp is relative to the working directory), removed after."""
+    directory = tempfile.mkdtemp(prefix="accel-operations-")
+    testcase.addCleanup(shutil.rmtree, directory, True)
+    return directory
+
+
 def start_origin(testcase, name: bytes) -> tuple[RecordingOrigin, str]:
     """An origin whose answers say which one it is; ``/cached`` is cacheable."""
     origin = RecordingOrigin()
@@ -98,8 +107,7 @@ def config_text(origin_url: str, tmp: str, extra: str = "") -> str:
 
 class ReloadTests(unittest.TestCase):
     def setUp(self):
-        self.dir = self.mktemp()
-        os.makedirs(self.dir)
+        self.dir = temporary_directory(self)
         self.config = os.path.join(self.dir, "accel.toml")
 
     def write(self, text: str) -> None:
@@ -176,8 +184,7 @@ class ReloadTests(unittest.TestCase):
 class StopTests(unittest.TestCase):
     @defer.inlineCallbacks
     def test_sigterm_lets_a_request_in_flight_finish(self):
-        directory = self.mktemp()
-        os.makedirs(directory)
+        directory = temporary_directory(self)
         origin, origin_url = start_origin(self, b"a")
         path = os.path.join(directory, "accel.toml")
         with open(path, "w") as f:
