@@ -174,6 +174,8 @@ def test_example_configs_are_valid(tmp_path):
         result = CliRunner().invoke(main, ["check-config", str(copy)])
         assert result.exit_code == 0, (example, result.output)
         assert f"{copy}: OK" in result.output
+        if example.name == "tls-offload.toml":  # the names of the certificates each HTTPS listener presents
+            assert "https     tcp:443  (certificates for www.example.com, api.example.com)" in result.output
 
 
 def test_the_tls_example_without_its_files_names_the_first_missing_one(tmp_path):

@@ -44,7 +44,8 @@ def describe(config: Config) -> list[str]:
             names = [f"unreadable: {e}"]
         lines.append(f"  https     {listener.endpoint}  (certificates for {', '.join(dict.fromkeys(names))})")
     port = config.tls.redirect_port
-    lines += [f"  redirect  {d}  (301 to https://{'' if port in (None, 443) else f'...:{port}'})" for d in config.tls.redirect_listen]
+    to = f"https://<host>:{port}/" if port else "https://<host>/ on the first HTTPS listener's port"
+    lines += [f"  redirect  {d}  (301 to {to})" for d in config.tls.redirect_listen]
     lines.append("routes (the first group with a route for the path serves it; longest prefix first):")
     for hosts, routes in _route_groups(config.routes):
         lines.append(f"  {'host ' + ', '.join(hosts) if hosts else 'every host'}:")
