@@ -205,3 +205,25 @@ class StopTests(unittest.TestCase):
         self.assertIn(b"every request in flight finished", accel.output)
         self.assertIn(b"Server Shut Down.", accel.output)
         self.assertNotIn(b"Traceback", accel.output + accel.errors)
+
+
+def test_draining_gives_up_after_the_timeout_with_the_requests_left():
+    from twisted.internet.task import Clock
+    from twisted.web.test.requesthelper import DummyRequest
+
+    from accel.app import InFlight
+
+    clock, in_flight = Clock(), InFlight()
+    first, second = DummyRequest([b""]), DummyRequest([b""])
+    in_flight.started(first)
+    in_flight.started(second)
+    left = []
+    in_flight.wait(clock, 10).addCallback(left.append)
+    first.finish()
+    clock.advance(9.9)
+    assert left == []
+    clock.advance(0.1)
+    assert left == [1]
+    second.finish()
+    in_flight.wait(clock, 10).addCallback(left.append)
+    assert left == [1, 0]
