@@ -291,23 +291,19 @@ def _sections(text: str) -> list[tuple[str, int, int]]:
 
 def line_of(text: str, table: str, name: str) -> int | None:
     """The line of key ``name`` in the table ``table`` (a dotted path such as "route[1]" or "tls"), for
-    messages about values that parsed but are wrong. A key not found in its table (an inline table's) is
-    looked for in the enclosing one."""
+    messages about values that parsed but are wrong. A table that has no header of its own is an inline one
+    ("tls.certificates[1]", "route[0].cache = {...}"): its key in the enclosing table names the line."""
     lines = text.splitlines()
-    key = re.compile(r"(?:^|[{,\s])[\"']?" + re.escape(name) + r"[\"']?\s*=")
-    sections = _sections(text)
-    path = table
-    while True:
-        for section, first, last in sections:
-            if section != path:
-                continue
-            for number in range(first, last + 1):
-                line = lines[number - 1]
-                if not _HEADER.match(line) and key.search(line.split("#", 1)[0]):
-                    return number
-        if not path:
-            return None
-        path = path.rpartition(".")[0]
+    sections = {section: (first, last) for section, first, last in reversed(_sections(text))}
+    while table not in sections and table:
+        parent, _, inline = table.rpartition(".")
+        table, name = parent, inline.split("[", 1)[0]
+    first, last = sections.get(table, (1, len(lines)))
+    key = re.compile(r"^\s*[\"']?" + re.escape(name) + r"[\"']?\s*=")
+    for number in range(first, last + 1):
+        if key.match(lines[number - 1]):
+            return number
+    return None
 
 
 def table_line(text: str, table: str) -> int | None:

@@ -256,3 +256,20 @@ def test_endpoint_files_in_a_file_are_relative_to_the_file():
     config = parse_config(text, "/etc/accel/accel.toml")
     assert config.listen == ("ssl:8443:interface=127.0.0.1:privateKey=/etc/accel/tls/k.pem:certKey=/abs/c.pem",
                              "unix:/etc/accel/run/accel.sock")
+
+
+def test_a_key_of_an_inline_table_is_reported_at_the_line_of_that_table():
+    text = ('[tls]\nlisten = ["tcp:443"]\ncertificates = [\n  { cert = "a.pem", key = "a.key" },\n'
+            '  { cert = "b.pem", key = "b.key" },\n]\n[[route]]\nprefix = "/"\norigin = "http://o/"\n'
+            'cache = { default_ttl = -1 }\n')
+    with pytest.raises(ConfigError, match=r"line 10: route\[0\]\.cache\.default_ttl"):
+        parse_config(text, "a.toml")
+
+
+def test_a_problem_found_after_parsing_gets_the_line_of_its_key(tmp_path):
+    from accel.config import located
+
+    path = tmp_path / "accel.toml"
+    path.write_text('[server]\nlisten = ["tcp:8080"]\n\n[cache]\nmap_size = 1\ndir = "cache"\n')
+    assert located(ConfigError(str(path), "cache.dir", "a directory")).line == 6
+    assert located(ConfigError("command line", "--cache-dir", "a directory")).line is None
