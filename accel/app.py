@@ -1,4 +1,8 @@
-"""Assembles accel from a Config: origin clients, the request handler chain, the cache and the Site."""
+"""Assembles accel from a Config: origin clients, the request handler chain, the cache and the Site.
+
+What a Config builds for requests is a ``Generation``; ``Accelerator.reload`` (SIGHUP) swaps in a new one while
+the Site, its connections and the cache stay. ``startup_problems`` checks what starting needs from the disk.
+"""
 
 from __future__ import annotations
 
