@@ -15,7 +15,7 @@ from twisted.internet.protocol import ProcessProtocol
 from twisted.trial import unittest
 from twisted.web import server
 
-from tests.support import TWISTD, RecordingOrigin, get, http_client, until
+from tests.support import TWISTD, RecordingOrigin, get, http_client, start_stack, until
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -227,3 +227,22 @@ def test_draining_gives_up_after_the_timeout_with_the_requests_left():
     second.finish()
     in_flight.wait(clock, 10).addCallback(left.append)
     assert left == [1, 0]
+
+
+class InProcessReloadTests(unittest.TestCase):
+    @defer.inlineCallbacks
+    def test_a_reload_moves_the_access_log_and_reports_what_needs_a_restart(self):
+        from dataclasses import replace
+
+        from accel.config import Config
+
+        directory = temporary_directory(self)
+        first, second = os.path.join(directory, "first.log"), os.path.join(directory, "second.log")
+        stack = start_stack(self, Config(access_log=first))
+        yield get(http_client(self), stack.url + "/one")
+        yield until(lambda: b"/one" in open(first, "rb").read())
+        needs_restart = stack.accel_site.accelerator.reload(replace(stack.config, access_log=second, listen=("tcp:1",)))
+        self.assertEqual(needs_restart, ["listeners"])
+        yield get(http_client(self), stack.url + "/two")
+        yield until(lambda: os.path.exists(second) and b"/two" in open(second, "rb").read())
+        self.assertNotIn(b"/two", open(first, "rb").read())
