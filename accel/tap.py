@@ -103,6 +103,18 @@ def check_endpoint(source: str, key: str, description: str) -> None:
         raise ConfigError(source, key, "a Twisted server endpoint such as tcp:8080", f"{description} ({_reason(e)})") from None
 
 
+def _start_failure(config: Config, error: Exception) -> str:
+    """One line for a failure to build the server after the checks passed."""
+    import lmdb
+
+    from accel.cache.store import IncompatibleStore
+
+    if config.cache.dir and isinstance(error, (lmdb.Error, IncompatibleStore, OSError)):
+        source, key = config.origin_of("cache.dir", "--cache-dir")
+        return str(located(ConfigError(source, key, "a cache accel can open", f"{config.cache.dir} ({_reason(error)})")))
+    return f"{config.source}: accel could not start: {_reason(error)}"
+
+
 def _reason(error: Exception) -> str:
     if isinstance(error, OSError) and error.strerror:
         return f"{error.filename}: {error.strerror}" if error.filename else error.strerror
@@ -117,9 +129,8 @@ def makeService(options: Options) -> service.IService:
     config = options.config
     try:
         site = build_site(config, reactor)
-    except Exception as e:  # a cache that cannot be opened after all (a race with the checks, a full disk)
-        source, key = config.origin_of("cache.dir", "--cache-dir")
-        report([ConfigError(source, key, "a cache accel can open", f"{config.cache.dir} ({_reason(e)})")])
+    except Exception as e:  # what changed on disk since the checks (a cache opened by another process, a full disk)
+        report([_start_failure(config, e)])
         raise SystemExit(1) from None
     top = Listeners()
     for source, key, description in listener_keys(config)[: len(config.listen)]:

@@ -178,3 +178,22 @@ def test_twistd_refuses_a_damaged_cache_file_with_advice(tmp_path):
     path = write(tmp_path, '[cache]\ndir = "cache"\n' + ROUTE)
     assert_one_line(twistd("--config", path), f"accel: {path}, line 2: cache.dir: expected an accel cache or an empty directory",
                     "the cache is damaged", f"move {directory} away")
+
+
+def test_a_cache_that_fails_to_open_after_the_checks_is_one_line(tmp_path, monkeypatch, capfd):
+    import lmdb
+
+    from accel.tap import Options, makeService
+
+    def fails(config, reactor):
+        raise lmdb.ReadersFullError("mdb_txn_begin: MDB_READERS_FULL: Environment maxreaders limit reached")
+
+    monkeypatch.setattr("accel.app.build_site", fails)
+    options = Options()
+    options.parseOptions(["--origin", "http://127.0.0.1:9/", "--cache-dir", str(tmp_path / "cache")])
+    with pytest.raises(SystemExit) as caught:
+        makeService(options)
+    assert caught.value.code == 1
+    err = capfd.readouterr().err
+    assert err.splitlines() == [f"accel: command line: --cache-dir: expected a cache accel can open, got "
+                                f"'{tmp_path / 'cache'} (mdb_txn_begin: MDB_READERS_FULL: Environment maxreaders limit reached)'"]
