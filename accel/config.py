@@ -191,11 +191,11 @@ class Config:
     error_documents: dict[int, str] = field(default_factory=dict)
     limits: Limits = Limits()
     tls: TLSSettings = TLSSettings()
-    options: tuple[str, ...] = ()  # the command-line options that replaced values of the file ("--cache-dir")
+    overridden_by: tuple[str, ...] = ()  # the command-line options that replaced values of the file ("--cache-dir")
 
     def origin_of(self, key: str, option: str) -> tuple[str, str]:
         """(source, key) naming a value in messages: the option, when the command line set it."""
-        return (COMMAND_LINE, option) if option in self.options or self.source == COMMAND_LINE else (self.source, key)
+        return (COMMAND_LINE, option) if option in self.overridden_by or self.source == COMMAND_LINE else (self.source, key)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -707,7 +707,7 @@ def with_overrides(
     """Apply command-line options, which win over the file; their relative paths are relative to the working
     directory."""
     changes: dict[str, Any] = {}
-    options: list[str] = list(config.options)
+    options: list[str] = list(config.overridden_by)
     if listen:
         changes["listen"] = tuple(listen)
         options.append("--listen")
@@ -725,7 +725,7 @@ def with_overrides(
     if access_log is not None:
         changes["access_log"] = access_log if access_log == "-" else os.path.abspath(access_log)
         options.append("--access-log")
-    return replace(config, options=tuple(options), **changes)
+    return replace(config, overridden_by=tuple(options), **changes)
 
 
 def local_names() -> tuple[str, ...]:
