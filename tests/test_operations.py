@@ -246,3 +246,33 @@ class InProcessReloadTests(unittest.TestCase):
         yield get(http_client(self), stack.url + "/two")
         yield until(lambda: os.path.exists(second) and b"/two" in open(second, "rb").read())
         self.assertNotIn(b"/two", open(first, "rb").read())
+
+
+class CertificateReloadTests(unittest.TestCase):
+    @defer.inlineCallbacks
+    def test_sighup_reloads_renewed_certificates(self):
+        import trustme
+
+        from tests.tls_support import handshake, serial_of, write_cert
+
+        directory = temporary_directory(self)
+        ca = trustme.CA()
+        first = ca.issue_cert("a.test")
+        write_cert(directory, "a", first)
+        _, origin_url = start_origin(self, b"a")
+        path = os.path.join(directory, "accel.toml")
+        with open(path, "w") as f:
+            f.write('[server]\nlisten = ["tcp:0:interface=127.0.0.1"]\n'
+                    '[tls]\nlisten = ["tcp:0:interface=127.0.0.1"]\ncertificates = [{ cert = "a.pem", key = "a.key" }]\n'
+                    f'[[route]]\nprefix = "/"\norigin = "{origin_url}"\n')
+        accel = Twistd(self, path)
+        yield accel.url()
+        port = int((yield accel.log_line(rb"AccelSite \(TLS\) starting on (\d+)")).group(1))
+        cert, _, _ = yield handshake(port, "a.test")
+        self.assertEqual(cert.serial_number, serial_of(first))
+        renewed = ca.issue_cert("a.test")
+        write_cert(directory, "a", renewed)
+        accel.signal("HUP")
+        yield accel.log_line(rb"tls: certificates reloaded \(SIGHUP\)")
+        cert, _, _ = yield handshake(port, "a.test")
+        self.assertEqual(cert.serial_number, serial_of(renewed))
