@@ -131,9 +131,9 @@ class FastHits:
         return hit
 
     def _resolve(self, secure: bool, host: bytes, target: bytes) -> tuple | None:
-        """What ``ReverseProxy.render`` and ``CacheLayer.handle`` decide from the target alone: the
-        normalised target, its route (served by the cache?), the cache key and the policy. None: not a
-        candidate for this path."""
+        """What ``ReverseProxy.render`` and ``CacheLayer.handle`` decide from the host and target alone: the
+        normalised target, its route by host and path (served by the cache?), the cache key and the policy.
+        None: not a candidate for this path."""
         found = path = None
         if target.startswith(b"/"):
             try:
@@ -141,7 +141,7 @@ class FastHits:
             except UnsafeTarget:
                 pass  # the general path answers 400
         if path is not None:
-            route = self.proxy.routes.match(path)
+            route = self.proxy.routes.match(path, host.decode("latin-1") if host else None)
             if route is not None and not route.exclude and self.layer.caches(route, path):
                 key = self.layer.key_for_parts(secure, host, path)
                 found = (key, self.layer.policy_for(route), route.origin.key)
