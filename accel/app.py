@@ -18,6 +18,9 @@ from twisted.web.resource import Resource
 from accel.cache.directory import DamagedCache, NotACache, check_cache_dir
 from accel.config import CacheSettings, Config, ConfigError, located
 from accel.http.errors import ErrorPages
+from accel.http.header_rules import HeaderRules
+from accel.proxy.admission import Admission
+from accel.proxy.buckets import SharedBuckets
 from accel.proxy.origin import OriginClients
 from accel.tls.listeners import check_certificates
 from accel.tls.origin import check_route_files, origin_policies
@@ -109,6 +112,12 @@ def build_site(config: Config, reactor) -> AccelSite:
     return site
 
 
+def rate_limit_buckets(config: Config) -> SharedBuckets:
+    """The rate-limit table: in the cache directory, shared by every process using it (worker processes);
+    without a cache directory, this process's own."""
+    return SharedBuckets(os.path.join(config.cache.dir, "rate-limits") if config.cache.dir else None)
+
+
 @dataclass(frozen=True)
 class Generation:
     """One configuration in service. A request takes the current generation's resource when it starts and
@@ -121,6 +130,7 @@ class Generation:
     hsts: bytes | None  # Strict-Transport-Security over TLS
     request_factory: type
     fast_hits: object | None  # accel.cache.fast.FastHits over this generation's routes and cache layer
+    admission: Admission  # access rules, methods, body sizes, rate limits (its refusal counts)
 
 
 # What a reload cannot change in a running process: (what, how it is read from a Config).
@@ -144,6 +154,7 @@ class Accelerator:
         self.cache = CacheRuntime(config.cache, reactor) if config.cache.dir else None
         self.in_flight = InFlight()
         self.clients: list[OriginClients] = []
+        self.buckets: SharedBuckets | None = None  # made when a configuration first has a rate limit; kept
         self.generation: Generation | None = None
         generation = self._build(config)
         self.site = AccelSite(
@@ -163,10 +174,13 @@ class Accelerator:
         else:
             clients = OriginClients(self.reactor, tls_policy_for=origin_policies(config.routes, config.source))
             self.clients.append(clients)
-        handler = forwarder = Forwarder(config, clients, errors, self.reactor)
+        if self.buckets is None and any(route.protection.rate_limit for route in config.routes):
+            self.buckets = rate_limit_buckets(config)
+        admission = Admission(config, self.buckets, self.reactor.seconds)
+        handler = forwarder = Forwarder(config, clients, errors, self.reactor, admission)
         if self.cache is not None:
             handler = self.cache.layer(forwarder, config.cache)
-        proxy = ReverseProxy(config, handler, errors)
+        proxy = ReverseProxy(config, handler, errors, admission)
         fast_hits = None
         if self.cache is not None:
             from accel.cache.fast import FastHits
@@ -175,7 +189,7 @@ class Accelerator:
             fast_hits = FastHits(proxy, handler)
         hsts = hsts_value(config.tls) if config.tls.hsts_max_age is not None else None
         factory = AccelSite.requestFactory if hsts is None else with_hsts(AccelSite.requestFactory, hsts)
-        return Generation(config, Counted(proxy, self.in_flight), clients, errors, hsts, factory, fast_hits)
+        return Generation(config, Counted(proxy, self.in_flight), clients, errors, hsts, factory, fast_hits, admission)
 
     def _apply(self, generation: Generation) -> None:
         """Swap ``generation`` in: new requests use it (limits and HSTS: new connections)."""
@@ -188,6 +202,8 @@ class Accelerator:
         site.hsts_field = b"Strict-Transport-Security: %s\r\n" % generation.hsts if generation.hsts else b""
         site.requestFactory = generation.request_factory
         site.fast_hits = generation.fast_hits
+        site.admission = generation.admission
+        site.header_rules = HeaderRules(config.protection.headers)
         site.limits = config.limits
         site.server_header = config.server_header.encode("latin-1") if config.server_header else None
         site.server_field = b"Server: %s\r\n" % site.server_header if site.server_header else b""
@@ -207,6 +223,8 @@ class Accelerator:
         closing = [clients.close() for clients in self.clients]
         if self.cache is not None:
             closing.append(self.cache.close())
+        if self.buckets is not None:
+            self.buckets.close()
         return gatherResults(closing)
 
 

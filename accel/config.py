@@ -18,6 +18,27 @@ from typing import Any
 from urllib.parse import urlsplit
 
 
+# RFC 9110 §7.6.1: connection-specific fields a proxy must not forward (nor a cache store, RFC 9111 §3.1),
+# plus the legacy ones every proxy strips (Keep-Alive, Proxy-Connection) and the proxy authentication pair,
+# which is hop-by-hop in practice. Lower-case names. The one table: accel.http.headers applies it to
+# messages, and header rules in the configuration may not set these fields.
+HOP_BY_HOP_NAMES = frozenset(
+    {
+        "connection",
+        "keep-alive",
+        "proxy-connection",
+        "te",
+        "trailer",
+        "transfer-encoding",
+        "upgrade",
+        "proxy-authenticate",
+        "proxy-authorization",
+    }
+)
+# RFC 9112 §6: fields that frame a message, which only the connection that sends it may write.
+FRAMING_NAMES = frozenset({"content-length", "transfer-encoding"})
+
+
 class ConfigError(Exception):
     """A configuration mistake, worded for the operator."""
 
@@ -63,6 +84,55 @@ class RouteCache:
 
 
 @dataclass(frozen=True, slots=True)
+class AddressList:
+    """``allow`` / ``deny``: networks, and the word "local" (loopback addresses and UNIX-socket peers)."""
+
+    networks: tuple = ()
+    local: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class RateLimit:
+    """``rate_limit``: a token bucket of ``requests + burst`` tokens refilled at ``requests / per`` a second."""
+
+    requests: int
+    per: float = 1.0  # seconds
+    burst: int = 0  # requests allowed at once beyond ``requests``
+    key: str = "client"  # "client" (the client address), or a request header field name (lower-case)
+    hits_count: bool = True  # cache hits take a token too; false: only requests that go to the origin
+    scope: str = "server"  # whose buckets: "server" (the [server] limit, shared by routes) or a route prefix
+
+
+@dataclass(frozen=True, slots=True)
+class HeaderRule:
+    """One ``[[route.header]]`` / ``[[server.header]]`` entry (mod_headers' Header / RequestHeader)."""
+
+    side: str  # "request" (to the origin) or "response" (to the client)
+    action: str  # "set", "append" or "unset"
+    name: str  # as written
+    value: str = ""
+    always: bool = False  # response rules: also on error responses (4xx, 5xx) and refusals
+
+
+@dataclass(frozen=True, slots=True)
+class Protection:
+    """Who may use a route, how, how often, with how large a body, and header rules.
+
+    The ``[server]`` table holds the defaults (``max_body_size`` in ``[limits]``); a route's own keys replace
+    them, except header rules, which apply after the server's.
+    """
+
+    allow: AddressList | None = None  # None: every client
+    deny: AddressList = AddressList()
+    methods: tuple[str, ...] | None = None  # None: every method
+    max_body_size: int | None = None  # bytes; None: no limit
+    rate_limit: RateLimit | None = None
+    headers: tuple[HeaderRule, ...] = ()
+    strip_untrusted: tuple[str, ...] = ()  # lower-case fields removed from untrusted peers' requests, added
+    pass_untrusted: tuple[str, ...] = ()  # lower-case fields let through from untrusted peers
+
+
+@dataclass(frozen=True, slots=True)
 class Route:
     """One ProxyPass line: requests under ``prefix`` go to ``origin`` (or nowhere, when ``exclude``)."""
 
@@ -79,6 +149,7 @@ class Route:
     tls_ca: str | None = None  # https origin: CA bundle (PEM) instead of the system trust store
     tls_client_cert: str | None = None  # https origin: client certificate (PEM) to present
     tls_client_key: str | None = None  # its private key; None: the key is in tls_client_cert
+    protection: Protection = Protection()  # with the [server] defaults it inherits filled in
 
     @property
     def exclude(self) -> bool:
@@ -94,6 +165,7 @@ class Limits:
     max_target_length: int = 8192  # request-target; over it: 414
     header_timeout: float = 20.0  # from a request's first byte to the end of its header section; then 408
     idle_timeout: float = 60.0  # longest a keep-alive connection waits for its next request
+    max_body_size: int | None = None  # request body bytes, for routes that set none; over it: 413
 
 
 @dataclass(frozen=True, slots=True)
@@ -191,6 +263,7 @@ class Config:
     error_documents: dict[int, str] = field(default_factory=dict)
     limits: Limits = Limits()
     tls: TLSSettings = TLSSettings()
+    protection: Protection = Protection()  # the [server] defaults of the routes' protection
     overridden_by: tuple[str, ...] = ()  # the command-line options that replaced values of the file ("--cache-dir")
 
     def origin_of(self, key: str, option: str) -> tuple[str, str]:
@@ -332,7 +405,7 @@ _NORMAL = "without '//', '.' or '..' segments, '%', '\\', '#' or control charact
 _PREFIX = f"a path prefix starting with '/', {_NORMAL}"
 
 
-def _route(source: str, text: str, index: int, table: dict[str, Any]) -> Route:
+def _route(source: str, text: str, index: int, table: dict[str, Any], defaults: Protection = Protection()) -> Route:
     r = _Reader(source, table, f"route[{index}]", text)
     prefix = r.get("prefix", str, _PREFIX)
     if prefix is None or not prefix.startswith("/") or _NOT_NORMAL.search(prefix):
@@ -359,6 +432,7 @@ def _route(source: str, text: str, index: int, table: dict[str, Any]) -> Route:
         idle_timeout=r.seconds("idle_timeout", _ROUTE.idle_timeout),
         max_connections=r.positive_int("max_connections", _ROUTE.max_connections),
         cache=_route_cache(_Reader(source, r.table_of("cache"), f"route[{index}].cache", text)),
+        protection=_protection(r, defaults, scope=prefix),
         **_route_tls(r, origin),
     )
     r.reject_unknown()
@@ -555,6 +629,131 @@ def _cache_settings(r: _Reader) -> CacheSettings:
     return settings
 
 
+# ---------------------------------------------------------------------------------------------------------
+# Protecting the origins: access rules, methods, body size, rate limit, header rules, untrusted fields.
+# The same keys in [server] (defaults; max_body_size in [limits]) and in each [[route]].
+
+_TOKEN = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")  # RFC 9110 §5.6.2
+_FIELD_VALUE = re.compile(r"^[^\x00-\x08\x0a-\x1f\x7f]*$")  # RFC 9110 §5.5: no CR, LF, NUL or other controls
+_ADDRESSES = 'IP addresses or networks such as 10.0.0.0/8, or "local"'
+
+
+def _protection(r: _Reader, defaults: Protection, scope: str) -> Protection:
+    """The protection keys of ``r``'s table over ``defaults`` (the [server] ones, for a route): a key that is
+    present replaces the default; header rules are added after the default ones. ``scope`` names the
+    buckets of a rate limit set here ("server", or the route's prefix)."""
+    changes: dict[str, Any] = {}
+    for name in ("allow", "deny"):
+        if name in r.table:
+            changes[name] = _address_list(r, name)
+    if "methods" in r.table:
+        methods = r.strings("methods")
+        for method in methods:
+            if not _TOKEN.match(method) or method != method.upper():
+                raise r.fail("methods", "method names in upper case, such as GET", method)
+        if "GET" in methods and "HEAD" not in methods:
+            methods += ("HEAD",)  # as Apache's <Limit GET> and nginx's limit_except GET
+        changes["methods"] = methods
+    if scope != "server" and "max_body_size" in r.table:  # the server-wide size is in [limits]
+        changes["max_body_size"] = _body_size(r)
+    if "rate_limit" in r.table:
+        changes["rate_limit"] = _rate_limit(r, scope)
+    for name in ("strip_untrusted", "pass_untrusted"):
+        if name in r.table:
+            fields = r.strings(name)
+            for field_name in fields:
+                if not _TOKEN.match(field_name):
+                    raise r.fail(name, "header field names", field_name)
+            changes[name] = tuple(f.lower() for f in fields)
+    r.seen.update(("allow", "deny", "methods", "strip_untrusted", "pass_untrusted"))
+    changes["headers"] = defaults.headers + _header_rules(r)
+    return replace(defaults, **changes)
+
+
+def _address_list(r: _Reader, name: str) -> AddressList:
+    networks, local = [], False
+    for value in r.strings(name):
+        if value == "local":
+            local = True
+            continue
+        try:
+            networks.append(ipaddress.ip_network(value, strict=False))
+        except ValueError:
+            raise r.fail(name, _ADDRESSES, value) from None
+    return AddressList(tuple(networks), local)
+
+
+def _body_size(r: _Reader) -> int | None:
+    value = r.get("max_body_size", (int, bool), "a number of bytes (0 or more), or false for no limit")
+    if value is True or (not isinstance(value, bool) and value < 0):
+        raise r.fail("max_body_size", "a number of bytes (0 or more), or false for no limit", value)
+    return None if value is False else value
+
+
+def _rate_limit(r: _Reader, scope: str) -> RateLimit | None:
+    expected = "a [rate_limit] table (requests, per, burst, key, hits_count), or false"
+    table = r.get("rate_limit", (dict, bool), expected)
+    if table is False:
+        return None
+    if table is True:
+        raise r.fail("rate_limit", expected, table)
+    t = _Reader(r.source, table, r.key("rate_limit"), r.text)
+    if "requests" not in table:
+        raise t.fail("requests", "a whole number greater than 0 (requests per `per` seconds)")
+    burst = t.get("burst", int, "a whole number, 0 or more", 0)
+    if burst < 0:
+        raise t.fail("burst", "a whole number, 0 or more", burst)
+    key = t.get("key", str, '"client" or a request header field name', "client")
+    if key != "client" and not _TOKEN.match(key):
+        raise t.fail("key", '"client" or a request header field name', key)
+    limit = RateLimit(
+        requests=t.positive_int("requests", 1),
+        per=t.seconds("per", 1.0),
+        burst=burst,
+        key=key if key == "client" else key.lower(),
+        hits_count=t.get("hits_count", bool, "true or false", True),
+        scope=scope,
+    )
+    t.reject_unknown()
+    return limit
+
+
+def _header_rules(r: _Reader) -> tuple[HeaderRule, ...]:
+    entries = r.get("header", list, "an array of [[header]] tables (side, action, name, value, always)", [])
+    rules = []
+    for i, entry in enumerate(entries):
+        if not isinstance(entry, dict):
+            raise r.fail("header", "[[header]] tables", entry)
+        h = _Reader(r.source, entry, f"{r.key('header')}[{i}]", r.text)
+        side = h.get("side", str, '"request" or "response"')
+        if side not in ("request", "response"):
+            raise h.fail("side", '"request" or "response"', side)
+        action = h.get("action", str, '"set", "append" or "unset"')
+        if action not in ("set", "append", "unset"):
+            raise h.fail("action", '"set", "append" or "unset"', action)
+        name = h.get("name", str, "a header field name")
+        if name is None or not _TOKEN.match(name):
+            raise h.fail("name", "a header field name", name)
+        if name.lower() in HOP_BY_HOP_NAMES | FRAMING_NAMES:
+            raise h.fail("name", "an end-to-end field (hop-by-hop and framing fields are the connection's)", name)
+        value = h.get("value", str, "a field value (a string)")
+        if action == "unset" and value is not None:
+            raise h.fail("value", "no value for action = \"unset\"", value)
+        if action != "unset" and (value is None or not _FIELD_VALUE.match(value)):
+            raise h.fail("value", "a field value without control characters", value)
+        always = h.get("always", bool, "true or false", False)
+        if always and side == "request":
+            raise h.fail("always", "always only on response rules (requests have no error responses)", always)
+        rules.append(HeaderRule(side, action, name, value or "", always))
+        h.reject_unknown()
+    return tuple(rules)
+
+
+def _server_protection(server: _Reader, limits: Limits) -> Protection:
+    """The [server] defaults, with [limits] max_body_size."""
+    return replace(_protection(server, Protection(), scope="server"), max_body_size=limits.max_body_size)
+
+
 def _networks(r: _Reader, name: str, default: tuple = ()) -> tuple[tuple, bool]:
     """(networks, whether "unix" is listed: peers on UNIX sockets, which have no IP address)."""
     if name not in r.table:
@@ -595,6 +794,7 @@ def parse_config(text: str, source: str) -> Config:
         max_target_length=limits_r.positive_int("max_target_length", _LIMITS.max_target_length),
         header_timeout=limits_r.seconds("header_timeout", _LIMITS.header_timeout),
         idle_timeout=limits_r.seconds("idle_timeout", _LIMITS.idle_timeout),
+        max_body_size=_body_size(limits_r) if "max_body_size" in limits_r.table else None,
     )
     limits_r.reject_unknown()
     trusted_proxies, trusted_unix_peers = _networks(server, "trusted_proxies")
@@ -612,6 +812,7 @@ def parse_config(text: str, source: str) -> Config:
         via_pseudonym=server.get("via", str, "a string", "accel"),
         access_log=access_log if access_log in (None, "-") else relative_to_file(source, access_log),
         limits=limits,
+        protection=_server_protection(server, limits),
     )
     server.reject_unknown()
 
@@ -620,7 +821,7 @@ def parse_config(text: str, source: str) -> Config:
     for i, table in enumerate(routes_data):
         if not isinstance(table, dict):
             raise top.fail("route", "[[route]] tables", table)
-        routes.append(_route(source, text, i, table))
+        routes.append(_route(source, text, i, table, config.protection))
     seen_routes: dict[tuple[str, str], int] = {}
     for i, route in enumerate(routes):
         for host in route.hosts or ("",):
@@ -718,7 +919,7 @@ def with_overrides(
         except ValueError as e:
             raise ConfigError(COMMAND_LINE, "--origin", str(e), origin) from None
         others = tuple(r for r in config.routes if r.prefix != "/" or r.hosts)
-        changes["routes"] = others + (Route(prefix="/", origin=parsed),)
+        changes["routes"] = others + (Route(prefix="/", origin=parsed, protection=config.protection),)
     if cache_dir is not None:
         changes["cache"] = replace(config.cache, dir=os.path.abspath(cache_dir))
         options.append("--cache-dir")

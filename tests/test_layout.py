@@ -29,9 +29,12 @@ PURE = [
     "accel.cache.policy",
     "accel.cache.ranges",
     "accel.cache.vary",
+    "accel.http.access",
     "accel.http.addresses",
+    "accel.http.header_rules",
     "accel.http.headers",
     "accel.http.target",
+    "accel.proxy.ratelimit",
     "accel.proxy.rewrite",
     "accel.proxy.routing",
 ]

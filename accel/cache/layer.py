@@ -332,6 +332,8 @@ class CacheLayer:
 
     def fetch_failed(self, exchange: Exchange, failure, fwd: str, revalidate=None, variants=()) -> None:
         self.stop_leading(exchange)
+        if exchange.request.finished:
+            return  # answered already (a request body over max_body_size)
         if revalidate is not None and self.serve_stale_on_error(exchange, revalidate, variants, 504):
             return
         exchange.request.log_cache = "miss"

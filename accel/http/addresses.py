@@ -20,12 +20,27 @@ def peer_ip(peer) -> IPAddress | None:
     host = getattr(peer, "host", None)
     if not isinstance(host, str):
         return None
+    return parse_ip(host)
+
+
+def parse_ip(text: str) -> IPAddress | None:
+    """An IP address as ``peer_ip`` reads it (IPv4-mapped as IPv4, zone dropped), or None."""
     try:
-        ip = ipaddress.ip_address(host.partition("%")[0])
+        ip = ipaddress.ip_address(text.partition("%")[0])
     except ValueError:
         return None
     if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
         return ip.ipv4_mapped
+    return ip
+
+
+def forwarded_ip(entry: str) -> IPAddress | None:
+    """The address of one X-Forwarded-For entry: ``10.0.0.1``, ``2001:db8::1``, or with a port
+    (``10.0.0.1:5000``, ``[2001:db8::1]:5000``); None for anything else (``unknown``, garbage)."""
+    entry = entry.strip()
+    ip = parse_ip(entry)
+    if ip is None and (entry.startswith("[") or entry.count(":") == 1):
+        ip = parse_ip(split_authority(entry)[0].strip("[]"))
     return ip
 
 
@@ -41,6 +56,11 @@ def peer_in(peer, networks: Iterable[IPNetwork], unix: bool = False) -> bool:
     ip = peer_ip(peer)
     if ip is None:
         return unix and getattr(peer, "host", None) is None
+    return ip_in(ip, networks)
+
+
+def ip_in(ip: IPAddress, networks: Iterable[IPNetwork]) -> bool:
+    """Whether ``ip`` is in one of ``networks`` (an address never matches a network of the other version)."""
     return any(ip.version == net.version and ip in net for net in networks)
 
 

@@ -28,6 +28,10 @@ class BodyAbandoned(Exception):
     """The client went away (or was answered) before its request body was complete."""
 
 
+class BodyTooLarge(BodyAbandoned):
+    """The request body grew past the route's ``max_body_size``."""
+
+
 @implementer(IBodyProducer)
 class RequestBody:
     def __init__(self, request, length: int | None):
@@ -41,11 +45,23 @@ class RequestBody:
         self._client_paused = False
         self._done: Deferred | None = None
         self._abandoned: Failure | None = None
+        self.received = 0
+        self._max_size: int | None = None
+        self._too_large: Callable[[], None] = lambda: None
+
+    def limit(self, max_size: int, too_large: Callable[[], None]) -> None:
+        """Call ``too_large`` (once) when more than ``max_size`` bytes arrive; nothing past them is relayed."""
+        self._max_size, self._too_large = max_size, too_large
 
     # Fed by the channel -----------------------------------------------------------------------------------
 
     def feed(self, data: bytes) -> None:
         if self._abandoned:
+            return
+        self.received += len(data)
+        if self._max_size is not None and self.received > self._max_size:
+            self._too_large()  # answered first: the origin request failing must not answer it
+            self.abandon(Failure(BodyTooLarge(self._max_size)))
             return
         if self._consumer is not None and not self._paused and not self._buffer:
             self._consumer.write(data)

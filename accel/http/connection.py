@@ -44,11 +44,13 @@ from twisted.internet.interfaces import IPushProducer, ISSLTransport
 from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
 from twisted.web.http import _PullToPush
+from twisted.web.http_headers import Headers
 from zope.interface import implementer
 
 from accel.config import Limits
 from accel.http.accesslog import peer_label
 from accel.http.dates import http_date
+from accel.http.header_rules import NO_RULES
 
 log = Logger()
 
@@ -259,13 +261,27 @@ class HTTPConnection(Protocol):
         site = self.site
         body, content_type = site.errors.page(code)
         fields = [b"HTTP/1.1 %d %s\r\n" % (code, HTTPStatus(code).phrase.encode("ascii"))]
-        if site.server_header:
-            fields.append(b"Server: %s\r\n" % site.server_header)
-        fields.append(http_date.field())
-        if site.hsts_field and self.isSecure():
-            fields.append(site.hsts_field)
-        fields.append(b"Content-Type: %s\r\nContent-Length: %d\r\nCache-Control: no-store\r\n"
-                      b"Connection: close\r\n\r\n" % (content_type, len(body)))
+        rules = getattr(site, "header_rules", NO_RULES)
+        if rules.response:  # the server's "always" rules: the fields as a Headers they can change
+            headers = Headers()
+            if site.server_header:
+                headers.setRawHeaders(b"Server", [site.server_header])
+            headers.setRawHeaders(b"Date", [http_date()])
+            if site.hsts and self.isSecure():
+                headers.setRawHeaders(b"Strict-Transport-Security", [site.hsts])
+            headers.setRawHeaders(b"Content-Type", [content_type])
+            headers.setRawHeaders(b"Cache-Control", [b"no-store"])
+            rules.to_client(headers, code)
+            fields += [b"%s: %s\r\n" % (name, value) for name, values in headers.getAllRawHeaders() for value in values]
+            fields.append(b"Content-Length: %d\r\nConnection: close\r\n\r\n" % len(body))
+        else:
+            if site.server_header:
+                fields.append(b"Server: %s\r\n" % site.server_header)
+            fields.append(http_date.field())
+            if site.hsts_field and self.isSecure():
+                fields.append(site.hsts_field)
+            fields.append(b"Content-Type: %s\r\nContent-Length: %d\r\nCache-Control: no-store\r\n"
+                          b"Connection: close\r\n\r\n" % (content_type, len(body)))
         self.transport.writeSequence(fields + [body])
         self.stop_reading()
         self.loseConnection()

@@ -9,30 +9,48 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+from accel.config import HOP_BY_HOP_NAMES
+
 RawFields = list[tuple[bytes, bytes]]
 
-# RFC 9110 §7.6.1: connection-specific fields a proxy must not forward (nor a cache store, RFC 9111 §3.1),
-# plus the legacy ones every proxy strips (Keep-Alive, Proxy-Connection) and the proxy authentication pair,
-# which is hop-by-hop in practice. Lower-case names; HOP_BY_HOP holds them as they travel (bytes).
-HOP_BY_HOP_NAMES = frozenset(
-    {
-        "connection",
-        "keep-alive",
-        "proxy-connection",
-        "te",
-        "trailer",
-        "transfer-encoding",
-        "upgrade",
-        "proxy-authenticate",
-        "proxy-authorization",
-    }
-)
+# HOP_BY_HOP_NAMES (RFC 9110 §7.6.1) lives with the configuration, whose header rules may not set them;
+# HOP_BY_HOP holds them as they travel (bytes).
 HOP_BY_HOP = frozenset(name.encode("ascii") for name in HOP_BY_HOP_NAMES)
 
 # Fields accel sets itself on the way to the origin: whatever the client sent under these names is replaced.
 # Content-Length goes too: the origin connection frames the body it actually sends (RFC 9112 §6).
 _REPLACED_UPSTREAM = frozenset(
     {b"host", b"content-length", b"x-forwarded-host", b"x-forwarded-server", b"x-forwarded-proto", b"x-forwarded-port"}
+)
+
+# Request fields origins commonly trust to build URLs, pick a client address or change the method, which the
+# cache does not key on (so a client could poison an entry with them): removed from untrusted peers'
+# requests, as accel's own X-Forwarded-Host / -Server / -Proto / -Port replace the client's. The
+# configuration adds names (strip_untrusted) or lets some through (pass_untrusted).
+UNTRUSTED_FIELDS = frozenset(
+    {
+        b"x-host",
+        b"x-forwarded-server",
+        b"x-forwarded-port",
+        b"x-forwarded-prefix",
+        b"x-forwarded-path",
+        b"x-forwarded-uri",
+        b"x-forwarded-scheme",
+        b"x-forwarded-ssl",
+        b"x-url-scheme",
+        b"x-original-url",
+        b"x-original-uri",
+        b"x-original-host",
+        b"x-rewrite-url",
+        b"x-http-method-override",
+        b"x-http-method",
+        b"x-method-override",
+        b"x-original-method",
+        b"forwarded",
+        b"x-real-ip",
+        b"x-client-ip",
+        b"true-client-ip",
+    }
 )
 
 
@@ -69,20 +87,21 @@ def request_to_origin(
     server_name: str,
     via: str,
     client_version: bytes,
+    untrusted: frozenset = UNTRUSTED_FIELDS,
 ) -> RawFields:
     """The header section accel sends upstream for a client request.
 
     Like mod_proxy_http: hop-by-hop fields removed; ``Host`` is the origin's unless preserve_host (then the
     client's); ``X-Forwarded-For`` gets the peer address appended (earlier values kept only from trusted
     proxies); ``X-Forwarded-Host`` / ``-Server`` / ``-Proto`` / ``-Port`` describe the client side; ``Via``
-    gains our hop (RFC 9110 §7.6.3).
+    gains our hop (RFC 9110 §7.6.3). From an untrusted peer, the fields in ``untrusted`` are removed.
     """
     out: RawFields = []
     xff: list[bytes] = []
     vias: list[bytes] = []
     for name, value in end_to_end(fields):
         lower = name.lower()
-        if lower in _REPLACED_UPSTREAM:
+        if lower in _REPLACED_UPSTREAM or (lower in untrusted and not client.trusted):
             continue
         if lower == b"x-forwarded-for":
             if client.trusted:

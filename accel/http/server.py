@@ -17,15 +17,22 @@ from twisted.web.http import NO_BODY_CODES
 from accel.http.accesslog import access_log_line, format_access_line, open_access_log, request_label
 from accel.http.body import RequestBody
 from accel.http.errors import ErrorPages
+from accel.http.header_rules import NO_RULES, HeaderRules
 from accel.http.connection import HTTPConnection
 from accel.http.dates import http_date
 from accel.config import Limits
 
 
 class AccelRequest(server.Request):
-    """A request whose body is a stream (``self.body``) and which knows when it started (for %D)."""
+    """A request whose body is a stream (``self.body``) and which knows when it started (for %D).
+
+    ``header_rules``' response rules are applied when the header section is written: the server's until
+    a route is chosen, then the route's (``ReverseProxy``).
+    """
 
     defaultContentType = None  # never invent a Content-Type the origin did not send
+    header_rules: HeaderRules = NO_RULES
+    _rules_applied = False
 
     def __init__(self, channel, queued=None):
         super().__init__(channel, queued)
@@ -66,6 +73,7 @@ class AccelRequest(server.Request):
 
     def process(self) -> None:
         self.site = self.channel.site
+        self.header_rules = self.site.header_rules
         if self.site.server_header:
             self.setHeader(b"server", self.site.server_header)
         self.setHeader(b"date", http_date())
@@ -87,6 +95,12 @@ class AccelRequest(server.Request):
         False is returned when one of this request's own fields is named in ``taken`` (the canonical
         names ``section`` sets): merging those is the general path's job.
         """
+        rules = self.header_rules
+        if rules.response and not self._rules_applied:
+            if rules.touches(code, taken):
+                return False  # a rule changes a stored field: the general path writes it
+            rules.to_client(self.responseHeaders, code)
+            self._rules_applied = True
         parts = [self.clientproto, b" %d " % code, reason, b"\r\n"]
         for name, values in self.responseHeaders.getAllRawHeaders():
             if name == replaced:
@@ -105,6 +119,12 @@ class AccelRequest(server.Request):
             self.sentLength += len(body)
         self.channel.writeSequence(parts)
         return True
+
+    def write(self, data: bytes) -> None:
+        if not self.startedWriting and not self._rules_applied and self.header_rules.response:
+            self._rules_applied = True
+            self.header_rules.to_client(self.responseHeaders, self.code)
+        super().write(data)
 
     def finish(self) -> None:
         if self.body is not None and not self.body.complete and not self._disconnected:
@@ -151,6 +171,7 @@ class AccelSite(server.Site):
         hsts: bytes | None = None,
         reactor=None,
         fast_hits=None,
+        header_rules: HeaderRules = NO_RULES,
     ):
         super().__init__(resource, logFormatter=access_log_line, reactor=reactor)
         self.limits = limits
@@ -161,6 +182,7 @@ class AccelSite(server.Site):
         self.hsts_field = b"Strict-Transport-Security: %s\r\n" % hsts if hsts else b""  # on fast hits over TLS
         self.access_log = access_log
         self.fast_hits = fast_hits
+        self.header_rules = header_rules  # the [server] header rules, for requests no route has taken
 
     def buildProtocol(self, addr) -> HTTPConnection:
         return HTTPConnection(self)

@@ -14,7 +14,7 @@ import socket
 from collections.abc import Callable, Iterable
 from urllib.parse import urlsplit
 
-from twisted.internet.defer import CancelledError, Deferred, succeed
+from twisted.internet.defer import CancelledError, Deferred, fail, succeed
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.iweb import UNKNOWN_LENGTH
@@ -26,8 +26,10 @@ from accel.http.body import ResponseRelay
 from accel.config import Config, Route, local_names
 from accel.http.addresses import peer_in, peer_name, split_authority
 from accel.http.errors import ErrorPages
-from accel.http.headers import ClientSide, RawFields, end_to_end, request_to_origin, response_to_client
+from accel.http.header_rules import HeaderRules
+from accel.http.headers import UNTRUSTED_FIELDS, ClientSide, RawFields, end_to_end, request_to_origin, response_to_client
 from accel.http.target import UnsafeTarget, normalise_target
+from accel.proxy.admission import Admission, Refused
 from accel.proxy.origin import Fetched, OriginBusy, OriginClients, OriginTimeout, OriginUnavailable
 from accel.proxy.rewrite import ReverseMap, reverse_fields
 from accel.proxy.routing import RouteTable, origin_target
@@ -41,15 +43,19 @@ _PEERS_REMEMBERED = 4096  # bound on Forwarder.peer's memo
 class ReverseProxy(Resource):
     isLeaf = True
 
-    def __init__(self, config: Config, handler, errors: ErrorPages, purge=None):
+    def __init__(self, config: Config, handler, errors: ErrorPages, admission: Admission, purge=None):
         super().__init__()
         self.routes = RouteTable(config.routes)
         self.handler = handler
         self.errors = errors
+        self.admission = admission
         self.purge = purge
         self.names = {n.lower() for n in config.server_names + local_names()}
-        # Route → its origin's key for the access log, computed once (id: Routes are slow to hash).
-        self._origin_keys = {id(r): (r, r.origin.key) for r in self.routes.routes if r.origin is not None}
+        # Route → its origin's key for the access log and its header rules, computed once (id: Routes are
+        # slow to hash).
+        self._per_route = {
+            id(r): (r, r.origin.key, HeaderRules(r.protection.headers)) for r in self.routes.routes if r.origin is not None
+        }
         self.any_host = not config.server_names
 
     def serves_host(self, host: str) -> bool:
@@ -83,10 +89,31 @@ class ReverseProxy(Resource):
         if route is None or route.exclude:
             self.errors.send(request, 404, "No route serves this path.")
             return NOT_DONE_YET
-        known = self._origin_keys.get(id(route))
-        request.log_origin = known[1] if known is not None and known[0] is route else route.origin.key
+        known = self._per_route.get(id(route))
+        if known is None or known[0] is not route:
+            known = (route, route.origin.key, HeaderRules(route.protection.headers))
+        request.log_origin, request.header_rules = known[1], known[2]
+        refusal = self.admission.admit(route, request.getClientAddress(), method,
+                                       lambda name: request.requestHeaders.getRawHeaders(name, []), self.admission.clock())
+        if refusal is not None:
+            self.errors.send(request, refusal.status, refusal.detail, refusal.headers)
+            return NOT_DONE_YET
+        max_body_size = route.protection.max_body_size
+        if request.body is not None and max_body_size is not None:
+            request.body.limit(max_body_size, lambda: self.body_too_large(request, max_body_size))
         self.handler.handle(request, route, target)
         return NOT_DONE_YET
+
+    def body_too_large(self, request, max_body_size: int) -> None:
+        """A request body grew past ``max_body_size`` while it streamed (the origin request is abandoned with
+        it): 413 when nothing was answered yet, else the response is cut."""
+        log.info("request body of {uri} over {n} bytes: cut", uri=request.uri, n=max_body_size)
+        if request.finished or request._disconnected:
+            return
+        if request.startedWriting:
+            request.close_incomplete()
+        else:
+            self.errors.send(request, 413, f"Request bodies here are limited to {max_body_size} bytes.")
 
     def origin_form(self, request) -> str | None:
         """The request-target as a path and query; answers and returns None when it cannot be served.
@@ -118,13 +145,15 @@ class ReverseProxy(Resource):
 class Forwarder:
     """Sends requests to their route's origin and relays the responses."""
 
-    def __init__(self, config: Config, clients: OriginClients, errors: ErrorPages, reactor):
+    def __init__(self, config: Config, clients: OriginClients, errors: ErrorPages, reactor, admission: Admission):
         self.config = config
         self.clients = clients
         self.errors = errors
         self.reactor = reactor
+        self.admission = admission
         self.server_name = (config.server_names or (socket.gethostname(),))[0]
         self._peers: dict[tuple, tuple[str, bool]] = {}
+        self._untrusted: dict[int, tuple[Route, frozenset]] = {}  # id(route): its untrusted fields
 
     def handle(self, request, route: Route, target: str) -> None:
         d = self.fetch(request, route, target)
@@ -141,6 +170,10 @@ class Forwarder:
         both to send its own validators). The origin request is abandoned if the client goes away, unless
         ``keep_going()`` says otherwise then (a cache fetch other requests wait for).
         """
+        refusal = self.admission.charge(route, request.getClientAddress(),
+                                        lambda name: request.requestHeaders.getRawHeaders(name, []), self.admission.clock())
+        if refusal is not None:
+            return fail(Refused(refusal))
         headers = self.upstream_headers(request, route, extra, drop)
         d = self.send(
             route, request.method, target, headers, request.body,
@@ -162,9 +195,24 @@ class Forwarder:
             server_name=self.server_name,
             via=self.config.via_pseudonym,
             client_version=request.clientproto,
+            untrusted=self.untrusted_fields(route),
         )
+        rules = getattr(request, "header_rules", None)
+        if rules is not None and rules.request:
+            fields = rules.to_origin(fields)
         fields.extend(extra)
         return fields
+
+    def untrusted_fields(self, route: Route) -> frozenset:
+        """Fields removed from untrusted peers' requests on this route: the built-in list, plus
+        ``strip_untrusted``, less ``pass_untrusted``."""
+        known = self._untrusted.get(id(route))
+        if known is None or known[0] is not route:
+            p = route.protection
+            names = (UNTRUSTED_FIELDS | {n.encode("latin-1") for n in p.strip_untrusted}) - {
+                n.encode("latin-1") for n in p.pass_untrusted}
+            known = self._untrusted[id(route)] = (route, frozenset(names))
+        return known[1]
 
     def send(
         self, route: Route, method: bytes, target: str, headers: RawFields, body=None, interim=None
@@ -238,7 +286,11 @@ class Forwarder:
 
     def fail(self, request, failure: Failure, headers: dict[bytes, bytes] | None = None) -> None:
         """Answer a request whose origin request failed before a response arrived (with ``headers``)."""
-        if failure.check(CancelledError) or request._disconnected:
+        if failure.check(CancelledError) or request._disconnected or request.finished:
+            return
+        if failure.check(Refused):
+            refusal = failure.value.refusal
+            self.errors.send(request, refusal.status, refusal.detail, {**(headers or {}), **refusal.headers})
             return
         code, _ = origin_failure(failure)
         if not failure.check(OriginTimeout, OriginUnavailable, OriginBusy):
@@ -268,6 +320,8 @@ def origin_failure(failure: Failure) -> tuple[int, str]:
         return 504, "origin-timeout"
     if failure.check(OriginBusy):
         return 503, "origin-busy"
+    if failure.check(Refused):
+        return failure.value.refusal.status, "refused"
     return 502, "origin-unreachable"
 
 
