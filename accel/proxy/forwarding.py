@@ -113,6 +113,7 @@ class ReverseProxy(Resource):
         if request.startedWriting:
             request.close_incomplete()
         else:
+            request.setHeader(b"connection", b"close")  # the rest of the body is not read
             self.errors.send(request, 413, f"Request bodies here are limited to {max_body_size} bytes.")
 
     def origin_form(self, request) -> str | None:
