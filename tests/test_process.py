@@ -25,13 +25,13 @@ class AccelProcess(ProcessProtocol):
 
     ANNOUNCEMENT = re.compile(rb"AccelSite starting on (\d+)")
 
-    def __init__(self, testcase, origin_url: str, cache_dir: str):
+    def __init__(self, testcase, origin_url: str, cache_dir: str, extra: tuple[str, ...] = ()):
         self.output = b""
         self.port: int | None = None
         self.listening: defer.Deferred = defer.Deferred()
         self.ended: defer.Deferred = defer.Deferred()
         argv = TWISTD + ["--nodaemon", "--pidfile=", "accel", "--listen", "tcp:0:interface=127.0.0.1",
-                         "--origin", origin_url, "--cache-dir", cache_dir]
+                         "--origin", origin_url, "--cache-dir", cache_dir, *extra]
         reactor.spawnProcess(self, argv[0], argv, env=os.environ.copy(), path=ROOT)
         testcase.addCleanup(self.kill)
 
