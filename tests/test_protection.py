@@ -208,6 +208,21 @@ class HeaderRuleTests(unittest.TestCase):
                              (code, [b"DENY"], None))
         self.assertEqual(stack.origin.seen, [])
 
+    @defer.inlineCallbacks
+    def test_rules_on_hits_answered_from_the_prepared_header_section(self):
+        stack = protected_stack(self, cache=True, route=(
+            '[[route.header]]\nside = "response"\naction = "set"\nname = "X-Served"\nvalue = "accel"\n'
+            '[[route.header]]\nside = "response"\naction = "unset"\nname = "Server"\n'))
+        stack.origin.handlers[b"/p"] = lambda request: (request.setHeader(b"cache-control", b"max-age=60"), b"p")[1]
+        port = stack.accel_port.getHost().port
+        answers = []
+        for _ in range(3):
+            response = yield raw_request(port, b"GET /p HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
+            fields = head_fields(response)
+            answers.append((fields[b"x-served"], b"server" in fields, fields[b"cache-status"][0].split(b";")[1].strip()))
+        self.assertEqual(answers, [([b"accel"], False, b"fwd=uri-miss")] + [([b"accel"], False, b"hit")] * 2)
+        self.assertEqual(len(stack.origin.seen), 1)
+
 
 class ForwardingTests(unittest.TestCase):
     POISON = {b"x-original-url": b"/admin", b"x-rewrite-url": b"/admin", b"x-http-method-override": b"DELETE",

@@ -168,8 +168,9 @@ class Forwarder:
         """Send ``request`` to the route's origin; fires when the response header section is in.
 
         ``extra`` fields are added and the client's fields named in ``drop`` are left out (the cache uses
-        both to send its own validators). The origin request is abandoned if the client goes away, unless
-        ``keep_going()`` says otherwise then (a cache fetch other requests wait for).
+        both to send its own validators). The origin request is abandoned if the client goes away, or was
+        answered before the origin did (413 for a body over the limit), unless ``keep_going()`` says
+        otherwise then (a cache fetch other requests wait for).
         """
         refusal = self.admission.charge(route, request.getClientAddress(),
                                         lambda name: request.requestHeaders.getRawHeaders(name, []), self.admission.clock())
@@ -180,7 +181,14 @@ class Forwarder:
             route, request.method, target, headers, request.body,
             interim=lambda code, phrase, fields: relay_interim(request, code, phrase, fields),
         )
-        request.notifyFinish().addErrback(lambda _: None if keep_going() else d.cancel())
+        answered = []
+
+        def origin_answered(fetched: Fetched) -> Fetched:
+            answered.append(True)
+            return fetched
+
+        d.addCallback(origin_answered)
+        request.notifyFinish().addBoth(lambda _: None if answered or keep_going() else d.cancel())
         return d
 
     def upstream_headers(
