@@ -30,9 +30,6 @@ class HeaderRules:
         self.request = tuple(compiled["request"])
         self.response = tuple(compiled["response"])
 
-    def __bool__(self) -> bool:
-        return bool(self.request or self.response)
-
     def to_origin(self, fields: RawFields) -> RawFields:
         """The request fields for the origin with the request rules applied in order."""
         for action, lower, name, value, _ in self.request:
