@@ -155,6 +155,19 @@ class RateLimitTests(unittest.TestCase):
                 self.assertEqual(len(stack.origin.seen), 2)
 
 
+    @defer.inlineCallbacks
+    def test_a_limited_revalidation_gets_429_not_the_stale_response(self):
+        stack = protected_stack(self, route="[route.rate_limit]\nrequests = 1\nper = 60\nhits_count = false", cache=True)
+        stack.origin.handlers[b"/s"] = lambda request: (
+            request.setHeader(b"cache-control", b"max-age=0, stale-if-error=600"), b"s")[1]
+        agent = http_client(self)
+        codes = []
+        for _ in range(2):
+            response, _ = yield get(agent, stack.url + "/s")
+            codes.append(response.code)
+        self.assertEqual(codes, [200, 429])
+        self.assertEqual(len(stack.origin.seen), 1)
+
 class HeaderRuleTests(unittest.TestCase):
     RULES = (
         '[[route.header]]\nside = "response"\naction = "set"\nname = "X-Frame-Options"\nvalue = "DENY"\nalways = true\n'

@@ -7,6 +7,8 @@ import ipaddress
 import os
 import tempfile
 
+from dataclasses import replace
+
 import pytest
 from twisted.internet.address import IPv4Address, IPv6Address, UNIXAddress
 from twisted.web.http_headers import Headers
@@ -180,3 +182,69 @@ def test_mistakes_name_the_key(text, message):
     with pytest.raises(ConfigError) as caught:
         parse_config(text, "t.toml")
     assert message in str(caught.value)
+
+
+# -- admission: the order of the checks, and who pays a token ---------------------------------------------
+
+def admission_for(route_lines: str, server_lines: str = ""):
+    from accel.proxy.admission import Admission
+
+    config = parse_config(f"[server]\n{server_lines}\n{ROUTE}{route_lines}\n", "t.toml")
+    return Admission(config, SharedBuckets(None, slots=64), clock=lambda: 0.0), config.routes[0]
+
+
+def fields(**values):
+    table = {name.replace("_", "-").encode(): [v.encode()] for name, v in values.items()}
+    return lambda name: table.get(name, [])
+
+
+def test_a_request_refused_for_who_it_is_or_what_it_does_takes_no_token():
+    admission, route = admission_for('deny = ["192.0.2.0/24"]\nmethods = ["GET"]\nmax_body_size = 10\n'
+                                     '[route.rate_limit]\nrequests = 1\nper = 60\n')
+    outsider, insider = peer("192.0.2.1"), peer("198.51.100.1")
+    assert admission.admit(route, outsider, b"GET", fields(), 0.0).status == 403
+    assert admission.admit(route, insider, b"POST", fields(), 0.0).status == 405
+    assert admission.admit(route, insider, b"GET", fields(content_length="11"), 0.0).status == 413
+    assert admission.admit(route, insider, b"GET", fields(), 0.0) is None  # the one token is still there
+    refusal = admission.admit(route, insider, b"GET", fields(), 1.0)
+    assert (refusal.status, refusal.headers) == (429, {b"retry-after": b"59"})
+    assert admission.admit(route, insider, b"GET", fields(), 60.0) is None  # refilled
+    assert dict(admission.refusals) == {("/", 403): 1, ("/", 405): 1, ("/", 413): 1, ("/", 429): 1}
+
+
+def test_with_hits_count_false_only_requests_to_the_origin_are_charged():
+    admission, route = admission_for("[route.rate_limit]\nrequests = 1\nper = 60\nhits_count = false\n")
+    client = peer("198.51.100.1")
+    assert [admission.admit(route, client, b"GET", fields(), 0.0) for _ in range(3)] == [None] * 3
+    assert admission.charge(route, client, fields(), 0.0) is None
+    assert admission.charge(route, client, fields(), 0.0).status == 429
+
+
+def test_a_header_key_falls_back_to_the_client_address_and_server_buckets_are_shared_by_routes():
+    admission, route = admission_for("", '[server.rate_limit]\nrequests = 1\nper = 60\nkey = "X-Api-Key"\n')
+    other = replace(route, prefix="/other/")  # inherits the same [server] limit: the same buckets
+    client = peer("198.51.100.1")
+    assert admission.admit(route, client, b"GET", fields(x_api_key="k1"), 0.0) is None
+    assert admission.admit(other, client, b"GET", fields(x_api_key="k1"), 0.0).status == 429
+    assert admission.admit(other, client, b"GET", fields(x_api_key="k2"), 0.0) is None
+    assert admission.admit(route, client, b"GET", fields(), 0.0) is None  # no key: the client's bucket
+    assert admission.admit(route, client, b"GET", fields(), 0.0).status == 429
+
+
+def test_a_route_without_rules_is_admitted_without_looking_at_the_request():
+    admission, route = admission_for("")
+    assert admission.admit(route, peer("192.0.2.1"), b"BREW", lambda name: 1 / 0, 0.0) is None
+
+
+def test_check_config_shows_each_routes_effective_protection(tmp_path):
+    from click.testing import CliRunner
+
+    from accel.cli.main import main
+
+    path = tmp_path / "accel.toml"
+    path.write_text('[server]\nallow = ["local"]\n[server.rate_limit]\nrequests = 100\nburst = 50\n'
+                    '[limits]\nmax_body_size = 1000\n' + ROUTE + 'methods = ["GET"]\n')
+    result = CliRunner().invoke(main, ["check-config", str(path)])
+    assert result.exit_code == 0, result.output
+    assert ("allow local; methods GET, HEAD; bodies up to 1000 bytes; "
+            "100 requests per 1 s + burst 50 by client (server-wide buckets)") in result.output

@@ -42,6 +42,7 @@ from accel.cache.vary import matches, secondary_key, vary_names
 from accel.cache.collapse import Collapser
 from accel.config import CacheSettings, Route, RouteCache
 from accel.http.accesslog import request_label
+from accel.proxy.admission import Refused
 from accel.proxy.origin import Fetched
 from accel.proxy.forwarding import Forwarder, discard, origin_failure
 from accel.cache.serving import BODY_GONE, BodyGone, Responder, Variant, plain, request_fields, stored_response
@@ -334,7 +335,8 @@ class CacheLayer:
         self.stop_leading(exchange)
         if exchange.request.finished:
             return  # answered already (a request body over max_body_size)
-        if revalidate is not None and self.serve_stale_on_error(exchange, revalidate, variants, 504):
+        refused = failure.check(Refused) is not None  # a rate limit: the answer is 429, not stale content
+        if revalidate is not None and not refused and self.serve_stale_on_error(exchange, revalidate, variants, 504):
             return
         exchange.request.log_cache = "miss"
         cache_status = self.collapsed(exchange, self.status(fwd=fwd, detail=origin_failure(failure)[1]))

@@ -6,7 +6,7 @@ from __future__ import annotations
 import click
 
 from accel.cli.messages import CommandError
-from accel.config import Config, ConfigError, Route, load_config
+from accel.config import AddressList, Config, ConfigError, Protection, Route, load_config
 from accel.tap import config_problems
 
 
@@ -49,7 +49,11 @@ def describe(config: Config) -> list[str]:
     lines.append("routes (the first group with a route for the path serves it; longest prefix first):")
     for hosts, routes in _route_groups(config.routes):
         lines.append(f"  {'host ' + ', '.join(hosts) if hosts else 'every host'}:")
-        lines += [f"    {_route(route)}" for route in routes]
+        for route in routes:
+            lines.append(f"    {_route(route)}")
+            protection = "" if route.exclude else describe_protection(route.protection)
+            if protection:
+                lines.append(f"    {'':<24}    {protection}")
     cache = config.cache
     if cache.dir:
         lines.append(f"cache: {cache.dir}  (map {cache.map_size >> 20} MiB; memory {cache.memory_max_bytes >> 20} MiB,"
@@ -61,6 +65,31 @@ def describe(config: Config) -> list[str]:
     lines += [f"error document {code}: {doc}" for code, doc in sorted(config.error_documents.items())]
     lines.append(f"shutdown timeout: {config.shutdown_timeout:g} s")
     return lines
+
+
+def describe_protection(p: Protection) -> str:
+    """A route's effective protection (its own keys over the [server] defaults), on one line."""
+
+    def addresses(a: AddressList) -> str:
+        return ", ".join([str(n) for n in a.networks] + (["local"] if a.local else []))
+
+    parts = []
+    if p.allow is not None:
+        parts.append(f"allow {addresses(p.allow) or 'nobody'}")
+    if p.deny.networks or p.deny.local:
+        parts.append(f"deny {addresses(p.deny)}")
+    if p.methods is not None:
+        parts.append(f"methods {', '.join(p.methods)}")
+    if p.max_body_size is not None:
+        parts.append(f"bodies up to {p.max_body_size} bytes")
+    if p.rate_limit is not None:
+        r = p.rate_limit
+        buckets = "server-wide" if r.scope == "server" else "this route's"
+        parts.append(f"{r.requests} requests per {r.per:g} s + burst {r.burst} by {r.key} ({buckets} buckets"
+                     f"{'' if r.hits_count else ', hits free'})")
+    if p.headers:
+        parts.append(f"{len(p.headers)} header rule(s)")
+    return "; ".join(parts)
 
 
 def _route_groups(routes: tuple[Route, ...]) -> list[tuple[tuple[str, ...], list[Route]]]:
