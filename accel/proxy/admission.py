@@ -60,10 +60,7 @@ class Admission:
 
     def admit(self, route: Route, peer, method: bytes, field_values: FieldValues, now: float) -> Refusal | None:
         """None when ``route``'s rules let this request in, else the refusal to answer with."""
-        known = self._active.get(id(route))
-        if known is None or known[0] is not route:
-            known = self._active[id(route)] = (route, _active(route.protection))
-        if not known[1]:
+        if not self.guards(route):
             return None
         p = route.protection
         client = self.client(peer, field_values)
@@ -79,6 +76,13 @@ class Admission:
         if refusal is not None:
             self.count(route, refusal, client)
         return refusal
+
+    def guards(self, route: Route) -> bool:
+        """Whether ``route`` has a rule ``admit`` checks (access, methods, body size or rate limit)."""
+        known = self._active.get(id(route))
+        if known is None or known[0] is not route:
+            known = self._active[id(route)] = (route, _active(route.protection))
+        return known[1]
 
     def charge(self, route: Route, peer, field_values: FieldValues, now: float) -> Refusal | None:
         """For a rate limit with ``hits_count = false``: take a token for a request going to the origin."""

@@ -2,7 +2,8 @@
 
 ``ReverseProxy`` is the ``IResource`` accel serves. It refuses what a reverse proxy must not handle
 (CONNECT, TRACE, foreign absolute-form targets, targets that cannot be normalised safely), normalises the
-target's path once (``accel.http.target``), picks the route, and hands the request to a *handler*:
+target's path once (``accel.http.target``), picks the route, lets the route's rules admit the request
+(``accel.proxy.admission``: 403, 405, 413, 429), and hands it to a *handler*:
 the ``Forwarder`` below, or the cache layer wrapped around it. The Forwarder sends the request upstream
 with the proxy's header rules, then relays the response (rewritten by ProxyPassReverse) while both bodies
 stream.
