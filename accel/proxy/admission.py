@@ -24,6 +24,7 @@ from accel.proxy.ratelimit import capacity_of, rate_of
 
 log = Logger()
 
+_MEMO_SIZE = 4096  # bound on the memos of clients and access decisions
 FieldValues = Callable[[bytes], list[bytes]]  # lower-case name → the request's values of that field
 
 
@@ -57,6 +58,8 @@ class Admission:
         self.clock = clock  # the ``now`` callers pass: shared buckets need one clock for every process
         self.refusals: Counter[tuple[str, int]] = Counter()
         self._active: dict[int, tuple[Route, bool]] = {}  # id(route): hashing a Route is slow
+        self._clients: dict[tuple, Client] = {}  # (peer host, X-Forwarded-For values) → the client
+        self._allowed: dict[tuple[int, Client], bool] = {}
 
     def admit(self, route: Route, peer, method: bytes, field_values: FieldValues, now: float) -> Refusal | None:
         """None when ``route``'s rules let this request in, else the refusal to answer with."""
@@ -65,7 +68,7 @@ class Admission:
         p = route.protection
         client = self.client(peer, field_values)
         refusal = None
-        if not access_allowed(client, p.allow, p.deny):
+        if not self.allowed(route, client):
             refusal = Refusal(403, "This client may not use this path.")
         elif p.methods is not None and method.decode("latin-1") not in p.methods:
             refusal = Refusal(405, "This method is not allowed here.", {b"allow": ", ".join(p.methods).encode()})
@@ -96,8 +99,23 @@ class Admission:
         return refusal
 
     def client(self, peer, field_values: FieldValues) -> Client:
-        return client_of(peer, field_values(b"x-forwarded-for") if self.trusted or self.trusted_unix else (),
-                         self.trusted, self.trusted_unix)
+        forwarded = tuple(field_values(b"x-forwarded-for")) if self.trusted or self.trusted_unix else ()
+        memo = (getattr(peer, "host", None), forwarded)  # parsing addresses costs more than the rest
+        client = self._clients.get(memo)
+        if client is None:
+            if len(self._clients) >= _MEMO_SIZE:
+                self._clients.clear()
+            client = self._clients[memo] = client_of(peer, forwarded, self.trusted, self.trusted_unix)
+        return client
+
+    def allowed(self, route: Route, client: Client) -> bool:
+        memo = (id(route), client)  # guards() keeps the route alive, so its id is not reused
+        allowed = self._allowed.get(memo)
+        if allowed is None:
+            if len(self._allowed) >= _MEMO_SIZE:
+                self._allowed.clear()
+            allowed = self._allowed[memo] = access_allowed(client, route.protection.allow, route.protection.deny)
+        return allowed
 
     def take_token(self, p: Protection, client: Client, field_values: FieldValues, now: float) -> Refusal | None:
         limit = p.rate_limit
