@@ -100,7 +100,7 @@ class RateLimit:
     burst: int = 0  # requests allowed at once beyond ``requests``
     key: str = "client"  # "client" (the client address), or a request header field name (lower-case)
     hits_count: bool = True  # cache hits take a token too; false: only requests that go to the origin
-    scope: str = "server"  # whose buckets: "server" (the [server] limit, shared by routes) or a route prefix
+    scope: str = "server"  # whose buckets: "server" (the [server] limit, shared by routes) or "route[N]"
 
 
 @dataclass(frozen=True, slots=True)
@@ -432,7 +432,7 @@ def _route(source: str, text: str, index: int, table: dict[str, Any], defaults: 
         idle_timeout=r.seconds("idle_timeout", _ROUTE.idle_timeout),
         max_connections=r.positive_int("max_connections", _ROUTE.max_connections),
         cache=_route_cache(_Reader(source, r.table_of("cache"), f"route[{index}].cache", text)),
-        protection=_protection(r, defaults, scope=prefix),
+        protection=_protection(r, defaults, scope=f"route[{index}]"),
         **_route_tls(r, origin),
     )
     r.reject_unknown()
@@ -641,7 +641,7 @@ _ADDRESSES = 'IP addresses or networks such as 10.0.0.0/8, or "local"'
 def _protection(r: _Reader, defaults: Protection, scope: str) -> Protection:
     """The protection keys of ``r``'s table over ``defaults`` (the [server] ones, for a route): a key that is
     present replaces the default; header rules are added after the default ones. ``scope`` names the
-    buckets of a rate limit set here ("server", or the route's prefix)."""
+    buckets of a rate limit set here ("server", or "route[N]": routes with one prefix on several hosts stay apart)."""
     changes: dict[str, Any] = {}
     for name in ("allow", "deny"):
         if name in r.table:

@@ -154,7 +154,7 @@ def test_routes_inherit_the_server_defaults():
     q = upload.protection
     assert (q.methods, q.max_body_size, q.allow) == (("PUT",), 5000000, p.allow)
     assert (q.rate_limit.key, q.rate_limit.per, q.rate_limit.hits_count, q.rate_limit.scope) == (
-        "x-api-key", 60.0, False, "/upload/")
+        "x-api-key", 60.0, False, "route[1]")
 
 
 @pytest.mark.parametrize("text, message", [
