@@ -55,7 +55,9 @@ class ReverseProxy(Resource):
         # Route → its origin's key for the access log and its header rules, computed once (id: Routes are
         # slow to hash).
         self._per_route = {
-            id(r): (r, r.origin.key, HeaderRules(r.protection.headers)) for r in self.routes.routes if r.origin is not None
+            id(r): (r, r.origin.key, HeaderRules(r.protection.headers))
+            for r in self.routes.routes
+            if r.origin is not None
         }
         self.any_host = not config.server_names
 
@@ -94,8 +96,8 @@ class ReverseProxy(Resource):
         if known is None or known[0] is not route:
             known = (route, route.origin.key, HeaderRules(route.protection.headers))
         request.log_origin, request.header_rules = known[1], known[2]
-        refusal = self.admission.admit(route, request.getClientAddress(), method,
-                                       lambda name: request.requestHeaders.getRawHeaders(name, []), self.admission.clock())
+        refusal = self.admission.admit(route, request.getClientAddress(), method, _field_values(request),
+                                       self.admission.clock())
         if refusal is not None:
             self.errors.send(request, refusal.status, refusal.detail, refusal.headers)
             return NOT_DONE_YET
@@ -173,8 +175,8 @@ class Forwarder:
         answered before the origin did (413 for a body over the limit), unless ``keep_going()`` says
         otherwise then (a cache fetch other requests wait for).
         """
-        refusal = self.admission.charge(route, request.getClientAddress(),
-                                        lambda name: request.requestHeaders.getRawHeaders(name, []), self.admission.clock())
+        refusal = self.admission.charge(route, request.getClientAddress(), _field_values(request),
+                                        self.admission.clock())
         if refusal is not None:
             return fail(Refused(refusal))
         headers = self.upstream_headers(request, route, extra, drop)
@@ -354,6 +356,11 @@ def _idle_abort(relay: ResponseRelay, route: Route, request) -> None:
     log.warn("origin {origin} idle for {s:g} s mid-body for {request}; aborting", origin=route.origin.key,
              s=route.idle_timeout, request=request_label(request))
     relay.abort()
+
+
+def _field_values(request) -> Callable[[bytes], list[bytes]]:
+    """The request's values of a field, by lower-case name (for ``Admission``)."""
+    return lambda name: request.requestHeaders.getRawHeaders(name, [])
 
 
 def _pairs(headers) -> RawFields:
