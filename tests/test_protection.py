@@ -12,6 +12,7 @@ from twisted.trial import unittest
 from accel.cache.key import cache_key
 from accel.config import CacheSettings, parse_config
 from tests.support import get, http_client, raw_request, start_stack
+from tests.test_fast_hits import counted_fast_hits
 
 ORIGIN_PLACEHOLDER = '[[route]]\nprefix = "/"\norigin = "http://127.0.0.1:9/"\n'
 
@@ -167,6 +168,29 @@ class RateLimitTests(unittest.TestCase):
             codes.append(response.code)
         self.assertEqual(codes, [200, 429])
         self.assertEqual(len(stack.origin.seen), 1)
+
+
+class FastHitTests(unittest.TestCase):
+    """Hits the connection answers itself (accel.cache.fast) obey the same rules as the general path."""
+
+    @defer.inlineCallbacks
+    def test_a_fast_hit_is_refused_for_a_denied_client_and_limited_by_the_rate(self):
+        stack = protected_stack(self, cache=True, server='trusted_proxies = ["127.0.0.1"]',
+                                route='deny = ["203.0.113.0/24"]\n[route.rate_limit]\nrequests = 2\nper = 3600')
+        stack.origin.handlers[b"/f"] = lambda request: (request.setHeader(b"cache-control", b"max-age=600"), b"f")[1]
+        fast = counted_fast_hits(self, stack)
+        agent = http_client(self)
+        codes = []
+        for client in (b"198.51.100.1", b"198.51.100.1", b"203.0.113.5", b"198.51.100.2", b"198.51.100.1"):
+            response, _ = yield get(agent, stack.url + "/f", headers={b"x-forwarded-for": client})
+            codes.append(response.code)
+        # miss, hit (it enters the memory tier), denied, another client's fast hit, then the first client's
+        # fast hit is over its 2 tokens: handed to the general path, which answers 429
+        self.assertEqual(codes, [200, 200, 403, 200, 429])
+        self.assertEqual(fast, [b"/f"])
+        self.assertEqual(len(stack.origin.seen), 1)
+        refusals = stack.accel_site.admission.refusals
+        self.assertEqual((refusals[("/", 403)], refusals[("/", 429)]), (1, 1))  # counted once each
 
 class HeaderRuleTests(unittest.TestCase):
     RULES = (

@@ -16,6 +16,7 @@ Cache-Status.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 from accel.cache import policy
 from accel.cache.layer import CacheLayer
@@ -77,17 +78,27 @@ class FastHits:
         self.layer = layer
         self.store = layer.store
         self.responder = layer.responder
+        self.admission = proxy.admission
         self._targets: dict[tuple[bool, bytes, bytes], tuple | None] = {}
 
-    def __call__(self, secure: bool, message) -> FastHit | None:
+    def __call__(self, secure: bool, message, peer) -> FastHit | None:
         """The answer to ``message`` (an ``accel.http.connection.Message``: a GET or HEAD without a body
-        and without fields in ``not_plain``), or None when the general path must answer."""
+        and without fields in ``not_plain``) from ``peer``, or None when the general path must answer."""
         where = self._targets.get((secure, message.host, message.target), False)
         if where is False:
             where = self._resolve(secure, message.host, message.target)
         if where is None:
             return None
-        key, policy_, origin = where
+        hit = self._hit(where, message)
+        if hit is None or not self.admission.guards(where[3]):
+            return hit
+        # The route's access rules, methods and rate limit, as ReverseProxy.render applies them.
+        refusal = self.admission.admit(where[3], peer, message.method, _values(message.headers),
+                                       self.admission.clock(), count=False)
+        return hit if refusal is None else None  # refused: ReverseProxy.render answers (and counts) it
+
+    def _hit(self, where: tuple, message) -> FastHit | None:
+        key, policy_, origin, _ = where
         items = self.store.lookup_memory(key)
         selected = None
         fields = None
@@ -142,13 +153,20 @@ class FastHits:
                 pass  # the general path answers 400
         if path is not None:
             route = self.proxy.routes.match(path, host.decode("latin-1") if host else None)
-            if route is not None and not route.exclude and self.layer.caches(route, path):
+            if (route is not None and not route.exclude and self.layer.caches(route, path)
+                    and not any(rule.side == "response" for rule in route.protection.headers)):
+                # (response header rules: AccelRequest applies them, on the prepared path)
                 key = self.layer.key_for_parts(secure, host, path)
-                found = (key, self.layer.policy_for(route), route.origin.key)
+                found = (key, self.layer.policy_for(route), route.origin.key, route)
         if len(self._targets) >= _MEMO_SIZE:
             self._targets.clear()
         self._targets[(secure, host, target)] = found
         return found
+
+
+def _values(headers) -> Callable[[bytes], list[bytes]]:
+    """The values of a request field by lower-case name, from the message's (name, value) pairs."""
+    return lambda name: [value for field_name, value in headers if field_name.lower() == name]
 
 
 def _pure(headers) -> tuple:

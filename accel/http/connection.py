@@ -295,7 +295,7 @@ class HTTPConnection(Protocol):
         Date unless the stored response has one), the stored section, then HSTS on TLS.
         """
         secure = self.isSecure()
-        hit = self.fast_hits(secure, message)
+        hit = self.fast_hits(secure, message, self.getPeer())
         if hit is None:
             return False
         site = self.site

@@ -1,8 +1,8 @@
 """Whether a routed request may go on: access rules, methods, declared body size, rate limit.
 
 ``Admission.admit`` is the one entry point, called for every routed request before the cache or an origin
-sees it (``ReverseProxy.render``; a front end that answers cache hits itself calls it too). It returns
-None, or the ``Refusal`` to send: 403 (``allow`` / ``deny``), 405 with ``Allow`` (``methods``), 413
+sees it (``ReverseProxy.render``, and ``accel.cache.fast`` for the hits the connection answers itself).
+It returns None, or the ``Refusal`` to send: 403 (``allow`` / ``deny``), 405 with ``Allow`` (``methods``), 413
 (``Content-Length`` over ``max_body_size``), 429 with ``Retry-After`` (``rate_limit``). Checks run in that
 order, so a request refused for who or what it is takes no token. A route whose rate limit says
 ``hits_count = false`` is charged by ``charge`` instead, when a request is about to go to the origin.
@@ -61,8 +61,12 @@ class Admission:
         self._clients: dict[tuple, Client] = {}  # (peer host, X-Forwarded-For values) → the client
         self._allowed: dict[tuple[int, Client], bool] = {}
 
-    def admit(self, route: Route, peer, method: bytes, field_values: FieldValues, now: float) -> Refusal | None:
-        """None when ``route``'s rules let this request in, else the refusal to answer with."""
+    def admit(
+        self, route: Route, peer, method: bytes, field_values: FieldValues, now: float, count: bool = True
+    ) -> Refusal | None:
+        """None when ``route``'s rules let this request in, else the refusal to answer with. ``count=False``:
+        the caller does not answer a refusal itself but hands the request on to ``ReverseProxy``, which
+        asks again and counts it (a refused request takes no token, so asking twice changes nothing)."""
         if not self.guards(route):
             return None
         p = route.protection
@@ -76,7 +80,7 @@ class Admission:
             refusal = Refusal(413, f"Request bodies here are limited to {p.max_body_size} bytes.")
         elif p.rate_limit is not None and p.rate_limit.hits_count:
             refusal = self.take_token(p, client, field_values, now)
-        if refusal is not None:
+        if refusal is not None and count:
             self.count(route, refusal, client)
         return refusal
 
