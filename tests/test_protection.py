@@ -11,7 +11,7 @@ from twisted.trial import unittest
 
 from accel.cache.key import cache_key
 from accel.config import CacheSettings, parse_config
-from tests.support import get, http_client, raw_request, start_stack
+from tests.support import get, http_client, raw_request, start_stack, until
 from tests.test_fast_hits import counted_fast_hits
 
 ORIGIN_PLACEHOLDER = '[[route]]\nprefix = "/"\norigin = "http://127.0.0.1:9/"\n'
@@ -110,6 +110,8 @@ class MethodAndBodyTests(unittest.TestCase):
         self.assertEqual(status(response), 413)
         self.assertEqual(head_fields(response)[b"connection"], [b"close"])
         self.assertEqual(stack.origin.seen, [])  # the origin never got a whole request
+        # The origin client finishes the connection it had begun (and keeps it idle): let it, before closing.
+        yield until(lambda: stack.origin_site.connections == 1)
 
 
 class RateLimitTests(unittest.TestCase):
