@@ -171,6 +171,24 @@ class RateLimitTests(unittest.TestCase):
         self.assertEqual(codes, [200, 429])
         self.assertEqual(len(stack.origin.seen), 1)
 
+    @defer.inlineCallbacks
+    def test_a_reload_brings_new_rules_and_keeps_the_buckets(self):
+        stack = protected_stack(self)
+        agent = http_client(self)
+        response, _ = yield get(agent, stack.url + "/a")
+        self.assertEqual(response.code, 200)
+        limited = parse_config(f"{ORIGIN_PLACEHOLDER}[route.rate_limit]\nrequests = 1\nper = 3600\n", "t.toml")
+        route = replace(stack.config.routes[0], protection=limited.routes[0].protection)
+        accelerator = stack.accel_site.accelerator
+        accelerator.reload(replace(stack.config, routes=(route,)))
+        codes = []
+        for _ in range(2):
+            response, _ = yield get(agent, stack.url + "/a")
+            codes.append(response.code)
+        accelerator.reload(replace(stack.config, routes=(route,)))  # the same limit: its bucket is spent
+        response, _ = yield get(agent, stack.url + "/a")
+        self.assertEqual(codes + [response.code], [200, 429, 429])
+
 
 class FastHitTests(unittest.TestCase):
     """Hits the connection answers itself (accel.cache.fast) obey the same rules as the general path."""
