@@ -149,6 +149,15 @@ def test_rfc9213_s2_1_invalid_or_empty_targeted_field_falls_back():
         assert (cc.max_age, source) == (30, "cache-control"), bad
 
 
+def test_rfc9213_s2_1_a_directive_value_of_the_wrong_type_invalidates_the_whole_field():
+    base = (("cache-control", "max-age=30"),)
+    for bad in ['max-age="0"', "max-age=1.5", "max-age=?1", "max-age", "s-maxage=:AA==:", "no-cache=x",
+                "private, stale-if-error=1.0"]:
+        assert parse_targeted_field([bad]) is None, bad
+        cc, source = effective_response_directives(base + (("cdn-cache-control", bad),))
+        assert (cc.max_age, source) == (30, "cache-control"), bad
+
+
 def test_rfc9213_s2_2_structured_dictionary_forms():
     assert parse_targeted_field(['max-age=60;x=1, private, no-cache="set-cookie", public=?0, no-store=?1']) == [
         ("max-age", "60"),

@@ -194,14 +194,29 @@ _SF_MEMBER = re.compile(
     re.ASCII,
 )
 _SF_SEPARATOR = re.compile(r"[ \t]*,[ \t]*")
+_SF_INTEGER = re.compile(r"-?\d{1,15}", re.ASCII)
+
+TARGETED_VALUE_TYPES: dict[str, re.Pattern[str]] = {
+    "max-age": _SF_INTEGER,
+    "s-maxage": _SF_INTEGER,
+    "stale-while-revalidate": _SF_INTEGER,
+    "stale-if-error": _SF_INTEGER,
+    "no-cache": re.compile(r'\?[01]|".*"', re.ASCII | re.DOTALL),
+    "private": re.compile(r'\?[01]|".*"', re.ASCII | re.DOTALL),
+}
+"""RFC 9213 §2.1: the Structured Field type each directive's value must have in a targeted field
+(Integer for durations; Boolean or a String of field names for no-cache/private). A directive given
+another type makes the whole field invalid."""
 
 
 def parse_targeted_field(values: list[str]) -> list[Directive] | None:
     """RFC 9213 §2.2: a targeted field is a Structured Fields Dictionary (RFC 8941 §3.2).
 
     Returns its directives (parameters dropped, ``?0`` members dropped, ``?1`` as a bare
-    directive) or None when the value does not parse as a Dictionary. Inner lists are
-    not used by any cache directive and are treated as invalid.
+    directive) or None when the value does not parse as a Dictionary or a directive's value
+    has the wrong type (``TARGETED_VALUE_TYPES``): the field is then ignored as a whole
+    (RFC 9213 §2.2) and Cache-Control decides. Inner lists are not used by any cache
+    directive and are treated as invalid.
     """
     directives: list[Directive] = []
     for value in values:
@@ -212,6 +227,9 @@ def parse_targeted_field(values: list[str]) -> list[Directive] | None:
             if match is None:
                 return None
             argument = match["value"]
+            expected = TARGETED_VALUE_TYPES.get(match["key"])
+            if expected is not None and not expected.fullmatch(argument or "?1"):  # a bare key is ?1
+                return None
             if argument != "?0":
                 directives.append((match["key"], None if argument in (None, "?1") else unquote(argument)))
             position = match.end()
