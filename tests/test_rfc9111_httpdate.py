@@ -26,7 +26,6 @@ def test_s5_6_7_invalid_values_are_none():
         "-1",
         "Sun, 06 Nov 1994 08:49:37 UTC",
         "Sun, 6 Nov 1994 08:49:37 GMT",
-        "sun, 06 nov 1994 08:49:37 GMT",
         "Sun, 31 Feb 1994 08:49:37 GMT",
         "Sun, 06 Nov 1994 24:00:00 GMT",
         "Sun, 06 Nov 1994 08:60:00 GMT",
@@ -35,6 +34,12 @@ def test_s5_6_7_invalid_values_are_none():
         "Sun, ０6 Nov 1994 08:49:37 GMT",
     ]:
         assert parse_http_date(text) is None, text
+
+
+def test_s5_6_7_names_and_gmt_are_accepted_in_any_letter_case():
+    for text in ["sun, 06 nov 1994 08:49:37 gmt", "SUN, 06 NOV 1994 08:49:37 GMT", "sUNDAY, 06-nOV-94 08:49:37 Gmt",
+                 "SUN NOV  6 08:49:37 1994"]:
+        assert parse_http_date(text) == EXAMPLE, text
 
 
 def test_s5_6_7_leap_second_is_accepted():

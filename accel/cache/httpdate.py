@@ -3,8 +3,10 @@
 Decides which field values are valid timestamps. Recipients accept the three
 historical forms; senders only generate IMF-fixdate. Parsing is strict about
 the grammar (an invalid date is None, which callers treat per their own rule,
-e.g. an invalid Expires means "already expired"); only the day-name is not
-checked against the date, since it adds no information.
+e.g. an invalid Expires means "already expired") except for letter case: day
+names, month names and "GMT" match in any case, as §5.6.7 asks recipients to be
+lenient and ``Thu, 01 JAN 2099 00:00:00 gmt`` means one instant only. The
+day-name is not checked against the date, since it adds no information.
 """
 
 from __future__ import annotations
@@ -24,15 +26,15 @@ _TIME = r"(?P<hour>\d\d):(?P<minute>\d\d):(?P<second>\d\d)"
 
 # IMF-fixdate: Sun, 06 Nov 1994 08:49:37 GMT
 _IMF_FIXDATE = re.compile(
-    rf"(?:{_DAYS}), (?P<day>\d\d) (?P<month>{_MONTHS}) (?P<year>\d{{4}}) {_TIME} GMT", re.ASCII
+    rf"(?:{_DAYS}), (?P<day>\d\d) (?P<month>{_MONTHS}) (?P<year>\d{{4}}) {_TIME} GMT", re.ASCII | re.IGNORECASE
 )
 # obsolete rfc850-date: Sunday, 06-Nov-94 08:49:37 GMT
 _RFC850_DATE = re.compile(
-    rf"(?:{_LONG_DAYS}), (?P<day>\d\d)-(?P<month>{_MONTHS})-(?P<year>\d\d) {_TIME} GMT", re.ASCII
+    rf"(?:{_LONG_DAYS}), (?P<day>\d\d)-(?P<month>{_MONTHS})-(?P<year>\d\d) {_TIME} GMT", re.ASCII | re.IGNORECASE
 )
 # obsolete asctime-date: Sun Nov  6 08:49:37 1994
 _ASCTIME_DATE = re.compile(
-    rf"(?:{_DAYS}) (?P<month>{_MONTHS}) (?P<day>[ \d]\d) {_TIME} (?P<year>\d{{4}})", re.ASCII
+    rf"(?:{_DAYS}) (?P<month>{_MONTHS}) (?P<day>[ \d]\d) {_TIME} (?P<year>\d{{4}})", re.ASCII | re.IGNORECASE
 )
 
 
@@ -54,7 +56,7 @@ def parse_http_date(text: str | None, *, now: float | None = None) -> float | No
         if match is None:
             return None
         year = _expand_two_digit_year(int(match["year"]), now)
-    month = _MONTH_NAMES.index(match["month"]) + 1
+    month = _MONTH_NAMES.index(match["month"].capitalize()) + 1
     day = int(match["day"].strip())
     hour, minute, second = int(match["hour"]), int(match["minute"]), int(match["second"])
     if hour > 23 or minute > 59 or second > 60:  # 60 allows a leap second
