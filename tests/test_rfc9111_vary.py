@@ -21,12 +21,19 @@ def test_s4_1_vary_star_is_none():
 def test_s4_1_accept_encoding_is_case_whitespace_and_order_normalised():
     a = normalise_field("accept-encoding", ["GZIP ; q=1.0,  br"])
     b = normalise_field("Accept-Encoding", ["br", "gzip;q=1.0"])
-    assert a == b == "br,gzip;q=1.0"
+    assert a == b == "br,gzip"
 
 
-def test_s4_1_accept_language_keeps_order_but_normalises_case():
+def test_s4_1_accept_language_normalises_case_order_weights_and_whitespace():
     assert normalise_field("accept-language", ["EN-us, fr;Q=0.5"]) == "en-us,fr;q=0.5"
-    assert normalise_field("accept-language", ["fr, en"]) != normalise_field("accept-language", ["en, fr"])
+    assert normalise_field("accept-language", ["fr;q=0.50 ,en"]) == normalise_field("accept-language", ["EN; q=1.000", "FR;q=0.5"])
+    assert normalise_field("accept-language", ["fr;q=0.5"]) != normalise_field("accept-language", ["fr;q=0.6"])
+
+
+def test_rfc9110_s12_4_2_weights_are_written_canonically():
+    assert normalise_field("accept-encoding", ["gzip;q=0.500, br;q=1.0, zstd;q=0"]) == "br,gzip;q=0.5,zstd;q=0"
+    assert normalise_field("accept-encoding", ["gzip;q=2"]) == "gzip;q=2"  # invalid: kept as written
+    assert normalise_field("accept", ["text/html;q=1;ext=x"]) == "text/html;q=1;ext=x"  # not the last parameter
 
 
 def test_s4_1_accept_lowercases_media_range_and_parameter_names_only():
@@ -39,6 +46,12 @@ def test_s4_1_other_fields_are_only_trimmed_and_combined():
     assert normalise_field("user-agent", [" Mozilla/5.0 (X11)  "]) == "Mozilla/5.0 (X11)"
     assert normalise_field("origin", ["https://A.example"]) == "https://A.example"
     assert normalise_field("x-list", ["a", "b"]) == "a, b"
+
+
+def test_s4_1_whitespace_around_commas_is_normalised_in_any_field():
+    assert normalise_field("x-list", ["a  ,b", " c"]) == normalise_field("x-list", ["a, b, c"]) == "a, b, c"
+    assert normalise_field("x-list", ["b, a"]) != normalise_field("x-list", ["a, b"])  # order may matter
+    assert normalise_field("x-list", ['"a ,b"']) == '"a ,b"'  # not inside a quoted string
 
 
 def test_s4_1_secondary_key_distinguishes_absent_from_empty():

@@ -4,13 +4,16 @@ A stored response can be reused only if every request field named by its
 ``Vary`` matches the request that produced it. Matching allows whitespace
 changes, combining lines, case-normalising case-insensitive values and
 reordering members whose order is insignificant; this module applies exactly
-those transformations, listed per field in ``NORMALISATION``, and nothing that
-could merge requests an origin may distinguish.
+those transformations, listed per field in ``NORMALISATION`` (with weights written
+canonically, RFC 9110 §12.4.2), and nothing that could merge requests an origin may
+distinguish. Any other field's lines are combined and the optional whitespace
+around its commas is normalised (§5.6.1).
 """
 
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 
 from .fields import Fields, get_all, get_list, split_list
@@ -35,8 +38,8 @@ NORMALISATION: dict[str, Normalisation] = {
     "accept-encoding": Normalisation(lower_values=True, sort_members=True),
     # §12.5.2: charsets are case-insensitive; order is kept, being deprecated and loosely specified.
     "accept-charset": Normalisation(lower_values=True, sort_members=False),
-    # §12.5.4: tags are case-insensitive, but some recipients treat order as priority.
-    "accept-language": Normalisation(lower_values=True, sort_members=False),
+    # §12.5.4: tags are case-insensitive; preference is by qvalue (§12.4.2), so order carries none.
+    "accept-language": Normalisation(lower_values=True, sort_members=True),
     # §12.5.1: type/subtype and parameter names are case-insensitive; parameter values may not be.
     "accept": Normalisation(lower_values=False, sort_members=False),
 }
@@ -54,28 +57,43 @@ def vary_names(fields: Fields) -> tuple[str, ...] | None:
     return tuple(names)
 
 
+_QVALUE = re.compile(r"0(?:\.[0-9]{0,3})?|1(?:\.0{0,3})?", re.ASCII)
+
+
+def _canonical_weight(value: str) -> str | None:
+    """RFC 9110 §12.4.2: ``qvalue`` written shortest (``0.50`` → ``0.5``, ``1.000`` → ``1``); None if invalid."""
+    if not _QVALUE.fullmatch(value):
+        return None
+    return f"{float(value):.3f}".rstrip("0").rstrip(".")
+
+
 def _normalise_member(member: str, rule: Normalisation) -> str:
-    """Drop optional whitespace around ``;`` and lower-case what the rule allows."""
+    """Drop optional whitespace around ``;`` and ``=``, lower-case what the rule allows and write the
+    weight canonically; a trailing ``q=1`` is the default weight (§12.4.2) and is dropped."""
     parts = split_list(member, ";")
-    if not parts or rule.lower_values:
-        return ";".join(part.lower() for part in parts)
-    head, params = parts[0].lower(), parts[1:]
-    lowered = []
-    for param in params:
+    if not parts:
+        return ""
+    head, params = parts[0], []
+    for param in parts[1:]:
         name, sep, value = param.partition("=")
-        lowered.append(name.lower() + sep + value)
-    return ";".join([head, *lowered])
+        name, value = name.strip(" \t").lower(), value.strip(" \t")
+        if name == "q" and _canonical_weight(value) is not None:
+            value = _canonical_weight(value)
+        params.append(name + sep + (value.lower() if rule.lower_values else value))
+    if params and params[-1] == "q=1":
+        params.pop()
+    return ";".join([head.lower(), *params])
 
 
 def normalise_field(name: str, values: list[str]) -> str:
     """One comparable value for a request field's lines (§4.1).
 
     Fields listed in ``NORMALISATION`` are split into members, normalised and re-joined
-    with ","; any other field keeps its lines' text, trimmed and joined with ", ".
+    with ","; any other field keeps its members' text and order, joined with ", ".
     """
     rule = NORMALISATION.get(name.lower())
     if rule is None:
-        return ", ".join(value.strip(" \t") for value in values)
+        return ", ".join(member for value in values for member in split_list(value))
     members = [_normalise_member(member, rule) for value in values for member in split_list(value)]
     members = [member for member in members if member]
     if rule.sort_members:
