@@ -1,6 +1,8 @@
 """RFC 9111 §4.3 validation (§4.3.4 freshening with 304, §3.2 updating stored fields) and
 RFC 9110 §13.2.2 evaluating clients' preconditions against a stored response (§15.4.5 304 fields)."""
 
+from dataclasses import replace
+
 from accel.cache.httpdate import format_http_date as http_date
 from accel.cache.policy import (
     CachePolicy,
@@ -15,6 +17,7 @@ from accel.cache.policy import (
     not_modified_fields,
     select_for_freshening,
 )
+from accel.cache.vary import secondary_key
 
 T = 1_700_000_000.0
 
@@ -194,3 +197,14 @@ def test_s4_3_store_revalidate_freshen_round_trip():
     )
     assert refreshed.fields == (("date", http_date(T + 56)), ("cache-control", "max-age=120"), ("etag", '"v1"'))
     assert evaluate("GET", (), [refreshed], policy, T + 100) == Fresh(refreshed, 45.0, 75.0)
+
+
+def test_s4_3_1_a_generated_conditional_request_carries_the_stored_requests_vary_values():
+    names = ("accept-encoding", "x-absent")
+    first_request = (("accept-encoding", "gzip, br"),)
+    variant = replace(stored(("etag", '"v"'), ("vary", "Accept-Encoding, X-Absent"), ("cache-control", "max-age=0")),
+                      vary_names=names, secondary_key=secondary_key(names, first_request))
+    decision = evaluate("GET", (("accept-encoding", "BR, Gzip"),), [variant], CachePolicy(), T + 1)
+    assert isinstance(decision, Revalidate)
+    assert decision.conditional_fields == (("if-none-match", '"v"'),)
+    assert decision.vary_fields == (("accept-encoding", "br,gzip"),)

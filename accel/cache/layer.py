@@ -61,6 +61,14 @@ def as_pure(fields: list[tuple[bytes, bytes]]) -> Fields:
     return tuple((n.decode("latin-1").lower(), v.decode("latin-1")) for n, v in fields)
 
 
+def revalidation_fields(revalidate: policy.Revalidate) -> tuple[list[tuple[bytes, bytes]], frozenset]:
+    """(fields to add, client fields to leave out) of a conditional request the cache generates (§4.3.1):
+    its validators replace the client's, and the stored request's Vary-named fields replace the client's."""
+    added = revalidate.conditional_fields + revalidate.vary_fields
+    vary_named = frozenset(n.encode("latin-1") for n in revalidate.stored_candidates[0].vary_names or ())
+    return [(n.encode("latin-1"), v.encode("latin-1")) for n, v in added], ALL_VALIDATORS | vary_named
+
+
 def tags_of(fields: Fields) -> tuple[str, ...]:
     """Purge tags from ``Surrogate-Key`` (space-separated) and ``Cache-Tag`` (comma-separated)."""
     tags: list[str] = []
@@ -224,8 +232,7 @@ class CacheLayer:
         storing = exchange.method == "GET" and not exchange.has_range
         extra, drop = (), frozenset()
         if revalidate is not None:
-            extra = [(n.encode("latin-1"), v.encode("latin-1")) for n, v in revalidate.conditional_fields]
-            drop = ALL_VALIDATORS
+            extra, drop = revalidation_fields(revalidate)
         elif storing:
             drop = CLIENT_VALIDATORS
         request_time = self.clock()
@@ -391,8 +398,7 @@ class CacheLayer:
             return
         self.revalidating.add(exchange.key)
         variants = self.responder.variants(self.store.lookup(exchange.key), exchange.policy)
-        extra = [(n.encode("latin-1"), v.encode("latin-1")) for n, v in revalidate.conditional_fields]
-        headers = self.forwarder.upstream_headers(exchange.request, exchange.route, extra, ALL_VALIDATORS)
+        headers = self.forwarder.upstream_headers(exchange.request, exchange.route, *revalidation_fields(revalidate))
         request_time = self.clock()
 
         def fetched(fetched: Fetched):

@@ -49,7 +49,7 @@ from .fields import (
 )
 from .httpdate import parse_http_date
 from .key import DEFAULT_PORTS
-from .vary import matches, vary_names
+from .vary import matches, stored_request_fields, vary_names
 
 # --- tables --------------------------------------------------------------------------
 
@@ -311,13 +311,16 @@ class Fresh:
 @dataclass(frozen=True, slots=True)
 class Revalidate:
     """Forward with ``conditional_fields`` added (§4.3.1); ``stored_candidates[0]`` is the selected
-    response, ``age``/``lifetime`` are its own (for ``stale_if_error_allows``), ``fwd`` the RFC 9211 reason."""
+    response, ``age``/``lifetime`` are its own (for ``stale_if_error_allows``), ``fwd`` the RFC 9211 reason.
+    ``vary_fields`` replace the request's fields of the same names: §4.3.1, a conditional request
+    carries the stored request's values of the fields the stored response's Vary names."""
 
     stored_candidates: tuple[StoredResponse, ...]
     conditional_fields: Fields
     age: float
     lifetime: float
     fwd: str
+    vary_fields: Fields = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -450,7 +453,8 @@ def _evaluate(
     age = selected.age(now)
 
     def revalidate(fwd: str) -> Revalidate:
-        return Revalidate(tuple(candidates), conditional_fields(candidates), age, lifetime, fwd)
+        vary_fields = stored_request_fields(selected.vary_names, selected.secondary_key)
+        return Revalidate(tuple(candidates), conditional_fields(candidates), age, lifetime, fwd, vary_fields)
 
     if rcc.no_cache:  # §5.2.1.4
         return revalidate("request")

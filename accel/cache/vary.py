@@ -115,3 +115,11 @@ def matches(stored_vary_names: tuple[str, ...] | None, stored_secondary_key: str
     if stored_vary_names is None:
         return False
     return secondary_key(stored_vary_names, request_fields) == stored_secondary_key
+
+
+def stored_request_fields(stored_vary_names: tuple[str, ...] | None, stored_secondary_key: str) -> Fields:
+    """The stored request's values of the fields ``Vary`` names, in the normalised form ``secondary_key``
+    kept (equivalent by §4.1); a field the stored request lacked is absent."""
+    if not stored_vary_names:
+        return ()
+    return tuple((name, value) for name, value in json.loads(stored_secondary_key) if value is not None)
