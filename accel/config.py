@@ -14,7 +14,7 @@ import re
 import socket
 import tomllib
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, Literal
 from urllib.parse import urlsplit
 
 
@@ -181,7 +181,7 @@ class CacheSettings:
     max_object_size: int = 256 << 20  # larger responses pass through uncached
     heuristic_fraction: float = 0.1
     heuristic_max: float = 86400.0
-    store_set_cookie: bool = False  # store such responses, with Set-Cookie removed
+    store_set_cookie: bool | Literal["keep"] = False  # true: store without Set-Cookie; "keep": store with it
     targeted_fields: tuple[str, ...] = ("cdn-cache-control",)  # RFC 9213, in precedence order
     forward_targeted_fields: bool = False  # pass CDN-Cache-Control on to clients
     forward_tag_fields: bool = False  # pass Surrogate-Key / Cache-Tag on to clients
@@ -297,6 +297,13 @@ class _Reader:
             return default
         value = self.table[name]
         if not isinstance(value, kind) or (kind in (int, float, (int, float)) and isinstance(value, bool)):
+            raise self.fail(name, expected, value)
+        return value
+
+    def choice(self, name: str, allowed: tuple[bool | str, ...], expected: str, default: Any) -> Any:
+        """One of ``allowed`` (booleans and strings; an integer is neither)."""
+        value = self.get(name, (bool, str), expected, default)
+        if value not in allowed:
             raise self.fail(name, expected, value)
         return value
 
@@ -607,7 +614,8 @@ def _cache_settings(r: _Reader) -> CacheSettings:
         max_object_size=r.positive_int("max_object_size", d.max_object_size),
         heuristic_fraction=r.get("heuristic_fraction", (int, float), "a fraction such as 0.1", d.heuristic_fraction),
         heuristic_max=r.get("heuristic_max", (int, float), "a number of seconds", d.heuristic_max),
-        store_set_cookie=r.get("store_set_cookie", bool, "true or false", d.store_set_cookie),
+        store_set_cookie=r.choice("store_set_cookie", (False, True, "keep"), 'true, false or "keep"',
+                                  d.store_set_cookie),
         targeted_fields=tuple(f.lower() for f in r.strings("targeted_fields", d.targeted_fields)),
         forward_targeted_fields=r.get("forward_targeted_fields", bool, "true or false", d.forward_targeted_fields),
         forward_tag_fields=r.get("forward_tag_fields", bool, "true or false", d.forward_tag_fields),

@@ -75,6 +75,8 @@ def test_a_full_file():
         ("[error_documents]\n503 = '/nonexistent/file.html'\n", "error_documents.503: expected a readable file"),
         ("[error_documents]\n200 = '/etc/hostname'\n", "error_documents.200: expected an HTTP error status code"),
         ("[cache]\nheuristic_fraction = 2\n", "cache.heuristic_fraction: expected a fraction between 0 and 1"),
+        ("[cache]\nstore_set_cookie = 'yes'\n", 'cache.store_set_cookie: expected true, false or "keep"'),
+        ("[cache]\nstore_set_cookie = 1\n", 'cache.store_set_cookie: expected true, false or "keep"'),
         ("[[route]]\nprefix = '/'\norigin = 'http://o/'\n[[route]]\nprefix = '/'\norigin = 'http://p/'\n", "line 5: route[1].prefix: expected each prefix at most once per host"),
     ],
 )
@@ -83,6 +85,11 @@ def test_mistakes_name_file_key_and_expectation(text, message):
         parse_config(text, "accel.toml")
     assert str(caught.value).startswith("accel.toml")
     assert message in str(caught.value)
+
+
+def test_store_set_cookie_takes_true_false_or_keep():
+    for text, value in [("true", True), ("false", False), ("'keep'", "keep")]:
+        assert parse_config(f"[cache]\nstore_set_cookie = {text}\n", "accel.toml").cache.store_set_cookie == value
 
 
 def test_unreadable_file(tmp_path):

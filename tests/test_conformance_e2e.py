@@ -183,3 +183,19 @@ class VaryNormalisationTests(unittest.TestCase):
                                 headers={b"accept-language": b"DE;q=1.0,en; q=0.50", b"x-thing": b"a,b"})
         self.assertTrue(cache_status(response).startswith("accel; hit"))
         self.assertEqual(origin_hits(stack, b"/l"), 1)
+
+
+class SetCookieTests(unittest.TestCase):
+    """RFC 9111 §3: a shared cache may store a response with Set-Cookie; ``store_set_cookie`` chooses."""
+
+    @defer.inlineCallbacks
+    def test_keep_stores_and_replays_set_cookie_true_strips_it_false_does_not_store(self):
+        answers = {}
+        for setting in (False, True, "keep"):
+            stack = cached_stack(self, store_set_cookie=setting)
+            stack.origin.handlers[b"/c"] = responder(cache_control="max-age=60", set_cookie="theme=dark")
+            agent = http_client(self)
+            yield get(agent, stack.url + "/c")
+            second, _ = yield get(agent, stack.url + "/c")
+            answers[setting] = (origin_hits(stack, b"/c"), second.headers.getRawHeaders(b"set-cookie"))
+        self.assertEqual(answers, {False: (2, [b"theme=dark"]), True: (1, None), "keep": (1, [b"theme=dark"])})

@@ -82,8 +82,17 @@ def test_set_cookie_needs_policy_or_qualified_directive():
     cookie = MAX_AGE + (("set-cookie", "a=1"),)
     assert verdict(response=cookie) == Verdict(False, "set-cookie")
     assert verdict(response=cookie, policy=CachePolicy(store_set_cookie=True)) == Verdict(True, "ok")
+    assert verdict(response=cookie, policy=CachePolicy(store_set_cookie="keep")) == Verdict(True, "ok")
     qualified = (("cache-control", 'max-age=60, no-cache="Set-Cookie"'), ("set-cookie", "a=1"))
     assert verdict(response=qualified) == Verdict(True, "ok")
+
+
+def test_s3_set_cookie_is_kept_only_when_the_policy_says_keep():
+    cookie = MAX_AGE + (("set-cookie", "a=1"),)
+    assert fields_to_store(cookie, CachePolicy(store_set_cookie=True)) == MAX_AGE
+    assert fields_to_store(cookie, CachePolicy(store_set_cookie="keep")) == cookie
+    qualified = (("cache-control", 'max-age=60, no-cache="Set-Cookie"'), ("set-cookie", "a=1"))
+    assert fields_to_store(qualified, CachePolicy(store_set_cookie="keep")) == qualified[:1]
 
 
 def test_s3_1_fields_to_store_drops_connection_specific_and_named_fields():

@@ -22,7 +22,7 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import dataclass
-from typing import Callable, Sequence
+from typing import Callable, Literal, Sequence
 from urllib.parse import urljoin, urlsplit
 
 from accel.http.headers import HOP_BY_HOP_NAMES, connection_options
@@ -91,7 +91,7 @@ class CachePolicy:
     heuristic_max: float = 86400.0
     default_ttl: float | None = None
     max_ttl: float | None = None
-    store_set_cookie: bool = False
+    store_set_cookie: bool | Literal["keep"] = False
     targeted_fields: tuple[str, ...] = ("cdn-cache-control",)
     grace: float = 0.0
 
@@ -129,8 +129,9 @@ def storable(
     Also: §3.3 an incomplete response is not stored; 206 and 304 are never stored as a
     whole object; §5.2.1.5 request no-store; §5.2.2.3 must-understand (which overrides
     no-store for an understood status); §3.5 Authorization; ``Vary: *`` never matches
-    (§4.1) so is not stored; Set-Cookie only when ``policy.store_set_cookie`` or when a
-    qualified no-cache/private names it (it is then removed by ``fields_to_store``).
+    (§4.1) so is not stored; Set-Cookie only when ``policy.store_set_cookie`` (true: stored
+    without it; ``"keep"``: stored with it, as §3 allows) or when a qualified no-cache/private
+    names it (it is then removed by ``fields_to_store``).
     """
     if method not in STORED_METHODS:
         return Verdict(False, "method")
@@ -171,11 +172,15 @@ def fields_to_store(response_fields: Fields, policy: CachePolicy = DEFAULT_POLIC
     """§3.1: the response fields to keep with a stored response.
 
     Drops hop-by-hop fields and those nominated by Connection (RFC 9110 §7.6.1), fields
-    named by qualified no-cache/private (§5.2.2.4, §5.2.2.7), Set-Cookie, and Age, which
-    is recomputed on every reuse (§4.2.3; keep ``corrected_initial_age`` instead).
+    named by qualified no-cache/private (§5.2.2.4, §5.2.2.7), Set-Cookie (unless
+    ``policy.store_set_cookie`` is ``"keep"``: §3 lets a shared cache store it, and every
+    reuse then replays it), and Age, which is recomputed on every reuse (§4.2.3; keep
+    ``corrected_initial_age`` instead).
     """
     cc, _ = response_directives(response_fields, policy)
-    drop = HOP_BY_HOP_NAMES | connection_options(get_all(response_fields, "connection")) | {"set-cookie", "age"}
+    drop = HOP_BY_HOP_NAMES | connection_options(get_all(response_fields, "connection")) | {"age"}
+    if policy.store_set_cookie != "keep":
+        drop |= {"set-cookie"}
     return without(response_fields, drop | set(cc.no_cache_fields) | set(cc.private_fields))
 
 
@@ -540,13 +545,12 @@ def select_for_freshening(candidates: Sequence[StoredResponse], response_304_fie
 def freshen(stored_fields: Fields, response_304_fields: Fields, policy: CachePolicy = DEFAULT_POLICY) -> Fields:
     """§4.3.4 with §3.2: replace stored fields by those the 304 carries.
 
-    The 304's hop-by-hop and Connection-nominated fields, Age, Set-Cookie and the framing
-    fields in ``FRESHEN_EXCLUDED`` are not taken; the result is filtered by ``fields_to_store``
-    so qualified no-cache/private in the new Cache-Control apply. The caller then records the
+    The 304's hop-by-hop and Connection-nominated fields, Age and the framing fields in
+    ``FRESHEN_EXCLUDED`` are not taken; the result is filtered by ``fields_to_store`` so
+    qualified no-cache/private in the new Cache-Control apply (and Set-Cookie goes unless kept). The caller then records the
     304's request/response times and ``corrected_initial_age`` of the 304's fields.
     """
-    drop = (HOP_BY_HOP_NAMES | connection_options(get_all(response_304_fields, "connection")) | FRESHEN_EXCLUDED
-            | {"age", "set-cookie"})
+    drop = HOP_BY_HOP_NAMES | connection_options(get_all(response_304_fields, "connection")) | FRESHEN_EXCLUDED | {"age"}
     update = without(response_304_fields, drop)
     merged = stored_fields
     for name in dict.fromkeys(name for name, _ in update):
