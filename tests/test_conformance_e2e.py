@@ -3,8 +3,11 @@ responses, no-cache and must-revalidate, validators, Vary on revalidation, HTTP-
 
 from __future__ import annotations
 
+from io import BytesIO
+
 from twisted.internet import defer
 from twisted.trial import unittest
+from twisted.web.client import FileBodyProducer
 
 from tests.raw_origin import RawOrigin, accel_in_front, cached, parts, request
 from tests.support import get, http_client, raw_request
@@ -199,3 +202,32 @@ class SetCookieTests(unittest.TestCase):
             second, _ = yield get(agent, stack.url + "/c")
             answers[setting] = (origin_hits(stack, b"/c"), second.headers.getRawHeaders(b"set-cookie"))
         self.assertEqual(answers, {False: (2, [b"theme=dark"]), True: (1, None), "keep": (1, [b"theme=dark"])})
+
+
+class PostResponseTests(unittest.TestCase):
+    """RFC 9111 §4 with RFC 9110 §9.3.3."""
+
+    @defer.inlineCallbacks
+    def test_a_fresh_post_response_with_content_location_of_its_uri_answers_later_gets(self):
+        stack = cached_stack(self)
+        path = "/orders/7"
+
+        def answer(request):
+            request.setHeader(b"cache-control", b"max-age=60")
+            if request.method == b"POST":
+                request.setHeader(b"content-location", stack.url.encode() + path.encode())
+            return b"from " + request.method
+
+        stack.origin.handlers[path.encode()] = answer
+        stack.origin.handlers[b"/elsewhere"] = responder(b"posted", cache_control="max-age=60", content_location="/other")
+        agent = http_client(self)
+        posted, body = yield get(agent, stack.url + path, method=b"POST", body=FileBodyProducer(BytesIO(b"x=1")))
+        self.assertEqual(body, b"from POST")
+        self.assertIn("stored", cache_status(posted))
+        response, body = yield get(agent, stack.url + path)
+        self.assertEqual(body, b"from POST")
+        self.assertTrue(cache_status(response).startswith("accel; hit"))
+        yield get(agent, stack.url + "/elsewhere", method=b"POST", body=FileBodyProducer(BytesIO(b"x=1")))
+        response, body = yield get(agent, stack.url + "/elsewhere")  # Content-Location names another URI
+        self.assertEqual(origin_hits(stack, b"/elsewhere"), 2)
+        self.assertEqual([s.method for s in stack.origin.seen if s.uri == path.encode()], [b"POST"])

@@ -1,6 +1,6 @@
 """RFC 9111 §3 storing responses, §3.1 stored fields, §3.5 Authorization, §5.2.2 response directives."""
 
-from accel.cache.policy import CachePolicy, Verdict, fields_to_store, storable
+from accel.cache.policy import CachePolicy, Verdict, fields_to_store, storable, storable_post
 
 P = CachePolicy()
 MAX_AGE = (("cache-control", "max-age=60"),)
@@ -117,3 +117,20 @@ def test_s3_1_fields_to_store_drops_connection_specific_and_named_fields():
         ("cache-control", 'max-age=60, no-cache="X-Debug", private="x-user"'),
         ("content-type", "text/plain"),
     )
+
+
+def test_rfc9110_s9_3_3_post_responses_are_stored_only_with_explicit_freshness_and_own_content_location():
+    uri = "http://example.test/orders/7?x=1"
+
+    def post(*fields, status=200):
+        return storable_post(status, uri, (), tuple(fields), CachePolicy(), complete=True)
+
+    here = ("content-location", "/orders/7?x=1")
+    assert post(("cache-control", "max-age=60"), here) == Verdict(True, "ok")
+    assert post(("expires", "Thu, 01 Jan 2099 00:00:00 GMT"), ("content-location", "http://EXAMPLE.test:80/orders/7?x=1#f")).ok
+    assert post(("cache-control", "max-age=60")) == Verdict(False, "method")
+    assert post(("cache-control", "max-age=60"), ("content-location", "/orders/8")) == Verdict(False, "method")
+    assert post(("cache-control", "max-age=60"), ("content-location", "https://example.test/orders/7?x=1")).ok is False
+    assert post(("cache-control", "public"), here) == Verdict(False, "no-explicit-freshness")
+    assert post(("last-modified", "Thu, 01 Jan 2015 00:00:00 GMT"), here) == Verdict(False, "no-explicit-freshness")
+    assert post(("cache-control", "max-age=60, no-store"), here) == Verdict(False, "no-store")

@@ -428,17 +428,32 @@ class CacheLayer:
         d.addBoth(lambda _: self.revalidating.discard(exchange.key))
 
     def forward_unsafe(self, exchange: Exchange) -> None:
-        """Forward an unsafe request; a non-error answer invalidates the URLs it names (§4.4)."""
+        """Forward an unsafe request; a non-error answer invalidates the URLs it names (§4.4). A POST
+        response that RFC 9110 §9.3.3 lets answer later GETs of its URI is then stored for them."""
         request = exchange.request
+        request_time = self.clock()
 
         def fetched_unsafe(fetched: Fetched):
             exchange.held = fetched
+            response_time = self.clock()
             client_fields = self.forwarder.response_fields(request, exchange.route, fetched)
-            code = fetched.response.code
+            fields = as_pure(client_fields)
+            response = fetched.response
+            code = response.code
             effective_uri = self.effective_uri(request, exchange.target)
-            for uri in policy.invalidation_targets(exchange.method, code, effective_uri, as_pure(client_fields)):
+            for uri in policy.invalidation_targets(exchange.method, code, effective_uri, fields):
                 self.invalidate(cache_key_for_uri(uri, **self.key_options()))
-            self.relay(exchange, self.take(exchange), client_fields, self.status(fwd="method", fwd_status=code))
+            storing = exchange.method == "POST" and policy.storable_post(
+                code, effective_uri, exchange.fields, fields, exchange.policy, complete=True).ok
+            if not storing or (response.length is not UNKNOWN_LENGTH and response.length > self.settings.max_object_size):
+                self.relay(exchange, self.take(exchange), client_fields, self.status(fwd="method", fwd_status=code))
+                return
+            writer = self.entry_writer(self.new_head(exchange, code, response.phrase, fields, request_time, response_time),
+                                       response)
+            done = self.relay(exchange, self.take(exchange), client_fields,
+                              self.status(fwd="method", fwd_status=code, stored=True), writer.write)
+            done.addCallback(lambda complete: writer.finish(complete))
+            done.addErrback(lambda failure: self.crashed(request, exchange, failure))
 
         d = self.forwarder.fetch(request, exchange.route, exchange.target)
         d.addCallbacks(fetched_unsafe, lambda failure: self.fetch_failed(exchange, failure, "method"))

@@ -14,7 +14,8 @@ Decisions, in the order a request meets them:
   invalidation ``invalidation_targets`` (§4.4)
   reporting    ``cache_status_value`` (RFC 9211)
 
-POST responses are never stored (§4.4's invalidation still applies to POST).
+POST responses are stored only as RFC 9110 §9.3.3 allows, for later GETs of their URI
+(``storable_post``); §4.4's invalidation applies to POST first.
 """
 
 from __future__ import annotations
@@ -166,6 +167,39 @@ def storable(
     if not explicit and status not in HEURISTICALLY_CACHEABLE:
         return Verdict(False, "no-explicit-freshness")
     return Verdict(True, "ok")
+
+
+def _explicitly_fresh(response_fields: Fields, policy: CachePolicy) -> bool:
+    """§4.2.1: freshness given by s-maxage, max-age or (from Cache-Control, RFC 9213 §2.1) Expires."""
+    cc, source = response_directives(response_fields, policy)
+    expires = source == "cache-control" and bool(get_all(response_fields, "expires"))
+    return cc.max_age is not None or cc.s_maxage is not None or expires
+
+
+def _same_resource(a: str, b: str) -> bool:
+    """Same scheme, host, port, path and query (an empty path is "/"); fragments never count."""
+    pa, pb = urlsplit(a.partition("#")[0]), urlsplit(b.partition("#")[0])
+    return _origin_of(a) == _origin_of(b) and (pa.path or "/", pa.query) == (pb.path or "/", pb.query)
+
+
+def storable_post(
+    status: int,
+    effective_request_uri: str,
+    request_fields: Fields,
+    response_fields: Fields,
+    policy: CachePolicy = DEFAULT_POLICY,
+    *,
+    complete: bool,
+) -> Verdict:
+    """RFC 9110 §9.3.3 with RFC 9111 §4: a POST response may be stored and reused for later GETs of the
+    same URI when it has explicit freshness and a Content-Location equal to the POST's target URI;
+    every other rule of ``storable`` applies as for a GET."""
+    location = get_one(response_fields, "content-location")
+    if not location or not _same_resource(urljoin(effective_request_uri, location.strip(" \t")), effective_request_uri):
+        return Verdict(False, "method")
+    if not _explicitly_fresh(response_fields, policy):
+        return Verdict(False, "no-explicit-freshness")
+    return storable("GET", status, request_fields, response_fields, policy, complete=complete)
 
 
 def fields_to_store(response_fields: Fields, policy: CachePolicy = DEFAULT_POLICY) -> Fields:
