@@ -163,6 +163,7 @@ def test_s4_3_1_revalidation_sends_all_matching_etags_and_selected_last_modified
         30.0,
         1.0,
         "stale",
+        (("accept-encoding", "gzip"),),  # the stored request's Vary-named field
     )
 
 
