@@ -5,11 +5,12 @@ from __future__ import annotations
 
 from io import BytesIO
 
-from twisted.internet import defer
+from twisted.internet import defer, reactor
+from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
 from twisted.trial import unittest
 from twisted.web.client import FileBodyProducer
 
-from tests.raw_origin import RawOrigin, accel_in_front, cached, parts, request
+from tests.raw_origin import RawOrigin, WatchingClient, accel_in_front, cached, parts, request
 from tests.support import get, http_client, raw_request
 from tests.test_cache_e2e import cache_status, cached_stack, origin_hits, responder
 
@@ -65,6 +66,25 @@ class TransferCodingTests(unittest.TestCase):
         self.assertNotIn(b"x-custom", head.lower())
         self.assertEqual(body, b"raw bytes")
         self.assertEqual(len(origin.requests), 1)
+
+
+    @defer.inlineCallbacks
+    def test_an_unknown_transfer_coding_cut_by_a_reset_is_not_stored(self):
+        origin_connections = []
+
+        def answer(connection, _):
+            connection.write(b"HTTP/1.1 200 OK\r\nCache-Control: max-age=60\r\nTransfer-Encoding: gzip\r\n\r\npart")
+            origin_connections.append(connection)
+
+        origin = RawOrigin(self, answer)
+        port = accel_in_front(self, origin.url, config=cached(self))
+        client = WatchingClient(request(b"/cut"), lambda data: b"part" in data and origin_connections[0].reset())
+        yield connectProtocol(TCP4ClientEndpoint(reactor, "127.0.0.1", port), client)
+        yield client.closed
+        origin.answer = lambda c, r: c.write(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nwhole")
+        head, body = parts((yield raw_request(port, request(b"/cut"))))
+        self.assertEqual(body, b"whole")
+        self.assertEqual(len(origin.requests), 2)
 
 
 class InterimResponseTests(unittest.TestCase):
