@@ -251,3 +251,59 @@ class PostResponseTests(unittest.TestCase):
         response, body = yield get(agent, stack.url + "/elsewhere")  # Content-Location names another URI
         self.assertEqual(origin_hits(stack, b"/elsewhere"), 2)
         self.assertEqual([s.method for s in stack.origin.seen if s.uri == path.encode()], [b"POST"])
+
+
+BODY = bytes(range(256)) * 4  # 1024 bytes
+
+
+def ranged_origin(request):
+    """An origin that answers Range with one byte range (a strong ETag, fresh for a minute)."""
+    request.setHeader(b"cache-control", b"max-age=60")
+    request.setHeader(b"etag", b'"r1"')
+    first, _, last = request.getHeader(b"range").decode().partition("=")[2].partition("-")
+    first, last = int(first), min(int(last or len(BODY) - 1), len(BODY) - 1)
+    request.setResponseCode(206)
+    request.setHeader(b"content-range", b"bytes %d-%d/%d" % (first, last, len(BODY)))
+    return BODY[first : last + 1]
+
+
+class PartialContentTests(unittest.TestCase):
+    """RFC 9111 §3.3-§3.4."""
+
+    @defer.inlineCallbacks
+    def test_stored_pieces_answer_ranges_they_cover_and_combine_into_a_complete_response(self):
+        stack = cached_stack(self)
+        stack.origin.handlers[b"/p"] = ranged_origin
+        agent = http_client(self)
+        response, body = yield get(agent, stack.url + "/p", headers={b"range": b"bytes=0-511"})
+        self.assertEqual((response.code, body), (206, BODY[:512]))
+        self.assertIn("stored", cache_status(response))
+        for asked, first, last in [(b"bytes=100-199", 100, 199), (b"bytes=500-", None, None), (b"bytes=0-511", 0, 511)]:
+            response, body = yield get(agent, stack.url + "/p", headers={b"range": asked})
+            if first is None:  # 500- runs past the piece: the origin answers (and its piece is stored)
+                self.assertEqual(body, BODY[500:])
+                continue
+            self.assertTrue(cache_status(response).startswith("accel; hit"), asked)
+            self.assertEqual((response.code, body), (206, BODY[first : last + 1]))
+            self.assertEqual(response.headers.getRawHeaders(b"content-range"),
+                             [b"bytes %d-%d/1024" % (first, last)])
+        self.assertEqual(origin_hits(stack, b"/p"), 2)
+        # The pieces 0-511 and 500-1023 cover it all: now stored whole, for plain GETs, suffix ranges too.
+        response, body = yield get(agent, stack.url + "/p")
+        self.assertEqual((response.code, body), (200, BODY))
+        self.assertTrue(cache_status(response).startswith("accel; hit"))
+        self.assertIsNone(response.headers.getRawHeaders(b"content-range"))
+        response, body = yield get(agent, stack.url + "/p", headers={b"range": b"bytes=-24"})
+        self.assertEqual((response.code, body), (206, BODY[-24:]))
+        self.assertEqual(origin_hits(stack, b"/p"), 2)
+
+    @defer.inlineCallbacks
+    def test_a_piece_never_answers_a_plain_get_or_a_range_outside_it(self):
+        stack = cached_stack(self)
+        stack.origin.handlers[b"/q"] = ranged_origin
+        agent = http_client(self)
+        yield get(agent, stack.url + "/q", headers={b"range": b"bytes=0-9"})
+        stack.origin.handlers[b"/q"] = responder(BODY, cache_control="max-age=60", etag='"r1"')
+        response, body = yield get(agent, stack.url + "/q")
+        self.assertEqual((response.code, body), (200, BODY))
+        self.assertEqual(origin_hits(stack, b"/q"), 2)

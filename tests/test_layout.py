@@ -26,6 +26,7 @@ PURE = [
     "accel.cache.fields",
     "accel.cache.httpdate",
     "accel.cache.key",
+    "accel.cache.partial",
     "accel.cache.policy",
     "accel.cache.ranges",
     "accel.cache.vary",

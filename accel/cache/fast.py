@@ -103,6 +103,8 @@ class FastHits:
         selected = None
         fields = None
         for item in items:
+            if item.head.status == 206:
+                continue  # a stored piece (RFC 9111 §3.4) answers only the Range requests it covers
             names = item.head.vary_names
             if names:
                 if fields is None:

@@ -32,9 +32,9 @@ from twisted.python.failure import Failure
 from twisted.web.client import PotentialDataLoss, ResponseDone
 from twisted.web.iweb import UNKNOWN_LENGTH
 
-from accel.cache import policy
+from accel.cache import partial, policy
 from accel.cache.entry import EntryHead
-from accel.cache.fields import Fields
+from accel.cache.fields import Fields, get_one
 from accel.cache.key import cache_key, cache_key_for_uri
 from accel.cache.policy import CachePolicy, StoredResponse
 from accel.cache.tiers import TieredStore
@@ -177,6 +177,8 @@ class CacheLayer:
             # itself demands validation (no-cache, max-age=0...) is not collapsed.
             if decision.fwd != "stale" or self.lead_or_wait(exchange):
                 self.fetch(exchange, decision.fwd, revalidate=decision, variants=variants)
+        elif isinstance(decision, policy.Miss) and exchange.has_range and self.serve_piece(exchange, variants, now):
+            return
         elif isinstance(decision, policy.Miss):
             self.miss(exchange, decision.reason)
         else:
@@ -260,6 +262,9 @@ class CacheLayer:
             discard(self.take(exchange))
             self.stop_leading(exchange)
             return
+        if exchange.method == "GET" and exchange.has_range and code == 206:
+            self.relay_piece(exchange, fields, client_fields, request_time, response_time, fwd)
+            return
         verdict = policy.storable(
             exchange.method, code, exchange.fields, fields, exchange.policy, complete=True
         )
@@ -284,6 +289,79 @@ class CacheLayer:
                           keep_going=lambda: self.others_wait(exchange))
         done.addCallback(lambda complete: self.committed(exchange, writer.finish(complete)))
         done.addErrback(lambda failure: self.crashed(request, exchange, failure))
+
+    # -- partial content (RFC 9111 §3.3-§3.4) ---------------------------------------------------------
+
+    def relay_piece(self, exchange: Exchange, fields: Fields, client_fields, request_time, response_time, fwd) -> None:
+        """Relay a 206; store it as a piece when §3.3 allows, and combine the pieces once they are whole."""
+        response = exchange.held.response
+        piece = partial.storable_piece(response.code, exchange.fields, fields, exchange.policy)
+        too_big = response.length is not UNKNOWN_LENGTH and response.length > self.settings.max_object_size
+        if piece is None or too_big:
+            self.relay(exchange, self.take(exchange), client_fields, self.status(fwd=fwd, fwd_status=response.code))
+            return
+        head = self.new_head(exchange, response.code, response.phrase, fields, request_time, response_time)
+        head = replace(head, secondary_key=partial.piece_key(piece, head.secondary_key))
+        writer = self.entry_writer(head, response)
+        done = self.relay(exchange, self.take(exchange), client_fields,
+                          self.status(fwd=fwd, fwd_status=response.code, stored=True), writer.write)
+        done.addCallback(lambda complete: self.combine_pieces(exchange, writer.finish(complete)))
+        done.addErrback(lambda failure: self.crashed(exchange.request, exchange, failure))
+
+    def serve_piece(self, exchange: Exchange, variants: list[Variant], now: float) -> bool:
+        """§3.4: answer a Range request from a fresh stored piece that holds every byte it asks for."""
+        if exchange.method != "GET":
+            return False
+        for variant in variants:
+            split = partial.split_piece_key(variant.head.secondary_key)
+            wanted = split and partial.covered_range(get_one(exchange.fields, "range"), split[0])
+            if not wanted:
+                continue
+            piece, key = split
+            stored = replace(variant.stored, secondary_key=key)  # §4.1: the piece's request's own Vary values
+            decision = policy.evaluate("GET", exchange.fields, [stored], exchange.policy, now)
+            if not isinstance(decision, policy.Fresh):
+                continue
+            status = self.collapsed(exchange, self.status(hit=True, ttl=decision.ttl))
+            try:
+                return self.responder.serve_piece(exchange.request, exchange.fields, variant, piece, wanted,
+                                                  decision.age, status)
+            except BodyGone:
+                return False
+        return False
+
+    def combine_pieces(self, exchange: Exchange, stored: EntryHead | None) -> None:
+        """§3.4: once pieces with one strong validator cover the whole representation, store it whole
+        (with the fields of the most recent piece, less Content-Range)."""
+        if stored is None:
+            return
+        _, key = partial.split_piece_key(stored.secondary_key)
+        pieces = []
+        for variant in self.responder.variants(self.store.lookup(exchange.key), exchange.policy):
+            split = partial.split_piece_key(variant.head.secondary_key)
+            if split is not None and split[1] == key:
+                pieces.append((split[0], variant))
+        if not partial.complete_cover([(piece, partial.strong_validator(v.head.fields)) for piece, v in pieces]):
+            return
+        length = pieces[0][0].length
+        if length > self.settings.max_object_size:
+            return
+        body = bytearray(length)
+        for piece, variant in pieces:
+            try:
+                data = variant.body if variant.body is not None else b"".join(self.responder.open_body(variant.head))
+            except BodyGone:
+                return
+            if len(data) != piece.last - piece.first + 1:
+                return
+            body[piece.first : piece.last + 1] = data
+        newest = max((variant.head for _, variant in pieces), key=lambda head: head.response_time)
+        whole = replace(newest, secondary_key=key, status=200, reason="OK",
+                        fields=tuple((n, v) for n, v in newest.fields if n != "content-range"))
+        writer = EntryWriter(self.store, whole, length, self.settings.max_object_size,
+                             self.store.memory.max_object_size or 0, self.clock)
+        writer.write(bytes(body))
+        writer.finish(True)
 
     def relay(self, exchange: Exchange, fetched: Fetched, client_fields, cache_status: bytes, tee=None,
               keep_going=lambda: False) -> Deferred:

@@ -178,6 +178,8 @@ class Responder:
         selected = None
         fields = None
         for entry in found:
+            if entry[0].status == 206:
+                continue  # a stored piece (§3.4) answers only the Range requests it covers
             names = entry[0].vary_names
             if names:
                 if fields is None:
@@ -298,6 +300,27 @@ class Responder:
             pieces.append((first, last))
         pieces.append(multipart_end(boundary))
         self.write_body(request, variant, pieces, chunks)
+
+    def serve_piece(self, request, fields: Fields, variant: Variant, piece, wanted: tuple[int, int], age: float,
+                    cache_status: bytes) -> bool:
+        """Answer a Range request with bytes ``wanted`` of a stored piece (RFC 9111 §3.4) with 206, when the
+        request's preconditions (RFC 9110 §13.2.2) and If-Range (§13.1.5) let it; False, having written
+        nothing, when they do not. Raises ``BodyGone`` like ``serve``."""
+        head = variant.head
+        if policy.evaluate_conditionals("GET", fields, head.fields) is not None or not if_range_allows(
+            get_one(fields, "if-range"), get_one(head.fields, "etag"),
+            parse_http_date(get_one(head.fields, "last-modified")), parse_http_date(get_one(head.fields, "date")),
+        ):
+            return False
+        chunks = self.open_body(head) if variant.body is None else None
+        first, last = wanted
+        request.log_cache = "hit"
+        self.write_head(request, 206, b"Partial Content", _without(head.fields, ("content-range",)), age, cache_status, {
+            b"content-range": content_range(first, last, piece.length).encode(),
+            b"content-length": b"%d" % (last - first + 1),
+        })
+        self.write_body(request, variant, [(first - piece.first, last - piece.first)], chunks)
+        return True
 
     def write_head(self, request, code: int, reason: bytes, fields: Fields, age: float, cache_status: bytes, extra=None):
         request.setResponseCode(code, reason)
