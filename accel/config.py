@@ -258,6 +258,7 @@ class Config:
     trusted_unix_peers: bool = False  # "unix" in trusted_proxies: trust peers on UNIX sockets too
     via_pseudonym: str = "accel"
     access_log: str | None = None  # path, "-" for stdout, None for no access log
+    workers: int = 1  # worker processes; 1: this process serves, with no supervisor
     cache: CacheSettings = CacheSettings()
     purge: PurgeSettings = PurgeSettings()
     error_documents: dict[int, str] = field(default_factory=dict)
@@ -819,6 +820,7 @@ def parse_config(text: str, source: str) -> Config:
         trusted_unix_peers=trusted_unix_peers,
         via_pseudonym=server.get("via", str, "a string", "accel"),
         access_log=access_log if access_log in (None, "-") else relative_to_file(source, access_log),
+        workers=_workers(server),
         limits=limits,
         protection=_server_protection(server, limits),
     )
@@ -868,6 +870,28 @@ def parse_config(text: str, source: str) -> Config:
     return replace(config, routes=tuple(routes), error_documents=docs, cache=cache, purge=purge, tls=tls)
 
 
+WORKERS_EXPECTED = 'a whole number of worker processes greater than 0, or "auto" (one per CPU)'
+
+
+def parse_workers(value: object) -> int:
+    """``workers = N`` or ``"auto"``; raises ValueError with the expectation otherwise."""
+    if value == "auto":
+        return os.cpu_count() or 1
+    if isinstance(value, str) and value.isdigit():
+        value = int(value)
+    if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+        raise ValueError(WORKERS_EXPECTED)
+    return value
+
+
+def _workers(r: _Reader) -> int:
+    value = r.get("workers", (int, str), WORKERS_EXPECTED, 1)
+    try:
+        return parse_workers(value)
+    except ValueError:
+        raise r.fail("workers", WORKERS_EXPECTED, value) from None
+
+
 def _same_origin_tls(source: str, text: str, routes: list[Route]) -> None:
     """Routes to one https origin share its connections, so they must agree on how to verify it."""
     seen: dict[str, tuple] = {}
@@ -912,6 +936,7 @@ def with_overrides(
     origin: str | None = None,
     cache_dir: str | None = None,
     access_log: str | None = None,
+    workers: str | None = None,
 ) -> Config:
     """Apply command-line options, which win over the file; their relative paths are relative to the working
     directory."""
@@ -934,6 +959,12 @@ def with_overrides(
     if access_log is not None:
         changes["access_log"] = access_log if access_log == "-" else os.path.abspath(access_log)
         options.append("--access-log")
+    if workers is not None:
+        try:
+            changes["workers"] = parse_workers(workers)
+        except ValueError as e:
+            raise ConfigError(COMMAND_LINE, "--workers", str(e), workers) from None
+        options.append("--workers")
     return replace(config, overridden_by=tuple(options), **changes)
 
 

@@ -19,13 +19,16 @@ log = Logger()
 
 
 class Options(usage.Options):
-    synopsis = "[--config FILE] [--listen ENDPOINT ...] [--origin URL] [--cache-dir DIR] [--access-log PATH]"
+    synopsis = (
+        "[--config FILE] [--listen ENDPOINT ...] [--origin URL] [--cache-dir DIR] [--access-log PATH] [--workers N]"
+    )
     longdesc = "Run accel, the caching HTTP accelerator. Command-line options override the configuration file."
     optParameters = [
         ["config", "c", None, "TOML configuration file."],
         ["origin", None, None, "Origin URL for a single route '/' (config-less start)."],
         ["cache-dir", None, None, "Directory of the cache (LMDB)."],
         ["access-log", None, None, "Access log file; '-' for standard output."],
+        ["workers", None, None, "Worker processes accepting on the listeners, or 'auto' (one per CPU) [default: 1]."],
     ]
 
     def __init__(self):
@@ -65,6 +68,7 @@ def build_config(options) -> Config:
         origin=options["origin"],
         cache_dir=options["cache-dir"],
         access_log=options["access-log"],
+        workers=options["workers"],
     )
 
 
@@ -121,12 +125,46 @@ def _reason(error: Exception) -> str:
     return str(error) or type(error).__name__
 
 
+def checked_config(options) -> Config:
+    """The configuration as ``twistd accel`` would start with it; raises the first problem (a supervisor's
+    reload reports it in one line)."""
+    config = build_config(options)
+    problems = config_problems(config)
+    if problems:
+        raise problems[0]
+    return config
+
+
+def worker_arguments(options) -> list[str]:
+    """The ``twistd accel`` arguments a worker runs with: the same configuration as the supervisor."""
+    args = ["--config", os.path.abspath(options["config"])] if options["config"] else []
+    for description in options["listen"]:
+        args += ["--listen", description]
+    for name in ("origin", "cache-dir", "access-log"):
+        if options[name] is not None:
+            args += [f"--{name}", options[name]]
+    return args
+
+
 def makeService(options: Options) -> service.IService:
+    """One process serving; or, with ``workers`` > 1, the supervisor of the workers; or one of those workers
+    (started by the supervisor with the listeners it inherits)."""
     from twisted.internet import reactor
 
     from accel.app import build_site
+    from accel.workers.worker import SupervisorLink, adopting, inherited_listeners
 
     config = options.config
+    inherited = inherited_listeners()
+    if inherited is None and config.workers > 1:
+        from accel.workers.supervisor import Supervisor
+
+        return Supervisor(config, lambda: checked_config(options), worker_arguments(options), reactor)
+    if inherited is None:
+        def serve(description, factory):
+            return listening_service(description, factory, reactor)
+    else:
+        serve = adopting(reactor, inherited, config.source)
     try:
         site = build_site(config, reactor)
     except Exception as e:  # what changed on disk since the checks (a cache opened by another process, a full disk)
@@ -134,18 +172,20 @@ def makeService(options: Options) -> service.IService:
         raise SystemExit(1) from None
     top = Listeners()
     for source, key, description in listener_keys(config)[: len(config.listen)]:
-        top.listen(listening_service(description, site, reactor), source, key, description)
+        top.listen(serve(description, site), source, key, description)
     stores = []
     if config.tls.listeners or config.tls.redirect_listen:
         from accel.tls.listeners import tls_services
 
         tls_keys = listener_keys(config)[len(config.listen) :]
-        for tls_service, (source, key, description) in zip(tls_services(config, site, reactor), tls_keys):
+        for tls_service, (source, key, description) in zip(tls_services(config, site, reactor, serve), tls_keys):
             top.listen(tls_service, source, key, description)
             store = getattr(getattr(tls_service, "factory", None), "store", None)
             if store is not None:
                 stores.append(store)
     top.addService(Operations(options, site.accelerator, stores, reactor))
+    if inherited is not None:
+        top.addService(SupervisorLink(reactor))  # after the listeners: it tells the supervisor we accept
     return top
 
 

@@ -15,8 +15,8 @@ PACKAGE = Path(__file__).resolve().parent.parent / "accel"
 
 # The layers, lowest first. A module may import its own layer and the layers below it, never one above.
 # The request path reads upwards: config and pure rules, the client side, TLS, the origin side, the cache
-# around it, then assembly (app), twistd (tap) and the command line.
-LAYERS = ["config", "http", "tls", "proxy", "cache", "app", "tap", "cli"]
+# around it, then assembly (app), the worker processes, twistd (tap) and the command line.
+LAYERS = ["config", "http", "tls", "proxy", "cache", "app", "workers", "tap", "cli"]
 
 # Pure decisions: no sockets, no reactor, no storage engine. They take `now` as an argument.
 PURE = [

@@ -29,7 +29,6 @@ from zope.interface import alsoProvides, implementer
 from accel.tls.certificates import LoadedCertificate, listener_entries, load_certificate, validity_problem
 from accel.config import ConfigError, TLSListener, TLSSettings
 from accel.http.accesslog import peer_label
-from accel.http.listening import listening_service
 
 log = Logger()
 
@@ -233,16 +232,19 @@ class TLSServerFactory(TLSMemoryBIOFactory):
         self.store = store
 
 
-def tls_services(config, site, reactor) -> list[service.IService]:
+def tls_services(config, site, reactor, serve) -> list[service.IService]:
     """The HTTPS listeners of ``[tls]`` (each ``factory.store`` is its certificates, which SIGHUP reloads: see
-    ``accel.tap``), then the HTTP→HTTPS redirect listeners, in the order of the configuration."""
+    ``accel.tap``), then the HTTP→HTTPS redirect listeners, in the order of the configuration.
+
+    ``serve(endpoint string, factory)`` makes the service that accepts connections for a factory (listening
+    itself, or on a socket inherited from the supervisor of worker processes)."""
     from accel.tls.https import redirect_site
 
     services: list[service.IService] = []
     for listener in config.tls.listeners:
         store = CertificateStore(listener, config.tls, config.source, reactor)
-        services.append(listening_service(listener.endpoint, TLSServerFactory(store, site), reactor))
+        services.append(serve(listener.endpoint, TLSServerFactory(store, site)))
     if config.tls.redirect_listen:
         redirects = redirect_site(config, reactor)
-        services += [listening_service(d, redirects, reactor) for d in config.tls.redirect_listen]
+        services += [serve(d, redirects) for d in config.tls.redirect_listen]
     return services

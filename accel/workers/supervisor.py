@@ -1,0 +1,234 @@
+"""The first process of ``twistd accel --workers N``: it opens every listener, keeps N workers accepting on
+them, and serves no request itself.
+
+- **Start**: every listener of the configuration is opened here (``ListenerSet``) and handed to each worker.
+- **Supervision**: a worker that exits while it should be serving is logged and replaced at once (after a
+  second when it died before it ever accepted, so a worker that cannot start does not spin).
+- **Reload (SIGHUP)**: the configuration is read and checked again. A mistake is logged in one line and the
+  workers keep serving. Otherwise a new generation of workers starts with it (listeners it adds are opened,
+  the others are shared); once every new worker accepts, the previous ones get SIGTERM and finish their
+  in-flight requests (up to ``shutdown_timeout``, then SIGKILL). If a new worker exits before accepting, the
+  new generation is abandoned and the previous one keeps serving.
+- **Stop (SIGTERM, SIGINT)**: every worker gets SIGTERM and up to ``shutdown_timeout`` (plus a margin) to finish;
+  those still running then get SIGKILL; then the listeners close.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+
+from twisted.application import service
+from twisted.internet import defer
+from twisted.internet.error import ProcessDone, ProcessExitedAlready
+from twisted.internet.protocol import ProcessProtocol
+from twisted.logger import Logger
+
+from accel.config import Config, ConfigError
+from accel.workers.listeners import ListenerSet
+from accel.workers.worker import CONTROL_FD, ENVIRONMENT, FIRST_LISTENER_FD, READY, encode
+
+log = Logger()
+
+KILL_MARGIN = 2.0  # seconds past shutdown_timeout before a stopping worker gets SIGKILL
+RESTART_DELAY = 1.0  # before replacing a worker that exited without ever accepting
+WORKER_MODULE = "accel.workers.worker"
+
+
+def listener_descriptions(config: Config) -> tuple[str, ...]:
+    """Every endpoint a configuration listens on: plain HTTP, HTTPS (accel wraps TLS itself), redirects."""
+    found = config.listen + tuple(l.endpoint for l in config.tls.listeners) + config.tls.redirect_listen
+    return tuple(dict.fromkeys(found))
+
+
+class WorkerProcess(ProcessProtocol):
+    """One worker as the supervisor sees it: its log lines, its readiness, its end."""
+
+    def __init__(self, on_end):
+        self.on_end = on_end
+        self.pid: int | None = None
+        self.accepting = False
+        self.ready: defer.Deferred[bool] = defer.Deferred()  # True once it accepts, False if it ended first
+        self.ended: defer.Deferred[None] = defer.Deferred()
+        self._log = b""
+        self._control = b""
+
+    def connectionMade(self) -> None:
+        self.pid = self.transport.pid
+
+    def childDataReceived(self, fd: int, data: bytes) -> None:
+        if fd == 2:
+            self._log += data
+            *lines, self._log = self._log.split(b"\n")
+            for line in lines:
+                self._relay(line)
+        elif fd == CONTROL_FD:
+            self._control += data
+            if not self.accepting and READY in self._control:
+                self.accepting = True
+                self.ready.callback(True)
+
+    def _relay(self, line: bytes) -> None:
+        if line.strip():
+            log.info("worker {pid}: {line}", pid=self.pid, line=line.decode("utf-8", "replace"))
+
+    def signal(self, name: str) -> None:
+        try:
+            self.transport.signalProcess(name)
+        except ProcessExitedAlready:
+            pass
+
+    def processEnded(self, reason) -> None:
+        if self._log:
+            self._relay(self._log)
+        if not self.ready.called:
+            self.ready.callback(False)
+        self.on_end(self, reason)
+        self.ended.callback(None)
+
+
+def _exit_description(reason) -> str:
+    if reason.check(ProcessDone):
+        return "exit status 0"
+    value = reason.value
+    if getattr(value, "signal", None):
+        return f"killed by signal {value.signal}"
+    return f"exit status {getattr(value, 'exitCode', '?')}"
+
+
+class Supervisor(service.Service):
+    def __init__(self, config: Config, reload_config, worker_args: list[str], reactor):
+        """``reload_config()`` reads the configuration again (raising ConfigError); ``worker_args`` are the
+        ``twistd accel`` arguments each worker runs with."""
+        self.config = config
+        self.reload_config = reload_config
+        self.worker_args = worker_args
+        self.reactor = reactor
+        self.listeners = ListenerSet(reactor)
+        self.workers: list[WorkerProcess] = []  # the generation that serves
+        self.alive: set[WorkerProcess] = set()
+        self.stopping = False
+        self.reloading = False
+        self._previous_hangup = None
+
+    # -- start and supervision -----------------------------------------------------------------------
+
+    def startService(self) -> None:
+        super().startService()
+        self._open_listeners(self.config)
+        self.workers = [self._spawn(self.config) for _ in range(self.config.workers)]
+        log.info("supervisor {pid}: started {n} workers", pid=os.getpid(), n=len(self.workers))
+        if hasattr(signal, "SIGHUP"):
+            self._previous_hangup = signal.signal(signal.SIGHUP, lambda *_: self.reactor.callFromThread(self.reload))
+
+    def _open_listeners(self, config: Config) -> None:
+        for description in listener_descriptions(config):
+            if description not in self.listeners.ports:
+                self.listeners.open(description)
+                log.info("listening on {description} (address {address})", description=description,
+                         address=self.listeners.address(description))
+
+    def _spawn(self, config: Config) -> WorkerProcess:
+        child_fds, inherited = self.listeners.descriptors(listener_descriptions(config), FIRST_LISTENER_FD)
+        env = dict(os.environ, **{ENVIRONMENT: encode(inherited)})
+        worker = WorkerProcess(self._ended)
+        argv = [sys.executable, "-m", WORKER_MODULE, *self.worker_args]
+        self.reactor.spawnProcess(worker, sys.executable, argv, env=env,
+                                  childFDs={0: "w", 1: 1, 2: "r", CONTROL_FD: "r", **child_fds})
+        self.alive.add(worker)
+        return worker
+
+    def _ended(self, worker: WorkerProcess, reason) -> None:
+        self.alive.discard(worker)
+        if worker not in self.workers:
+            log.info("worker {pid} exited ({why})", pid=worker.pid, why=_exit_description(reason))
+            return
+        self.workers.remove(worker)
+        if self.stopping:
+            log.info("worker {pid} exited ({why})", pid=worker.pid, why=_exit_description(reason))
+            return
+        log.warn("worker {pid} exited ({why}); starting a replacement", pid=worker.pid, why=_exit_description(reason))
+        if worker.accepting:
+            self._replace()
+        else:
+            self.reactor.callLater(RESTART_DELAY, self._replace)
+
+    def _replace(self) -> None:
+        if not self.stopping:
+            replacement = self._spawn(self.config)
+            self.workers.append(replacement)
+            replacement.ready.addCallback(
+                lambda ok: ok and log.info("worker {pid} replaced the one that exited", pid=replacement.pid))
+
+    # -- reload --------------------------------------------------------------------------------------
+
+    def reload(self) -> defer.Deferred | None:
+        """SIGHUP: a new generation of workers with the configuration as it is now on disk."""
+        if self.stopping:
+            return None
+        if self.reloading:
+            log.info("reload already in progress: SIGHUP ignored")
+            return None
+        try:
+            config = self.reload_config()
+            self._open_listeners(config)
+        except ConfigError as e:
+            log.error("reload refused: {error}; the workers keep the previous configuration", error=str(e))
+            return None
+        except Exception as e:
+            self.listeners.close_except(listener_descriptions(self.config))
+            log.error("reload refused: {error}; the workers keep the previous configuration", error=str(e))
+            return None
+        self.reloading = True
+        new = [self._spawn(config) for _ in range(config.workers)]
+        d = defer.gatherResults([w.ready for w in new])
+        d.addCallback(lambda ready: self._switch(config, new) if all(ready) else self._abandon(new))
+        return d
+
+    def _switch(self, config: Config, new: list[WorkerProcess]) -> defer.Deferred:
+        previous, self.workers, self.config = self.workers, new, config
+        log.info("reloaded: {n} workers accept with the new configuration; {m} previous workers finish their requests",
+                 n=len(new), m=len(previous))
+        d = self._terminate(previous, config.shutdown_timeout)
+        d.addCallback(lambda _: self._reloaded())
+        return d
+
+    def _reloaded(self) -> None:
+        self.listeners.close_except(listener_descriptions(self.config))
+        self.reloading = False
+
+    def _abandon(self, new: list[WorkerProcess]) -> defer.Deferred:
+        log.error("reload failed: a new worker exited before accepting; the previous workers keep serving")
+        d = self._terminate(new, 0)
+        d.addCallback(lambda _: self._reloaded())
+        return d
+
+    # -- stop ----------------------------------------------------------------------------------------
+
+    def _terminate(self, workers, timeout: float) -> defer.Deferred:
+        """SIGTERM each worker; SIGKILL those still running after ``timeout`` plus a margin."""
+        workers = [w for w in workers if w in self.alive]
+        for worker in workers:
+            worker.signal("TERM")
+        deadline = self.reactor.callLater(timeout + KILL_MARGIN, self._kill, workers)
+        d = defer.gatherResults([w.ended for w in workers])
+        d.addCallback(lambda _: deadline.active() and deadline.cancel())
+        return d
+
+    def _kill(self, workers) -> None:
+        for worker in workers:
+            if worker in self.alive:
+                log.warn("worker {pid} still running after shutdown_timeout: SIGKILL", pid=worker.pid)
+                worker.signal("KILL")
+
+    def stopService(self) -> defer.Deferred:
+        super().stopService()
+        self.stopping = True
+        if self._previous_hangup is not None:
+            signal.signal(signal.SIGHUP, self._previous_hangup)
+            self._previous_hangup = None
+        log.info("stopping {n} workers", n=len(self.alive))
+        d = self._terminate(list(self.alive), self.config.shutdown_timeout)
+        d.addCallback(lambda _: self.listeners.close())
+        return d
