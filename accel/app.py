@@ -151,7 +151,7 @@ class Accelerator:
 
     def __init__(self, config: Config, reactor):
         self.reactor = reactor
-        self.cache = CacheRuntime(config.cache, reactor) if config.cache.dir else None
+        self.cache = CacheRuntime(config.cache, reactor, shared=config.workers > 1) if config.cache.dir else None
         self.in_flight = InFlight()
         self.clients: list[OriginClients] = []
         self.buckets: SharedBuckets | None = None  # made when a configuration first has a rate limit; kept
@@ -283,7 +283,8 @@ class CacheRuntime:
     COLLECT_ORPHANS_EVERY = 600.0  # bodies of writes a crash interrupted
     SYNC_EVERY = 60.0  # fsync, in a thread: LMDB runs with sync=False (see accel.cache.store)
 
-    def __init__(self, settings: CacheSettings, reactor):
+    def __init__(self, settings: CacheSettings, reactor, shared: bool = False):
+        """``shared``: worker processes use this cache at once, so misses collapse across them."""
         from accel.cache.epoch import PurgeEpoch
         from accel.cache.memory import MemoryTier
         from accel.cache.store import DiskStore
@@ -300,6 +301,12 @@ class CacheRuntime:
             settings.memory_max_object_size,
         )
         self.store = TieredStore(disk, memory, PurgeEpoch(os.path.join(settings.dir, "purge-epoch")))
+        self.leases = None
+        if shared:
+            from accel.cache.lease import LeaseTable
+
+            self.leases = LeaseTable(settings.dir)
+        self.collapsers = []
         self.layers = []
         self.closed: Deferred | None = None
         self.syncing: Deferred | None = None  # the fsync running in a thread, if one is
@@ -309,6 +316,8 @@ class CacheRuntime:
             self._every(self.COLLECT_ORPHANS_EVERY, lambda: disk.collect_orphans(now() - self.COLLECT_ORPHANS_EVERY)),
             self._every(self.SYNC_EVERY, self.sync, now=False),
         ]
+        if self.leases is not None:
+            self.timers.append(self._every(self.COLLECT_ORPHANS_EVERY, lambda: self.leases.sweep(now())))
 
     def sync(self) -> Deferred:
         """fsync the disk tier in a thread; ``close`` waits for it before closing the environment."""
@@ -331,10 +340,18 @@ class CacheRuntime:
 
     def layer(self, forwarder, settings: CacheSettings | None = None):
         """A cache layer around ``forwarder`` (one per configuration generation: ``settings`` may differ from
-        the storage's own)."""
+        the storage's own); its misses collapse across processes when worker processes share the cache."""
+        from accel.cache.collapse import Collapser
         from accel.cache.layer import CacheLayer
 
-        layer = CacheLayer(forwarder, self.store, settings or self.settings, self.reactor)
+        s = settings or self.settings
+        collapser = Collapser(self.reactor, s.collapse_timeout, s.collapse_max_waiters)
+        if self.leases is not None:
+            from accel.cache.shared_collapse import SharedCollapser
+
+            collapser = SharedCollapser(collapser, self.leases, self.reactor, s.hit_for_miss_ttl)
+            self.collapsers.append(collapser)
+        layer = CacheLayer(forwarder, self.store, s, self.reactor, collapser=collapser)
         self.layers.append(layer)
         return layer
 
@@ -347,6 +364,10 @@ class CacheRuntime:
                 timer.stop()
         for layer in self.layers:
             layer.close()
+        for collapser in self.collapsers:
+            collapser.close()
+        if self.leases is not None:
+            self.leases.close()
         self.store.disk.flush_access(self.reactor.seconds())
         pending = self.syncing if self.syncing is not None else succeed(None)
         self.closed = Deferred()

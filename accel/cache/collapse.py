@@ -38,8 +38,9 @@ class Collapser:
     def has_waiters(self, key: str) -> bool:
         return bool(self.waiting.get(key))
 
-    def release(self, key: str) -> None:
-        """The leader is done: every waiter looks again."""
+    def release(self, key: str, storable: bool = True) -> None:
+        """The leader is done: every waiter looks again. (``storable`` matters to ``SharedCollapser``, which
+        tells other processes; here the layer's own hit-for-miss table covers it.)"""
         for waiter in self.waiting.pop(key, []):
             _fire(waiter)
 

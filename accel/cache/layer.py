@@ -102,7 +102,8 @@ class Exchange:
 
 class CacheLayer:
     def __init__(
-        self, forwarder: Forwarder, store: TieredStore, settings: CacheSettings, reactor, clock=time.time, name="accel"
+        self, forwarder: Forwarder, store: TieredStore, settings: CacheSettings, reactor, clock=time.time, name="accel",
+        collapser=None,
     ):
         self.forwarder = forwarder
         self.store = store
@@ -110,7 +111,8 @@ class CacheLayer:
         self.reactor = reactor
         self.clock = clock
         self.name = name
-        self.collapser = Collapser(reactor, settings.collapse_timeout, settings.collapse_max_waiters)
+        # A Collapser, or a SharedCollapser (same interface) when worker processes share the cache.
+        self.collapser = collapser or Collapser(reactor, settings.collapse_timeout, settings.collapse_max_waiters)
         self.hit_for_miss: dict[str, float] = {}
         self.revalidating: set[str] = set()
         self._policies: dict[RouteCache, CachePolicy] = {}
@@ -381,18 +383,19 @@ class CacheLayer:
         of requests for this URL skips collapsing for a while (hit-for-miss)."""
         if exchange.leader:
             self.remember_hit_for_miss(exchange.key)
-            self.stop_leading(exchange)
+            self.stop_leading(exchange, storable=False)
 
     def others_wait(self, exchange: Exchange) -> bool:
         """Whether requests wait for this exchange's fetch: then it goes on when its own client leaves, and the
         waiters get what it stores."""
         return exchange.leader and self.collapser.has_waiters(exchange.key)
 
-    def stop_leading(self, exchange: Exchange) -> None:
-        """The leader's fetch is over: its waiters look the URL up again."""
+    def stop_leading(self, exchange: Exchange, storable: bool = True) -> None:
+        """The leader's fetch is over: its waiters look the URL up again (those of other processes too, which
+        skip collapsing for a while when the response was not ``storable``)."""
         if exchange.leader:
             exchange.leader = False
-            self.collapser.release(exchange.key)
+            self.collapser.release(exchange.key, storable)
 
     def remember_hit_for_miss(self, key: str) -> None:
         """Mark ``key`` as not worth collapsing for ``hit_for_miss_ttl``; the table stays bounded."""
