@@ -137,7 +137,14 @@ class Supervisor(service.Service):
         self.reactor.spawnProcess(worker, sys.executable, argv, env=env,
                                   childFDs={0: "w", 1: 1, 2: "r", CONTROL_FD: "r", **child_fds})
         self.alive.add(worker)
+        worker.ready.addCallback(self._accepts, worker)
         return worker
+
+    @staticmethod
+    def _accepts(accepting: bool, worker: WorkerProcess) -> bool:
+        if accepting:
+            log.info("worker {pid} accepts", pid=worker.pid)
+        return accepting
 
     def _ended(self, worker: WorkerProcess, reason) -> None:
         self.alive.discard(worker)
@@ -156,10 +163,7 @@ class Supervisor(service.Service):
 
     def _replace(self) -> None:
         if not self.stopping:
-            replacement = self._spawn(self.config)
-            self.workers.append(replacement)
-            replacement.ready.addCallback(
-                lambda ok: ok and log.info("worker {pid} replaced the one that exited", pid=replacement.pid))
+            self.workers.append(self._spawn(self.config))
 
     # -- reload --------------------------------------------------------------------------------------
 
