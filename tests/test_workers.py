@@ -229,11 +229,11 @@ class WorkerTests(unittest.TestCase):
     @needs_graceful_stop
     @defer.inlineCallbacks
     def test_requests_in_flight_during_a_reload_are_answered(self):
-        self.origin.handlers[b"/slow"] = self.hold
+        self.origin.handlers[b"/slow/1"] = self.origin.handlers[b"/slow/2"] = self.hold
         accel = yield self.start()
         in_flight = []
-        for client in (yield self.one_connection_per_worker(accel, b"/x")).values():
-            in_flight.append(client.request(b"GET", b"/slow"))
+        for n, client in enumerate((yield self.one_connection_per_worker(accel, b"/x")).values(), 1):
+            in_flight.append(client.request(b"GET", b"/slow/%d" % n))  # two URLs: nothing collapses
         yield eventually(lambda: len(self.held) == 2)
         old = accel.accepting[:2]
         accel.signal("HUP")

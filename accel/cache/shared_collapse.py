@@ -49,12 +49,14 @@ class WakeSocket:
         return self.socket.fileno()
 
     def doRead(self) -> None:
-        while True:
+        keys = []
+        while True:  # read every pending datagram first: a wake-up may end in closing this socket
             try:
-                key = self.socket.recv(65536)
+                keys.append(self.socket.recv(65536).decode("utf-8", "surrogatepass"))
             except (BlockingIOError, InterruptedError):
-                return
-            self.on_wake(key.decode("utf-8", "surrogatepass"))
+                break
+        for key in keys:
+            self.on_wake(key)
 
     def send(self, tokens: list[str], key: str) -> None:
         data = key.encode("utf-8", "surrogatepass")
