@@ -282,10 +282,12 @@ class CacheRuntime:
     FLUSH_ACCESS_EVERY = 30.0  # persist LRU recency
     COLLECT_ORPHANS_EVERY = 600.0  # bodies of writes a crash interrupted
     SYNC_EVERY = 60.0  # fsync, in a thread: LMDB runs with sync=False (see accel.cache.store)
+    PUBLISH_FIGURES_EVERY = 1.0  # this process's memory-tier figures, for accel cache stats
 
     def __init__(self, settings: CacheSettings, reactor, shared: bool = False):
         """``shared``: worker processes use this cache at once, so misses collapse across them."""
         from accel.cache.epoch import PurgeEpoch
+        from accel.cache.figures import ProcessFigures
         from accel.cache.memory import MemoryTier
         from accel.cache.store import DiskStore
         from accel.cache.tiers import TieredStore
@@ -306,6 +308,7 @@ class CacheRuntime:
             from accel.cache.lease import LeaseTable
 
             self.leases = LeaseTable(settings.dir)
+        self.figures = ProcessFigures(settings.dir)
         self.collapsers = []
         self.layers = []
         self.closed: Deferred | None = None
@@ -315,6 +318,7 @@ class CacheRuntime:
             self._every(self.FLUSH_ACCESS_EVERY, lambda: run_batches(reactor, disk.flush_access_batches(now()))),
             self._every(self.COLLECT_ORPHANS_EVERY, lambda: disk.collect_orphans(now() - self.COLLECT_ORPHANS_EVERY)),
             self._every(self.SYNC_EVERY, self.sync, now=False),
+            self._every(self.PUBLISH_FIGURES_EVERY, lambda: self.figures.publish(memory.stats())),
         ]
         if self.leases is not None:
             self.timers.append(self._every(self.COLLECT_ORPHANS_EVERY, lambda: self.leases.sweep(now())))
@@ -368,6 +372,7 @@ class CacheRuntime:
             collapser.close()
         if self.leases is not None:
             self.leases.close()
+        self.figures.close()
         self.store.disk.flush_access(self.reactor.seconds())
         pending = self.syncing if self.syncing is not None else succeed(None)
         self.closed = Deferred()

@@ -140,7 +140,7 @@ def worker_arguments(options) -> list[str]:
     args = ["--config", os.path.abspath(options["config"])] if options["config"] else []
     for description in options["listen"]:
         args += ["--listen", description]
-    for name in ("origin", "cache-dir", "access-log"):
+    for name in ("origin", "cache-dir", "access-log", "workers"):
         if options[name] is not None:
             args += [f"--{name}", options[name]]
     return args

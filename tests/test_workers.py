@@ -48,10 +48,10 @@ class WorkerTests(unittest.TestCase):
                     f"[cache]\ndir = \"{self.cache_dir}\"\n")
 
     @defer.inlineCallbacks
-    def start(self, **config):
+    def start(self, *options, **config):
         self.write_config(**config)
-        accel = Supervised(self, self.config_path)
-        yield accel.workers_accepting(config.get("workers", 2))
+        accel = Supervised(self, self.config_path, *options)
+        yield accel.workers_accepting(2)
         return accel
 
     def versioned(self, request):
@@ -116,6 +116,15 @@ class WorkerTests(unittest.TestCase):
             self.assertEqual(body, b"version 3")
         self.assertEqual(len(self.origin.seen), 3)
 
+        def stats():
+            result = CliRunner().invoke(main, ["cache", "--cache-dir", self.cache_dir, "stats", "--json"])
+            return json.loads(result.output)
+
+        for client in (first, second):  # each worker now holds version 3 in memory
+            yield client.request(b"GET", b"/obj")
+        # accel cache stats sums the memory tiers of both workers (each publishes about once a second)
+        yield eventually(lambda: (lambda s: (s["processes"], s["memory_objects"]))(stats()) == (2, 2), step=0.1)
+
     # -- collapsing ---------------------------------------------------------------------------------------
 
     def lease(self, url: str) -> dict:
@@ -144,7 +153,7 @@ class WorkerTests(unittest.TestCase):
     @defer.inlineCallbacks
     def test_a_hundred_first_requests_spread_over_the_workers_make_one_origin_fetch(self):
         self.origin.handlers[b"/c"] = self.hold
-        accel = yield self.start()
+        accel = yield self.start("--workers", "2", workers=1)  # the command line wins, in the workers too
         responses = yield self.burst(accel, b"/c", 100)
         yield eventually(lambda: self.another_process_waits("http://example.test/c") and self.held)
         self._answer_held()

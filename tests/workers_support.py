@@ -22,14 +22,14 @@ class Supervised(ProcessProtocol):
     LISTENING = re.compile(rb"listening on \S+ \(address (\d+)\)")
     ACCEPTS = re.compile(rb"worker (\d+) accepts")
 
-    def __init__(self, testcase, config_path: str):
+    def __init__(self, testcase, config_path: str, *options: str):
         self.output = b""
         self.port: int | None = None
         self.accepting: list[int] = []  # worker pids, in the order they announced they accept
         self.watches: list[tuple[re.Pattern, defer.Deferred]] = []
         self.ended: defer.Deferred = defer.Deferred()
         self.exit_reason = None
-        argv = TWISTD + ["--nodaemon", "--pidfile=", "accel", "--config", config_path]
+        argv = TWISTD + ["--nodaemon", "--pidfile=", "accel", "--config", config_path, *options]
         reactor.spawnProcess(self, argv[0], argv, env=os.environ.copy(), path=ROOT)
         testcase.addCleanup(self.kill)
 

@@ -20,6 +20,7 @@ from urllib.parse import urlsplit
 
 import click
 
+from accel.cache.figures import SUMMED, live_figures, summed
 from accel.cache.key import cache_key_for_uri, url_prefix_key
 from accel.cli import describe
 from accel.cli.cache_location import (
@@ -174,15 +175,20 @@ def _absolute_key(url: str, location: Location) -> str:
 @location_options
 @click.pass_context
 def stats_command(ctx, as_json: bool, cache_dir, config_path) -> None:
-    """Entries, bytes, LMDB map size and use, reader slots."""
+    """Entries, bytes, LMDB map size and use, reader slots; the memory tiers of the running servers."""
     opened = open_cache(ctx, cache_dir, config_path)
     stats = guard(opened.disk.stats)
+    processes = live_figures(opened.location.dir)
+    memory = summed(processes) if processes else dict.fromkeys(SUMMED)  # None: no server is running
     document = {
         "dir": opened.location.dir,
         **stats,
         "used_fraction": round(stats["used_bytes"] / stats["map_size"], 4) if stats["map_size"] else 0,
-        "hits": None,  # not recorded: hit/miss counts live in each server process's memory
-        "misses": None,
+        "processes": len(processes),
+        "memory_objects": memory["objects"],
+        "memory_bytes": memory["bytes"],
+        "hits": memory["hits"],
+        "misses": memory["misses"],
     }
     if as_json:
         emit_json(document)
@@ -192,7 +198,11 @@ def stats_command(ctx, as_json: bool, cache_dir, config_path) -> None:
     pair("body bytes", size(stats["bytes"]))
     pair("LMDB map", f"{size(stats['used_bytes'])} used of {size(stats['map_size'])} ({document['used_fraction']:.1%})")
     pair("readers", f"{stats['readers']} reader slots used of {stats['max_readers']}")
-    pair("hits/misses", "not recorded on disk (each server process counts its own)")
+    if processes:
+        pair("memory tiers", f"{memory['objects']} objects, {size(memory['bytes'])} in {len(processes)} server process(es)")
+        pair("hits/misses", f"{memory['hits']} / {memory['misses']} (memory tier, summed over the server processes)")
+    else:
+        pair("hits/misses", "not recorded: no server process is using this cache")
 
 
 @cache.command("purge")
