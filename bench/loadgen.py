@@ -43,6 +43,11 @@ def parse_wrk(output):
 
 def run_wrk(wrk, port, path, connections, duration, headers=()):
     """Run wrk against 127.0.0.1:port/path (with extra request ``headers``) and return the parsed summary."""
+    return finish_wrk(start_wrk(wrk, port, path, connections, duration, headers), duration)
+
+
+def start_wrk(wrk, port, path, connections, duration, headers=()):
+    """Start wrk in the background (for a scenario that acts on the server meanwhile)."""
     argv = [
         wrk,
         f"-t{min(WRK_THREADS, connections)}",
@@ -52,7 +57,16 @@ def run_wrk(wrk, port, path, connections, duration, headers=()):
         *(arg for header in headers for arg in ("-H", header)),
         f"http://127.0.0.1:{port}{path}",
     ]
-    proc = subprocess.run(argv, capture_output=True, text=True, timeout=duration + 60)
+    return subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def finish_wrk(proc, duration):
+    """Wait for a wrk started by ``start_wrk`` and return the parsed summary."""
+    try:
+        stdout, stderr = proc.communicate(timeout=duration + 60)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        raise WrkError(f"{' '.join(proc.args)} did not finish")
     if proc.returncode != 0:
-        raise WrkError(f"{' '.join(argv)} exited {proc.returncode}:\n{proc.stdout}{proc.stderr}")
-    return parse_wrk(proc.stdout)
+        raise WrkError(f"{' '.join(proc.args)} exited {proc.returncode}:\n{stdout}{stderr}")
+    return parse_wrk(stdout)

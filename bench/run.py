@@ -12,6 +12,7 @@ Throughput scenarios (wrk; systems alternate within each round):
 Python-driven scenarios:
   collapse      100 concurrent first requests to a 1 s origin (both systems)
   burst-2k      2,000 connections opened at once, one hit on each (both systems)
+  reload        hit-1k's load while the server is told to reload (SIGHUP): failed requests (both systems)
   idle-10k      RSS of accel holding 10,000 idle keep-alive connections
   stream-rss    peak RSS of accel while a large response streams to a slow client
   startup-100k  accel start-up time with a pre-populated cache
@@ -33,6 +34,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import uuid
 from dataclasses import dataclass
@@ -55,9 +57,11 @@ THROUGHPUT = {  # scenario -> (path, connections, request fields wrk adds)
     "pass-1k": ("/nocache", 50, ()),
     "close-1k": ("/1k", 50, ("Connection: close",)),
 }
-ROUNDS_OF = ("collapse", "burst-2k")  # Python-driven scenarios measured on both systems every round
+ROUNDS_OF = ("collapse", "burst-2k", "reload")  # Python-driven scenarios measured on both systems every round
 SCENARIOS = [*THROUGHPUT, *ROUNDS_OF, "stream-rss", "startup-100k", "idle-10k"]
 COLLAPSE_CLIENTS = 100
+RELOAD_PATH, RELOAD_CONNECTIONS = "/1k", 50
+RELOAD_EXTRA_S = 10  # the reload scenario's load lasts this much longer than --duration: new workers start under load
 
 POPULATE_CONNECTIONS = 16
 
@@ -75,6 +79,7 @@ class Settings:
     stream_rate: int
     burst_clients: int
     idle_connections: int
+    workers: int
 
 
 @dataclass
@@ -94,6 +99,8 @@ def parse_args(argv=None):
     p.add_argument("--startup-entries", type=int, help="cache entries for startup-100k (default 100000; smoke 200)")
     p.add_argument("--stream-mib", type=int, help="MiB streamed in stream-rss (default 1024; smoke 16)")
     p.add_argument("--stream-rate-mib", type=int, default=64, help="slow client's read rate, MiB/s (default 64)")
+    p.add_argument("--workers", type=int, default=1, help="accel's worker processes (twistd accel --workers N; "
+                   "default 1; nginx always runs 2)")
     a = p.parse_args(argv)
 
     def pick(value, full, smoke):
@@ -112,6 +119,7 @@ def parse_args(argv=None):
         stream_rate=a.stream_rate_mib * MIB,
         burst_clients=pick(None, 2000, 100),
         idle_connections=pick(None, 10_000, 200),
+        workers=a.workers,
     )
 
 
@@ -186,7 +194,7 @@ class Run:
         child.wait_port(port)
         return port
 
-    def start_accel(self, name, cache_dir):
+    def start_accel(self, name, cache_dir, workers=1):
         """Start accel on a free port; returns (child, port, seconds until it accepted)."""
         port = procs.free_port()
         run_dir = self.work / name
@@ -197,6 +205,7 @@ class Run:
             "--origin", f"http://127.0.0.1:{self.origin_port}",
             "--cache-dir", cache_dir,
             "--access-log", "/dev/null",
+            "--workers", str(workers),
         ]
         child = self.stack.enter_context(procs.Child(name, argv, run_dir / "accel.log", cwd=run_dir))
         return child, port, child.wait_port(port)
@@ -261,6 +270,32 @@ def burst_once(settings, port):
     warm_up(port, "/1k")
     seconds, ok = client.burst(port, "/1k", settings.burst_clients)
     return {"seconds": seconds, "ok": ok, "clients": settings.burst_clients}
+
+
+def reload_once(settings, tools, port, child, system):
+    """hit-1k's load, with SIGHUP sent to the server's first process a quarter of the way through.
+
+    For accel the log tells whether the reload completed (new workers accepting, the previous ones told
+    to stop) while the load still ran; a reload that ends after the load would fail nothing by luck."""
+    warm_up(port, RELOAD_PATH)
+    duration = settings.duration + (0 if settings.smoke else RELOAD_EXTRA_S)
+    log_before = child.log_path.stat().st_size
+    if tools.wrk:
+        wrk = loadgen.start_wrk(tools.wrk, port, RELOAD_PATH, RELOAD_CONNECTIONS, duration)
+        time.sleep(duration / 4)
+        os.kill(child.pid, signal.SIGHUP)
+        measured = {"tool": "wrk", **loadgen.finish_wrk(wrk, duration)}
+    else:
+        timer = threading.Timer(duration / 4, os.kill, (child.pid, signal.SIGHUP))
+        timer.start()
+        measured = {"tool": "python", **client.load(port, RELOAD_PATH, RELOAD_CONNECTIONS, duration)}
+        timer.join()
+    measured["failed"] = measured["errors"] + measured["non_2xx"]
+    if system == "accel":
+        with open(child.log_path, "rb") as log:
+            log.seek(log_before)
+            measured["reloaded_under_load"] = b"reloaded:" in log.read()
+    return measured
 
 
 def idle_connections(settings, run):
@@ -356,11 +391,17 @@ def summarize(results, systems):
         if "rounds" not in entry:
             continue
         keys = ("rps", "p50_ms", "p99_ms") if name in THROUGHPUT else ("seconds", "origin_fetches", "ok")
+        if name == "reload":
+            keys = ("rps", "failed")
         entry["median"] = {s: {k: _median(entry["rounds"][s], k) for k in keys} for s in systems
                            if entry["rounds"].get(s)}
         if name == "collapse":
             for s, med in entry["median"].items():
                 med["max_origin_fetches"] = max(r["origin_fetches"] for r in entry["rounds"][s])
+        if name == "reload":
+            for s, med in entry["median"].items():
+                med["total_failed"] = sum(r["failed"] for r in entry["rounds"][s])
+                med["reloads_under_load"] = sum(bool(r.get("reloaded_under_load")) for r in entry["rounds"][s])
         if name == "burst-2k":
             for s, med in entry["median"].items():
                 med["max_seconds"] = max(r["seconds"] for r in entry["rounds"][s])
@@ -399,6 +440,7 @@ def markdown(report):
         f"Host: {meta['nproc']} CPUs ({meta['cpu']}), {meta['memory_gib']} GiB; Python {meta['python']}, "
         f"Twisted {meta['twisted']}, nginx {meta['nginx'] or 'missing'}, wrk {meta['wrk'] or 'missing'}; "
         f"accel commit {meta['accel_commit'] or 'none'}. "
+        f"accel with {settings.get('workers', 1)} worker process(es). "
         f"{settings['rounds']} round(s) of {settings['duration']} s, medians"
         f"{' (smoke run)' if settings['smoke'] else ''}.",
         "",
@@ -447,6 +489,17 @@ def markdown(report):
                          f"| {_fmt(n.get('seconds'), 2)}; {_fmt(n.get('max_seconds'), 2)} |")
             other.append(f"| burst-2k | answered 200 (fewest over rounds) | {_fmt(a.get('min_ok'))} "
                          f"| {_fmt(n.get('min_ok'))} |")
+    if "reload" in results:
+        entry = results["reload"]
+        if "error" in entry:
+            other.append(f"| reload | error: {entry['error'].splitlines()[0]} | | |")
+        else:
+            a, n = entry["median"].get("accel", {}), entry["median"].get("nginx", {})
+            other.append(f"| reload | failed requests (socket errors + non-2xx) under {RELOAD_CONNECTIONS} connections "
+                         f"on {RELOAD_PATH} with a SIGHUP, all rounds | {_fmt(a.get('total_failed'))} "
+                         f"| {_fmt(n.get('total_failed'))} |")
+            other.append(f"| reload | rounds whose reload completed while the load ran (accel's log) "
+                         f"| {_fmt(a.get('reloads_under_load'))} of {settings['rounds']} | — |")
     if "idle-10k" in results:
         entry = results["idle-10k"]
         if "error" in entry:
@@ -488,17 +541,19 @@ def run_scenarios(settings, tools, notes):
     results = {}
     wanted = [s for s in settings.scenarios if s in THROUGHPUT or s in ROUNDS_OF]
     if not tools.wrk and not settings.smoke:
-        skipped = [s for s in wanted if s in THROUGHPUT]
-        wanted = [s for s in wanted if s not in THROUGHPUT]
+        skipped = [s for s in wanted if s in THROUGHPUT or s == "reload"]
+        wanted = [s for s in wanted if s not in skipped]
         if skipped:
             notes.append(f"wrk is missing, skipped {', '.join(skipped)}; install it: {INSTALL_HINT}")
     with contextlib.ExitStack() as stack:
         run = Run(tools, stack)
         systems = {}  # name -> port; the children stop with the ExitStack
+        children = {}
         if wanted:
-            _accel, systems["accel"], _listen_s = run.start_accel("accel", run.work / "cache")
+            children["accel"], systems["accel"], _listen_s = run.start_accel("accel", run.work / "cache",
+                                                                             settings.workers)
             if tools.nginx:
-                _nginx, systems["nginx"] = run.start_nginx()
+                children["nginx"], systems["nginx"] = run.start_nginx()
         for name in wanted:
             results[name] = {"rounds": {s: [] for s in systems}}
         for rnd in range(settings.rounds):
@@ -512,6 +567,8 @@ def run_scenarios(settings, tools, notes):
                             measured = collapse_once(run, port, f"{system}-{rnd}")
                         elif name == "burst-2k":
                             measured = burst_once(settings, port)
+                        elif name == "reload":
+                            measured = reload_once(settings, tools, port, children[system], system)
                         else:
                             measured = throughput_once(settings, tools, port, name)
                     except Exception as exc:  # record it, go on with the other scenarios
@@ -533,6 +590,8 @@ def run_scenarios(settings, tools, notes):
 
 
 def _progress(measured):
+    if "failed" in measured:
+        return f"{measured['rps']:,.0f} req/s  {measured['failed']} failed"
     if "rps" in measured:
         return f"{measured['rps']:,.0f} req/s  p50 {measured['p50_ms']:.2f} ms  p99 {measured['p99_ms']:.2f} ms"
     if "origin_fetches" not in measured:
@@ -566,6 +625,7 @@ def main(argv=None):
             "startup_entries": settings.startup_entries,
             "stream_bytes": settings.stream_bytes,
             "stream_rate": settings.stream_rate,
+            "workers": settings.workers,
         },
         "notes": notes,
         "scenarios": results,

@@ -12,8 +12,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 RUN = ROOT / "bench" / "run.py"
-SCENARIOS = ["hit-1k", "hit-1m", "pass-1k", "close-1k", "collapse", "burst-2k", "stream-rss", "startup-100k",
-             "idle-10k"]
+SCENARIOS = ["hit-1k", "hit-1m", "pass-1k", "close-1k", "collapse", "burst-2k", "reload", "stream-rss",
+             "startup-100k", "idle-10k"]
 
 
 def _number(value):
@@ -23,7 +23,7 @@ def _number(value):
 def test_smoke_run(tmp_path):
     out = tmp_path / "smoke.json"
     proc = subprocess.run(
-        [sys.executable, str(RUN), "--smoke", "--out", str(out)],
+        [sys.executable, str(RUN), "--smoke", "--workers", "2", "--out", str(out)],
         capture_output=True,
         text=True,
         timeout=180,
@@ -43,13 +43,18 @@ def test_smoke_run(tmp_path):
         for measured in results[name]["rounds"]["accel"]:
             assert measured["requests"] > 0 and measured["non_2xx"] == 0, (name, measured)
 
-    # 100 concurrent first requests for one URL: one origin fetch, and every client gets the 200.
+    # 100 concurrent first requests for one URL, spread over two workers: one origin fetch, and every client
+    # gets the 200.
     for measured in results["collapse"]["rounds"]["accel"]:
         assert measured["origin_fetches"] == 1, measured
         assert measured["ok"] == measured["clients"] == 100, measured
     collapse = results["collapse"]["median"]["accel"]
     assert _number(collapse["seconds"]) and collapse["seconds"] > 0
     assert collapse["max_origin_fetches"] == 1
+
+    reload = results["reload"]["median"]["accel"]
+    assert _number(reload["rps"]) and reload["rps"] > 0
+    assert reload["total_failed"] == 0  # a SIGHUP under load (a new generation of workers) breaks nothing
 
     burst = results["burst-2k"]["median"]["accel"]
     assert _number(burst["seconds"]) and burst["min_ok"] == results["burst-2k"]["rounds"]["accel"][0]["clients"]
