@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 from pathlib import Path
@@ -78,6 +79,9 @@ def test_a_full_file():
         ("[cache]\nstore_set_cookie = 'yes'\n", 'cache.store_set_cookie: expected true, false or "keep"'),
         ("[cache]\nstore_set_cookie = 1\n", 'cache.store_set_cookie: expected true, false or "keep"'),
         ("[[route]]\nprefix = '/'\norigin = 'http://o/'\n[[route]]\nprefix = '/'\norigin = 'http://p/'\n", "line 5: route[1].prefix: expected each prefix at most once per host"),
+        ("[server]\nworkers = 0\n", 'line 2: server.workers: expected a whole number of worker processes greater than 0, or "auto"'),
+        ("[server]\nworkers = 'many'\n", "server.workers: expected a whole number of worker processes"),
+        ("[server]\nworkers = true\n", "server.workers: expected a whole number of worker processes"),
     ],
 )
 def test_mistakes_name_file_key_and_expectation(text, message):
@@ -90,6 +94,16 @@ def test_mistakes_name_file_key_and_expectation(text, message):
 def test_store_set_cookie_takes_true_false_or_keep():
     for text, value in [("true", True), ("false", False), ("'keep'", "keep")]:
         assert parse_config(f"[cache]\nstore_set_cookie = {text}\n", "accel.toml").cache.store_set_cookie == value
+
+
+def test_workers_default_to_one_and_auto_means_one_per_cpu():
+    assert parse_config("", "accel.toml").workers == 1
+    assert parse_config("[server]\nworkers = 'auto'\n", "accel.toml").workers == (os.cpu_count() or 1)
+    assert parse_config("[server]\nworkers = 3\nshutdown_timeout = 2.5\n", "accel.toml").shutdown_timeout == 2.5
+    assert parse_config("", "accel.toml").shutdown_timeout == 10
+    assert with_overrides(parse_config("", "accel.toml"), workers="4").workers == 4
+    with pytest.raises(ConfigError, match="--workers: expected a whole number of worker processes"):
+        with_overrides(parse_config("", "accel.toml"), workers="-1")
 
 
 def test_unreadable_file(tmp_path):

@@ -11,6 +11,7 @@ import tempfile
 
 import lmdb
 import pytest
+import trustme
 from click.testing import CliRunner
 from twisted.internet import defer, reactor
 from twisted.trial import unittest
@@ -18,7 +19,8 @@ from twisted.web import server
 
 from accel.cache.store import url_key
 from accel.cli.main import main
-from tests.support import CountingSite, RecordingOrigin
+from tests.support import CountingSite, RecordingOrigin, get
+from tests.tls_support import https_client, write_cert
 from tests.workers_support import Supervised, connect, connection_owner, eventually
 
 # Until a worker drains its requests on SIGTERM (the graceful stop of the configuration issue), whether a
@@ -41,11 +43,11 @@ class WorkerTests(unittest.TestCase):
         self.held = []  # origin requests the test answers itself
         self.addCleanup(self._answer_held)
 
-    def write_config(self, server_extra: str = "", workers: int = 2, listen=("tcp:0:interface=127.0.0.1",)):
+    def write_config(self, server_extra: str = "", workers: int = 2, listen=("tcp:0:interface=127.0.0.1",), tls=""):
         with open(self.config_path, "w") as f:
             f.write(f"[server]\nlisten = {json.dumps(list(listen))}\nworkers = {workers}\nshutdown_timeout = 5\n"
                     f"{server_extra}\n[[route]]\nprefix = \"/\"\norigin = \"{self.origin_url}\"\n"
-                    f"[cache]\ndir = \"{self.cache_dir}\"\n")
+                    f"[cache]\ndir = \"{self.cache_dir}\"\n{tls}")
 
     @defer.inlineCallbacks
     def start(self, *options, **config):
@@ -221,6 +223,20 @@ class WorkerTests(unittest.TestCase):
         unix_client = yield _connect_unix(unix_path, self)
         _, headers, _ = yield unix_client.request(b"GET", b"/x")
         self.assertEqual(headers[b"server"], b"two")
+
+    @defer.inlineCallbacks
+    def test_tls_listeners_are_shared_and_wrapped_in_tls_by_every_worker(self):
+        ca = trustme.CA()
+        files = write_cert(self.dir, "localhost", ca.issue_cert("localhost"))
+        tls_listen = "tcp:0:interface=127.0.0.1:backlog=64"  # another string than the plain listener's
+        accel = yield self.start(tls=f'[tls]\nlisten = ["{tls_listen}"]\n'
+                                     f'certificates = [{{ cert = "{files.cert}", key = "{files.key}" }}]\n')
+        port = accel.address_of(tls_listen)
+        agent = https_client(self, ca)
+        for _ in range(4):
+            response, body = yield get(agent, f"https://localhost:{port}/x")
+            self.assertEqual(response.code, 200)
+            self.assertIn(b"uri=/x", body)
 
     @defer.inlineCallbacks
     def test_a_configuration_mistake_on_reload_is_one_line_and_the_workers_keep_serving(self):

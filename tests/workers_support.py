@@ -46,6 +46,11 @@ class Supervised(ProcessProtocol):
 
     errReceived = outReceived
 
+    def address_of(self, description: str) -> int:
+        """The port the supervisor's listener for ``description`` was given."""
+        found = re.search(rb"listening on %s \(address (\d+)\)" % re.escape(description.encode()), self.output)
+        return int(found.group(1))
+
     def logged(self, pattern: bytes) -> defer.Deferred:
         """Fires once the log (from its start) matches ``pattern``."""
         d = defer.Deferred()
