@@ -121,6 +121,13 @@ def test_command_line_overrides_the_file():
     assert changed.access_log == "-"
 
 
+def test_check_config_prints_the_workers(tmp_path):
+    path = tmp_path / "accel.toml"
+    path.write_text(GOOD.replace("server_header = false", "server_header = false\nworkers = 3"))
+    result = CliRunner().invoke(main, ["check-config", str(path)])
+    assert "workers: 3 processes, started and supervised by the first one" in result.output, result.output
+
+
 def test_check_config_prints_listeners_and_routes(tmp_path):
     path = tmp_path / "accel.toml"
     path.write_text(GOOD)

@@ -64,6 +64,8 @@ def describe(config: Config) -> list[str]:
     lines.append(f"access log: {log}")
     lines += [f"error document {code}: {doc}" for code, doc in sorted(config.error_documents.items())]
     lines.append(f"shutdown timeout: {config.shutdown_timeout:g} s")
+    lines.append(f"workers: {config.workers}" + (" (one process serves, no supervisor)" if config.workers == 1 else
+                                                 " processes, started and supervised by the first one"))
     return lines
 
 
