@@ -21,7 +21,7 @@ import sys
 
 from twisted.application import service
 from twisted.internet import defer
-from twisted.internet.error import ProcessDone, ProcessExitedAlready
+from twisted.internet.error import CannotListenError, ProcessDone, ProcessExitedAlready
 from twisted.internet.protocol import ProcessProtocol
 from twisted.logger import Logger
 
@@ -114,9 +114,13 @@ class Supervisor(service.Service):
 
     # -- start and supervision -----------------------------------------------------------------------
 
+    def privilegedStartService(self) -> None:
+        """Listeners open before twistd gives up root (--uid/--gid): port 80 needs it, the workers don't."""
+        super().privilegedStartService()
+        self._open_listeners(self.config)
+
     def startService(self) -> None:
         super().startService()
-        self._open_listeners(self.config)
         self.workers = [self._spawn(self.config) for _ in range(self.config.workers)]
         log.info("supervisor {pid}: started {n} workers", pid=os.getpid(), n=len(self.workers))
         if hasattr(signal, "SIGHUP"):
@@ -177,11 +181,8 @@ class Supervisor(service.Service):
         try:
             config = self.reload_config()
             self._open_listeners(config)
-        except ConfigError as e:
-            log.error("reload refused: {error}; the workers keep the previous configuration", error=str(e))
-            return None
-        except Exception as e:
-            self.listeners.close_except(listener_descriptions(self.config))
+        except (ConfigError, CannotListenError) as e:
+            self.listeners.close_except(listener_descriptions(self.config))  # those this reload opened
             log.error("reload refused: {error}; the workers keep the previous configuration", error=str(e))
             return None
         self.reloading = True
