@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 
 from accel.cache.figures import ProcessFigures, live_figures, summed
 
@@ -24,3 +25,10 @@ def test_live_processes_are_summed_and_gone_ones_ignored(tmp_path):
 
 def test_no_directory_means_no_process(tmp_path):
     assert live_figures(str(tmp_path / "missing")) == []
+
+
+def test_publishing_into_a_removed_directory_is_no_error(tmp_path):
+    figures = ProcessFigures(str(tmp_path / "cache"))
+    shutil.rmtree(tmp_path / "cache")
+    figures.publish(STATS)  # the server goes on; the figures come back with the directory
+    figures.close()

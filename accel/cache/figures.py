@@ -28,10 +28,14 @@ class ProcessFigures:
         self.path = os.path.join(directory, f"{self.pid}.json")
 
     def publish(self, memory_stats: dict) -> None:
+        """Write the figures; a cache directory removed under a running server is not this method's concern."""
         temporary = f"{self.path}.tmp"
-        with open(temporary, "w") as f:
-            json.dump({"pid": self.pid, **{k: memory_stats[k] for k in SUMMED}}, f)
-        os.replace(temporary, self.path)
+        try:
+            with open(temporary, "w") as f:
+                json.dump({"pid": self.pid, **{k: memory_stats[k] for k in SUMMED}}, f)
+            os.replace(temporary, self.path)
+        except FileNotFoundError:
+            pass
 
     def close(self) -> None:
         try:
