@@ -81,6 +81,18 @@ class SharedCollapserTests(unittest.TestCase):
         second.release(URL)
 
     @defer.inlineCallbacks
+    def test_the_leader_knows_other_processes_wait_so_its_fetch_goes_on_without_its_client(self):
+        leases = table(self)
+        first, second = self.collapser(leases), self.collapser(leases)
+        first.join(URL)
+        self.assertFalse(first.has_waiters(URL))
+        waiting = second.join(URL)
+        self.assertTrue(first.has_waiters(URL))
+        self.assertFalse(second.has_waiters(URL))  # it waits; it does not lead
+        first.release(URL)
+        yield waiting
+
+    @defer.inlineCallbacks
     def test_not_storable_wakes_the_waiters_and_other_processes_then_skip_collapsing(self):
         leases = table(self)
         first, second = self.collapser(leases), self.collapser(leases)
