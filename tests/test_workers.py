@@ -10,7 +10,6 @@ import signal
 import tempfile
 
 import lmdb
-import pytest
 import trustme
 from click.testing import CliRunner
 from twisted.internet import defer, reactor
@@ -23,9 +22,6 @@ from tests.support import CountingSite, RecordingOrigin, get
 from tests.tls_support import https_client, write_cert
 from tests.workers_support import Supervised, connect, connection_owner, eventually
 
-# Until a worker drains its requests on SIGTERM (the graceful stop of the configuration issue), whether a
-# request in flight survives a reload or a stop is a race; these tests pass for sure once it exists.
-needs_graceful_stop = pytest.mark.xfail(reason="a worker drains in-flight requests on SIGTERM (issue 11)", strict=False)
 
 
 class WorkerTests(unittest.TestCase):
@@ -141,14 +137,18 @@ class WorkerTests(unittest.TestCase):
             env.close()
         return json.loads(value) if value else {}
 
+    def fetches(self, path: bytes) -> int:
+        return sum(1 for seen in self.origin.seen if seen.uri == path)
+
     def another_process_waits(self, url: str) -> bool:
         record = self.lease(url)
         return any(not token.startswith(f"accel-{record['pid']}-") for token in record.get("waiters", []))
 
     @defer.inlineCallbacks
     def burst(self, accel, path: bytes, n: int):
-        clients = []
-        for _ in range(n):
+        """``n`` concurrent GETs of ``path``, among them one on a connection of each worker."""
+        clients = list((yield self.one_connection_per_worker(accel, b"/warm-up")).values())
+        while len(clients) < n:
             clients.append((yield connect(accel.port, self)))
         return [client.request(b"GET", path) for client in clients]
 
@@ -161,7 +161,7 @@ class WorkerTests(unittest.TestCase):
         self._answer_held()
         answers = yield defer.gatherResults(responses)
         self.assertEqual({(status, body) for status, _, body in answers}, {(200, b"hello")})
-        self.assertEqual(len(self.origin.seen), 1)
+        self.assertEqual(self.fetches(b"/c"), 1)
         self.assertTrue(any(b"collapsed" in headers[b"cache-status"] for _, headers, _ in answers))
         self.assertEqual(self.lease("http://example.test/c"), {})  # released
 
@@ -182,7 +182,7 @@ class WorkerTests(unittest.TestCase):
         self.origin.handlers[b"/n"] = lambda request: (request.setHeader(b"cache-control", b"no-store"), b"hello")[1]
         answers = yield defer.gatherResults(responses)
         self.assertEqual({(status, body) for status, _, body in answers}, {(200, b"hello")})
-        self.assertGreater(len(self.origin.seen), 1)
+        self.assertGreater(self.fetches(b"/n"), 1)
         self.assertIn("hit_for_miss_until", self.lease("http://example.test/n"))  # the next burst won't queue
 
     # -- supervision --------------------------------------------------------------------------------------
@@ -251,7 +251,6 @@ class WorkerTests(unittest.TestCase):
         self.assertEqual((status, headers[b"server"]), (200, b"one"))
         self.assertEqual(len(accel.accepting), 2)  # no new generation was started
 
-    @needs_graceful_stop
     @defer.inlineCallbacks
     def test_requests_in_flight_during_a_reload_are_answered(self):
         self.origin.handlers[b"/slow/1"] = self.origin.handlers[b"/slow/2"] = self.hold
@@ -269,6 +268,13 @@ class WorkerTests(unittest.TestCase):
         answers = yield defer.gatherResults(in_flight, consumeErrors=True)
         self.assertEqual([status for status, _, _ in answers], [200, 200])
 
+    @defer.inlineCallbacks
+    def test_sigusr1_makes_every_worker_reopen_its_log_files(self):
+        accel = yield self.start()
+        accel.signal(signal.SIGUSR1)
+        for pid in accel.accepting:
+            yield accel.logged(rb"worker %d: .*log files reopened" % pid)
+
     # -- stop -----------------------------------------------------------------------------------------------
 
     @defer.inlineCallbacks
@@ -285,7 +291,6 @@ class WorkerTests(unittest.TestCase):
         verify = CliRunner().invoke(main, ["cache", "--cache-dir", self.cache_dir, "verify"])
         self.assertEqual(verify.exit_code, 0, verify.output)
 
-    @needs_graceful_stop
     @defer.inlineCallbacks
     def test_sigterm_lets_requests_in_flight_finish(self):
         self.origin.handlers[b"/slow"] = self.hold

@@ -68,8 +68,9 @@ class Supervised(ProcessProtocol):
         self.watches = []
         self.ended.callback(None)
 
-    def signal(self, name: str) -> None:
-        self.transport.signalProcess(name)
+    def signal(self, which) -> None:
+        """A signal's name as Twisted knows it ("HUP", "TERM"...) or its number."""
+        self.transport.signalProcess(which)
 
     def kill(self) -> defer.Deferred:
         if not self.ended.called:

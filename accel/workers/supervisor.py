@@ -9,6 +9,7 @@ them, and serves no request itself.
   the others are shared); once every new worker accepts, the previous ones get SIGTERM and finish their
   in-flight requests (up to ``shutdown_timeout``, then SIGKILL). If a new worker exits before accepting, the
   new generation is abandoned and the previous one keeps serving.
+- **Log files (SIGUSR1)**: passed on to every worker, which reopens its access log.
 - **Stop (SIGTERM, SIGINT)**: every worker gets SIGTERM and up to ``shutdown_timeout`` (plus a margin) to finish;
   those still running then get SIGKILL; then the listeners close.
 """
@@ -73,9 +74,10 @@ class WorkerProcess(ProcessProtocol):
         if line.strip():
             log.info("worker {pid}: {line}", pid=self.pid, line=line.decode("utf-8", "replace"))
 
-    def signal(self, name: str) -> None:
+    def signal(self, which) -> None:
+        """``which``: "TERM", "KILL" (names Twisted knows) or a signal number."""
         try:
-            self.transport.signalProcess(name)
+            self.transport.signalProcess(which)
         except ProcessExitedAlready:
             pass
 
@@ -110,7 +112,7 @@ class Supervisor(service.Service):
         self.alive: set[WorkerProcess] = set()
         self.stopping = False
         self.reloading = False
-        self._previous_hangup = None
+        self._previous_handlers: dict[int, object] = {}
 
     # -- start and supervision -----------------------------------------------------------------------
 
@@ -123,8 +125,9 @@ class Supervisor(service.Service):
         super().startService()
         self.workers = [self._spawn(self.config) for _ in range(self.config.workers)]
         log.info("supervisor {pid}: started {n} workers", pid=os.getpid(), n=len(self.workers))
-        if hasattr(signal, "SIGHUP"):
-            self._previous_hangup = signal.signal(signal.SIGHUP, lambda *_: self.reactor.callFromThread(self.reload))
+        for signum, action in ((signal.SIGHUP, self.reload), (signal.SIGUSR1, self.reopen_logs)):
+            self._previous_handlers[signum] = signal.signal(
+                signum, lambda *_, action=action: self.reactor.callFromThread(action))
 
     def _open_listeners(self, config: Config) -> None:
         for description in listener_descriptions(config):
@@ -209,6 +212,11 @@ class Supervisor(service.Service):
         d.addCallback(lambda _: self._reloaded())
         return d
 
+    def reopen_logs(self) -> None:
+        """SIGUSR1: every worker reopens its log files."""
+        for worker in self.alive:
+            worker.signal(signal.SIGUSR1)
+
     # -- stop ----------------------------------------------------------------------------------------
 
     def _terminate(self, workers, timeout: float) -> defer.Deferred:
@@ -230,9 +238,9 @@ class Supervisor(service.Service):
     def stopService(self) -> defer.Deferred:
         super().stopService()
         self.stopping = True
-        if self._previous_hangup is not None:
-            signal.signal(signal.SIGHUP, self._previous_hangup)
-            self._previous_hangup = None
+        for signum, previous in self._previous_handlers.items():
+            signal.signal(signum, previous)
+        self._previous_handlers.clear()
         log.info("stopping {n} workers", n=len(self.alive))
         d = self._terminate(list(self.alive), self.config.shutdown_timeout)
         d.addCallback(lambda _: self.listeners.close())
