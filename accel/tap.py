@@ -278,6 +278,7 @@ class Operations(service.Service):
         for signum, previous in self._previous.items():
             signal.signal(signum, previous)
         self._previous.clear()
+        self.accelerator.site.draining = True  # keep-alive clients go elsewhere (another worker, a restarted accel)
         timeout = self.accelerator.generation.config.shutdown_timeout
         waiting = self.accelerator.in_flight.count
         if waiting:

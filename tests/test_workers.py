@@ -258,12 +258,17 @@ class WorkerTests(unittest.TestCase):
         in_flight = []
         for n, client in enumerate((yield self.one_connection_per_worker(accel, b"/x")).values(), 1):
             in_flight.append(client.request(b"GET", b"/slow/%d" % n))  # two URLs: nothing collapses
+        idle = list((yield self.one_connection_per_worker(accel, b"/x")).values())  # keep-alive, between requests
         yield eventually(lambda: len(self.held) == 2)
         old = accel.accepting[:2]
         accel.signal("HUP")
         yield accel.logged(rb"reloaded: 2 workers")
         for pid in old:  # the old workers no longer accept; a worker that does not drain would be gone now
             yield accel.logged(rb"worker %d: .*Port \d+ Closed" % pid)
+        for client in idle:  # a retired worker answers, and sends its keep-alive clients elsewhere
+            status, headers, _ = yield client.request(b"GET", b"/x")
+            self.assertEqual((status, headers.get(b"connection")), (200, b"close"))
+            yield client.closed
         self._answer_held()
         answers = yield defer.gatherResults(in_flight, consumeErrors=True)
         self.assertEqual([status for status, _, _ in answers], [200, 200])

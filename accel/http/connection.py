@@ -185,7 +185,8 @@ class HTTPConnection(Protocol):
         else:
             raise Refused(400)
         message.method = parser.get_method()
-        message.keep_alive = version == "1.1" and parser.should_keep_alive()
+        # A stopping server answers with Connection: close, so clients move to the ones that go on serving.
+        message.keep_alive = version == "1.1" and parser.should_keep_alive() and not self.site.draining
         self.check_fields(message)
         self.head_bytes = -1  # the header section is complete: body bytes don't count
         self._deadline = None

@@ -177,6 +177,7 @@ class AccelSite(server.Site):
         self.limits = limits
         self.errors = errors or ErrorPages()  # the pages of the channel's refusals and of failures (500)
         self.hsts = hsts  # Strict-Transport-Security of refusals over TLS (requests: accel.tls.https.with_hsts)
+        self.draining = False  # stopping: requests read from now on are answered with Connection: close
         self.server_header = server_header.encode("latin-1") if server_header else None
         self.server_field = b"Server: %s\r\n" % self.server_header if self.server_header else b""
         self.hsts_field = b"Strict-Transport-Security: %s\r\n" % hsts if hsts else b""  # on fast hits over TLS
