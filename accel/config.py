@@ -63,7 +63,7 @@ class Origin:
 
     @property
     def authority(self) -> str:
-        default = 443 if self.scheme == "https" else 80
+        default = _DEFAULT_PORTS.get(self.scheme, 0)
         host = f"[{self.host}]" if ":" in self.host else self.host
         return host if self.port == default else f"{host}:{self.port}"
 
@@ -71,6 +71,9 @@ class Origin:
     def key(self) -> str:
         """Identity of the origin server (for connection pools and logs), without the path."""
         return f"{self.scheme}://{self.authority}"
+
+
+_DEFAULT_PORTS = {"http": 80, "https": 443}  # a balancer:// "origin" has no port (0)
 
 
 @dataclass(frozen=True, slots=True)
@@ -154,6 +157,58 @@ class Route:
     @property
     def exclude(self) -> bool:
         return self.origin is None
+
+    @property
+    def balancer(self) -> str | None:
+        """The ``[balancer.NAME]`` this route sends to (origin = "balancer://NAME/"), or None."""
+        return self.origin.host if self.origin is not None and self.origin.scheme == "balancer" else None
+
+
+BALANCER_METHODS = ("byrequests", "bytraffic", "bybusyness", "uri-hash")
+
+
+@dataclass(frozen=True, slots=True)
+class BalancerMember:
+    """One ``[[balancer.NAME.member]]``: an origin, the route name sticky sessions use, its share."""
+
+    origin: Origin
+    route: str  # defaults to the member's position, from 1
+    weight: int = 1
+    standby: bool = False  # hot standby (Apache status=+H): used only while no other member is usable
+
+
+@dataclass(frozen=True, slots=True)
+class HealthCheck:
+    """``[balancer.NAME.health]``: active checks of every member."""
+
+    uri: str = "/"
+    method: str = "GET"
+    interval: float = 5.0
+    expect: frozenset[int] = frozenset(range(200, 300))  # status codes that pass
+    fails: int = 2  # consecutive failed checks before a member is taken out
+    passes: int = 1  # consecutive passed checks before it is put back
+
+
+@dataclass(frozen=True, slots=True)
+class BalancerSettings:
+    """``[balancer.NAME]``: how requests for ``balancer://NAME/`` spread over the members."""
+
+    name: str
+    members: tuple[BalancerMember, ...]
+    method: str = "byrequests"
+    sticky_cookie: str | None = None  # a cookie whose value ends in ".<member route>"
+    sticky_set: bool = False  # accel sets that cookie itself
+    retry: float = 60.0  # seconds a member stays out after it failed a request
+    health: HealthCheck | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class StatusSettings:
+    """``[status]``: where the status page (with the balancer manager) is served, and to whom."""
+
+    path: str = "/accel-status"
+    allow: tuple = (ipaddress.ip_network("127.0.0.0/8"), ipaddress.ip_network("::1/128"))
+    allow_unix_peers: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -265,6 +320,8 @@ class Config:
     limits: Limits = Limits()
     tls: TLSSettings = TLSSettings()
     protection: Protection = Protection()  # the [server] defaults of the routes' protection
+    balancers: dict[str, BalancerSettings] = field(default_factory=dict)
+    status: StatusSettings = StatusSettings()
     overridden_by: tuple[str, ...] = ()  # the command-line options that replaced values of the file ("--cache-dir")
 
     def origin_of(self, key: str, option: str) -> tuple[str, str]:
@@ -406,6 +463,17 @@ def parse_origin(url: str) -> Origin:
     return Origin(url=url, scheme=parts.scheme, host=parts.hostname, port=port, base_path=parts.path or "/")
 
 
+_ORIGIN = 'an http:// or https:// URL, or "balancer://NAME/"'
+
+
+def parse_balancer_url(url: str) -> Origin:
+    """``balancer://NAME/path``: a route to the members of ``[balancer.NAME]`` (their URLs give the base path)."""
+    parts = urlsplit(url)
+    if parts.scheme != "balancer" or not parts.netloc or parts.port or parts.query or parts.fragment:
+        raise ValueError('"balancer://NAME/" naming a [balancer.NAME] table')
+    return Origin(url=url, scheme="balancer", host=parts.netloc, port=0, base_path=parts.path or "/")
+
+
 # Route prefixes and CacheDisable rules are compared with request paths in their normal form
 # (accel.http.target): a configured path that is not in that form could never match.
 _NOT_NORMAL = re.compile(r"//|/\.\.?(?:/|$)|[%\\#\x00-\x1f\x7f]")
@@ -419,15 +487,15 @@ def _route(source: str, text: str, index: int, table: dict[str, Any], defaults: 
     if prefix is None or not prefix.startswith("/") or _NOT_NORMAL.search(prefix):
         raise r.fail("prefix", _PREFIX, prefix)
     exclude = r.get("exclude", bool, "true or false", False)
-    origin_url = r.get("origin", str, "an http:// or https:// URL")
+    origin_url = r.get("origin", str, _ORIGIN)
     if exclude and origin_url is not None:
         raise r.fail("origin", "no origin on an exclusion route (exclude = true)", origin_url)
     origin = None
     if not exclude:
         if origin_url is None:
-            raise r.fail("origin", "an http:// or https:// URL (or exclude = true)")
+            raise r.fail("origin", f"{_ORIGIN} (or exclude = true)")
         try:
-            origin = parse_origin(origin_url)
+            origin = parse_balancer_url(origin_url) if origin_url.startswith("balancer:") else parse_origin(origin_url)
         except ValueError as e:
             raise r.fail("origin", str(e), origin_url) from None
     route = Route(
@@ -865,9 +933,121 @@ def parse_config(text: str, source: str) -> Config:
     purge_r.reject_unknown()
     tls = _tls_settings(_Reader(source, top.table_of("tls"), "tls", text))
     _same_origin_tls(source, text, routes)
+    balancers = _balancers(top)
+    _routes_name_balancers(source, routes, balancers)
+    status = _status_settings(_Reader(source, top.table_of("status"), "status", text))
     top.seen.update({"server", "limits", "route", "error_documents", "cache", "purge", "tls"})
     top.reject_unknown()
-    return replace(config, routes=tuple(routes), error_documents=docs, cache=cache, purge=purge, tls=tls)
+    return replace(config, routes=tuple(routes), error_documents=docs, cache=cache, purge=purge, tls=tls,
+                   balancers=balancers, status=status)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Balancers and the status page
+
+_CODES = 'a status class such as "2xx" or a list of status codes'
+
+
+def _balancers(top: _Reader) -> dict[str, BalancerSettings]:
+    """Every ``[balancer.NAME]`` table."""
+    out = {}
+    for name, table in top.table_of("balancer").items():
+        if not isinstance(table, dict):
+            raise top.fail("balancer", "[balancer.NAME] tables", table)
+        out[name] = _balancer(_Reader(top.source, table, f"balancer.{name}", top.text), name)
+    return out
+
+
+def _balancer(r: _Reader, name: str) -> BalancerSettings:
+    method = r.get("method", str, " | ".join(BALANCER_METHODS), "byrequests")
+    if method not in BALANCER_METHODS:
+        raise r.fail("method", " | ".join(BALANCER_METHODS), method)
+    members = []
+    tables = r.get("member", list, "an array of [[balancer.NAME.member]] tables", [])
+    for i, table in enumerate(tables):
+        if not isinstance(table, dict):
+            raise r.fail("member", "[[balancer.NAME.member]] tables", table)
+        members.append(_member(_Reader(r.source, table, f"{r.path}.member[{i}]", r.text), i))
+    if not members:
+        raise r.fail("member", "at least one [[balancer.NAME.member]]")
+    routes = [m.route for m in members]
+    for route in routes:
+        if routes.count(route) > 1:
+            raise r.fail("member", "a different route for each member", route)
+    if all(m.standby for m in members):
+        raise r.fail("member", "at least one member that is not a standby")
+    sticky_cookie = r.get("sticky_cookie", str, "a cookie name")
+    sticky_set = r.get("sticky_set", bool, "true or false", False)
+    if sticky_set and not sticky_cookie:
+        raise r.fail("sticky_set", "sticky_cookie as well (the cookie to set)")
+    retry = r.get("retry", (int, float), "a number of seconds, 0 or more", 60.0)
+    if retry < 0:
+        raise r.fail("retry", "a number of seconds, 0 or more", retry)
+    health = None
+    if "health" in r.table:
+        health = _health(_Reader(r.source, r.table_of("health"), f"{r.path}.health", r.text))
+    r.reject_unknown()
+    return BalancerSettings(name, tuple(members), method, sticky_cookie, sticky_set, float(retry), health)
+
+
+def _member(r: _Reader, index: int) -> BalancerMember:
+    url = r.get("url", str, "an http:// or https:// URL")
+    if url is None:
+        raise r.fail("url", "an http:// or https:// URL")
+    try:
+        origin = parse_origin(url)
+    except ValueError as e:
+        raise r.fail("url", str(e), url) from None
+    route = r.get("route", str, "a name without '.' or ';'", str(index + 1))
+    if not route or not re.fullmatch(r"[A-Za-z0-9_~-]+", route):
+        raise r.fail("route", "a name of letters, digits, '-', '_' or '~'", route)
+    member = BalancerMember(origin, route, r.positive_int("weight", 1), r.get("standby", bool, "true or false", False))
+    r.reject_unknown()
+    return member
+
+
+def _health(r: _Reader) -> HealthCheck:
+    d = HealthCheck()
+    uri = r.get("uri", str, "a path starting with '/'", d.uri)
+    if not uri.startswith("/") or re.search(r"[\s\x00-\x1f\x7f]", uri):
+        raise r.fail("uri", "a path starting with '/', without spaces", uri)
+    method = r.get("method", str, "GET, HEAD or OPTIONS", d.method)
+    if method not in ("GET", "HEAD", "OPTIONS"):
+        raise r.fail("method", "GET, HEAD or OPTIONS", method)
+    health = HealthCheck(uri, method, r.seconds("interval", d.interval), _expected_codes(r),
+                         r.positive_int("fails", d.fails), r.positive_int("passes", d.passes))
+    r.reject_unknown()
+    return health
+
+
+def _expected_codes(r: _Reader) -> frozenset[int]:
+    value = r.get("expect", (str, list), _CODES, "2xx")
+    codes: set[int] = set()
+    for item in [value] if isinstance(value, str) else value:
+        if isinstance(item, str) and re.fullmatch(r"[1-5]xx", item):
+            codes.update(range(int(item[0]) * 100, int(item[0]) * 100 + 100))
+        elif isinstance(item, int) and not isinstance(item, bool) and 100 <= item <= 599:
+            codes.add(item)
+        else:
+            raise r.fail("expect", _CODES, item)
+    if not codes:
+        raise r.fail("expect", _CODES, value)
+    return frozenset(codes)
+
+
+def _routes_name_balancers(source: str, routes: list[Route], balancers: dict[str, BalancerSettings]) -> None:
+    for i, route in enumerate(routes):
+        if route.balancer is not None and route.balancer not in balancers:
+            raise ConfigError(source, f"route[{i}].origin", f"a [balancer.{route.balancer}] table", route.origin.url)
+
+
+def _status_settings(r: _Reader) -> StatusSettings:
+    path = r.get("path", str, _PREFIX, StatusSettings().path)
+    if not path.startswith("/") or path.endswith("/") or _NOT_NORMAL.search(path):
+        raise r.fail("path", f"a path starting (and not ending) with '/', {_NORMAL}", path)
+    allow, allow_unix_peers = _networks(r, "allow", StatusSettings().allow)
+    r.reject_unknown()
+    return StatusSettings(path, allow, allow_unix_peers)
 
 
 WORKERS_EXPECTED = 'a whole number of worker processes greater than 0, or "auto" (one per CPU)'
