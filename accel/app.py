@@ -21,6 +21,9 @@ from accel.http.errors import ErrorPages
 from accel.http.header_rules import HeaderRules
 from accel.proxy.admission import Admission
 from accel.proxy.buckets import SharedBuckets
+from accel.http.status import StatusPage
+from accel.proxy.balancing import Balancers
+from accel.proxy.manager import BalancerManager
 from accel.proxy.origin import OriginClients
 from accel.tls.listeners import check_certificates
 from accel.tls.origin import check_route_files, origin_policies
@@ -102,13 +105,15 @@ def _check_access_log(config: Config) -> None:
         raise ConfigError(source, key, "a file accel can write", f"{path} (not writable)")
 
 
-def build_site(config: Config, reactor) -> AccelSite:
-    """The Site serving ``config``; ``site.accelerator`` reloads it, ``site.close()`` releases everything."""
-    accelerator = Accelerator(config, reactor)
+def build_site(config: Config, reactor, clock=None) -> AccelSite:
+    """The Site serving ``config``; ``site.accelerator`` reloads it, ``site.close()`` releases everything.
+    ``clock`` (default: the reactor) gives balancers their time: retry periods and health check timers."""
+    accelerator = Accelerator(config, reactor, clock)
     site = accelerator.site
     site.accelerator = accelerator
     site.close = accelerator.close
     site.cache = accelerator.cache
+    site.balancers = accelerator.balancers
     return site
 
 
@@ -149,13 +154,15 @@ class Accelerator:
     open, and the cache (storage, memory tier) carries on. ``drain`` waits for the requests in flight.
     """
 
-    def __init__(self, config: Config, reactor):
+    def __init__(self, config: Config, reactor, clock=None):
         self.reactor = reactor
         self.cache = CacheRuntime(config.cache, reactor, shared=config.workers > 1) if config.cache.dir else None
         self.in_flight = InFlight()
         self.clients: list[OriginClients] = []
         self.buckets: SharedBuckets | None = None  # made when a configuration first has a rate limit; kept
         self.generation: Generation | None = None
+        # Balancer state outlives generations: a reload keeps the members it keeps (Balancers.configure).
+        self.balancers = Balancers(clock or reactor)
         generation = self._build(config)
         self.site = AccelSite(
             generation.resource,
@@ -165,6 +172,7 @@ class Accelerator:
             reactor=reactor,
         )
         self._apply(generation)
+        self.balancers.start()
 
     def _build(self, config: Config) -> Generation:
         errors = ErrorPages(config.error_documents)
@@ -177,10 +185,11 @@ class Accelerator:
         if self.buckets is None and any(route.protection.rate_limit for route in config.routes):
             self.buckets = rate_limit_buckets(config)
         admission = Admission(config, self.buckets, self.reactor.seconds)
-        handler = forwarder = Forwarder(config, clients, errors, self.reactor, admission)
+        handler = forwarder = Forwarder(config, clients, errors, self.reactor, admission, self.balancers)
         if self.cache is not None:
             handler = self.cache.layer(forwarder, config.cache)
-        proxy = ReverseProxy(config, handler, errors, admission)
+        status = StatusPage(config.status, [BalancerManager(self.balancers)], errors)
+        proxy = ReverseProxy(config, handler, errors, admission, status=status)
         fast_hits = None
         if self.cache is not None:
             from accel.cache.fast import FastHits
@@ -195,6 +204,7 @@ class Accelerator:
         """Swap ``generation`` in: new requests use it (limits and HSTS: new connections)."""
         config = generation.config
         self.generation = generation
+        self.balancers.configure(config.balancers, generation.clients)
         site = self.site
         site.resource = generation.resource
         site.errors = generation.errors
@@ -220,6 +230,7 @@ class Accelerator:
         return self.in_flight.wait(self.reactor, timeout)
 
     def close(self) -> Deferred:
+        self.balancers.stop()
         closing = [clients.close() for clients in self.clients]
         if self.cache is not None:
             closing.append(self.cache.close())

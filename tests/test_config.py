@@ -66,7 +66,7 @@ def test_a_full_file():
     [
         ("[[route]]\nprefix = 'api'\norigin = 'http://o/'\n", "route[0].prefix: expected a path prefix starting with '/'"),
         ("[[route]]\nprefix = '/'\norigin = 'ftp://o/'\n", "line 3: route[0].origin: expected an http:// or https:// URL"),
-        ("[[route]]\nprefix = '/'\n", "route[0].origin: expected an http:// or https:// URL (or exclude = true)"),
+        ("[[route]]\nprefix = '/'\n", "route[0].origin: expected an http:// or https:// URL, or \"balancer://NAME/\" (or exclude = true)"),
         ("[[route]]\nprefix = '/'\norigin = 'http://o/'\nconnect_timeout = 'soon'\n", "line 4: route[0].connect_timeout: expected a number of seconds"),
         ("[[route]]\nprefix = '/'\norigin = 'http://o/'\nmax_connections = 0\n", "route[0].max_connections: expected a whole number greater than 0"),
         ("[server]\nlisten = 8080\n", "line 2: server.listen: expected a string or a list of strings, got 8080"),

@@ -35,6 +35,7 @@ PURE = [
     "accel.http.header_rules",
     "accel.http.headers",
     "accel.http.target",
+    "accel.proxy.balancer",
     "accel.proxy.ratelimit",
     "accel.proxy.rewrite",
     "accel.proxy.routing",

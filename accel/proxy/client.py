@@ -74,6 +74,7 @@ class OriginResponse:
         self.fields = fields
         self.length = length
         self.claimed = False  # someone took the body (deliverBody) or gave it up (release)
+        self.received = 0  # body bytes so far
         self.ended: Failure | None = None
         self._protocol = None
 
@@ -98,6 +99,7 @@ class OriginResponse:
     # Fed by the connection -------------------------------------------------------------------------
 
     def _data(self, data: bytes) -> None:
+        self.received += len(data)
         self._protocol.dataReceived(data)  # claimed as the head arrived: see accel.proxy.origin._Request.head
 
     def _end(self, reason: Failure | None) -> None:

@@ -31,6 +31,7 @@ from accel.http.header_rules import HeaderRules
 from accel.http.headers import UNTRUSTED_FIELDS, ClientSide, RawFields, end_to_end, request_to_origin, response_to_client
 from accel.http.target import UnsafeTarget, normalise_target
 from accel.proxy.admission import Admission, Refused
+from accel.proxy.balancing import Balancers, NoUsableMember
 from accel.proxy.origin import Fetched, OriginBusy, OriginClients, OriginTimeout, OriginUnavailable
 from accel.proxy.rewrite import ReverseMap, reverse_fields
 from accel.proxy.routing import RouteTable, origin_target
@@ -44,13 +45,14 @@ _PEERS_REMEMBERED = 4096  # bound on Forwarder.peer's memo
 class ReverseProxy(Resource):
     isLeaf = True
 
-    def __init__(self, config: Config, handler, errors: ErrorPages, admission: Admission, purge=None):
+    def __init__(self, config: Config, handler, errors: ErrorPages, admission: Admission, purge=None, status=None):
         super().__init__()
         self.routes = RouteTable(config.routes)
         self.handler = handler
         self.errors = errors
         self.admission = admission
         self.purge = purge
+        self.status = status  # the status page (accel.http.status), answered before routing
         self.names = {n.lower() for n in config.server_names + local_names()}
         # Route → its origin's key for the access log and its header rules, computed once (id: Routes are
         # slow to hash).
@@ -80,7 +82,11 @@ class ReverseProxy(Resource):
         except UnsafeTarget as e:
             self.errors.send(request, 400, f"The request-target cannot be used: {e}.")
             return NOT_DONE_YET
-        request.path = target.partition("?")[0].encode("latin-1")
+        path = target.partition("?")[0]
+        request.path = path.encode("latin-1")
+        if self.status is not None and self.status.claims(path):
+            self.status.handle(request, target)
+            return NOT_DONE_YET
         if method == b"PURGE":
             if self.purge is None:
                 self.errors.send(request, 405, "This server has no cache to purge.")
@@ -149,9 +155,11 @@ class ReverseProxy(Resource):
 class Forwarder:
     """Sends requests to their route's origin and relays the responses."""
 
-    def __init__(self, config: Config, clients: OriginClients, errors: ErrorPages, reactor, admission: Admission):
+    def __init__(self, config: Config, clients: OriginClients, errors: ErrorPages, reactor, admission: Admission,
+                 balancers: Balancers | None = None):
         self.config = config
         self.clients = clients
+        self.balancers = balancers
         self.errors = errors
         self.reactor = reactor
         self.admission = admission
@@ -180,9 +188,12 @@ class Forwarder:
         if refusal is not None:
             return fail(Refused(refusal))
         headers = self.upstream_headers(request, route, extra, drop)
+        sticky = None
+        if route.balancer is not None:
+            sticky = self.balancers.sticky(route, request.requestHeaders.getRawHeaders(b"cookie", []))
         d = self.send(
             route, request.method, target, headers, request.body,
-            interim=lambda code, phrase, fields: relay_interim(request, code, phrase, fields),
+            interim=lambda code, phrase, fields: relay_interim(request, code, phrase, fields), sticky=sticky,
         )
         answered = []
 
@@ -192,6 +203,8 @@ class Forwarder:
 
         d.addCallback(origin_answered)
         request.notifyFinish().addBoth(lambda _: None if answered or keep_going() else d.cancel())
+        if route.balancer is not None:
+            d.addCallback(_log_member, request)
         return d
 
     def upstream_headers(
@@ -227,9 +240,13 @@ class Forwarder:
         return known[1]
 
     def send(
-        self, route: Route, method: bytes, target: str, headers: RawFields, body=None, interim=None
+        self, route: Route, method: bytes, target: str, headers: RawFields, body=None, interim=None,
+        sticky: str | None = None,
     ) -> Deferred[Fetched]:
-        """Send a prepared request for a public ``target`` to the route's origin."""
+        """Send a prepared request for a public ``target`` to the route's origin, or to a member of its
+        balancer (``sticky``: the member route a sticky session names)."""
+        if route.balancer is not None:
+            return self.balancers.send(route, method, target, headers, body, interim, sticky)
         upstream = origin_target(route, target).encode("latin-1")
         client = self.clients.for_route(route)
         return client.fetch(method, upstream, headers, body, timeout=route.response_timeout, interim=interim)
@@ -259,9 +276,13 @@ class Forwarder:
         """The origin response's header fields as the client must see them."""
         response = fetched.response
         fields = response_to_client(response.fields, via=self.config.via_pseudonym, origin_version=response.version)
-        public_host = (request.getHeader(b"host") or route.origin.authority.encode()).decode("latin-1")
-        mapping = ReverseMap(route.origin, route.prefix, "https" if request.isSecure() else "http", public_host)
-        return reverse_fields(fields, mapping)
+        origin = (fetched.route or route).origin  # a balancer member's own origin, when one answered
+        public_host = (request.getHeader(b"host") or origin.authority.encode()).decode("latin-1")
+        mapping = ReverseMap(origin, route.prefix, "https" if request.isSecure() else "http", public_host)
+        fields = reverse_fields(fields, mapping)
+        if fetched.set_cookie is not None:
+            fields.append((b"set-cookie", fetched.set_cookie))
+        return fields
 
     def relay(self, request, route: Route, fetched: Fetched, tee=None, fields=None,
               keep_going: Callable[[], bool] = lambda: False) -> Deferred[bool]:
@@ -327,7 +348,9 @@ class Forwarder:
 
 def origin_failure(failure: Failure) -> tuple[int, str]:
     """(status, short reason) for an origin request that got no response: 504 for a timeout, 503 when too
-    many requests already wait for the origin, else 502."""
+    many requests already wait for the origin or no balancer member is usable, else 502."""
+    if failure.check(NoUsableMember):
+        return 503, "no-usable-member"
     if failure.check(OriginTimeout):
         return 504, "origin-timeout"
     if failure.check(OriginBusy):
@@ -350,6 +373,12 @@ def relay_interim(request, code: int, phrase: bytes, fields: RawFields) -> None:
         lines += (name, b": ", value, b"\r\n")
     lines.append(b"\r\n")
     request.channel.transport.writeSequence(lines)
+
+
+def _log_member(fetched: Fetched, request) -> Fetched:
+    """The access log names the balancer member that answered."""
+    request.log_origin = fetched.route.origin.key
+    return fetched
 
 
 def _idle_abort(relay: ResponseRelay, route: Route, request) -> None:

@@ -59,6 +59,8 @@ class Fetched:
     """
 
     response: OriginResponse
+    route: Route | None = None  # a balancer member's route, when one answered (its origin, for rewriting)
+    set_cookie: bytes | None = None  # a sticky session cookie for the client
 
     def release(self) -> None:
         """Done with the response: a body not read to the end closes its connection."""
