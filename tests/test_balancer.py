@@ -225,6 +225,22 @@ class Failover(unittest.TestCase):
         self.assertEqual(cluster.counts(), [1, 1, 0])
 
     @defer.inlineCallbacks
+    def test_a_member_that_is_full_passes_the_request_on_and_stays_in(self):
+        cluster = Cluster(self, balancer='sticky_cookie = "ROUTEID"', route="max_connections = 1")
+        hanging = cluster.get("/hang", headers={b"cookie": b"ROUTEID=.1"})
+        hanging.addErrback(lambda _: None)
+        yield until(lambda: cluster.counts() == [1, 0, 0])
+        for client in cluster.site.balancers.clients._clients.values():
+            client.queue_limit = 0  # no room to wait either
+        response, _ = yield cluster.get("/x", headers={b"cookie": b"ROUTEID=.1"})
+        self.assertEqual(response.code, 200)
+        self.assertEqual(cluster.counts(), [1, 1, 0])
+        states = yield cluster.states()
+        self.assertEqual(states, ["up", "up", "up"])
+        hanging.cancel()
+        yield turns(3)
+
+    @defer.inlineCallbacks
     def test_no_usable_member_is_503_with_the_error_document(self):
         document = os.path.join(tempfile.mkdtemp(prefix="accel-doc-"), "503.html")
         with open(document, "w") as f:

@@ -6,7 +6,9 @@ The choice of a member is pure (``accel.proxy.balancer``); this module does the 
 Failover: a request that could not be sent to a member — the connection was refused or reset before the
 response began, or no response byte came before the timeout (``OriginUnavailable``, ``OriginTimeout``) — marks
 that member out for ``retry`` seconds and, when it is idempotent and has no body (RFC 9110 §9.2.2: it can be
-sent again safely), goes to the next usable member. When none is left the request fails with ``NoUsableMember``
+sent again safely), goes to the next usable member. A member whose connections and queue are full
+(``OriginBusy``) was sent nothing: any request goes on to the next member, and the full one stays in. When none
+is left the request fails with ``NoUsableMember``
 (503, or stale content where the cache may serve it).
 
 Health checks: one timer per balancer with a ``[balancer.NAME.health]`` table; each tick checks every member
@@ -25,7 +27,7 @@ from twisted.web.iweb import UNKNOWN_LENGTH
 from accel.config import BalancerSettings, Route
 from accel.http.headers import RawFields
 from accel.proxy.balancer import Balancer, Member, sticky_cookie, sticky_route
-from accel.proxy.origin import IDEMPOTENT, Fetched, OriginClients, OriginTimeout, OriginUnavailable
+from accel.proxy.origin import IDEMPOTENT, Fetched, OriginBusy, OriginClients, OriginTimeout, OriginUnavailable
 from accel.proxy.routing import origin_target
 
 log = Logger()
@@ -112,6 +114,7 @@ class _Attempts:
         self.sticky = sticky
         self.tried: list[Member] = []
         self.current: Deferred | None = None
+        self.busy = None  # the failure of the last member that was full
         self.result: Deferred[Fetched] = Deferred(lambda _: self.current is not None and self.current.cancel())
         self.repeatable = method in IDEMPOTENT and body is None
 
@@ -123,6 +126,9 @@ class _Attempts:
         now = self.balancers.clock.seconds()
         member = self.balancer.choose(now, self.target, self.sticky, self.tried)
         if member is None:
+            if self.busy is not None:
+                self.result.errback(self.busy)
+                return
             tried = ", ".join(m.url for m in self.tried)
             why = f"no usable member in balancer {self.balancer.name}" + (f" (tried {tried})" if tried else "")
             self.result.errback(NoUsableMember(why))
@@ -154,9 +160,14 @@ class _Attempts:
         self.balancer.ended(member, 0)
         if failure.check(CancelledError) or self.result.called:
             return
-        if not failure.check(OriginUnavailable, OriginTimeout):
-            self.result.errback(failure)  # OriginBusy: the member is fine, only full
+        if failure.check(OriginBusy):
+            self.busy = failure
+            self.attempt()
             return
+        if not failure.check(OriginUnavailable, OriginTimeout):
+            self.result.errback(failure)
+            return
+        self.busy = None
         self.balancer.failed(member, self.balancers.clock.seconds())
         log.warn("balancer {name}: member {url} is out for {retry:g} s: {why}", name=self.balancer.name,
                  url=member.url, retry=self.balancer.settings.retry, why=failure.getErrorMessage())
