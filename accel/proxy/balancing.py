@@ -63,7 +63,9 @@ class Balancers:
         self.configure(settings)
 
     def configure(self, settings: dict[str, BalancerSettings]) -> None:
-        """Take a (new) configuration: members configured as before keep their state and counters."""
+        """Take a (new) configuration: members configured as before keep their state and counters, and the
+        health checks go on if they were running."""
+        running = any(checks.timer.running for checks in self.health.values())
         self.stop()
         self.balancers = {name: Balancer(s, self.balancers.get(name)) for name, s in settings.items()}
         self._member_routes.clear()
@@ -71,6 +73,8 @@ class Balancers:
             name: HealthChecks(balancer, self.clients, self.clock)
             for name, balancer in self.balancers.items() if balancer.settings.health is not None
         }
+        if running:
+            self.start()
 
     def start(self) -> None:
         for checks in self.health.values():
