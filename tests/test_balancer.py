@@ -82,6 +82,7 @@ class Cluster:
                 f'[[route]]\nprefix = "/"\norigin = "balancer://app/"\n{route}\n{extra}\n[balancer.app]\n{balancer}\n')
         for url, options in zip(urls, members):
             text += f'[[balancer.app.member]]\nurl = "{url}"\n{options}\n'
+        self.text = text
         self.config = parse_config(text, os.path.join(self.directory, "accel.toml"))
         self.site = build_site(self.config, reactor, clock=self.clock)
         self.port = reactor.listenTCP(0, self.site, interface="127.0.0.1")
@@ -421,6 +422,30 @@ class Manager(unittest.TestCase):
         response, _ = yield cluster.get("/accel-status")  # not the page any more: an ordinary path
         self.assertEqual(response.code, 200)
         self.assertEqual(sum(cluster.counts()), 1)
+
+
+class Reload(unittest.TestCase):
+    @defer.inlineCallbacks
+    def test_a_reload_keeps_the_state_of_the_members_it_keeps_and_the_health_checks_go_on(self):
+        cluster = Cluster(self, balancer='[balancer.app.health]\nuri = "/health"\ninterval = 5')
+        for i in range(3):
+            yield cluster.get(f"/r{i}")
+        yield cluster.post("/accel-status/balancer/app/member/2", {"action": "disable"})
+        changed = cluster.text.replace(f'url = "{cluster.members[2].url}"\n',
+                                       f'url = "{cluster.members[2].url}"\nweight = 3\n')
+        cluster.site.accelerator.reload(parse_config(changed, "accel.toml"))
+        document = yield cluster.status()
+        members = document["balancers"]["app"]["members"]
+        self.assertEqual([(m["state"], m["requests"], m["weight"]) for m in members],
+                         [("up", 1, 1), ("disabled", 1, 1), ("up", 0, 3)])  # the third is a new member
+        self.assertTrue(cluster.site.balancers.health["app"].timer.running)
+        yield until(lambda: not cluster.site.balancers.health["app"].in_flight)
+        checks = cluster.counts(b"/health")
+        cluster.clock.advance(5)
+        yield until(lambda: cluster.counts(b"/health") == [checks[0] + 1, checks[1], checks[2] + 1])  # not member 2
+        for i in range(4):
+            yield cluster.get(f"/s{i}")
+        self.assertEqual(cluster.counts()[1] - cluster.counts(b"/health")[1], 1)  # still disabled
 
 
 class Caching(unittest.TestCase):

@@ -53,20 +53,21 @@ class MemberFetched(Fetched):
 class Balancers:
     """Every configured balancer, its members' routes and its health check timer."""
 
-    def __init__(self, clients: OriginClients, clock, settings: dict[str, BalancerSettings]):
-        """``clock`` (the reactor, or a fake one in tests) gives ``now`` and drives the health checks."""
-        self.clients = clients
+    def __init__(self, clock):
+        """``clock`` (the reactor, or a fake one in tests) gives ``now`` and drives the health checks.
+        ``configure`` gives it balancers."""
         self.clock = clock
+        self.clients: OriginClients | None = None
         self.balancers: dict[str, Balancer] = {}
         self.health: dict[str, HealthChecks] = {}
-        self._member_routes: dict[tuple, Route] = {}
-        self.configure(settings)
+        self._member_routes: dict[tuple, tuple[Route, Route]] = {}
 
-    def configure(self, settings: dict[str, BalancerSettings]) -> None:
-        """Take a (new) configuration: members configured as before keep their state and counters, and the
-        health checks go on if they were running."""
+    def configure(self, settings: dict[str, BalancerSettings], clients: OriginClients) -> None:
+        """Take a (new) configuration and its origin clients: members configured as before keep their state
+        and counters, and the health checks go on if they were running."""
         running = any(checks.timer.running for checks in self.health.values())
         self.stop()
+        self.clients = clients
         self.balancers = {name: Balancer(s, self.balancers.get(name)) for name, s in settings.items()}
         self._member_routes.clear()
         self.health = {
