@@ -465,6 +465,37 @@ class Caching(unittest.TestCase):
             origins = [line.split(" origin=")[1].split()[0] for line in f.read().splitlines()]
         self.assertIn(origins[0], [m.url for m in cluster.members])
 
+    @defer.inlineCallbacks
+    def test_with_no_usable_member_a_stale_response_is_served_where_allowed(self):
+        directory = tempfile.mkdtemp(prefix="accel-balancer-cache-")
+        cluster = Cluster(self, members=("", ""), extra=f'[cache]\ndir = "{directory}"')
+        for member in cluster.members:
+            member.origin.handlers[b"/s"] = _stale_if_error
+            member.origin.handlers[b"/n"] = _cacheable_briefly
+        yield cluster.get("/s")
+        yield cluster.get("/n")
+        for route in ("1", "2"):
+            yield cluster.post(f"/accel-status/balancer/app/member/{route}", {"action": "disable"})
+        later = cluster.site.cache.layers[0].clock() + 60
+        for layer in cluster.site.cache.layers:
+            layer.clock = lambda: later
+        response, body = yield cluster.get("/s")
+        self.assertEqual((response.code, body), (200, b"stale is fine"))
+        self.assertIn(b"fwd=stale", response.headers.getRawHeaders(b"cache-status")[0])
+        response, body = yield cluster.get("/n")  # no stale-if-error: 503
+        self.assertEqual(response.code, 503)
+        self.assertEqual(sum(cluster.counts()), 2)
+
+
+def _stale_if_error(request):
+    request.setHeader(b"cache-control", b"max-age=1, stale-if-error=3600")
+    return b"stale is fine"
+
+
+def _cacheable_briefly(request):
+    request.setHeader(b"cache-control", b"max-age=1")
+    return b"fresh only"
+
 
 def _status(code: int):
     def respond(request):
