@@ -202,6 +202,12 @@ def test_example_configs_are_valid(tmp_path):
         result = CliRunner().invoke(main, ["check-config", str(copy)])
         assert result.exit_code == 0, (example, result.output)
         assert f"{copy}: OK" in result.output
+        if example.name == "balancer.toml":
+            assert "/                        -> balancer://mycluster/" in result.output
+            assert ("balancer mycluster: byrequests, retry 60 s, sticky cookie ROUTEID (set by accel), "
+                    "health GET /health every 5 s") in result.output
+            assert "  route 3        http://192.168.1.102:8080  (weight 1, standby)" in result.output
+            assert "balancer manager: /balancer-manager  (for 127.0.0.0/8, ::1/128)" in result.output
         if example.name == "tls-offload.toml":  # the names of the certificates each HTTPS listener presents
             assert "https     tcp:443  (certificates for www.example.com, api.example.com)" in result.output
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import click
 
 from accel.cli.messages import CommandError
-from accel.config import AddressList, Config, ConfigError, Protection, Route, load_config
+from accel.config import AddressList, BalancerSettings, Config, ConfigError, Protection, Route, load_config
 from accel.tap import config_problems
 
 
@@ -54,6 +54,11 @@ def describe(config: Config) -> list[str]:
             protection = "" if route.exclude else describe_protection(route.protection)
             if protection:
                 lines.append(f"    {'':<24}    {protection}")
+    for name, balancer in config.balancers.items():
+        lines += _balancer(name, balancer)
+    if config.balancers:
+        allowed = [str(n) for n in config.status.allow] + (["unix"] if config.status.allow_unix_peers else [])
+        lines.append(f"balancer manager: {config.status.path}  (for {', '.join(allowed) or 'nobody'})")
     cache = config.cache
     if cache.dir:
         lines.append(f"cache: {cache.dir}  (map {cache.map_size >> 20} MiB; memory {cache.memory_max_bytes >> 20} MiB,"
@@ -101,6 +106,20 @@ def _route_groups(routes: tuple[Route, ...]) -> list[tuple[tuple[str, ...], list
         groups.setdefault(route.hosts, []).append(route)
     ordered = sorted(groups.items(), key=lambda item: not item[0])
     return [(hosts, sorted(group, key=lambda r: len(r.prefix), reverse=True)) for hosts, group in ordered]
+
+
+def _balancer(name: str, balancer: BalancerSettings) -> list[str]:
+    about = [balancer.method, f"retry {balancer.retry:g} s"]
+    if balancer.sticky_cookie:
+        about.append(f"sticky cookie {balancer.sticky_cookie}" + (" (set by accel)" if balancer.sticky_set else ""))
+    health = balancer.health
+    if health is not None:
+        about.append(f"health {health.method} {health.uri} every {health.interval:g} s")
+    lines = [f"balancer {name}: {', '.join(about)}"]
+    for member in balancer.members:
+        standby = ", standby" if member.standby else ""
+        lines.append(f"  route {member.route:<8} {member.origin.url}  (weight {member.weight}{standby})")
+    return lines
 
 
 def _route(route: Route) -> str:
