@@ -38,10 +38,15 @@ def states(driver) -> dict[str, str]:
 
 
 def press(driver, route: str, action: str) -> None:
+    """Press a member's button and wait for the page the answer (303) brings back."""
     from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.expected_conditions import staleness_of
+    from selenium.webdriver.support.wait import WebDriverWait
 
     row = driver.find_element(By.CSS_SELECTOR, f'tr[data-route="{route}"]')
     row.find_element(By.CSS_SELECTOR, f'button[value="{action}"]').click()
+    WebDriverWait(driver, 30).until(staleness_of(row))
+    WebDriverWait(driver, 30).until(lambda d: d.find_elements(By.CSS_SELECTOR, "tr[data-route]"))
 
 
 class ManagerInABrowser(unittest.TestCase):
@@ -65,7 +70,7 @@ class ManagerInABrowser(unittest.TestCase):
             try:
                 driver.get(page)
                 seen = [driver.title, states(driver)]
-                press(driver, "b", "disable")  # a form post; the answer (303) brings the page back
+                press(driver, "b", "disable")
                 seen.append(states(driver))
                 if SCREENSHOT:
                     driver.save_screenshot(SCREENSHOT)
