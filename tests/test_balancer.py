@@ -466,6 +466,21 @@ class Caching(unittest.TestCase):
         self.assertIn(origins[0], [m.url for m in cluster.members])
 
     @defer.inlineCallbacks
+    def test_the_sticky_cookie_goes_to_its_client_only_and_does_not_keep_the_response_from_being_stored(self):
+        directory = tempfile.mkdtemp(prefix="accel-balancer-cache-")
+        cluster = Cluster(self, balancer='sticky_cookie = "ROUTEID"\nsticky_set = true',
+                          extra=f'[cache]\ndir = "{directory}"')
+        for member in cluster.members:
+            member.origin.handlers[b"/c"] = _cacheable
+        first, _ = yield cluster.get("/c")
+        self.assertEqual(first.headers.getRawHeaders(b"set-cookie"), [b"ROUTEID=.1; Path=/; HttpOnly"])
+        second, body = yield cluster.get("/c")
+        self.assertEqual(body, b"cached body")
+        self.assertIn(b"hit", second.headers.getRawHeaders(b"cache-status")[0])
+        self.assertIsNone(second.headers.getRawHeaders(b"set-cookie"))
+        self.assertEqual(sum(cluster.counts()), 1)
+
+    @defer.inlineCallbacks
     def test_with_no_usable_member_a_stale_response_is_served_where_allowed(self):
         directory = tempfile.mkdtemp(prefix="accel-balancer-cache-")
         cluster = Cluster(self, members=("", ""), extra=f'[cache]\ndir = "{directory}"')

@@ -279,10 +279,7 @@ class Forwarder:
         origin = (fetched.route or route).origin  # a balancer member's own origin, when one answered
         public_host = (request.getHeader(b"host") or origin.authority.encode()).decode("latin-1")
         mapping = ReverseMap(origin, route.prefix, "https" if request.isSecure() else "http", public_host)
-        fields = reverse_fields(fields, mapping)
-        if fetched.set_cookie is not None:
-            fields.append((b"set-cookie", fetched.set_cookie))
-        return fields
+        return reverse_fields(fields, mapping)
 
     def relay(self, request, route: Route, fetched: Fetched, tee=None, fields=None,
               keep_going: Callable[[], bool] = lambda: False) -> Deferred[bool]:
@@ -304,6 +301,8 @@ class Forwarder:
                 request.responseHeaders.removeHeader(b"date")
             for name, value in fields:
                 request.responseHeaders.addRawHeader(name, value)
+            if fetched.set_cookie is not None:  # this client's sticky session: never part of a stored response
+                request.responseHeaders.addRawHeader(b"set-cookie", fetched.set_cookie)
         except Exception:
             discard(fetched)
             raise
