@@ -84,6 +84,7 @@ class RouteCache:
     disable: tuple[str, ...] = ()  # path prefixes, or glob patterns when they contain * ? [, never cached
     default_ttl: float | None = None  # freshness for responses that state none (instead of heuristics)
     max_ttl: float | None = None  # cap on any freshness lifetime
+    head_as_get: bool = True  # a HEAD miss is fetched as GET and stored
 
 
 @dataclass(frozen=True, slots=True)
@@ -240,7 +241,10 @@ class CacheSettings:
     targeted_fields: tuple[str, ...] = ("cdn-cache-control",)  # RFC 9213, in precedence order
     forward_targeted_fields: bool = False  # pass CDN-Cache-Control on to clients
     forward_tag_fields: bool = False  # pass Surrogate-Key / Cache-Tag on to clients
-    grace: float = 0.0  # serve stale this long while the origin is down or erroring
+    grace: float = 300.0  # serve stale this long while the origin is down, times out or answers 5xx
+    client_revalidate: Literal["conditional", "honour", "ignore"] = "conditional"  # a client's no-cache / max-age=0
+    min_revalidate_interval: float = 1.0  # "conditional": at most one client-driven revalidation per object
+    range_fetch_max: int | None = None  # Range misses of larger objects pass through; None: max_object_size
     sort_query: bool = False
     drop_params: tuple[str, ...] = ()  # query parameters left out of the key (globs: utm_*)
     share_schemes: bool = False  # one entry for http:// and https:// of the same URL
@@ -659,6 +663,7 @@ def _route_cache(r: _Reader) -> RouteCache:
         disable=r.strings("disable"),
         default_ttl=r.get("default_ttl", (int, float), "a number of seconds", None),
         max_ttl=r.get("max_ttl", (int, float), "a number of seconds", None),
+        head_as_get=r.get("head_as_get", bool, "true or false", True),
     )
     for rule in cache.disable:
         if _NOT_NORMAL.search(rule) is not None:
@@ -695,11 +700,18 @@ def _cache_settings(r: _Reader) -> CacheSettings:
         collapse_timeout=r.seconds("collapse_timeout", d.collapse_timeout),
         collapse_max_waiters=r.positive_int("collapse_max_waiters", d.collapse_max_waiters),
         hit_for_miss_ttl=r.get("hit_for_miss_ttl", (int, float), "a number of seconds", d.hit_for_miss_ttl),
+        client_revalidate=r.choice("client_revalidate", ("conditional", "honour", "ignore"),
+                                   '"conditional", "honour" or "ignore"', d.client_revalidate),
+        min_revalidate_interval=r.get("min_revalidate_interval", (int, float), "a number of seconds",
+                                      d.min_revalidate_interval),
+        range_fetch_max=r.get("range_fetch_max", int, "a number of bytes", d.range_fetch_max),
     )
     for name in ("memory_max_bytes", "memory_max_objects", "memory_min_object_size", "memory_max_object_size",
-                 "heuristic_max", "grace", "hit_for_miss_ttl"):
+                 "heuristic_max", "grace", "hit_for_miss_ttl", "min_revalidate_interval"):
         if getattr(settings, name) < 0:
             raise r.fail(name, "a value of 0 or more", getattr(settings, name))
+    if settings.range_fetch_max is not None and settings.range_fetch_max < 0:
+        raise r.fail("range_fetch_max", "a number of bytes, 0 or more", settings.range_fetch_max)
     if not 0 <= settings.heuristic_fraction <= 1:
         raise r.fail("heuristic_fraction", "a fraction between 0 and 1", settings.heuristic_fraction)
     r.reject_unknown()

@@ -36,6 +36,7 @@ from accel.cache import partial, policy
 from accel.cache.entry import EntryHead
 from accel.cache.fields import Fields, get_one
 from accel.cache.key import cache_key, cache_key_for_uri
+from accel.cache.outage import Outages
 from accel.cache.policy import CachePolicy, StoredResponse
 from accel.cache.tiers import TieredStore
 from accel.cache.vary import matches, secondary_key, vary_names
@@ -114,6 +115,8 @@ class CacheLayer:
         # A Collapser, or a SharedCollapser (same interface) when worker processes share the cache.
         self.collapser = collapser or Collapser(reactor, settings.collapse_timeout, settings.collapse_max_waiters)
         self.hit_for_miss: dict[str, float] = {}
+        self.validated_at: dict[str, float] = {}  # when a client's reload last revalidated each object
+        self.outages = Outages()
         self.revalidating: set[str] = set()
         self._policies: dict[RouteCache, CachePolicy] = {}
         self._keys: dict[tuple[bool, bytes, str], str] = {}  # key_for's results, for hot URLs
@@ -174,10 +177,16 @@ class CacheLayer:
             self.serve(exchange, variant, decision.age, self.status(hit=True, ttl=self.ttl(exchange, variant, decision.age)))
             if decision.revalidate is not None:
                 self.revalidate_in_background(exchange, decision.revalidate)
+        elif isinstance(decision, policy.Revalidate) and decision.fwd == "request":
+            self.client_revalidation(exchange, decision, variants, now)
         elif isinstance(decision, policy.Revalidate):
-            # Staleness is the same for every request: one conditional fetch serves them all. A request that
-            # itself demands validation (no-cache, max-age=0...) is not collapsed.
-            if decision.fwd != "stale" or self.lead_or_wait(exchange):
+            # Staleness is the same for every request: one conditional fetch serves them all. While the
+            # origin rests after a failure, stale content that may be served on error is served at once.
+            if self.outages.resting(exchange.route.origin.key, now) and self.serve_stale_on_error(
+                exchange, decision, variants, None
+            ):
+                return
+            if self.lead_or_wait(exchange):
                 self.fetch(exchange, decision.fwd, revalidate=decision, variants=variants)
         elif isinstance(decision, policy.Miss) and exchange.has_range and self.serve_piece(exchange, variants, now):
             return
@@ -187,6 +196,27 @@ class CacheLayer:
             request.log_cache = "miss"
             self.forwarder.errors.send(request, 504, "Not in the cache (only-if-cached).",
                                        {b"cache-status": self.status(detail="only-if-cached")})
+
+    def client_revalidation(self, exchange: Exchange, decision: policy.Revalidate, variants, now: float) -> None:
+        """A client's no-cache, max-age=0 or Pragma: no-cache (a reload), by ``[cache] client_revalidate``:
+        ``honour`` forwards it as a full request; ``ignore`` answers as if the client had not asked;
+        ``conditional`` revalidates with the origin (collapsed, at most once per ``min_revalidate_interval``
+        per object) and answers from the store on 304."""
+        mode = self.settings.client_revalidate
+        if mode == "honour":
+            self.fetch(exchange, "request")
+            return
+        recently = now - self.validated_at.get(exchange.key, float("-inf")) < self.settings.min_revalidate_interval
+        if mode == "ignore" or recently:
+            unasked = policy.evaluate(exchange.method, policy.without_client_revalidation(exchange.fields),
+                                      [v.stored for v in variants], exchange.policy, now)
+            if isinstance(unasked, policy.Fresh):
+                detail = "client-revalidate-ignored" if mode == "ignore" else "revalidated-recently"
+                self.serve(exchange, _variant_for(variants, unasked.stored), unasked.age,
+                           self.status(hit=True, ttl=unasked.ttl, detail=detail))
+                return
+        if self.lead_or_wait(exchange, client_driven=True):
+            self.fetch(exchange, decision.fwd, revalidate=decision, variants=variants)
 
     def crashed(self, request, exchange: Exchange | None, failure: Failure) -> None:
         """The end of every callback chain: log ``failure``, free what the exchange holds (the origin
@@ -212,12 +242,13 @@ class CacheLayer:
         if self.lead_or_wait(exchange):
             self.fetch(exchange, reason)
 
-    def lead_or_wait(self, exchange: Exchange) -> bool:
+    def lead_or_wait(self, exchange: Exchange, client_driven: bool = False) -> bool:
         """Collapsing: True when the caller fetches (it leads, or the request is not collapsible); False when
-        it waits for the in-flight fetch of its URL and then looks again."""
+        it waits for the in-flight fetch of its URL and then looks again. A client-driven revalidation that
+        waited is answered from what the leader brought, not sent again (``collapsed``)."""
         collapsible = (
             exchange.method == "GET"
-            and not exchange.collapsed
+            and (not exchange.collapsed or client_driven)
             and not exchange.has_range
             and self.hit_for_miss.get(exchange.key, 0) < self.clock()
         )
@@ -256,6 +287,12 @@ class CacheLayer:
         code = response.code
         client_fields = self.forwarder.response_fields(request, exchange.route, fetched)
         fields = as_pure(client_fields)
+        if code >= 500:
+            self.origin_failed(exchange, f"answered {code}")
+        else:
+            self.outages.answered(exchange.route.origin.key)
+            if fwd == "request":
+                self.remember_validation(exchange.key, response_time)
         if revalidate is not None and code == 304:
             discard(self.take(exchange))
             self.freshened(exchange, revalidate, variants, fields, request_time, response_time)
@@ -424,23 +461,46 @@ class CacheLayer:
         if exchange.request.finished:
             return  # answered already (a request body over max_body_size)
         refused = failure.check(Refused) is not None  # a rate limit: the answer is 429, not stale content
-        if revalidate is not None and not refused and self.serve_stale_on_error(exchange, revalidate, variants, 504):
+        if not refused:
+            self.origin_failed(exchange, failure.getErrorMessage())
+        if revalidate is not None and not refused and self.serve_stale_on_error(exchange, revalidate, variants, None):
             return
         exchange.request.log_cache = "miss"
         cache_status = self.collapsed(exchange, self.status(fwd=fwd, detail=origin_failure(failure)[1]))
         self.forwarder.fail(exchange.request, failure, {b"cache-status": cache_status})
 
-    def serve_stale_on_error(self, exchange: Exchange, revalidate, variants, code: int) -> bool:
-        """RFC 5861 §4 / grace: answer with the stale response when the origin fails, if allowed."""
+    def serve_stale_on_error(self, exchange: Exchange, revalidate, variants, code: int | None) -> bool:
+        """RFC 5861 §4 / grace: answer with the stale response when the origin fails, if allowed. ``code`` is
+        the origin's 5xx, None when it did not answer (Cache-Status then has no fwd-status, RFC 9211 §2.3).
+        A client's reload counts as no reload here unless ``client_revalidate = "honour"``."""
         stored = revalidate.stored_candidates[0]
-        if not policy.stale_if_error_allows(stored, revalidate.age, revalidate.lifetime, exchange.fields, exchange.policy):
+        fields = exchange.fields
+        if self.settings.client_revalidate != "honour":
+            fields = policy.without_client_revalidation(fields)
+        if not policy.stale_if_error_allows(stored, revalidate.age, revalidate.lifetime, fields, exchange.policy):
             return False
         if exchange.request._disconnected:
             return True
         variant = _variant_for(variants, stored)
         ttl = revalidate.lifetime - revalidate.age
-        self.serve(exchange, variant, revalidate.age, self.status(fwd="stale", fwd_status=code, ttl=ttl))
+        self.serve(exchange, variant, revalidate.age, self.status(fwd=revalidate.fwd, fwd_status=code, ttl=ttl),
+                   log_as="stale")
         return True
+
+    def origin_failed(self, exchange: Exchange, why: str) -> None:
+        """Count a failure of the route's origin; warn about it at most once a minute."""
+        origin = exchange.route.origin.key
+        failures = self.outages.failed(origin, self.clock())
+        if failures is not None:
+            log.warn("origin {origin} is failing ({why}); {count} failure(s) since the last warning, stale content "
+                     "is served where allowed", origin=origin, why=why, count=failures)
+
+    def remember_validation(self, key: str, when: float) -> None:
+        """A client's reload reached the origin for ``key``: reloads within ``min_revalidate_interval`` are
+        answered from the store."""
+        if len(self.validated_at) >= _MEMO_SIZE:
+            self.validated_at.clear()
+        self.validated_at[key] = when
 
     def freshened(self, exchange: Exchange, revalidate, variants, fields_304: Fields, request_time, response_time) -> None:
         """§4.3.4: a 304 updates the stored responses it selects; the request is then served from them."""
@@ -453,7 +513,7 @@ class CacheLayer:
         if exchange.request._disconnected:
             return
         chosen = next((v for v in updated if matches(v.head.vary_names, v.head.secondary_key, exchange.fields)), updated[0])
-        self.serve(exchange, chosen, chosen.head.initial_age, self.status(fwd="stale", fwd_status=304))
+        self.serve(exchange, chosen, chosen.head.initial_age, self.status(fwd=revalidate.fwd, fwd_status=304))
 
     def apply_304(self, revalidate, variants, fields_304, request_time, response_time, route_policy) -> list[Variant]:
         selected = policy.select_for_freshening(revalidate.stored_candidates, fields_304)
@@ -546,10 +606,11 @@ class CacheLayer:
 
     # -- serving from the store ----------------------------------------------------------------------
 
-    def serve(self, exchange: Exchange, variant: Variant, age: float, cache_status: bytes) -> None:
+    def serve(self, exchange: Exchange, variant: Variant, age: float, cache_status: bytes, log_as=None) -> None:
         try:
             self.responder.serve(
-                exchange.request, exchange.method, exchange.fields, variant, age, self.collapsed(exchange, cache_status)
+                exchange.request, exchange.method, exchange.fields, variant, age, self.collapsed(exchange, cache_status),
+                log_as,
             )
         except BodyGone:
             self.miss(exchange, "miss")  # evicted or replaced since it was looked up

@@ -517,6 +517,14 @@ def _evaluate(
     return revalidate("stale")
 
 
+def without_client_revalidation(request_fields: Fields) -> Fields:
+    """The request as if the client had not asked for revalidation: without Cache-Control and Pragma
+    (``[cache] client_revalidate = "ignore"``, Varnish's default, and "conditional" within
+    ``min_revalidate_interval`` of a validation). Both are operator choices that set §5.2.1.4 and
+    §5.2.1.1 aside for clients; the default "conditional" still validates with the origin."""
+    return tuple((n, v) for n, v in request_fields if n not in ("cache-control", "pragma"))
+
+
 # --- serving stale (RFC 5861, §4.2.4) ------------------------------------------------
 
 

@@ -232,12 +232,14 @@ class Responder:
             raise BodyGone(head.url) from None
         return itertools.chain((first,), chunks)
 
-    def serve(self, request, method: str, fields: Fields, variant: Variant, age: float, cache_status: bytes) -> None:
+    def serve(self, request, method: str, fields: Fields, variant: Variant, age: float, cache_status: bytes,
+              log_as: str | None = None) -> None:
         """Answer ``request`` (``method``, its ``fields``) from a stored response that may be used: its
         conditionals (RFC 9110 §13.2.2), Range (§14) and HEAD are answered here. Raises ``BodyGone``, having
-        written nothing, when the body to stream from disk is no longer there."""
+        written nothing, when the body to stream from disk is no longer there. The access log says ``log_as``
+        (default: hit or miss, by ``cache_status``)."""
         head = variant.head
-        request.log_cache = "hit" if b"; hit" in cache_status else "miss"
+        request.log_cache = log_as or ("hit" if b"; hit" in cache_status else "miss")
         condition = policy.evaluate_conditionals(method, fields, head.fields)
         if condition == 304:
             self.write_head(request, 304, b"Not Modified", policy.not_modified_fields(head.fields), age, cache_status)
