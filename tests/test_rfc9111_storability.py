@@ -52,15 +52,16 @@ def test_s3_5_authorization_requires_explicit_permission():
     auth = (("authorization", "Bearer x"),)
     assert verdict(request=auth) == Verdict(False, "authorization")
     for cc in ["public", "must-revalidate, max-age=60", "s-maxage=60"]:
-        assert verdict(request=auth, response=(("cache-control", cc),)) == Verdict(True, "ok"), cc
+        response = (("cache-control", cc), ("etag", '"e"'))
+        assert verdict(request=auth, response=response) == Verdict(True, "ok"), cc
 
 
 def test_s3_explicit_freshness_or_heuristic_status_required():
     assert verdict(status=302, response=()) == Verdict(False, "no-explicit-freshness")
     assert verdict(status=302, response=MAX_AGE) == Verdict(True, "ok")
     assert verdict(status=302, response=(("expires", "0"),)) == Verdict(True, "ok")
-    assert verdict(status=302, response=(("cache-control", "public"),)) == Verdict(True, "ok")
-    assert verdict(status=200, response=()) == Verdict(True, "ok")
+    assert verdict(status=302, response=(("cache-control", "public"), ("etag", '"e"'))) == Verdict(True, "ok")
+    assert verdict(status=200, response=(("last-modified", "Mon, 02 Jan 2006 15:04:05 GMT"),)) == Verdict(True, "ok")
     assert verdict(status=500, response=(("cache-control", "s-maxage=5"),)) == Verdict(True, "ok")
 
 
@@ -134,3 +135,14 @@ def test_rfc9110_s9_3_3_post_responses_are_stored_only_with_explicit_freshness_a
     assert post(("cache-control", "public"), here) == Verdict(False, "no-explicit-freshness")
     assert post(("last-modified", "Thu, 01 Jan 2015 00:00:00 GMT"), here) == Verdict(False, "no-explicit-freshness")
     assert post(("cache-control", "max-age=60, no-store"), here) == Verdict(False, "no-store")
+
+
+def test_a_response_that_can_never_be_reused_is_not_stored():
+    """No explicit or heuristic freshness, no validator, no RFC 5861 window: nothing could ever reuse it."""
+    never = Verdict(False, "never-reusable")
+    assert verdict(status=200, response=()) == never
+    assert verdict(status=302, response=(("cache-control", "public"),)) == never
+    assert verdict(status=200, response=(("etag", '"e"'),)) == Verdict(True, "ok")  # revalidated on reuse
+    assert verdict(status=200, response=(("cache-control", "max-age=0"),)) == Verdict(True, "ok")  # explicit
+    assert verdict(status=200, response=(("cache-control", "stale-if-error=60"),)) == Verdict(True, "ok")
+    assert verdict(status=200, response=(), policy=CachePolicy(default_ttl=60)) == Verdict(True, "ok")

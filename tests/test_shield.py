@@ -184,3 +184,41 @@ class ClientReloadTests(unittest.TestCase):
         self.assertEqual(origin_hits(stack, b"/r"), 1)
         self.assertTrue(all(body == b"content" and "detail=client-revalidate-ignored" in status
                             for _, body, status in answers))
+
+
+class HeadAndStorageTests(unittest.TestCase):
+    @defer.inlineCallbacks
+    def test_a_head_miss_is_fetched_as_get_stored_and_answered_as_head(self):
+        stack = shield_stack(self)
+        stack.origin.handlers[b"/h"] = responder(b"0123456789", cache_control="max-age=60")
+        agent = http_client(self)
+        response, body = yield get(agent, stack.url + "/h", method=b"HEAD")
+        self.assertEqual((response.code, body), (200, b""))
+        self.assertEqual(response.headers.getRawHeaders(b"content-length"), [b"10"])
+        self.assertIn("stored", cache_status(response))
+        self.assertEqual([seen.method for seen in stack.origin.seen], [b"GET"])
+        response, _ = yield get(agent, stack.url + "/h", method=b"HEAD")
+        self.assertTrue(cache_status(response).startswith("accel; hit"))
+        response, body = yield get(agent, stack.url + "/h")
+        self.assertEqual(body, b"0123456789")
+        self.assertEqual(origin_hits(stack, b"/h"), 1)
+
+    @defer.inlineCallbacks
+    def test_a_route_can_forward_head_as_head(self):
+        from accel.config import RouteCache
+
+        stack = shield_stack(self, route_options={"cache": RouteCache(head_as_get=False)})
+        stack.origin.handlers[b"/h"] = responder(b"0123456789", cache_control="max-age=60")
+        agent = http_client(self)
+        for _ in range(2):
+            yield get(agent, stack.url + "/h", method=b"HEAD")
+        self.assertEqual([seen.method for seen in stack.origin.seen], [b"HEAD", b"HEAD"])
+
+    @defer.inlineCallbacks
+    def test_a_response_that_can_never_be_reused_is_not_written(self):
+        stack = shield_stack(self)
+        stack.origin.handlers[b"/n"] = responder(b"dynamic")
+        agent = http_client(self)
+        response, body = yield get(agent, stack.url + "/n")
+        self.assertEqual(body, b"dynamic")
+        self.assertEqual(cache_status(response), "accel; fwd=uri-miss; fwd-status=200")  # not "; stored"

@@ -97,6 +97,16 @@ class Exchange:
     held: Fetched | None = None  # an origin response (and its connection slot) nobody has taken yet
 
     @property
+    def head_as_get(self) -> bool:
+        """A HEAD the route lets the cache fetch as GET, store, and answer as HEAD (nginx's default)."""
+        return self.method == "HEAD" and self.route.cache.head_as_get
+
+    @property
+    def stores_whole(self) -> bool:
+        """The origin's answer to this request may be stored as a GET response."""
+        return self.method == "GET" or self.head_as_get
+
+    @property
     def has_range(self) -> bool:
         return self.request.requestHeaders.hasHeader(b"range")
 
@@ -247,7 +257,7 @@ class CacheLayer:
         it waits for the in-flight fetch of its URL and then looks again. A client-driven revalidation that
         waited is answered from what the leader brought, not sent again (``collapsed``)."""
         collapsible = (
-            exchange.method == "GET"
+            exchange.stores_whole
             and (not exchange.collapsed or client_driven)
             and not exchange.has_range
             and self.hit_for_miss.get(exchange.key, 0) < self.clock()
@@ -264,7 +274,7 @@ class CacheLayer:
     def fetch(self, exchange: Exchange, fwd: str, revalidate: policy.Revalidate | None = None, variants=()) -> None:
         """Forward to the origin; store what may be stored while it streams to the client."""
         request = exchange.request
-        storing = exchange.method == "GET" and not exchange.has_range
+        storing = exchange.stores_whole and not exchange.has_range
         extra, drop = (), frozenset()
         if revalidate is not None:
             extra, drop = revalidation_fields(revalidate)
@@ -272,7 +282,8 @@ class CacheLayer:
             drop = CLIENT_VALIDATORS
         request_time = self.clock()
         d = self.forwarder.fetch(
-            request, exchange.route, exchange.target, extra=extra, drop=drop, keep_going=lambda: self.others_wait(exchange)
+            request, exchange.route, exchange.target, extra=extra, drop=drop, keep_going=lambda: self.others_wait(exchange),
+            method=b"GET" if exchange.head_as_get else None,
         )
         d.addCallbacks(
             lambda fetched: self.fetched(exchange, fwd, fetched, request_time, revalidate, variants, storing),
@@ -305,12 +316,14 @@ class CacheLayer:
             self.relay_piece(exchange, fields, client_fields, request_time, response_time, fwd)
             return
         verdict = policy.storable(
-            exchange.method, code, exchange.fields, fields, exchange.policy, complete=True
+            "GET" if exchange.head_as_get else exchange.method, code, exchange.fields, fields, exchange.policy,
+            complete=True,
         )
         too_big = response.length is not UNKNOWN_LENGTH and response.length > self.settings.max_object_size
         if not (storing and verdict.ok and not too_big):
             self.not_stored(exchange)
-            self.relay(exchange, self.take(exchange), client_fields, self.status(fwd=fwd, fwd_status=code))
+            self.relay(exchange, self.take(exchange), client_fields, self.status(fwd=fwd, fwd_status=code),
+                       fetched_as_get=exchange.head_as_get)
             return
         writer = self.entry_writer(self.new_head(exchange, code, response.phrase, fields, request_time, response_time), response)
         if request._disconnected or policy.evaluate_conditionals(exchange.method, exchange.fields, writer.template.fields) is not None:
@@ -325,7 +338,7 @@ class CacheLayer:
             return
         done = self.relay(exchange, self.take(exchange), client_fields,
                           self.status(fwd=fwd, fwd_status=code, stored=True), writer.write,
-                          keep_going=lambda: self.others_wait(exchange))
+                          keep_going=lambda: self.others_wait(exchange), fetched_as_get=exchange.head_as_get)
         done.addCallback(lambda complete: self.committed(exchange, writer.finish(complete)))
         done.addErrback(lambda failure: self.crashed(request, exchange, failure))
 
@@ -403,12 +416,13 @@ class CacheLayer:
         writer.finish(True)
 
     def relay(self, exchange: Exchange, fetched: Fetched, client_fields, cache_status: bytes, tee=None,
-              keep_going=lambda: False) -> Deferred:
+              keep_going=lambda: False, fetched_as_get: bool = False) -> Deferred:
         request = exchange.request
         request.log_cache = "miss"
         shown = [(n, v) for n, v in client_fields if n.lower().decode("latin-1") not in self.hidden_fields]
         request.responseHeaders.setRawHeaders(b"cache-status", [self.collapsed(exchange, cache_status)])
-        return self.forwarder.relay(request, exchange.route, fetched, tee=tee, fields=shown, keep_going=keep_going)
+        return self.forwarder.relay(request, exchange.route, fetched, tee=tee, fields=shown, keep_going=keep_going,
+                                    fetched_as_get=fetched_as_get)
 
     def committed(self, exchange: Exchange, head: EntryHead | None) -> None:
         self.stop_leading(exchange)

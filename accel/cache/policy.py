@@ -166,7 +166,19 @@ def storable(
     )
     if not explicit and status not in HEURISTICALLY_CACHEABLE:
         return Verdict(False, "no-explicit-freshness")
+    if not _explicitly_fresh(response_fields, policy) and never_reusable(response_fields, cc, policy):
+        return Verdict(False, "never-reusable")
     return Verdict(True, "ok")
+
+
+def never_reusable(response_fields: Fields, cc: CacheControl, policy: CachePolicy) -> bool:
+    """A response without explicit freshness that no request could ever reuse: no heuristic freshness
+    (§4.2.2 needs Last-Modified, or the operator's ``default_ttl``), no validator to revalidate it with
+    (§4.3.1: ETag, Last-Modified) and no stale-while-revalidate / stale-if-error window (RFC 5861).
+    Storing it would only cost a disk write per request."""
+    if policy.default_ttl or cc.stale_while_revalidate is not None or cc.stale_if_error is not None:
+        return False
+    return not (get_all(response_fields, "etag") or get_all(response_fields, "last-modified"))
 
 
 def _explicitly_fresh(response_fields: Fields, policy: CachePolicy) -> bool:

@@ -174,14 +174,15 @@ class Forwarder:
 
     def fetch(
         self, request, route: Route, target: str, extra: Iterable[tuple[bytes, bytes]] = (), drop: frozenset = frozenset(),
-        keep_going: Callable[[], bool] = lambda: False,
+        keep_going: Callable[[], bool] = lambda: False, method: bytes | None = None,
     ) -> Deferred[Fetched]:
         """Send ``request`` to the route's origin; fires when the response header section is in.
 
         ``extra`` fields are added and the client's fields named in ``drop`` are left out (the cache uses
         both to send its own validators). The origin request is abandoned if the client goes away, or was
         answered before the origin did (413 for a body over the limit), unless ``keep_going()`` says
-        otherwise then (a cache fetch other requests wait for).
+        otherwise then (a cache fetch other requests wait for). ``method`` replaces the client's (a HEAD the
+        cache fetches as GET).
         """
         refusal = self.admission.charge(route, request.getClientAddress(), _field_values(request),
                                         self.admission.clock())
@@ -192,7 +193,7 @@ class Forwarder:
         if route.balancer is not None:
             sticky = self.balancers.sticky(route, request.requestHeaders.getRawHeaders(b"cookie", []))
         d = self.send(
-            route, request.method, target, headers, request.body,
+            route, method or request.method, target, headers, request.body,
             interim=lambda code, phrase, fields: relay_interim(request, code, phrase, fields), sticky=sticky,
         )
         answered = []
@@ -282,12 +283,14 @@ class Forwarder:
         return reverse_fields(fields, mapping)
 
     def relay(self, request, route: Route, fetched: Fetched, tee=None, fields=None,
-              keep_going: Callable[[], bool] = lambda: False) -> Deferred[bool]:
+              keep_going: Callable[[], bool] = lambda: False, fetched_as_get: bool = False) -> Deferred[bool]:
         """Write the origin response to the client as it streams; fires with True when it was complete.
 
         ``fields`` (default: ``response_fields``) are the header fields the client gets; ``tee`` sees
         every body chunk, and goes on seeing them after the client has left if ``keep_going()`` says so then.
         The response's connection slot is released when the body is over, or at once if this fails.
+        ``fetched_as_get``: a HEAD request the cache fetched as GET, whose body goes to ``tee`` only and
+        whose Content-Length the client gets (RFC 9110 §9.3.2).
         """
         response = fetched.response
         if request._disconnected:
@@ -306,7 +309,7 @@ class Forwarder:
         except Exception:
             discard(fetched)
             raise
-        if response.length is not UNKNOWN_LENGTH and request.method != b"HEAD":
+        if response.length is not UNKNOWN_LENGTH and (request.method != b"HEAD" or fetched_as_get):
             request.responseHeaders.setRawHeaders(b"content-length", [b"%d" % response.length])
         relay = ResponseRelay(request, tee=tee, keep_reading=keep_going)
         timer = IdleTimer(self.reactor, route.idle_timeout, lambda: _idle_abort(relay, route, request))
