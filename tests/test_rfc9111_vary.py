@@ -21,7 +21,16 @@ def test_s4_1_vary_star_is_none():
 def test_s4_1_accept_encoding_is_case_whitespace_and_order_normalised():
     a = normalise_field("accept-encoding", ["GZIP ; q=1.0,  br"])
     b = normalise_field("Accept-Encoding", ["br", "gzip;q=1.0"])
-    assert a == b == "br,gzip"
+    assert a == b == "br, gzip"
+
+
+def test_accept_encoding_is_reduced_to_the_codings_accel_can_serve():
+    reduced = lambda *values: normalise_field("accept-encoding", list(values))  # noqa: E731
+    assert reduced("gzip, deflate") == reduced("x-gzip") == reduced("gzip;q=0.5, zstd") == "gzip"
+    assert reduced("gzip, deflate, br") == reduced("br, gzip") == reduced("*") == "br, gzip"
+    assert reduced("br") == reduced("*, gzip;q=0") == "br"
+    assert reduced("deflate") == reduced("") == reduced("gzip;q=0, br;q=0") == reduced("identity") == "identity"
+    assert reduced("gzip;q=0, gzip") == reduced("gzip, gzip;q=0") == "gzip"  # the better weight, in any order
 
 
 def test_s4_1_accept_language_normalises_case_order_weights_and_whitespace():
@@ -31,8 +40,8 @@ def test_s4_1_accept_language_normalises_case_order_weights_and_whitespace():
 
 
 def test_rfc9110_s12_4_2_weights_are_written_canonically():
-    assert normalise_field("accept-encoding", ["gzip;q=0.500, br;q=1.0, zstd;q=0"]) == "br,gzip;q=0.5,zstd;q=0"
-    assert normalise_field("accept-encoding", ["gzip;q=2"]) == "gzip;q=2"  # invalid: kept as written
+    assert normalise_field("accept-language", ["fr;q=0.500, en;q=1.0, de;q=0"]) == "de;q=0,en,fr;q=0.5"
+    assert normalise_field("accept-language", ["fr;q=2"]) == "fr;q=2"  # invalid: kept as written
     assert normalise_field("accept", ["text/html;q=1;ext=x"]) == "text/html;q=1;ext=x"  # not the last parameter
 
 
@@ -55,10 +64,10 @@ def test_s4_1_whitespace_around_commas_is_normalised_in_any_field():
 
 
 def test_s4_1_secondary_key_distinguishes_absent_from_empty():
-    absent = secondary_key(("accept-encoding",), ())
-    empty = secondary_key(("accept-encoding",), (("accept-encoding", ""),))
-    assert json.loads(absent) == [["accept-encoding", None]]
-    assert json.loads(empty) == [["accept-encoding", ""]]
+    absent = secondary_key(("accept-language",), ())
+    empty = secondary_key(("accept-language",), (("accept-language", ""),))
+    assert json.loads(absent) == [["accept-language", None]]
+    assert json.loads(empty) == [["accept-language", ""]]
     assert absent != empty
     assert secondary_key((), (("accept", "x"),)) == "[]"
 

@@ -222,3 +222,26 @@ class HeadAndStorageTests(unittest.TestCase):
         response, body = yield get(agent, stack.url + "/n")
         self.assertEqual(body, b"dynamic")
         self.assertEqual(cache_status(response), "accel; fwd=uri-miss; fwd-status=200")  # not "; stored"
+
+
+class KeyNormalisationTests(unittest.TestCase):
+    @defer.inlineCallbacks
+    def test_clients_listing_codings_differently_share_a_variant_and_the_origin_sees_the_reduced_value(self):
+        stack = shield_stack(self)
+        stack.origin.handlers[b"/v"] = responder(b"body", cache_control="max-age=60", vary="Accept-Encoding")
+        agent = http_client(self)
+        statuses = []
+        for value in (b"gzip, deflate, br", b"br, gzip", b"BR;q=1, gzip, deflate;q=0.5", b"gzip, deflate", b"x-gzip"):
+            response, _ = yield get(agent, stack.url + "/v", headers={b"accept-encoding": [value]})
+            statuses.append(cache_status(response).split(";")[1].strip())
+        self.assertEqual(statuses, ["fwd=uri-miss", "hit", "hit", "fwd=vary-miss", "hit"])
+        self.assertEqual([seen.header(b"accept-encoding") for seen in stack.origin.seen], [[b"br, gzip"], [b"gzip"]])
+
+    @defer.inlineCallbacks
+    def test_host_letter_case_and_default_port_share_an_entry(self):
+        stack = shield_stack(self)
+        stack.origin.handlers[b"/k"] = responder(b"body", cache_control="max-age=60")
+        agent = http_client(self)
+        for host in (b"www.example.com", b"WWW.Example.COM", b"www.example.com:80"):
+            yield get(agent, stack.url + "/k", headers={b"host": [host]})
+        self.assertEqual(origin_hits(stack, b"/k"), 1)

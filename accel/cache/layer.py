@@ -34,12 +34,12 @@ from twisted.web.iweb import UNKNOWN_LENGTH
 
 from accel.cache import partial, policy
 from accel.cache.entry import EntryHead
-from accel.cache.fields import Fields, get_one
+from accel.cache.fields import Fields, get_all, get_one
 from accel.cache.key import cache_key, cache_key_for_uri
 from accel.cache.outage import Outages
 from accel.cache.policy import CachePolicy, StoredResponse
 from accel.cache.tiers import TieredStore
-from accel.cache.vary import matches, secondary_key, vary_names
+from accel.cache.vary import matches, secondary_key, servable_codings, vary_names
 from accel.cache.collapse import Collapser
 from accel.config import CacheSettings, Route, RouteCache
 from accel.http.accesslog import request_label
@@ -275,11 +275,15 @@ class CacheLayer:
         """Forward to the origin; store what may be stored while it streams to the client."""
         request = exchange.request
         storing = exchange.stores_whole and not exchange.has_range
-        extra, drop = (), frozenset()
+        extra, drop = [], frozenset()
         if revalidate is not None:
             extra, drop = revalidation_fields(revalidate)
         elif storing:
             drop = CLIENT_VALIDATORS
+        accept_encoding = get_all(exchange.fields, "accept-encoding")
+        if accept_encoding and not any(name == b"accept-encoding" for name, _ in extra):
+            extra = [*extra, (b"accept-encoding", servable_codings(accept_encoding).encode("latin-1"))]
+            drop = drop | {b"accept-encoding"}
         request_time = self.clock()
         d = self.forwarder.fetch(
             request, exchange.route, exchange.target, extra=extra, drop=drop, keep_going=lambda: self.others_wait(exchange),

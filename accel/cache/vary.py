@@ -8,6 +8,10 @@ those transformations, listed per field in ``NORMALISATION`` (with weights writt
 canonically, RFC 9110 §12.4.2), and nothing that could merge requests an origin may
 distinguish. Any other field's lines are combined and the optional whitespace
 around its commas is normalised (§5.6.1).
+
+The one reduction beyond that is Accept-Encoding, to the codings accel can serve (``servable_codings``):
+the cache sends the origin the reduced value instead of the client's, so requests that share a reduced
+value are, for the origin, the same request.
 """
 
 from __future__ import annotations
@@ -34,8 +38,6 @@ class Normalisation:
 
 
 NORMALISATION: dict[str, Normalisation] = {
-    # RFC 9110 §12.5.3: preference is by qvalue only; codings are case-insensitive (§8.4.1).
-    "accept-encoding": Normalisation(lower_values=True, sort_members=True),
     # §12.5.2: charsets are case-insensitive; order is kept, being deprecated and loosely specified.
     "accept-charset": Normalisation(lower_values=True, sort_members=False),
     # §12.5.4: tags are case-insensitive; preference is by qvalue (§12.4.2), so order carries none.
@@ -43,6 +45,36 @@ NORMALISATION: dict[str, Normalisation] = {
     # §12.5.1: type/subtype and parameter names are case-insensitive; parameter values may not be.
     "accept": Normalisation(lower_values=False, sort_members=False),
 }
+
+
+# The content codings accel can serve (its own compression, issue 19), best first; Accept-Encoding is reduced
+# to those for Vary, as Varnish does: clients listing codings differently share a variant.
+SERVABLE_CODINGS = ("br", "gzip")
+IDENTITY = "identity"
+_CODING_ALIASES = {"x-gzip": "gzip"}  # RFC 9110 §8.4.1.3
+
+
+def servable_codings(values: list[str]) -> str:
+    """Accept-Encoding reduced to the codings of ``SERVABLE_CODINGS`` it accepts (RFC 9110 §12.5.3: a
+    qvalue above 0, by name or through ``*``), e.g. ``"br, gzip"``, or ``"identity"`` when it accepts
+    none of them. Sent to the origin in place of the client's value, so the stored variant is one every
+    client with the same reduced value can use."""
+    weights: dict[str, float] = {}
+    for value in values:
+        for member in split_list(value):
+            coding, *params = split_list(member, ";")
+            q = 1.0
+            for param in params:
+                name, _, text = param.partition("=")
+                if name.strip(" \t").lower() == "q":
+                    weight = _canonical_weight(text.strip(" \t"))
+                    q = float(weight) if weight is not None else 0.0
+            coding = coding.lower()
+            coding = _CODING_ALIASES.get(coding, coding)
+            weights[coding] = max(q, weights.get(coding, 0.0))  # listed twice: the better weight, in any order
+    star = weights.get("*", 0.0)
+    accepted = [coding for coding in SERVABLE_CODINGS if weights.get(coding, star) > 0]
+    return ", ".join(accepted) or IDENTITY
 
 
 def vary_names(fields: Fields) -> tuple[str, ...] | None:
@@ -88,9 +120,12 @@ def _normalise_member(member: str, rule: Normalisation) -> str:
 def normalise_field(name: str, values: list[str]) -> str:
     """One comparable value for a request field's lines (§4.1).
 
-    Fields listed in ``NORMALISATION`` are split into members, normalised and re-joined
-    with ","; any other field keeps its members' text and order, joined with ", ".
+    Accept-Encoding is reduced to the codings accel can serve (``servable_codings``). Fields listed in
+    ``NORMALISATION`` are split into members, normalised and re-joined with ","; any other field keeps
+    its members' text and order, joined with ", ".
     """
+    if name.lower() == "accept-encoding":
+        return servable_codings(values)
     rule = NORMALISATION.get(name.lower())
     if rule is None:
         return ", ".join(member for value in values for member in split_list(value))
