@@ -78,6 +78,10 @@ def test_a_full_file():
         ("[cache]\nheuristic_fraction = 2\n", "cache.heuristic_fraction: expected a fraction between 0 and 1"),
         ("[cache]\nstore_set_cookie = 'yes'\n", 'cache.store_set_cookie: expected true, false or "keep"'),
         ("[cache]\nstore_set_cookie = 1\n", 'cache.store_set_cookie: expected true, false or "keep"'),
+        ("[cache]\nclient_revalidate = 'always'\n", 'cache.client_revalidate: expected "conditional", "honour" or "ignore"'),
+        ("[cache]\nmin_revalidate_interval = -1\n", "cache.min_revalidate_interval: expected a value of 0 or more"),
+        ("[cache]\nrange_fetch_max = -1\n", "cache.range_fetch_max: expected a number of bytes, 0 or more"),
+        ("[[route]]\nprefix = '/'\norigin = 'http://o/'\n[route.cache]\nhead_as_get = 1\n", "head_as_get: expected true or false"),
         ("[[route]]\nprefix = '/'\norigin = 'http://o/'\n[[route]]\nprefix = '/'\norigin = 'http://p/'\n", "line 5: route[1].prefix: expected each prefix at most once per host"),
         ("[server]\nworkers = 0\n", 'line 2: server.workers: expected a whole number of worker processes greater than 0, or "auto"'),
         ("[server]\nworkers = 'many'\n", "server.workers: expected a whole number of worker processes"),
@@ -307,3 +311,12 @@ def test_a_problem_found_after_parsing_gets_the_line_of_its_key(tmp_path):
     path.write_text('[server]\nlisten = ["tcp:8080"]\n\n[cache]\nmap_size = 1\ndir = "cache"\n')
     assert located(ConfigError(str(path), "cache.dir", "a directory")).line == 6
     assert located(ConfigError("command line", "--cache-dir", "a directory")).line is None
+
+
+def test_shield_defaults_and_values():
+    cache = parse_config("", "accel.toml").cache
+    assert (cache.grace, cache.client_revalidate, cache.min_revalidate_interval, cache.range_fetch_max) == (
+        300, "conditional", 1, None)
+    text = "[cache]\nclient_revalidate = 'ignore'\nmin_revalidate_interval = 5\nrange_fetch_max = 1024\n"
+    cache = parse_config(text, "accel.toml").cache
+    assert (cache.client_revalidate, cache.min_revalidate_interval, cache.range_fetch_max) == ("ignore", 5, 1024)

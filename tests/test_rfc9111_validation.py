@@ -207,4 +207,4 @@ def test_s4_3_1_a_generated_conditional_request_carries_the_stored_requests_vary
     decision = evaluate("GET", (("accept-encoding", "BR, Gzip"),), [variant], CachePolicy(), T + 1)
     assert isinstance(decision, Revalidate)
     assert decision.conditional_fields == (("if-none-match", '"v"'),)
-    assert decision.vary_fields == (("accept-encoding", "br,gzip"),)
+    assert decision.vary_fields == (("accept-encoding", "br, gzip"),)

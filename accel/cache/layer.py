@@ -54,6 +54,7 @@ log = Logger()
 CLIENT_VALIDATORS = frozenset({b"if-none-match", b"if-modified-since"})
 # Validator fields accel sends when it revalidates: the client's own are replaced.
 ALL_VALIDATORS = CLIENT_VALIDATORS | {b"if-match", b"if-unmodified-since", b"if-range", b"range"}
+RANGE_FIELDS = frozenset({b"range", b"if-range"})  # left out when a Range miss is fetched whole
 TAG_FIELDS = ("surrogate-key", "cache-tag")
 _MEMO_SIZE = 4096  # bound on the small per-process tables (key memo, hit-for-miss markers)
 
@@ -95,6 +96,7 @@ class Exchange:
     collapsed: bool = False
     leader: bool = False
     held: Fetched | None = None  # an origin response (and its connection slot) nobody has taken yet
+    whole_for_range: bool = False  # a Range request fetched from the origin without its Range, to be stored
 
     @property
     def head_as_get(self) -> bool:
@@ -164,6 +166,7 @@ class CacheLayer:
             exchange = Exchange(
                 request, route, target, key, request_fields(request), method, self.policy_for(route), collapsed,
             )
+            exchange.whole_for_range = method == "GET" and exchange.has_range and self.range_fetch_max > 0
             if method not in ("GET", "HEAD"):
                 self.forward_unsafe(exchange)
                 return
@@ -259,7 +262,7 @@ class CacheLayer:
         collapsible = (
             exchange.stores_whole
             and (not exchange.collapsed or client_driven)
-            and not exchange.has_range
+            and (not exchange.has_range or exchange.whole_for_range)
             and self.hit_for_miss.get(exchange.key, 0) < self.clock()
         )
         if not collapsible:
@@ -274,12 +277,14 @@ class CacheLayer:
     def fetch(self, exchange: Exchange, fwd: str, revalidate: policy.Revalidate | None = None, variants=()) -> None:
         """Forward to the origin; store what may be stored while it streams to the client."""
         request = exchange.request
-        storing = exchange.stores_whole and not exchange.has_range
+        storing = exchange.stores_whole and (not exchange.has_range or exchange.whole_for_range)
         extra, drop = [], frozenset()
         if revalidate is not None:
             extra, drop = revalidation_fields(revalidate)
         elif storing:
             drop = CLIENT_VALIDATORS
+        if exchange.whole_for_range:
+            drop = drop | RANGE_FIELDS
         accept_encoding = get_all(exchange.fields, "accept-encoding")
         if accept_encoding and not any(name == b"accept-encoding" for name, _ in extra):
             extra = [*extra, (b"accept-encoding", servable_codings(accept_encoding).encode("latin-1"))]
@@ -319,6 +324,14 @@ class CacheLayer:
         if exchange.method == "GET" and exchange.has_range and code == 206:
             self.relay_piece(exchange, fields, client_fields, request_time, response_time, fwd)
             return
+        if exchange.whole_for_range and code == 200 and response.length is not UNKNOWN_LENGTH \
+                and response.length > self.range_fetch_max:
+            # Too big to fetch whole for a range: ask again with the client's Range, as before.
+            discard(self.take(exchange))
+            self.stop_leading(exchange)
+            exchange.whole_for_range = False
+            self.fetch(exchange, fwd)
+            return
         verdict = policy.storable(
             "GET" if exchange.head_as_get else exchange.method, code, exchange.fields, fields, exchange.policy,
             complete=True,
@@ -330,9 +343,10 @@ class CacheLayer:
                        fetched_as_get=exchange.head_as_get)
             return
         writer = self.entry_writer(self.new_head(exchange, code, response.phrase, fields, request_time, response_time), response)
-        if request._disconnected or policy.evaluate_conditionals(exchange.method, exchange.fields, writer.template.fields) is not None:
-            # The client asked conditionally (or left, and others wait for this fetch): store the whole
-            # response first, then answer it from the store.
+        if (request._disconnected or exchange.whole_for_range
+                or policy.evaluate_conditionals(exchange.method, exchange.fields, writer.template.fields) is not None):
+            # The client asked conditionally or for a range (or left, and others wait for this fetch): store
+            # the whole response first, then answer it from the store.
             sink = BodySink(writer.write)
             sink.done.addCallback(lambda complete: self.stored_then_serve(exchange, writer, complete, fwd, code))
             sink.done.addBoth(lambda result: (fetched.release(), result)[1])
@@ -662,6 +676,12 @@ class CacheLayer:
             keep_up_to=self.store.memory.max_object_size or 0,
             clock=self.clock,
         )
+
+    @property
+    def range_fetch_max(self) -> int:
+        """The largest object a Range miss fetches whole (``[cache] range_fetch_max``, default max_object_size)."""
+        limit = self.settings.range_fetch_max
+        return self.settings.max_object_size if limit is None else min(limit, self.settings.max_object_size)
 
     def caches(self, route: Route, target: str) -> bool:
         """CacheEnable / CacheDisable: the route caches, and the path is not under a disabled prefix or pattern."""
