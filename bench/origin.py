@@ -17,6 +17,7 @@ Paths (the query string is ignored for routing, so ``/slow?r=7`` is ``/slow``):
 
 import argparse
 import os
+import time
 from collections import Counter
 from urllib.parse import parse_qs, urlsplit
 
@@ -64,6 +65,8 @@ class Origin(resource.Resource):
         self.counts = Counter()
         self.body_1k = b"k" * KIB
         self.body_1m = b"m" * MIB
+        self.body_video = b"v" * (10 * MIB)
+        self.down_until = 0.0
 
     def render_GET(self, request):
         url = urlsplit(request.uri)
@@ -71,7 +74,13 @@ class Origin(resource.Resource):
         if path == b"/_count":
             uri = parse_qs(url.query.decode()).get("uri", [""])[0]
             return self._static(request, b"%d" % self.counts[uri.encode()], UNCACHEABLE)
+        if path == b"/_outage":  # the shield scenario: /shield/ answers 503 for this many seconds
+            self.down_until = time.monotonic() + float(parse_qs(url.query.decode())["seconds"][0])
+            return self._static(request, b"down\n", UNCACHEABLE)
         self.counts[request.uri] += 1
+        if path.startswith(b"/shield/"):
+            self.counts[b"/shield/*"] += 1
+            return self._shield(request, path)
         if path == b"/1k":
             return self._static(request, self.body_1k, CACHEABLE)
         if path == b"/1m":
@@ -84,6 +93,24 @@ class Origin(resource.Resource):
             return self._big(request, parse_qs(url.query.decode()))
         request.setResponseCode(404)
         return self._static(request, b"not found\n", UNCACHEABLE)
+
+    def _shield(self, request, path):
+        """The shield scenario's objects: pages (fresh 2 s, an ETag, Vary: Accept-Encoding, 304 on a match)
+        and a 10 MiB video (fresh an hour, an ETag; Range is ignored, the whole object is sent)."""
+        if time.monotonic() < self.down_until:
+            request.setResponseCode(503)
+            return self._static(request, b"origin down\n", UNCACHEABLE)
+        if path == b"/shield/video":
+            request.setHeader(b"etag", b'"video-1"')
+            return self._static(request, self.body_video, b"max-age=3600")
+        etag = b'"%s-1"' % path.rsplit(b"/", 1)[1]
+        request.setHeader(b"etag", etag)
+        request.setHeader(b"vary", b"Accept-Encoding")
+        if request.getHeader(b"if-none-match") == etag:
+            request.setResponseCode(304)
+            request.setHeader(b"cache-control", b"max-age=2")
+            return b""
+        return self._static(request, self.body_1k, b"max-age=2")
 
     @staticmethod
     def _static(request, body, cache_control):

@@ -46,6 +46,7 @@ import twisted
 import client
 import loadgen
 import procs
+import shield
 
 BENCH_DIR = Path(__file__).resolve().parent
 MIB = 1024 * 1024
@@ -57,7 +58,7 @@ THROUGHPUT = {  # scenario -> (path, connections, request fields wrk adds)
     "pass-1k": ("/nocache", 50, ()),
     "close-1k": ("/1k", 50, ("Connection: close",)),
 }
-ROUNDS_OF = ("collapse", "burst-2k", "reload")  # Python-driven scenarios measured on both systems every round
+ROUNDS_OF = ("collapse", "burst-2k", "reload", "shield")  # Python-driven scenarios measured on both systems every round
 SCENARIOS = [*THROUGHPUT, *ROUNDS_OF, "stream-rss", "startup-100k", "idle-10k"]
 COLLAPSE_CLIENTS = 100
 RELOAD_PATH, RELOAD_CONNECTIONS = "/1k", 50
@@ -110,7 +111,7 @@ def parse_args(argv=None):
     return Settings(
         rounds=pick(a.rounds, 5, 1),
         duration=pick(a.duration, 10, 1),
-        scenarios=a.scenario or SCENARIOS,
+        scenarios=a.scenario or ([s for s in SCENARIOS if s != "shield"] if a.smoke else SCENARIOS),
         smoke=a.smoke,
         out=a.out or BENCH_DIR / "results" / f"{stamp}.json",
         startup_entries=pick(a.startup_entries, 100_000, 200),
@@ -272,6 +273,16 @@ def burst_once(settings, port):
     return {"seconds": seconds, "ok": ok, "clients": settings.burst_clients}
 
 
+def shield_once(settings, run, port):
+    """The shield scenario (bench/shield.py): origin requests per 1,000 client requests, errors in the outage."""
+    before = run.origin_count("/shield/*")
+    totals = shield.run(port, max(settings.duration, 3 * shield.OUTAGE_S),
+                        lambda: client.fetch(run.origin_port, f"/_outage?seconds={shield.OUTAGE_S:g}"))
+    origin_requests = run.origin_count("/shield/*") - before
+    return {**totals, "origin_requests": origin_requests,
+            "origin_per_1000": 1000 * origin_requests / max(totals["requests"], 1)}
+
+
 def reload_once(settings, tools, port, child, system):
     """hit-1k's load, with SIGHUP sent to the server's first process a quarter of the way through.
 
@@ -393,6 +404,8 @@ def summarize(results, systems):
         keys = ("rps", "p50_ms", "p99_ms") if name in THROUGHPUT else ("seconds", "origin_fetches", "ok")
         if name == "reload":
             keys = ("rps", "failed")
+        if name == "shield":
+            keys = ("origin_per_1000", "errors_in_outage", "errors_outside")
         entry["median"] = {s: {k: _median(entry["rounds"][s], k) for k in keys} for s in systems
                            if entry["rounds"].get(s)}
         if name == "collapse":
@@ -402,6 +415,9 @@ def summarize(results, systems):
             for s, med in entry["median"].items():
                 med["total_failed"] = sum(r["failed"] for r in entry["rounds"][s])
                 med["reloads_under_load"] = sum(bool(r.get("reloaded_under_load")) for r in entry["rounds"][s])
+        if name == "shield":
+            for s, med in entry["median"].items():
+                med["total_errors_in_outage"] = sum(r["errors_in_outage"] for r in entry["rounds"][s])
         if name == "burst-2k":
             for s, med in entry["median"].items():
                 med["max_seconds"] = max(r["seconds"] for r in entry["rounds"][s])
@@ -500,6 +516,16 @@ def markdown(report):
                          f"| {_fmt(n.get('total_failed'))} |")
             other.append(f"| reload | rounds whose reload completed while the load ran (accel's log) "
                          f"| {_fmt(a.get('reloads_under_load'))} of {settings['rounds']} | — |")
+    if "shield" in results:
+        entry = results["shield"]
+        if "error" in entry:
+            other.append(f"| shield | error: {entry['error'].splitlines()[0]} | | |")
+        else:
+            a, n = entry["median"].get("accel", {}), entry["median"].get("nginx", {})
+            other.append(f"| shield | origin requests per 1,000 client requests, mixed load (median) "
+                         f"| {_fmt(a.get('origin_per_1000'))} | {_fmt(n.get('origin_per_1000'))} |")
+            other.append(f"| shield | client errors during the {shield.OUTAGE_S:g} s origin outage, all rounds "
+                         f"| {_fmt(a.get('total_errors_in_outage'))} | {_fmt(n.get('total_errors_in_outage'))} |")
     if "idle-10k" in results:
         entry = results["idle-10k"]
         if "error" in entry:
@@ -569,6 +595,8 @@ def run_scenarios(settings, tools, notes):
                             measured = burst_once(settings, port)
                         elif name == "reload":
                             measured = reload_once(settings, tools, port, children[system], system)
+                        elif name == "shield":
+                            measured = shield_once(settings, run, port)
                         else:
                             measured = throughput_once(settings, tools, port, name)
                     except Exception as exc:  # record it, go on with the other scenarios
@@ -590,6 +618,9 @@ def run_scenarios(settings, tools, notes):
 
 
 def _progress(measured):
+    if "origin_per_1000" in measured:
+        return (f"{measured['origin_per_1000']:.1f} origin requests per 1,000 ({measured['requests']} requests), "
+                f"{measured['errors_in_outage']} errors in the outage, {measured['errors_outside']} outside")
     if "failed" in measured:
         return f"{measured['rps']:,.0f} req/s  {measured['failed']} failed"
     if "rps" in measured:
