@@ -125,6 +125,36 @@ class StaleOnErrorTests(unittest.TestCase):
         self.assertEqual((response.code, body), (200, b"kept"))
 
 
+    @defer.inlineCallbacks
+    def test_a_failing_origin_is_not_asked_again_for_a_second_while_stale_content_serves(self):
+        stack = shield_stack(self)
+        state = {"down": False}
+
+        def flaky(request):
+            if state["down"]:
+                request.setResponseCode(503)
+                return b"down"
+            request.setHeader(b"cache-control", b"max-age=0")
+            request.setHeader(b"etag", b'"a"')
+            return b"good"
+
+        stack.origin.handlers[b"/f"] = flaky
+        agent = http_client(self)
+        yield get(agent, stack.url + "/f")
+        layer = stack.accel_site.cache.layers[0]
+        now = [layer.clock() + 5]
+        layer.clock = lambda: now[0]
+        state["down"] = True
+        for reload in (False, True, False):  # a client's reload rests the origin too
+            headers = {b"cache-control": [b"no-cache"]} if reload else {}
+            response, body = yield get(agent, stack.url + "/f", headers=headers)
+            self.assertEqual((response.code, body), (200, b"good"))
+        self.assertEqual(origin_hits(stack, b"/f"), 2)  # the first fetch and one failure
+        now[0] += RETRY_AFTER
+        yield get(agent, stack.url + "/f")
+        self.assertEqual(origin_hits(stack, b"/f"), 3)
+
+
 def test_a_failed_origin_rests_and_is_warned_about_once_a_minute():
     outages = Outages()
     assert outages.failed("o", now=100.0) == 1  # the first failure warns

@@ -193,11 +193,8 @@ class CacheLayer:
         elif isinstance(decision, policy.Revalidate) and decision.fwd == "request":
             self.client_revalidation(exchange, decision, variants, now)
         elif isinstance(decision, policy.Revalidate):
-            # Staleness is the same for every request: one conditional fetch serves them all. While the
-            # origin rests after a failure, stale content that may be served on error is served at once.
-            if self.outages.resting(exchange.route.origin.key, now) and self.serve_stale_on_error(
-                exchange, decision, variants, None
-            ):
+            # Staleness is the same for every request: one conditional fetch serves them all.
+            if self.served_while_resting(exchange, decision, variants, now):
                 return
             if self.lead_or_wait(exchange):
                 self.fetch(exchange, decision.fwd, revalidate=decision, variants=variants)
@@ -228,8 +225,17 @@ class CacheLayer:
                 self.serve(exchange, _variant_for(variants, unasked.stored), unasked.age,
                            self.status(hit=True, ttl=unasked.ttl, detail=detail))
                 return
+        if self.served_while_resting(exchange, decision, variants, now):
+            return
         if self.lead_or_wait(exchange, client_driven=True):
             self.fetch(exchange, decision.fwd, revalidate=decision, variants=variants)
+
+    def served_while_resting(self, exchange: Exchange, revalidate: policy.Revalidate, variants, now: float) -> bool:
+        """While the origin rests after a failure (``accel.cache.outage``), stale content that may be served
+        on error is served at once instead of asking the origin again."""
+        return self.outages.resting(exchange.route.origin.key, now) and self.serve_stale_on_error(
+            exchange, revalidate, variants, None
+        )
 
     def crashed(self, request, exchange: Exchange | None, failure: Failure) -> None:
         """The end of every callback chain: log ``failure``, free what the exchange holds (the origin
