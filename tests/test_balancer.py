@@ -483,7 +483,8 @@ class Caching(unittest.TestCase):
     @defer.inlineCallbacks
     def test_with_no_usable_member_a_stale_response_is_served_where_allowed(self):
         directory = tempfile.mkdtemp(prefix="accel-balancer-cache-")
-        cluster = Cluster(self, members=("", ""), extra=f'[cache]\ndir = "{directory}"')
+        # grace = 0: only the response's own stale-if-error allows stale here (the default grace would too)
+        cluster = Cluster(self, members=("", ""), extra=f'[cache]\ndir = "{directory}"\ngrace = 0')
         for member in cluster.members:
             member.origin.handlers[b"/s"] = _stale_if_error
             member.origin.handlers[b"/n"] = _cacheable_briefly
