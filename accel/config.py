@@ -8,6 +8,7 @@ line and exit non-zero instead of a traceback.
 
 from __future__ import annotations
 
+import importlib.util
 import ipaddress
 import os
 import re
@@ -87,6 +88,20 @@ class RouteCache:
     head_as_get: bool = True  # a HEAD miss is fetched as GET and stored
 
 
+COMPRESS_TYPES = ("text/*", "application/json", "application/javascript", "application/xml", "image/svg+xml")
+
+
+@dataclass(frozen=True, slots=True)
+class Compress:
+    """On-the-fly compression of responses (``[compress]``, and ``[route.compress]`` over it)."""
+
+    enabled: bool = False
+    types: tuple[str, ...] = COMPRESS_TYPES  # media types ("text/*" matches every text type)
+    min_size: int = 1024  # responses known to be smaller go out as they are
+    level: int = 6  # 1 (fastest) to 9 (smallest), for gzip and brotli alike
+    brotli: bool = False  # offer br too (needs the brotli package: pip install 'accel[brotli]')
+
+
 @dataclass(frozen=True, slots=True)
 class AddressList:
     """``allow`` / ``deny``: networks, and the word "local" (loopback addresses and UNIX-socket peers)."""
@@ -154,6 +169,10 @@ class Route:
     tls_client_cert: str | None = None  # https origin: client certificate (PEM) to present
     tls_client_key: str | None = None  # its private key; None: the key is in tls_client_cert
     protection: Protection = Protection()  # with the [server] defaults it inherits filled in
+    compress: Compress = Compress()
+    websocket: bool = False  # Upgrade: websocket requests are tunnelled (a ws:// or wss:// origin implies it)
+    websocket_idle_timeout: float = 300.0  # a tunnel silent both ways this long is closed
+    websocket_max_tunnels: int = 1000  # open tunnels on this route; beyond it: 503
 
     @property
     def exclude(self) -> bool:
@@ -326,6 +345,7 @@ class Config:
     protection: Protection = Protection()  # the [server] defaults of the routes' protection
     balancers: dict[str, BalancerSettings] = field(default_factory=dict)
     status: StatusSettings = StatusSettings()
+    compress: Compress = Compress()  # the server-wide default of [route.compress]
     overridden_by: tuple[str, ...] = ()  # the command-line options that replaced values of the file ("--cache-dir")
 
     def origin_of(self, key: str, option: str) -> tuple[str, str]:
@@ -453,21 +473,31 @@ def table_line(text: str, table: str) -> int | None:
     return next((first for section, first, _ in _sections(text) if table and section == table), None)
 
 
+# A WebSocket origin is reached over HTTP (ws) or HTTPS (wss): the handshake is an HTTP/1.1 request.
+_WEBSOCKET_SCHEMES = {"ws": "http", "wss": "https"}
+
+
 def parse_origin(url: str) -> Origin:
-    """Split an origin URL; raises ValueError with the expectation when it is not one."""
+    """Split an origin URL; raises ValueError with the expectation when it is not one. ``ws://`` and
+    ``wss://`` origins are ``http`` and ``https`` ones (see ``is_websocket_origin``)."""
     parts = urlsplit(url)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise ValueError("an http:// or https:// URL with a host")
+    if parts.scheme not in ("http", "https", *_WEBSOCKET_SCHEMES) or not parts.hostname:
+        raise ValueError("an http://, https://, ws:// or wss:// URL with a host")
     if parts.query or parts.fragment or parts.username or parts.password:
         raise ValueError("an origin URL without query, fragment or credentials")
     try:
         port = parts.port or (443 if parts.scheme == "https" else 80)
     except ValueError:
         raise ValueError("an origin URL with a valid port") from None
-    return Origin(url=url, scheme=parts.scheme, host=parts.hostname, port=port, base_path=parts.path or "/")
+    scheme = _WEBSOCKET_SCHEMES.get(parts.scheme, parts.scheme)
+    return Origin(url=url, scheme=scheme, host=parts.hostname, port=port, base_path=parts.path or "/")
 
 
-_ORIGIN = 'an http:// or https:// URL, or "balancer://NAME/"'
+def is_websocket_origin(url: str) -> bool:
+    return urlsplit(url).scheme in _WEBSOCKET_SCHEMES
+
+
+_ORIGIN = 'an http://, https://, ws:// or wss:// URL, or "balancer://NAME/"'
 
 
 def parse_balancer_url(url: str) -> Origin:
@@ -485,7 +515,8 @@ _NORMAL = "without '//', '.' or '..' segments, '%', '\\', '#' or control charact
 _PREFIX = f"a path prefix starting with '/', {_NORMAL}"
 
 
-def _route(source: str, text: str, index: int, table: dict[str, Any], defaults: Protection = Protection()) -> Route:
+def _route(source: str, text: str, index: int, table: dict[str, Any], defaults: Protection = Protection(),
+           server_compress: Compress = Compress()) -> Route:
     r = _Reader(source, table, f"route[{index}]", text)
     prefix = r.get("prefix", str, _PREFIX)
     if prefix is None or not prefix.startswith("/") or _NOT_NORMAL.search(prefix):
@@ -513,7 +544,9 @@ def _route(source: str, text: str, index: int, table: dict[str, Any], defaults: 
         max_connections=r.positive_int("max_connections", _ROUTE.max_connections),
         cache=_route_cache(_Reader(source, r.table_of("cache"), f"route[{index}].cache", text)),
         protection=_protection(r, defaults, scope=f"route[{index}]"),
+        compress=_compress(_Reader(source, r.table_of("compress"), f"route[{index}].compress", text), server_compress),
         **_route_tls(r, origin),
+        **_route_websocket(r, origin_url),
     )
     r.reject_unknown()
     return route
@@ -531,6 +564,44 @@ def _hosts(r: _Reader) -> tuple[str, ...]:
         if not _HOST_PATTERN.match(host.lower()):
             raise r.fail("hosts", 'host names such as "api.example.com" or "*.example.org", without a port', host)
     return tuple(dict.fromkeys(h.lower() for h in hosts))
+
+
+def _route_websocket(r: _Reader, origin_url: str | None) -> dict[str, Any]:
+    """The route's WebSocket keys: tunnelling is on for ws:// and wss:// origins, or with websocket = true."""
+    implied = origin_url is not None and is_websocket_origin(origin_url)
+    websocket = r.get("websocket", bool, "true or false", implied)
+    if implied and not websocket:
+        raise r.fail("websocket", "true (or absent) with a ws:// or wss:// origin", False)
+    if websocket and origin_url is None:
+        raise r.fail("websocket", "an origin on this route (an exclusion route tunnels nothing)", True)
+    return {
+        "websocket": websocket,
+        "websocket_idle_timeout": r.seconds("websocket_idle_timeout", _ROUTE.websocket_idle_timeout),
+        "websocket_max_tunnels": r.positive_int("websocket_max_tunnels", _ROUTE.websocket_max_tunnels),
+    }
+
+
+def _compress(r: _Reader, inherited: Compress) -> Compress:
+    """A ``[compress]`` table; keys it leaves out keep their ``inherited`` values (the server-wide ones)."""
+    types = tuple(t.strip().lower() for t in r.strings("types", inherited.types))
+    for media_type in types:
+        if not re.fullmatch(r"[a-z0-9!#$&^_.+-]+/(\*|[a-z0-9!#$&^_.+-]+)", media_type):
+            raise r.fail("types", 'media types such as "text/*" or "application/json"', media_type)
+    compress = Compress(
+        enabled=r.get("enabled", bool, "true or false", inherited.enabled),
+        types=types,
+        min_size=r.get("min_size", int, "a number of bytes, 0 or more", inherited.min_size),
+        level=r.get("level", int, "a whole number from 1 to 9", inherited.level),
+        brotli=r.get("brotli", bool, "true or false", inherited.brotli),
+    )
+    if compress.min_size < 0:
+        raise r.fail("min_size", "a number of bytes, 0 or more", compress.min_size)
+    if not 1 <= compress.level <= 9:
+        raise r.fail("level", "a whole number from 1 to 9", compress.level)
+    if compress.brotli and "brotli" in r.table and importlib.util.find_spec("brotli") is None:
+        raise r.fail("brotli", "the brotli package installed (pip install 'accel[brotli]')", True)
+    r.reject_unknown()
+    return compress
 
 
 def _route_tls(r: _Reader, origin: Origin | None) -> dict[str, Any]:
@@ -906,12 +977,13 @@ def parse_config(text: str, source: str) -> Config:
     )
     server.reject_unknown()
 
+    compress = _compress(_Reader(source, top.table_of("compress"), "compress", text), Compress())
     routes_data = top.get("route", list, "an array of [[route]] tables", [])
     routes = []
     for i, table in enumerate(routes_data):
         if not isinstance(table, dict):
             raise top.fail("route", "[[route]] tables", table)
-        routes.append(_route(source, text, i, table, config.protection))
+        routes.append(_route(source, text, i, table, config.protection, compress))
     seen_routes: dict[tuple[str, str], int] = {}
     for i, route in enumerate(routes):
         for host in route.hosts or ("",):
@@ -948,10 +1020,10 @@ def parse_config(text: str, source: str) -> Config:
     balancers = _balancers(top)
     _routes_name_balancers(source, routes, balancers)
     status = _status_settings(_Reader(source, top.table_of("status"), "status", text))
-    top.seen.update({"server", "limits", "route", "error_documents", "cache", "purge", "tls"})
+    top.seen.update({"server", "limits", "route", "error_documents", "cache", "purge", "tls", "compress"})
     top.reject_unknown()
     return replace(config, routes=tuple(routes), error_documents=docs, cache=cache, purge=purge, tls=tls,
-                   balancers=balancers, status=status)
+                   balancers=balancers, status=status, compress=compress)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -1144,7 +1216,8 @@ def with_overrides(
         except ValueError as e:
             raise ConfigError(COMMAND_LINE, "--origin", str(e), origin) from None
         others = tuple(r for r in config.routes if r.prefix != "/" or r.hosts)
-        changes["routes"] = others + (Route(prefix="/", origin=parsed, protection=config.protection),)
+        changes["routes"] = others + (Route(prefix="/", origin=parsed, protection=config.protection,
+                                            compress=config.compress, websocket=is_websocket_origin(origin)),)
     if cache_dir is not None:
         changes["cache"] = replace(config.cache, dir=os.path.abspath(cache_dir))
         options.append("--cache-dir")

@@ -65,8 +65,8 @@ def test_a_full_file():
     "text, message",
     [
         ("[[route]]\nprefix = 'api'\norigin = 'http://o/'\n", "route[0].prefix: expected a path prefix starting with '/'"),
-        ("[[route]]\nprefix = '/'\norigin = 'ftp://o/'\n", "line 3: route[0].origin: expected an http:// or https:// URL"),
-        ("[[route]]\nprefix = '/'\n", "route[0].origin: expected an http:// or https:// URL, or \"balancer://NAME/\" (or exclude = true)"),
+        ("[[route]]\nprefix = '/'\norigin = 'ftp://o/'\n", "line 3: route[0].origin: expected an http://, https://, ws:// or wss:// URL"),
+        ("[[route]]\nprefix = '/'\n", "route[0].origin: expected an http://, https://, ws:// or wss:// URL, or \"balancer://NAME/\" (or exclude = true)"),
         ("[[route]]\nprefix = '/'\norigin = 'http://o/'\nconnect_timeout = 'soon'\n", "line 4: route[0].connect_timeout: expected a number of seconds"),
         ("[[route]]\nprefix = '/'\norigin = 'http://o/'\nmax_connections = 0\n", "route[0].max_connections: expected a whole number greater than 0"),
         ("[server]\nlisten = 8080\n", "line 2: server.listen: expected a string or a list of strings, got 8080"),
@@ -148,7 +148,7 @@ def test_check_config_error_is_one_line_without_traceback(tmp_path):
     path.write_text("[[route]]\nprefix = '/'\norigin = 'gopher://x'\n")
     result = CliRunner().invoke(main, ["check-config", str(path)])
     assert result.exit_code == 1
-    assert result.output.strip() == f"accel: {path}, line 3: route[0].origin: expected an http:// or https:// URL with a host, got 'gopher://x'"
+    assert result.output.strip() == f"accel: {path}, line 3: route[0].origin: expected an http://, https://, ws:// or wss:// URL with a host, got 'gopher://x'"
 
 
 def test_twistd_reports_a_bad_config_in_one_line(tmp_path):
