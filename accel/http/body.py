@@ -6,7 +6,8 @@ reading from the client stops; at most ``BUFFER_LIMIT`` bytes wait in between.
 
 ``ResponseRelay``: the origin's response body, delivered by the origin client and written to the client. When the
 client is slow, reading from the origin stops (the relay is the client request's push producer). A tee
-callback sees every chunk (the cache stores the body while it streams).
+callback sees every chunk (the cache stores the body while it streams); an ``encoder``
+(``accel.http.compress.Encoder``) compresses what the client gets, after the tee.
 """
 
 from __future__ import annotations
@@ -146,9 +147,10 @@ class ResponseRelay(Protocol):
     """
 
     def __init__(self, request, *, tee: Callable[[bytes], None] | None = None, on_activity=lambda: None,
-                 keep_reading: Callable[[], bool] = lambda: False):
+                 keep_reading: Callable[[], bool] = lambda: False, encoder=None):
         self.request = request
         self.tee = tee
+        self.encoder = encoder
         self.on_activity = on_activity
         self.keep_reading = keep_reading
         self.detached = False
@@ -162,7 +164,7 @@ class ResponseRelay(Protocol):
         if self.tee is not None:
             self.tee(data)
         if not self.detached:
-            self.request.write(data)
+            self.request.write(data if self.encoder is None else self.encoder.compress(data))
 
     def connectionLost(self, reason: Failure) -> None:
         complete = reason.check(ResponseDone) is not None
@@ -170,6 +172,8 @@ class ResponseRelay(Protocol):
         if not self.detached and not request._disconnected and not request.finished:
             request.unregisterProducer()
             if complete:
+                if self.encoder is not None:
+                    request.write(self.encoder.finish())
                 request.finish()
             else:
                 # A body that broke off must not look complete: cut the client connection.

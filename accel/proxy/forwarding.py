@@ -24,6 +24,8 @@ from twisted.web.server import NOT_DONE_YET
 
 from accel.http.accesslog import request_label
 from accel.http.body import ResponseRelay
+from accel.http.compress import BROTLI_AVAILABLE, Encoder
+from accel.http.encoding import IDENTITY, compressible, encoded_fields, negotiate, offered_codings
 from accel.config import Config, Route, local_names
 from accel.http.addresses import peer_in, peer_name, split_authority
 from accel.http.errors import ErrorPages
@@ -309,15 +311,37 @@ class Forwarder:
         except Exception:
             discard(fetched)
             raise
-        if response.length is not UNKNOWN_LENGTH and (request.method != b"HEAD" or fetched_as_get):
+        coding = self.compress(request, route, response, fields)
+        if coding is None and response.length is not UNKNOWN_LENGTH and (request.method != b"HEAD" or fetched_as_get):
             request.responseHeaders.setRawHeaders(b"content-length", [b"%d" % response.length])
-        relay = ResponseRelay(request, tee=tee, keep_reading=keep_going)
+        relay = ResponseRelay(request, tee=tee, keep_reading=keep_going,
+                              encoder=Encoder(coding, route.compress.level) if coding else None)
         timer = IdleTimer(self.reactor, route.idle_timeout, lambda: _idle_abort(relay, route, request))
         relay.on_activity = timer.touch
         request.notifyFinish().addErrback(lambda _: relay.client_gone())
         relay.done.addBoth(lambda complete: (timer.stop(), fetched.release(), complete)[2])
         response.deliverBody(relay)
         return relay.done
+
+    def compress(self, request, route: Route, response, fields) -> str | None:
+        """Compress the response as it streams when its route and the client allow it: the coding (None:
+        identity), with the header fields set for it (``accel.http.encoding``)."""
+        settings = route.compress
+        if not settings.enabled or request.requestHeaders.hasHeader(b"range"):
+            return None
+        pure = [(n.decode("latin-1"), v.decode("latin-1")) for n, v in fields]
+        length = None if response.length is UNKNOWN_LENGTH else response.length
+        if not compressible(settings, response.code, pure, length):
+            return None
+        accept = request.getHeader(b"accept-encoding")
+        coding = negotiate(None if accept is None else accept.decode("latin-1"),
+                           offered_codings(settings, BROTLI_AVAILABLE))
+        headers = request.responseHeaders
+        for name in {n.lower() for n, _ in pure}:
+            headers.removeHeader(name.encode("latin-1"))
+        for name, value in encoded_fields(pure, coding):
+            headers.addRawHeader(name.encode("latin-1"), value.encode("latin-1"))
+        return None if coding == IDENTITY else coding
 
     def fail(self, request, failure: Failure, headers: dict[bytes, bytes] | None = None) -> None:
         """Answer a request whose origin request failed before a response arrived (with ``headers``)."""
