@@ -8,6 +8,9 @@ route and cache rules, key, Vary matching, ``policy.fresh_for_plain_request`` an
 section. Anything else returns None and the request takes the general path (``ReverseProxy``), which
 also reads bodies from the disk tier.
 
+A route that compresses serves the response in the coding the request's Accept-Encoding asks for, made
+once and kept beside it (``Responder.coded``): negotiation is one dict lookup of the field's value.
+
 Per hit: one dict lookup of (TLS, Host, request-target) for the route, the key and the policy; the memory
 tier's lookup; the freshness check; and, once a second per stored response, formatting Age and
 Cache-Status.
@@ -98,7 +101,8 @@ class FastHits:
         return hit if refusal is None else None  # refused: ReverseProxy.render answers (and counts) it
 
     def _hit(self, where: tuple, message) -> FastHit | None:
-        key, policy_, origin, _ = where
+        key, policy_, origin, route = where
+        compress = route.compress
         items = self.store.lookup_memory(key)
         selected = None
         fields = None
@@ -128,9 +132,16 @@ class FastHits:
         if fresh is None:
             return None
         age, ttl = max(0, int(fresh.age)), math.floor(fresh.ttl)
+        body = selected.body
+        if compress.enabled:
+            coded = self.responder.coded(prepared, body, compress, message.accept_encoding)
+            if coded is not None:
+                prepared, body = coded
+                if prepared.fields is None:
+                    return None
         if message.conditional:
             method = message.method.decode("latin-1")
-            condition = policy.evaluate_conditionals(method, fields or _pure(message.headers), selected.head.fields)
+            condition = policy.evaluate_conditionals(method, fields or _pure(message.headers), prepared.head.fields)
             if condition == 304:
                 hit = prepared.fast_304
                 if hit is None or hit.age != age or hit.ttl != ttl or hit.origin is not origin:
@@ -139,8 +150,8 @@ class FastHits:
             if condition is not None:
                 return None
         hit = prepared.fast
-        if hit is None or hit.age != age or hit.ttl != ttl or hit.origin is not origin or hit.body is not selected.body:
-            hit = prepared.fast = _ok(prepared, selected.body, age, ttl, origin)
+        if hit is None or hit.age != age or hit.ttl != ttl or hit.origin is not origin or hit.body is not body:
+            hit = prepared.fast = _ok(prepared, body, age, ttl, origin)
         return hit
 
     def _resolve(self, secure: bool, host: bytes, target: bytes) -> tuple | None:

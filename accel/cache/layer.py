@@ -157,7 +157,7 @@ class CacheLayer:
             found = None
             if not collapsed and request.method in (b"GET", b"HEAD") and plain(request):
                 found = self.store.lookup(key)
-                served = self.responder.serve_plain(request, self.policy_for(route), found) if found else False
+                served = self.responder.serve_plain(request, self.policy_for(route), found, route.compress) if found else False
                 if served is True:
                     return
                 if served is BODY_GONE:
@@ -648,7 +648,7 @@ class CacheLayer:
         try:
             self.responder.serve(
                 exchange.request, exchange.method, exchange.fields, variant, age, self.collapsed(exchange, cache_status),
-                log_as,
+                log_as, exchange.route.compress, exchange.policy,
             )
         except BodyGone:
             self.miss(exchange, "miss")  # evicted or replaced since it was looked up

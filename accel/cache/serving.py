@@ -13,7 +13,7 @@ from __future__ import annotations
 import itertools
 import math
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from twisted.internet.interfaces import IPullProducer
 from twisted.logger import Logger
@@ -39,6 +39,9 @@ from accel.cache.ranges import (
 from accel.cache.tiers import TieredStore
 from accel.cache.vary import matches
 from accel.http.accesslog import request_label
+from accel.config import Compress
+from accel.http.compress import BROTLI_AVAILABLE, encode
+from accel.http.encoding import IDENTITY, compressible, encoded_fields, negotiate, offered_codings
 from accel.http.errors import ErrorPages
 
 log = Logger()
@@ -106,6 +109,7 @@ class Variant:
     body: bytes | None  # None: stream it from the disk tier
     stored: StoredResponse
     freshness: policy.Freshness | None = None  # prepared earlier, when it was
+    prepared: Prepared | None = None
 
 
 class Prepared:
@@ -116,10 +120,12 @@ class Prepared:
     Cache-Status and Content-Length, which ``length`` holds); None when that cannot be encoded ahead
     (then the general path serves it). ``taken``: canonical names the encoded section sets;
     ``replaces_date``: the stored response has a Date, which replaces the request's own.
+    ``codings``: the response in each content coding it has been asked for (``Responder.coded``): made
+    once, on first demand, and kept here with it, so a compressed hit costs what any hit costs.
     """
 
     __slots__ = ("responder", "policy", "head", "stored", "freshness", "reason", "fields", "taken", "replaces_date",
-                 "length_field", "length", "fast", "fast_304")
+                 "length_field", "length", "fast", "fast_304", "codings", "codings_for")
 
     def __init__(self, responder: Responder, policy_: CachePolicy, head: EntryHead):
         self.responder = responder
@@ -131,6 +137,8 @@ class Prepared:
         self.length_field = b"Content-Length: %d\r\n" % head.body_length
         self.length = self.length_field + b"\r\n"
         self.fast = self.fast_304 = None  # the last 200 and 304 FastHit made of it (accel.cache.fast)
+        self.codings: dict[str, tuple[Prepared, bytes | None] | None] = {}  # by coding, made for codings_for
+        self.codings_for: Compress | None = None
         self.fields: bytes | None = None
         self.taken: frozenset = frozenset()
         self.replaces_date = any(name == "date" for name, _ in head.fields)
@@ -168,8 +176,43 @@ class Responder:
         self.clock = clock
         # Cache-Status of a fresh hit up to its ttl value, e.g. b"accel; hit; ttl=" (serve_plain)
         self.hit_ttl = (policy.cache_status_value(name, hit=True) + "; ttl=").encode("ascii")
+        self._negotiated: dict[tuple[bytes | None, tuple[str, ...]], str] = {}
 
-    def serve_plain(self, request, policy_: CachePolicy, found) -> bool | str:
+    # -- content codings (accel.http.encoding) ------------------------------------------------------------
+
+    def coded(self, prepared: Prepared, body: bytes | None, compress: Compress, accept: bytes | None):
+        """(Prepared, body) of the stored response in the coding ``accept`` (an Accept-Encoding value) asks
+        for, made on first demand and kept in ``prepared.codings``; None when the route does not compress
+        or the response is not compressible (then it goes out as it is). A body only on disk goes out in
+        identity (with Vary): it is streamed, never held in memory to be compressed."""
+        coding = self.negotiated(accept, offered_codings(compress, BROTLI_AVAILABLE)) if body is not None else IDENTITY
+        if prepared.codings_for is not compress:  # another route's settings (or reloaded ones)
+            prepared.codings, prepared.codings_for = {}, compress
+        codings = prepared.codings
+        if coding in codings:
+            return codings[coding]
+        head = prepared.head
+        found = None
+        if compressible(compress, head.status, head.fields, head.body_length):
+            coded_body = body if coding == IDENTITY else encode(coding, compress.level, body)
+            fields = tuple((name.lower(), value) for name, value in encoded_fields(head.fields, coding))
+            length = head.body_length if coded_body is None else len(coded_body)
+            found = (Prepared(self, prepared.policy, replace(head, fields=fields, body_length=length)), coded_body)
+        codings[coding] = found
+        return found
+
+    def negotiated(self, accept: bytes | None, offered: tuple[str, ...]) -> str:
+        """``negotiate``, remembered: clients send few distinct Accept-Encoding values."""
+        memo = (accept, offered)
+        coding = self._negotiated.get(memo)
+        if coding is None:
+            coding = negotiate(None if accept is None else accept.decode("latin-1"), offered)
+            if len(self._negotiated) >= 1024:
+                self._negotiated.clear()
+            self._negotiated[memo] = coding
+        return coding
+
+    def serve_plain(self, request, policy_: CachePolicy, found, compress: Compress = Compress()) -> bool | str:
         """The prepared path for a plain request (see ``_NOT_PLAIN``) that selects one stored response:
         answer it if that response is fresh, with the header section encoded when it was first served.
         The decision is ``policy.fresh_for_plain_request``, i.e. ``evaluate``'s. Returns False, having
@@ -200,6 +243,12 @@ class Responder:
         fresh = policy.fresh_for_plain_request(prepared.stored, prepared.freshness, self.clock())
         if fresh is None:
             return False
+        if compress.enabled:
+            coded = self.coded(prepared, body, compress, request.getHeader(b"accept-encoding"))
+            if coded is not None:
+                prepared, body = coded
+                if prepared.fields is None:
+                    return False
         chunks = None
         if body is None and request.method != b"HEAD" and head.body_length:
             try:
@@ -233,11 +282,12 @@ class Responder:
         return itertools.chain((first,), chunks)
 
     def serve(self, request, method: str, fields: Fields, variant: Variant, age: float, cache_status: bytes,
-              log_as: str | None = None) -> None:
+              log_as: str | None = None, compress: Compress = Compress(), policy_: CachePolicy | None = None) -> None:
         """Answer ``request`` (``method``, its ``fields``) from a stored response that may be used: its
-        conditionals (RFC 9110 §13.2.2), Range (§14) and HEAD are answered here. Raises ``BodyGone``, having
-        written nothing, when the body to stream from disk is no longer there. The access log says ``log_as``
-        (default: hit or miss, by ``cache_status``)."""
+        conditionals (RFC 9110 §13.2.2), Range (§14) and HEAD are answered here; a full 200 goes out in the
+        client's coding when ``compress`` (the route's, whose cache rules are ``policy_``) allows. Raises
+        ``BodyGone``, having written nothing, when the body to stream from disk is no longer there. The access
+        log says ``log_as`` (default: hit or miss, by ``cache_status``)."""
         head = variant.head
         request.log_cache = log_as or ("hit" if b"; hit" in cache_status else "miss")
         condition = policy.evaluate_conditionals(method, fields, head.fields)
@@ -260,9 +310,26 @@ class Responder:
         if isinstance(ranges, Satisfiable):
             self.serve_ranges(request, variant, ranges.ranges, age, cache_status, chunks)
             return
+        if compress.enabled and policy_ is not None and head.status == 200 and get_one(fields, "range") is None:
+            coded = self.coded_variant(request, variant, compress, policy_)
+            if coded is not None:
+                variant = coded
+                head = coded.head
         self.write_head(request, head.status, head.reason.encode("latin-1"), head.fields, age, cache_status,
                         {b"content-length": b"%d" % head.body_length})
         self.write_body(request, variant, [(0, head.body_length - 1)] if head.body_length else [], chunks)
+
+    def coded_variant(self, request, variant: Variant, compress: Compress, policy_: CachePolicy) -> Variant | None:
+        """``coded`` for the general path: the variant in the client's coding, None for as it is."""
+        prepared = variant.prepared
+        if prepared is None:  # not prepared yet: prepared now, and kept when the memory tier holds it
+            prepared = Prepared(self, policy_, variant.head)
+            self.store.set_extra(variant.head, prepared)
+        coded = self.coded(prepared, variant.body, compress, request.getHeader(b"accept-encoding"))
+        if coded is None:
+            return None
+        coded_prepared, body = coded
+        return Variant(coded_prepared.head, body, variant.stored, variant.freshness, coded_prepared)
 
     def ranges_for(self, method: str, fields: Fields, head: EntryHead):
         """RFC 9110 §14.2: Range is honoured for GET of a stored 200, subject to If-Range (§13.1.5)."""
@@ -358,7 +425,7 @@ class Responder:
         variants = []
         for head, body, extra in found:
             if self.prepared_for(extra, head, policy_):
-                variants.append(Variant(head, body, extra.stored, extra.freshness))
+                variants.append(Variant(head, body, extra.stored, extra.freshness, extra))
             else:
                 variants.append(Variant(head, body, stored_response(head)))
         return variants

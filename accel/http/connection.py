@@ -77,7 +77,7 @@ class Message:
     """One request as parsed: what the fast path and ``AccelRequest`` are built from."""
 
     __slots__ = ("method", "target", "version", "headers", "host", "keep_alive", "length", "started",
-                 "request", "plain", "conditional")
+                 "request", "plain", "conditional", "accept_encoding", "upgrade")
 
     def __init__(self, started: float):
         self.started = started
@@ -87,6 +87,8 @@ class Message:
         self.request = None  # the AccelRequest, once one is built
         self.plain = True  # no field that keeps it off the fast path (fast_hits.not_plain)
         self.conditional = False  # a field in fast_hits.conditional (If-None-Match, If-Modified-Since)
+        self.accept_encoding: bytes | None = None  # its lines joined, for the fast path's content coding
+        self.upgrade = False  # an Upgrade field: never a fast hit (accel.proxy.websocket may take it)
 
 
 @implementer(IPushProducer)
@@ -241,6 +243,12 @@ class HTTPConnection(Protocol):
                 if value.strip().lower() != b"chunked":
                     raise Refused(400)  # RFC 9112 §6.1: chunked is the only coding accel decodes
                 length = None
+            elif lower == b"accept-encoding":
+                ae = message.accept_encoding
+                message.accept_encoding = value if ae is None else ae + b", " + value
+            elif lower == b"upgrade":
+                message.upgrade = True
+                message.plain = False
             elif lower in not_plain:
                 message.plain = False
             elif lower in conditional:
