@@ -17,8 +17,11 @@ When a response is over, the connection goes back to its pool, reusable unless t
 said otherwise (llhttp's ``should_keep_alive``) or the upload was still running (the origin answered
 early: the rest of the stream cannot be trusted).
 
-A 101 is where a protocol switch (WebSocket) would take the transport over; no request asks for one
-yet (``Upgrade`` is hop-by-hop and not forwarded), so an unasked 101 breaks the exchange.
+A 101 (RFC 9110 §15.2.2) ends HTTP on the connection. It is accepted only for a request sent with
+``upgrade=True`` (a WebSocket handshake, ``accel.proxy.websocket``): the connection leaves its pool
+(``lost`` is called), ``Listener.head`` gets the 101, and whoever takes it calls ``take_over`` to receive
+the connection's bytes from then on (those that came with the 101 first). An unasked 101 breaks the
+exchange.
 """
 
 from __future__ import annotations
@@ -166,6 +169,10 @@ class OriginConnection(Protocol):
         self._in_head = True
         self._close_delimited = False
         self._head_keep_alive = False
+        self.upgrade = False  # the request in flight asks to switch protocols
+        self.switched: OriginResponse | None = None  # its 101, until the parser stops
+        self.tunnel = None  # after a 101: the protocol given the connection's bytes (take_over)
+        self._after_switch = b""
 
     def connectionMade(self) -> None:
         no_delay = getattr(self.transport, "setTcpNoDelay", None)  # TCP (not a test's StringTransport)
@@ -174,9 +181,12 @@ class OriginConnection(Protocol):
 
     # Sending ---------------------------------------------------------------------------------------
 
-    def send(self, listener: Listener, method: bytes, target: bytes, fields: RawFields, body=None) -> None:
-        """Write a request; ``body`` is a ``RequestBody`` (an IBodyProducer) or None."""
+    def send(self, listener: Listener, method: bytes, target: bytes, fields: RawFields, body=None,
+             upgrade: bool = False) -> None:
+        """Write a request; ``body`` is a ``RequestBody`` (an IBodyProducer) or None; ``upgrade``: the fields
+        ask to switch protocols, and a 101 is welcome."""
         self.listener, self.method, self.response = listener, method, None
+        self.upgrade = upgrade
         self.served += 1
         self.heard = False
         lines = [method, b" ", target, b" HTTP/1.1\r\n"]
@@ -234,6 +244,9 @@ class OriginConnection(Protocol):
     # Parsing ---------------------------------------------------------------------------------------
 
     def dataReceived(self, data: bytes) -> None:
+        if self.tunnel is not None:
+            self.tunnel.dataReceived(data)
+            return
         if self.closed:
             return
         if self.listener is None:
@@ -250,8 +263,11 @@ class OriginConnection(Protocol):
                 self._fail(error.__context__)
             else:
                 raise
-        except HttpParserUpgrade:
-            self._fail(OriginProtocolError("the origin switched protocols (101) without being asked"))
+        except HttpParserUpgrade as switch:
+            if self.switched is None:
+                self._fail(OriginProtocolError("the origin switched protocols (101) without being asked"))
+            else:
+                self._switch(data[switch.args[0]:])
         except HttpParserError as error:
             self._fail(OriginProtocolError(f"the origin's response is not valid HTTP/1.1 ({error})"))
 
@@ -271,6 +287,10 @@ class OriginConnection(Protocol):
     def on_headers_complete(self) -> None:
         code = self.parser.get_status_code()
         fields, self._fields = self._fields, []
+        if code == 101 and self.upgrade:
+            version = b"HTTP/" + self.parser.get_http_version().encode("ascii")
+            self.switched = OriginResponse(self, code, self._phrase, version, fields, 0)
+            return
         if code < 200:
             if code not in (100, 101) and self.listener is not None:
                 self.listener.interim(code, self._phrase, fields)
@@ -293,6 +313,23 @@ class OriginConnection(Protocol):
             return  # an interim response is over; the final one follows
         self._complete(self.parser.should_keep_alive())
 
+    def _switch(self, after: bytes) -> None:
+        """The origin switched protocols: the connection is no longer the pool's, nor HTTP."""
+        response, listener = self.switched, self.listener
+        self.switched = self.listener = None
+        self._after_switch = after
+        lost, self.lost = self.lost, lambda connection: None
+        lost(self)
+        listener.head(response)
+
+    def take_over(self, tunnel) -> None:
+        """After a 101: ``tunnel.dataReceived`` gets every byte from the origin (those that came with the
+        101 at once), ``tunnel.connectionLost`` the close."""
+        self.tunnel = tunnel
+        after, self._after_switch = self._after_switch, b""
+        if after:
+            tunnel.dataReceived(after)
+
     def _complete(self, keep_alive: bool) -> None:
         response = self.response
         self.listener = self.response = None
@@ -309,6 +346,9 @@ class OriginConnection(Protocol):
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         self.closed = True
         self.lost(self)
+        if self.tunnel is not None:
+            self.tunnel.connectionLost(reason)
+            return
         if self.response is not None and self._close_delimited and reason.check(ConnectionDone):
             self._complete(False)  # RFC 9112 §6.3 item 8: the close ends the body
         else:
@@ -316,6 +356,7 @@ class OriginConnection(Protocol):
 
     def _end_exchange(self, reason: Failure) -> None:
         listener, response = self.listener, self.response
+        self.switched = None
         self.listener = self.response = None
         if response is not None:
             response._end(reason)

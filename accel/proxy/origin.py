@@ -90,15 +90,19 @@ class OriginClient:
         self._sweep = None  # the idle timeout's timer
 
     def fetch(
-        self, method: bytes, target: bytes, fields: RawFields, body=None, *, timeout: float, interim=None
+        self, method: bytes, target: bytes, fields: RawFields, body=None, *, timeout: float, interim=None,
+        upgrade: bool = False,
     ) -> Deferred[Fetched]:
         """Send a request; fires with ``Fetched`` once the final response head has arrived.
 
         ``interim(code, phrase, fields)`` is called for each 1xx response other than 100 and 101 before that.
         Fails with ``OriginTimeout``, ``OriginUnavailable`` or ``OriginBusy``. Cancelling the Deferred (the
-        client went away) abandons the request and frees its connection.
+        client went away) abandons the request and frees its connection. With ``upgrade`` (the fields ask to
+        switch protocols) the response may be a 101, whose connection has then left the pool (see
+        ``OriginConnection.take_over``).
         """
         request = _Request(self, method, target, fields, body, timeout, interim)
+        request.upgrade = upgrade
         self._dispatch(request)
         return request.deferred
 
@@ -234,12 +238,13 @@ class _Request:
         self.connection: OriginConnection | None = None
         self.connecting = False
         self.retried = False
+        self.upgrade = False
         self.deferred: Deferred[Fetched] = Deferred(self._cancelled)
         self.timer = IdleTimer(client.reactor, timeout, self._timed_out)
 
     def sent_on(self, connection: OriginConnection) -> None:
         self.connection = connection
-        connection.send(self, self.method, self.target, self.fields, self.body)
+        connection.send(self, self.method, self.target, self.fields, self.body, self.upgrade)
 
     # Listener: what the connection reports ------------------------------------------------------------
 
