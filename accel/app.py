@@ -28,6 +28,7 @@ from accel.proxy.origin import OriginClients
 from accel.tls.listeners import check_certificates
 from accel.tls.origin import check_route_files, origin_policies
 from accel.proxy.forwarding import Forwarder, ReverseProxy
+from accel.proxy.websocket import WebSocketTunnels
 from accel.cache.batches import run_batches
 from accel.cache.purge import PurgeHandler
 from accel.http.server import AccelSite
@@ -163,6 +164,7 @@ class Accelerator:
         self.generation: Generation | None = None
         # Balancer state outlives generations: a reload keeps the members it keeps (Balancers.configure).
         self.balancers = Balancers(clock or reactor)
+        self.tunnels: WebSocketTunnels | None = None  # every generation's tunnels, counted together
         generation = self._build(config)
         self.site = AccelSite(
             generation.resource,
@@ -189,7 +191,9 @@ class Accelerator:
         if self.cache is not None:
             handler = self.cache.layer(forwarder, config.cache)
         status = StatusPage(config.status, [BalancerManager(self.balancers)], errors)
-        proxy = ReverseProxy(config, handler, errors, admission, status=status)
+        tunnels = WebSocketTunnels(forwarder, self.reactor, shared=self.tunnels)
+        self.tunnels = self.tunnels or tunnels
+        proxy = ReverseProxy(config, handler, errors, admission, status=status, websocket=tunnels)
         fast_hits = None
         if self.cache is not None:
             from accel.cache.fast import FastHits
@@ -231,6 +235,7 @@ class Accelerator:
 
     def close(self) -> Deferred:
         self.balancers.stop()
+        self.tunnels.close()
         closing = [clients.close() for clients in self.clients]
         if self.cache is not None:
             closing.append(self.cache.close())

@@ -2,6 +2,9 @@
 cache outcome. Also how error-log lines name a request (``request_label``): plain text, never a Python repr.
 
     127.0.0.1 - - [22/Nov/2026:10:00:00 +0000] "GET /a HTTP/1.1" 200 512 "-" "curl/8.5" 1840 origin=http://10.0.0.5:8000 cache=hit
+
+A WebSocket tunnel is logged when it closes, as a 101 whose duration is the tunnel's, with the bytes each
+way: ``... cache=- ws_in=<from the client> ws_out=<to the client>``.
 """
 
 from __future__ import annotations
@@ -47,20 +50,21 @@ def access_log_line(timestamp: str, request) -> str:
     return format_access_line(
         timestamp, request.getClientAddress(), request.method, request.uri, request.clientproto, request.code,
         request.sentLength, request.getHeader(b"referer"), request.getHeader(b"user-agent"), request.started,
-        request.log_origin, request.log_cache,
+        request.log_origin, request.log_cache, request.log_extra,
     )
 
 
 def format_access_line(
     timestamp: str, peer, method: bytes, uri: bytes, version: bytes, code: int, sent: int,
-    referer: bytes | None, user_agent: bytes | None, started: float, origin: str, cache: str,
+    referer: bytes | None, user_agent: bytes | None, started: float, origin: str, cache: str, extra: str = "",
 ) -> str:
-    """The line for one answered request; ``started`` is its ``time.monotonic()`` at the first byte."""
+    """The line for one answered request; ``started`` is its ``time.monotonic()`` at the first byte;
+    ``extra`` ends the line (a WebSocket tunnel's bytes each way)."""
     duration_us = int((time.monotonic() - started) * 1_000_000)
     first_line = _quoted(b"%s %s %s" % (method, uri, version))
     return (
         f'{getattr(peer, "host", "-")} - - {timestamp} "{first_line}" {code} {sent or "-"}'
-        f' "{_quoted(referer)}" "{_quoted(user_agent)}" {duration_us} origin={origin} cache={cache}'
+        f' "{_quoted(referer)}" "{_quoted(user_agent)}" {duration_us} origin={origin} cache={cache}{extra}'
     )
 
 

@@ -116,6 +116,8 @@ class HTTPConnection(Protocol):
         self._direct = False  # a plain TCP transport: send() may write to the socket itself
         self._secure: bool | None = None
         self._peer = self._host = None
+        self.tunnel = None  # after a protocol switch: the protocol given the client's bytes (take_over)
+        self._after_upgrade = b""  # what the client sent after its Upgrade request, until take_over
 
     # -- the connection ------------------------------------------------------------------------------
 
@@ -140,8 +142,10 @@ class HTTPConnection(Protocol):
         except httptools.HttpParserInvalidMethodError:
             self.refuse(501)
             return
-        except httptools.HttpParserUpgrade:
-            # An Upgrade (or CONNECT) accel does not perform: answer the request, read nothing more.
+        except httptools.HttpParserUpgrade as upgrade:
+            # No more HTTP after an Upgrade (or CONNECT): the request is answered (then the connection
+            # closes), unless a WebSocket tunnel takes the connection over (take_over).
+            self._after_upgrade = data[upgrade.args[0]:]
             self.closing_after_queue()
             return
         except httptools.HttpParserError:
@@ -153,6 +157,9 @@ class HTTPConnection(Protocol):
     def connectionLost(self, reason) -> None:
         self.closing = True
         self._cancel_timer()
+        if self.tunnel is not None:
+            self.tunnel.connectionLost(reason)
+            return
         for message in self.queue:
             if message.request is not None:
                 message.request.connectionLost(reason)
@@ -385,6 +392,22 @@ class HTTPConnection(Protocol):
             self.transport.resumeProducing()
         if self.message is None:
             self._set_deadline("idle", self.limits.idle_timeout)
+
+    def take_over(self, request, head: bytes, tunnel) -> None:
+        """Switch protocols after ``request`` (the last one read: it asked to upgrade): write ``head`` (the
+        101), then the connection is ``tunnel``'s: it gets every byte the client sends (``dataReceived``)
+        and the close (``connectionLost``). The request is over without a response of its own."""
+        assert self.queue and self.queue[0].request is request and len(self.queue) == 1
+        self.queue.clear()
+        self._cancel_timer()
+        self._deadline = None
+        self.transport.unregisterProducer()
+        self.transport.write(head)
+        self.tunnel = tunnel
+        self.dataReceived = tunnel.dataReceived  # type: ignore[method-assign]
+        after, self._after_upgrade = self._after_upgrade, b""
+        if after:
+            tunnel.dataReceived(after)
 
     def closing_after_queue(self) -> None:
         """Read nothing more; close once the queued requests are answered."""

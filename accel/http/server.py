@@ -40,6 +40,7 @@ class AccelRequest(server.Request):
         self.body: RequestBody | None = None
         self.log_origin = "-"
         self.log_cache = "-"
+        self.log_extra = ""  # appended to the access-log line
 
     def set_message(self, message) -> None:
         """Take the parsed request line and header section (an ``accel.http.connection.Message``)."""

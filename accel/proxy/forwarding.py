@@ -47,7 +47,8 @@ _PEERS_REMEMBERED = 4096  # bound on Forwarder.peer's memo
 class ReverseProxy(Resource):
     isLeaf = True
 
-    def __init__(self, config: Config, handler, errors: ErrorPages, admission: Admission, purge=None, status=None):
+    def __init__(self, config: Config, handler, errors: ErrorPages, admission: Admission, purge=None, status=None,
+                 websocket=None):
         super().__init__()
         self.routes = RouteTable(config.routes)
         self.handler = handler
@@ -55,6 +56,7 @@ class ReverseProxy(Resource):
         self.admission = admission
         self.purge = purge
         self.status = status  # the status page (accel.http.status), answered before routing
+        self.websocket = websocket  # accel.proxy.websocket.WebSocketTunnels: handshakes it takes bypass the cache
         self.names = {n.lower() for n in config.server_names + local_names()}
         # Route → its origin's key for the access log and its header rules, computed once (id: Routes are
         # slow to hash).
@@ -112,6 +114,9 @@ class ReverseProxy(Resource):
         max_body_size = route.protection.max_body_size
         if request.body is not None and max_body_size is not None:
             request.body.limit(max_body_size, lambda: self.body_too_large(request, max_body_size))
+        if route.websocket and self.websocket is not None and self.websocket.takes(request, route):
+            self.websocket.handle(request, route, target)
+            return NOT_DONE_YET
         self.handler.handle(request, route, target)
         return NOT_DONE_YET
 

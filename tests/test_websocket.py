@@ -1,0 +1,146 @@
+"""WebSocket tunnelling (accel.proxy.websocket) through a real accel to a real echo origin (tests/websocket_support)."""
+
+from __future__ import annotations
+
+import os
+import struct
+from dataclasses import replace
+
+from twisted.internet import defer, reactor
+from twisted.trial import unittest
+
+from accel.app import build_site
+from accel.config import Config, Route, parse_origin
+from tests.support import raw_request, until
+from tests.test_cache_e2e import temporary_directory
+from tests.websocket_support import BINARY, CLOSE, TEXT, EchoOriginFactory, accept_value, connect
+
+
+class TunnelTests(unittest.TestCase):
+    def start(self, config: Config | None = None, greet: bool = False, **route_options):
+        self.origin = EchoOriginFactory(greet)
+        port = reactor.listenTCP(0, self.origin, interface="127.0.0.1")
+        self.addCleanup(port.stopListening)
+        origin = f"ws://127.0.0.1:{port.getHost().port}/"
+        route = Route(prefix="/ws/", origin=parse_origin(origin), websocket=True, **route_options)
+        plain = Route(prefix="/", origin=parse_origin(f"http://127.0.0.1:{port.getHost().port}/"))
+        self.config = replace(config or Config(), routes=(route, plain))
+        self.site = build_site(self.config, reactor)
+        self.port = reactor.listenTCP(0, self.site, interface="127.0.0.1")
+        self.addCleanup(self.site.close)
+        self.addCleanup(self.port.stopListening)
+        return self.port.getHost().port
+
+    async def test_handshake_then_text_and_binary_both_ways(self):
+        port = self.start(greet=True)
+        client = await connect(port)
+        self.assertTrue(client.head.startswith(b"HTTP/1.1 101 "))
+        self.assertEqual(client.field(b"sec-websocket-accept"), accept_value(client.key))
+        self.assertEqual(client.field(b"sec-websocket-protocol"), b"chat")
+        self.assertEqual(client.field(b"upgrade").lower(), b"websocket")
+        self.assertEqual(await client.message(0), (TEXT, b"welcome"))  # came with the origin's 101
+        client.send(TEXT, "héllo".encode())
+        self.assertEqual(await client.message(1), (TEXT, "héllo".encode()))
+        client.send(BINARY, bytes(range(256)) * 3)
+        self.assertEqual(await client.message(2), (BINARY, bytes(range(256)) * 3))
+        # what the origin received: the client's WebSocket fields, the proxy's, the path mapped
+        line, fields = self.origin.handshakes[0]
+        self.assertEqual(line, b"GET /echo HTTP/1.1")
+        got = {n.lower(): v for n, v in fields}
+        self.assertEqual(got[b"sec-websocket-key"], client.key)
+        self.assertEqual(got[b"sec-websocket-version"], b"13")
+        self.assertEqual(got[b"sec-websocket-protocol"], b"chat, superchat")
+        self.assertEqual(got[b"origin"], b"http://app.test")
+        self.assertEqual((got[b"upgrade"], got[b"connection"]), (b"websocket", b"Upgrade"))
+        self.assertEqual(got[b"x-forwarded-for"], b"127.0.0.1")
+        self.assertEqual(got[b"x-forwarded-host"], b"accel.test")
+        client.transport.loseConnection()
+        await client.closed
+
+    async def test_a_10_mib_message_each_way(self):
+        port = self.start()
+        client = await connect(port)
+        payload = os.urandom(10 << 20)
+        client.send(BINARY, payload)
+        opcode, echoed = await client.message(0)
+        self.assertEqual((opcode, len(echoed)), (BINARY, len(payload)))
+        self.assertTrue(echoed == payload)
+        client.transport.loseConnection()
+        await client.closed
+
+    async def test_close_from_the_client(self):
+        port = self.start()
+        client = await connect(port)
+        client.send(CLOSE, struct.pack("!H", 1000))
+        self.assertEqual(await client.message(0), (CLOSE, struct.pack("!H", 1000)))
+        await client.closed  # the origin closed after its Close; accel closed the client's connection
+        await until(lambda: len(self.origin.closed) == 1)
+
+    async def test_the_client_going_away_closes_the_origin_connection(self):
+        port = self.start()
+        client = await connect(port)
+        client.send(TEXT, b"x")
+        await client.message(0)
+        client.transport.loseConnection()
+        await until(lambda: len(self.origin.closed) == 1)
+        await until(lambda: not self.site.accelerator.tunnels.open)
+
+    async def test_close_from_the_origin(self):
+        port = self.start()
+        client = await connect(port)
+        client.send(TEXT, b"close-me")
+        self.assertEqual(await client.message(0), (CLOSE, struct.pack("!H", 1000)))
+        await client.closed
+
+    async def test_idle_tunnels_are_closed(self):
+        port = self.start(websocket_idle_timeout=0.2)
+        client = await connect(port)
+        client.send(TEXT, b"still here")
+        await client.message(0)
+        await client.closed  # nothing either way: accel closes both sides
+        await until(lambda: len(self.origin.closed) == 1)
+
+    async def test_a_refusal_is_relayed_as_a_response(self):
+        port = self.start()
+        client = await connect(port, b"/ws/reject")
+        self.assertTrue(client.head.startswith(b"HTTP/1.1 403 "))
+        await client.closed
+        self.assertIn(b"no way", client.received)
+
+    async def test_tunnels_per_route_are_capped(self):
+        port = self.start(websocket_max_tunnels=1)
+        first = await connect(port)
+        second = await connect(port)
+        self.assertTrue(second.head.startswith(b"HTTP/1.1 503 "))
+        first.transport.loseConnection()
+        await first.closed
+        await until(lambda: not self.site.accelerator.tunnels.open)
+        third = await connect(port)
+        self.assertTrue(third.head.startswith(b"HTTP/1.1 101 "))
+        third.transport.loseConnection()
+        await third.closed
+        self.assertEqual(len(self.origin.handshakes), 2)
+
+    async def test_no_tunnel_without_websocket_on_the_route_or_to_another_protocol(self):
+        port = self.start()
+        # the "/" route has no WebSocket: the request is answered as any request; Upgrade never leaks
+        reply = await raw_request(port, b"GET /plain HTTP/1.1\r\nHost: a\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                                        b"Sec-WebSocket-Key: x\r\nSec-WebSocket-Version: 13\r\n\r\n")
+        self.assertFalse(reply.startswith(b"HTTP/1.1 101"))
+        reply = await raw_request(port, b"GET /ws/echo HTTP/1.1\r\nHost: a\r\nUpgrade: h2c\r\nConnection: Upgrade\r\n\r\n")
+        self.assertFalse(reply.startswith(b"HTTP/1.1 101"))
+        for _, fields in self.origin.handshakes:
+            self.assertNotIn(b"upgrade", [n.lower() for n, _ in fields])
+
+    async def test_the_access_log_has_the_tunnel(self):
+        path = os.path.join(temporary_directory(self), "access.log")
+        port = self.start(Config(access_log=path))
+        client = await connect(port)
+        client.send(TEXT, b"12345")
+        await client.message(0)
+        client.transport.loseConnection()
+        await client.closed
+        await until(lambda: os.path.exists(path) and b"ws_in" in open(path, "rb").read())
+        line = open(path).read().strip().splitlines()[-1]
+        self.assertIn('"GET /ws/echo HTTP/1.1" 101 ', line)
+        self.assertIn(" ws_in=11 ws_out=7", line)  # a masked 5-byte frame in, an unmasked one out
