@@ -30,9 +30,10 @@ class Response:
         self.body = body
 
 
-def _request_bytes(path, close=False):
+def _request_bytes(path, close=False, headers=()):
     conn = b"close" if close else b"keep-alive"
-    return b"GET %s HTTP/1.1\r\nHost: %s\r\nConnection: %s\r\n\r\n" % (path.encode(), HOST.encode(), conn)
+    extra = "".join(f"{field}\r\n" for field in headers).encode("latin-1")
+    return b"GET %s HTTP/1.1\r\nHost: %s\r\nConnection: %s\r\n%s\r\n" % (path.encode(), HOST.encode(), conn, extra)
 
 
 async def _read_response(reader, keep_body=True, on_chunk=None):
@@ -105,7 +106,7 @@ def percentile(sorted_values, pct):
     return sorted_values[rank]
 
 
-async def _load(port, path, connections, duration, close):
+async def _load(port, path, connections, duration, close, headers):
     latencies, errors, non_2xx = [], 0, 0
     deadline = time.monotonic() + duration
 
@@ -121,7 +122,7 @@ async def _load(port, path, connections, duration, close):
             try:
                 while time.monotonic() < deadline:
                     t0 = time.monotonic()
-                    writer.write(_request_bytes(path, close=close))
+                    writer.write(_request_bytes(path, close=close, headers=headers))
                     resp = await _read_response(reader, keep_body=False)
                     latencies.append(time.monotonic() - t0)
                     if not 200 <= resp.status < 400:
@@ -149,12 +150,13 @@ async def _load(port, path, connections, duration, close):
     }
 
 
-def load(port, path, connections, duration, close=False):
-    """Closed-loop load for ``duration`` seconds (``close``: one request per connection); wrk-like summary.
+def load(port, path, connections, duration, close=False, headers=()):
+    """Closed-loop load for ``duration`` seconds (``close``: one request per connection; ``headers``: extra
+    request fields such as "Accept-Encoding: gzip"); wrk-like summary.
 
     Requests still unanswered ``LOAD_GRACE_S`` after the end count as errors.
     """
-    return asyncio.run(_load(port, path, connections, duration, close))
+    return asyncio.run(_load(port, path, connections, duration, close, headers))
 
 
 async def _populate(port, paths, connections, time_limit):

@@ -7,6 +7,7 @@ Paths (the query string is ignored for routing, so ``/slow?r=7`` is ``/slow``):
 
 - ``/1k``       1 KiB, ``Cache-Control: max-age=3600``
 - ``/1m``       1 MiB, ``Cache-Control: max-age=3600``
+- ``/1k-text``  1 KiB of text/plain (compressible), ``Cache-Control: max-age=3600``
 - ``/nocache``  1 KiB, ``Cache-Control: no-store``
 - ``/slow``     1 KiB, ``Cache-Control: max-age=3600``, answered after one second
 - ``/big``      ``?size=N`` bytes (default 1 GiB), ``Cache-Control: no-store``,
@@ -67,6 +68,7 @@ class Origin(resource.Resource):
         self.body_1m = b"m" * MIB
         self.body_video = b"v" * (10 * MIB)
         self.down_until = 0.0
+        self.text_1k = b"".join(b"line %04d of a compressible text\n" % i for i in range(40))[:KIB]
 
     def render_GET(self, request):
         url = urlsplit(request.uri)
@@ -83,6 +85,10 @@ class Origin(resource.Resource):
             return self._shield(request, path)
         if path == b"/1k":
             return self._static(request, self.body_1k, CACHEABLE)
+        if path == b"/1k-text":
+            self._static(request, self.text_1k, CACHEABLE)
+            request.setHeader(b"content-type", b"text/plain")
+            return self.text_1k
         if path == b"/1m":
             return self._static(request, self.body_1m, CACHEABLE)
         if path == b"/nocache":

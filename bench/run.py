@@ -8,7 +8,8 @@ below, writes the results as JSON (bench/results/<timestamp>.json unless --out)
 and prints a Markdown summary. See bench/README.md for what each scenario means.
 
 Throughput scenarios (wrk; systems alternate within each round):
-  hit-1k, hit-1m, pass-1k, close-1k (one request per connection)
+  hit-1k, hit-1m, pass-1k, close-1k (one request per connection),
+  hit-1k-text, hit-1k-gzip (one compressible 1 KiB object, without and with Accept-Encoding: gzip)
 Python-driven scenarios:
   collapse      100 concurrent first requests to a 1 s origin (both systems)
   burst-2k      2,000 connections opened at once, one hit on each (both systems)
@@ -57,7 +58,12 @@ THROUGHPUT = {  # scenario -> (path, connections, request fields wrk adds)
     "hit-1m": ("/1m", 10, ()),
     "pass-1k": ("/nocache", 50, ()),
     "close-1k": ("/1k", 50, ("Connection: close",)),
+    "hit-1k-text": ("/1k-text", 50, ()),
+    "hit-1k-gzip": ("/1k-text", 50, ("Accept-Encoding: gzip",)),
 }
+# accel runs with compression on (nginx with gzip for text/plain): hits of a compressed variant must cost
+# what identity hits cost, since each coding is made once (target: gzip/identity req/s >= 0.9)
+ACCEL_CONFIG = "[compress]\nenabled = true\n"
 ROUNDS_OF = ("collapse", "burst-2k", "reload", "shield")  # Python-driven scenarios measured on both systems every round
 SCENARIOS = [*THROUGHPUT, *ROUNDS_OF, "stream-rss", "startup-100k", "idle-10k"]
 COLLAPSE_CLIENTS = 100
@@ -200,8 +206,11 @@ class Run:
         port = procs.free_port()
         run_dir = self.work / name
         run_dir.mkdir(exist_ok=True)  # twistd writes twistd.pid into its cwd
+        config = run_dir / "accel.toml"
+        config.write_text(ACCEL_CONFIG)
         argv = [
             self.tools.twistd, "-n", "accel",
+            "--config", config,
             "--listen", f"tcp:{port}:interface=127.0.0.1",
             "--origin", f"http://127.0.0.1:{self.origin_port}",
             "--cache-dir", cache_dir,
@@ -252,7 +261,8 @@ def throughput_once(settings, tools, port, scenario):
     if tools.wrk:
         return {"tool": "wrk", **loadgen.run_wrk(tools.wrk, port, path, connections, settings.duration, headers)}
     close = "Connection: close" in headers
-    return {"tool": "python", **client.load(port, path, connections, settings.duration, close)}
+    extra = [h for h in headers if h != "Connection: close"]
+    return {"tool": "python", **client.load(port, path, connections, settings.duration, close, extra)}
 
 
 def collapse_once(run, port, tag):
@@ -424,6 +434,12 @@ def summarize(results, systems):
                 med["min_ok"] = min(r["ok"] for r in entry["rounds"][s])
         if name in THROUGHPUT and {"accel", "nginx"} <= entry["median"].keys():
             entry["ratio_rps_accel_nginx"] = entry["median"]["accel"]["rps"] / entry["median"]["nginx"]["rps"]
+    coded, identity = results.get("hit-1k-gzip", {}), results.get("hit-1k-text", {})
+    if "median" in coded and "median" in identity:
+        coded["ratio_rps_gzip_identity"] = {
+            s: coded["median"][s]["rps"] / identity["median"][s]["rps"]
+            for s in systems if s in coded["median"] and s in identity["median"]
+        }
 
 
 def error_notes(results):
@@ -483,6 +499,10 @@ def markdown(report):
             )
         out.append("")
     other = []
+    ratios = results.get("hit-1k-gzip", {}).get("ratio_rps_gzip_identity")
+    if ratios:
+        other.append(f"| hit-1k-gzip | req/s of gzip hits ÷ identity hits of one 1 KiB text object (target ≥ 0.9) "
+                     f"| {_fmt(ratios.get('accel'), 2)} | {_fmt(ratios.get('nginx'), 2)} |")
     if "collapse" in results:
         entry = results["collapse"]
         if "error" in entry:

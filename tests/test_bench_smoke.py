@@ -12,8 +12,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 RUN = ROOT / "bench" / "run.py"
-SCENARIOS = ["hit-1k", "hit-1m", "pass-1k", "close-1k", "collapse", "burst-2k", "reload", "stream-rss",
-             "startup-100k", "idle-10k"]
+SCENARIOS = ["hit-1k", "hit-1m", "pass-1k", "close-1k", "hit-1k-text", "hit-1k-gzip", "collapse", "burst-2k",
+             "reload", "stream-rss", "startup-100k", "idle-10k"]
 
 
 def _number(value):
@@ -35,13 +35,16 @@ def test_smoke_run(tmp_path):
     results = report["scenarios"]
     assert sorted(results) == sorted(SCENARIOS)
 
-    for name in ["hit-1k", "hit-1m", "pass-1k", "close-1k"]:
+    for name in ["hit-1k", "hit-1m", "pass-1k", "close-1k", "hit-1k-text", "hit-1k-gzip"]:
         accel = results[name]["median"]["accel"]
         for key in ["rps", "p50_ms", "p99_ms"]:
             assert _number(accel[key]), (name, key, accel)
         assert accel["rps"] > 0
         for measured in results[name]["rounds"]["accel"]:
             assert measured["requests"] > 0 and measured["non_2xx"] == 0, (name, measured)
+
+    # gzip hits of a compressible object against identity hits of it, in the same run
+    assert _number(results["hit-1k-gzip"]["ratio_rps_gzip_identity"]["accel"])
 
     # 100 concurrent first requests for one URL, spread over two workers: one origin fetch, and every client
     # gets the 200.
