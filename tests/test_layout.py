@@ -32,6 +32,8 @@ PURE = [
     "accel.cache.vary",
     "accel.http.access",
     "accel.http.addresses",
+    "accel.http.compress",
+    "accel.http.encoding",
     "accel.http.header_rules",
     "accel.http.headers",
     "accel.http.target",
