@@ -485,11 +485,11 @@ def parse_origin(url: str) -> Origin:
         raise ValueError("an http://, https://, ws:// or wss:// URL with a host")
     if parts.query or parts.fragment or parts.username or parts.password:
         raise ValueError("an origin URL without query, fragment or credentials")
+    scheme = _WEBSOCKET_SCHEMES.get(parts.scheme, parts.scheme)
     try:
-        port = parts.port or (443 if parts.scheme == "https" else 80)
+        port = parts.port or (443 if scheme == "https" else 80)
     except ValueError:
         raise ValueError("an origin URL with a valid port") from None
-    scheme = _WEBSOCKET_SCHEMES.get(parts.scheme, parts.scheme)
     return Origin(url=url, scheme=scheme, host=parts.hostname, port=port, base_path=parts.path or "/")
 
 
