@@ -6,13 +6,19 @@ import os
 import struct
 from dataclasses import replace
 
-from twisted.internet import defer, reactor
+from types import SimpleNamespace
+
+import trustme
+from twisted.internet import reactor
+from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.trial import unittest
 
 from accel.app import build_site
 from accel.config import Config, Route, parse_origin
+from accel.proxy.websocket import Tunnel, WebSocketTunnels
 from tests.support import raw_request, until
 from tests.test_cache_e2e import temporary_directory
+from tests.tls_support import listen_https
 from tests.websocket_support import BINARY, CLOSE, TEXT, EchoOriginFactory, accept_value, connect
 
 
@@ -144,3 +150,73 @@ class TunnelTests(unittest.TestCase):
         line = open(path).read().strip().splitlines()[-1]
         self.assertIn('"GET /ws/echo HTTP/1.1" 101 ', line)
         self.assertIn(" ws_in=11 ws_out=7", line)  # a masked 5-byte frame in, an unmasked one out
+
+
+class SecureOriginTests(unittest.TestCase):
+    """wss:// origins are verified like https:// ones."""
+
+    def accel(self, leaf, ca_path: str) -> int:
+        self.origin = EchoOriginFactory()
+        port = listen_https(self, self.origin, leaf).getHost().port
+        route = Route(prefix="/ws/", origin=parse_origin(f"wss://127.0.0.1:{port}/"), websocket=True, tls_ca=ca_path)
+        site = build_site(Config(routes=(route,)), reactor)
+        accel_port = reactor.listenTCP(0, site, interface="127.0.0.1")
+        self.addCleanup(site.close)
+        self.addCleanup(accel_port.stopListening)
+        return accel_port.getHost().port
+
+    def ca_file(self, ca) -> str:
+        path = os.path.join(temporary_directory(self), "ca.pem")
+        ca.cert_pem.write_to_path(path)
+        return path
+
+    async def test_a_verified_wss_origin(self):
+        ca = trustme.CA()
+        port = self.accel(ca.issue_cert("127.0.0.1"), self.ca_file(ca))
+        client = await connect(port)
+        self.assertTrue(client.head.startswith(b"HTTP/1.1 101 "))
+        payload = os.urandom(1 << 20)
+        client.send(BINARY, payload)
+        self.assertEqual(await client.message(0), (BINARY, payload))
+        client.transport.loseConnection()
+        await client.closed
+        await until(lambda: len(self.origin.closed) == 1)
+
+    async def test_an_untrusted_wss_origin_is_502(self):
+        port = self.accel(trustme.CA().issue_cert("127.0.0.1"), self.ca_file(trustme.CA()))
+        client = await connect(port)
+        self.assertTrue(client.head.startswith(b"HTTP/1.1 502 "))
+        self.assertEqual(self.origin.handshakes, [])
+
+
+class IdleTimeoutUnitTests(unittest.TestCase):
+    """The tunnel's idle timer on a fake clock: any byte either way restarts it."""
+
+    def test_idle_both_ways_closes_both_sides(self):
+        clock = MemoryReactorClock()
+        logged = []
+        client, origin = StringTransport(), StringTransport()
+        channel = SimpleNamespace(transport=client, site=SimpleNamespace(log=logged.append))
+        request = SimpleNamespace(channel=channel, sentLength=0, log_extra="")
+        route = Route(prefix="/ws/", origin=parse_origin("ws://o/"), websocket=True, websocket_idle_timeout=300)
+        tunnels = WebSocketTunnels(forwarder=None, reactor=clock)
+        tunnels.count[route.prefix] = 1  # as handle() counts the handshake
+        tunnel = Tunnel(tunnels, route, request, SimpleNamespace(transport=origin))
+        tunnels.open.add(tunnel)
+        tunnel.start()
+        self.assertIs(client.producer, origin)  # each transport's buffer steers the other's reading
+        self.assertIs(origin.producer, client)
+        clock.advance(200)
+        tunnel.client.dataReceived(b"ping")
+        clock.advance(200)
+        tunnel.origin.dataReceived(b"pong!")
+        clock.advance(299)
+        self.assertFalse(client.disconnecting or origin.disconnecting)
+        self.assertEqual((origin.value(), client.value()), (b"ping", b"pong!"))
+        clock.advance(1)
+        self.assertTrue(client.disconnecting and origin.disconnecting)
+        tunnel.client.connectionLost(None)
+        tunnel.origin.connectionLost(None)
+        self.assertEqual(logged, [request])
+        self.assertEqual((request.sentLength, request.log_extra), (5, " ws_in=4 ws_out=5"))
+        self.assertEqual((tunnels.count, tunnels.open), ({"/ws/": 0}, set()))

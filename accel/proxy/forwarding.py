@@ -335,7 +335,7 @@ class Forwarder:
         if not settings.enabled or request.requestHeaders.hasHeader(b"range"):
             return None
         pure = [(n.decode("latin-1"), v.decode("latin-1")) for n, v in fields]
-        length = None if response.length is UNKNOWN_LENGTH else response.length
+        length = None if response.length is UNKNOWN_LENGTH or request.method == b"HEAD" else response.length
         if not compressible(settings, response.code, pure, length):
             return None
         accept = request.getHeader(b"accept-encoding")

@@ -126,9 +126,9 @@ class Tunnel:
         self.request = request
         self.client_transport = request.channel.transport
         self.origin_transport = origin_connection.transport
-        self.client = _Side(self, self.origin_transport, "from_client")
-        self.origin = _Side(self, self.client_transport, "from_origin")
-        self.from_client = self.from_origin = 0  # bytes relayed each way
+        self.client = _Side(self, self.origin_transport)  # the client's bytes, to the origin
+        self.origin = _Side(self, self.client_transport)  # the origin's bytes, to the client
+        self.closing = False
         self.over = False
         self.timer: IdleTimer | None = None
 
@@ -138,8 +138,7 @@ class Tunnel:
         self.origin_transport.registerProducer(self.client_transport, True)
         self.timer = IdleTimer(self.tunnels.reactor, self.route.websocket_idle_timeout, self.idle)
 
-    def relayed(self, direction: str, size: int) -> None:
-        setattr(self, direction, getattr(self, direction) + size)
+    def touch(self) -> None:
         if self.timer is not None:
             self.timer.touch()
 
@@ -150,6 +149,9 @@ class Tunnel:
 
     def close(self) -> None:
         """Close both connections once what each was sent has gone out."""
+        if self.closing:
+            return
+        self.closing = True
         for transport in (self.client_transport, self.origin_transport):
             transport.unregisterProducer()
             transport.loseConnection()
@@ -164,8 +166,8 @@ class Tunnel:
         self.close()
         self.tunnels.closed(self)
         request = self.request
-        request.sentLength = self.from_origin
-        request.log_extra = f" ws_in={self.from_client} ws_out={self.from_origin}"
+        request.sentLength = self.origin.relayed
+        request.log_extra = f" ws_in={self.client.relayed} ws_out={self.origin.relayed}"
         site = request.channel.site
         site.log(request)
         request.connectionLost(Failure(ConnectionDone("the WebSocket tunnel closed")))  # its notifyFinish fires
@@ -174,14 +176,15 @@ class Tunnel:
 class _Side:
     """What one connection's protocol is told once it is tunnelled: its bytes go to the other transport."""
 
-    def __init__(self, tunnel: Tunnel, other_transport, direction: str):
+    def __init__(self, tunnel: Tunnel, other_transport):
         self.tunnel = tunnel
         self.other = other_transport
-        self.direction = direction
+        self.relayed = 0  # bytes
 
     def dataReceived(self, data: bytes) -> None:
         self.other.write(data)
-        self.tunnel.relayed(self.direction, len(data))
+        self.relayed += len(data)
+        self.tunnel.touch()
 
     def connectionLost(self, reason) -> None:
         self.tunnel.lost()
