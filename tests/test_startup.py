@@ -102,7 +102,7 @@ def test_the_command_line_is_named_the_same_everywhere(tmp_path):
     run = twistd("--listen", "tcp:0:interface=127.0.0.1", "--origin", "http://127.0.0.1:9/", "--cache-dir", str(tmp_path / "a-file"))
     assert_one_line(run, "accel: command line: --cache-dir: expected a directory")
     bad_origin = twistd("--origin", "gopher://x")
-    assert_one_line(bad_origin, "accel: command line: --origin: expected an http:// or https:// URL")
+    assert_one_line(bad_origin, "accel: command line: --origin: expected an http://, https://, ws:// or wss:// URL")
 
 
 def test_a_missing_file_and_a_directory_exit_alike(tmp_path):

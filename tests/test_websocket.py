@@ -90,6 +90,7 @@ class TunnelTests(unittest.TestCase):
         client.transport.loseConnection()
         await until(lambda: len(self.origin.closed) == 1)
         await until(lambda: not self.site.accelerator.tunnels.open)
+        self.assertEqual(self.site.accelerator.in_flight.count, 0)  # over, for a graceful stop's drain too
 
     async def test_close_from_the_origin(self):
         port = self.start()
@@ -197,7 +198,8 @@ class IdleTimeoutUnitTests(unittest.TestCase):
         logged = []
         client, origin = StringTransport(), StringTransport()
         channel = SimpleNamespace(transport=client, site=SimpleNamespace(log=logged.append))
-        request = SimpleNamespace(channel=channel, sentLength=0, log_extra="")
+        finished = []
+        request = SimpleNamespace(channel=channel, sentLength=0, log_extra="", connectionLost=finished.append)
         route = Route(prefix="/ws/", origin=parse_origin("ws://o/"), websocket=True, websocket_idle_timeout=300)
         tunnels = WebSocketTunnels(forwarder=None, reactor=clock)
         tunnels.count[route.prefix] = 1  # as handle() counts the handshake
@@ -218,5 +220,6 @@ class IdleTimeoutUnitTests(unittest.TestCase):
         tunnel.client.connectionLost(None)
         tunnel.origin.connectionLost(None)
         self.assertEqual(logged, [request])
+        self.assertEqual(len(finished), 1)  # the request is over: its notifyFinish fires (drain counts it)
         self.assertEqual((request.sentLength, request.log_extra), (5, " ws_in=4 ws_out=5"))
         self.assertEqual((tunnels.count, tunnels.open), ({"/ws/": 0}, set()))
