@@ -202,6 +202,21 @@ class CachedTests(unittest.TestCase):
         self.assertEqual(sorted(self.encoded), ["br", "gzip"])  # once each, whatever the number of hits
         self.assertEqual(len(fast), 14)  # every hit but the first (which reads the disk tier into memory)
 
+    async def test_codings_count_in_the_memory_tier(self):
+        memory = self.stack.accel_site.cache.store.memory
+        await self.fetch()
+        await self.fetch()  # a hit: the response is in the memory tier
+        before = memory.stats()["bytes"]
+        response, gzipped = await self.fetch(accept_encoding="gzip")
+        self.assertEqual(header(response, b"content-encoding"), b"gzip")
+        self.assertEqual(memory.stats()["bytes"], before + len(gzipped))
+        response, brotlied = await self.fetch(accept_encoding="br")
+        self.assertEqual(memory.stats()["bytes"], before + len(gzipped) + len(brotlied))
+        await self.fetch(accept_encoding="br")  # made once: charged once
+        self.assertEqual(memory.stats()["bytes"], before + len(gzipped) + len(brotlied))
+        await self.fetch(method=b"PURGE")
+        self.assertEqual(memory.stats()["bytes"], 0)
+
     async def test_the_general_path_serves_codings_too(self):
         await self.fetch(accept_encoding="gzip")
         # a conditional that does not match and a request directive keep the request off the fast path

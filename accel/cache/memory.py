@@ -15,7 +15,8 @@ than emptying the tier. Each group carries a ``stamp`` (the cross-process genera
 Items whose body is outside the size window are kept head-only (``body`` is
 None; the caller streams the body from disk) so that groups stay complete.
 Each item also carries an opaque ``extra`` slot (the HTTP layer keeps
-precomputed header bytes there); bytes-like extras count toward the limit.
+precomputed header bytes there); bytes-like extras count toward the limit, and
+so does an extra object's ``memory_charge`` (the compressed bodies it keeps).
 """
 
 from __future__ import annotations
@@ -230,4 +231,6 @@ def _charge(head: EntryHead, body: bytes | None, extra: Any) -> int:
     size = item_charge(head, len(body) if body is not None else 0)
     if isinstance(extra, (bytes, bytearray, memoryview)):
         size += len(extra)
+    else:
+        size += getattr(extra, "memory_charge", 0)  # what an extra object holds (a response's codings)
     return size

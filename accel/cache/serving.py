@@ -125,7 +125,7 @@ class Prepared:
     """
 
     __slots__ = ("responder", "policy", "head", "stored", "freshness", "reason", "fields", "taken", "replaces_date",
-                 "length_field", "length", "fast", "fast_304", "codings", "codings_for")
+                 "length_field", "length", "fast", "fast_304", "codings", "codings_for", "memory_charge")
 
     def __init__(self, responder: Responder, policy_: CachePolicy, head: EntryHead):
         self.responder = responder
@@ -139,6 +139,7 @@ class Prepared:
         self.fast = self.fast_304 = None  # the last 200 and 304 FastHit made of it (accel.cache.fast)
         self.codings: dict[str, tuple[Prepared, bytes | None] | None] = {}  # by coding, made for codings_for
         self.codings_for: Compress | None = None
+        self.memory_charge = 0  # bytes of the compressed bodies in ``codings``: they count in the memory tier
         self.fields: bytes | None = None
         self.taken: frozenset = frozenset()
         self.replaces_date = any(name == "date" for name, _ in head.fields)
@@ -187,7 +188,7 @@ class Responder:
         identity (with Vary): it is streamed, never held in memory to be compressed."""
         coding = self.negotiated(accept, offered_codings(compress, BROTLI_AVAILABLE)) if body is not None else IDENTITY
         if prepared.codings_for is not compress:  # another route's settings (or reloaded ones)
-            prepared.codings, prepared.codings_for = {}, compress
+            prepared.codings, prepared.codings_for, prepared.memory_charge = {}, compress, 0
         codings = prepared.codings
         if coding in codings:
             return codings[coding]
@@ -199,6 +200,9 @@ class Responder:
             length = head.body_length if coded_body is None else len(coded_body)
             found = (Prepared(self, prepared.policy, replace(head, fields=fields, body_length=length)), coded_body)
         codings[coding] = found
+        if found is not None and coding != IDENTITY:
+            prepared.memory_charge += len(coded_body)
+            self.store.set_extra(head, prepared)  # charged again, with the new body (and evictions if due)
         return found
 
     def negotiated(self, accept: bytes | None, offered: tuple[str, ...]) -> str:
