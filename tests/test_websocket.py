@@ -16,7 +16,7 @@ from twisted.trial import unittest
 from accel.app import build_site
 from accel.config import Config, Route, parse_origin
 from accel.proxy.websocket import Tunnel, WebSocketTunnels
-from tests.support import raw_request, until
+from tests.support import next_turn, raw_request, until
 from tests.test_cache_e2e import temporary_directory
 from tests.tls_support import listen_https
 from tests.websocket_support import BINARY, CLOSE, TEXT, EchoOriginFactory, accept_value, connect
@@ -71,6 +71,26 @@ class TunnelTests(unittest.TestCase):
         opcode, echoed = await client.message(0)
         self.assertEqual((opcode, len(echoed)), (BINARY, len(payload)))
         self.assertTrue(echoed == payload)
+        client.transport.loseConnection()
+        await client.closed
+
+    async def test_a_client_that_does_not_read_stops_accel_reading_the_origin(self):
+        port = self.start()
+        client = await connect(port)
+        client.transport.pauseProducing()  # the client reads nothing more for now
+        client.send(TEXT, b"flood")
+        await until(lambda: self.origin.connections and self.origin.connections[0].flood is not None)
+        flood = self.origin.connections[0].flood
+        stable = 0  # reactor turns the origin has stayed paused without sending more
+        while flood.sent < flood.LIMIT and stable < 200:
+            before = flood.sent
+            await next_turn()
+            stable = stable + 1 if flood.paused and flood.sent == before else 0
+        # accel stopped reading the origin once the client's side was full: the origin stays paused, having
+        # sent only what the sockets and transports in between hold, not the flood's 128 MiB
+        self.assertLess(flood.sent, 32 << 20)
+        client.transport.resumeProducing()
+        await until(lambda: len(client.messages) >= flood.sent // len(flood.MESSAGE))
         client.transport.loseConnection()
         await client.closed
 

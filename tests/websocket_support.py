@@ -1,7 +1,8 @@
 """WebSocket by hand for the tests (RFC 6455): the opening handshake, frames, an echo origin and a client.
 
 No library: the handshake is a few header lines and the framing (§5.2) fits in two functions. The origin
-echoes every text and binary message; the text message ``close-me`` makes it close (a Close frame, then
+echoes every text and binary message; the text message ``flood`` makes it send binary messages as fast as
+the connection takes them (``Flood``); the text message ``close-me`` makes it close (a Close frame, then
 the TCP connection); a Close from the client is answered with a Close and the connection closed.
 Requests for ``/reject`` get a plain 403, requests that are not a handshake a plain 200.
 """
@@ -93,6 +94,7 @@ class EchoOrigin(protocol.Protocol):
         self.factory = factory
         self.head = b""
         self.frames: FrameReader | None = None
+        self.flood: Flood | None = None
 
     def connectionMade(self):
         self.factory.connections.append(self)
@@ -125,6 +127,8 @@ class EchoOrigin(protocol.Protocol):
             if opcode == CLOSE:
                 self.transport.write(frame(CLOSE, payload, False))
                 self.transport.loseConnection()
+            elif payload == b"flood":
+                self.flood = Flood(self.transport)
             elif payload == b"close-me":
                 self.transport.write(frame(CLOSE, struct.pack("!H", 1000), False))
                 self.transport.loseConnection()
@@ -133,6 +137,36 @@ class EchoOrigin(protocol.Protocol):
 
     def connectionLost(self, reason):
         self.factory.closed.append(self)
+
+
+class Flood:
+    """Binary messages of 64 KiB written as fast as the connection takes them (a push producer), up to
+    ``LIMIT`` bytes; ``paused_at`` is how much had been sent when the connection first pushed back."""
+
+    LIMIT = 128 << 20
+    MESSAGE = frame(BINARY, b"f" * 65536, False)
+
+    def __init__(self, transport):
+        self.transport = transport
+        self.sent = 0
+        self.paused_at: int | None = None
+        self.paused = False
+        transport.registerProducer(self, True)
+        reactor.callLater(0, self.resumeProducing)
+
+    def pauseProducing(self):
+        self.paused = True
+        if self.paused_at is None:
+            self.paused_at = self.sent
+
+    def resumeProducing(self):
+        self.paused = False
+        while not self.paused and self.sent < self.LIMIT:
+            self.transport.write(self.MESSAGE)
+            self.sent += len(self.MESSAGE)
+
+    def stopProducing(self):
+        self.sent = self.LIMIT
 
 
 class EchoOriginFactory(protocol.Factory):
