@@ -217,6 +217,15 @@ class CachedTests(unittest.TestCase):
         await self.fetch(method=b"PURGE")
         self.assertEqual(memory.stats()["bytes"], 0)
 
+    async def test_the_miss_keeps_its_cache_status_and_an_upstream_one(self):
+        self.stack.origin.handlers[b"/upstream"] = responder(TEXT, content_type="text/plain", cache_status="upstream; hit",
+                                                             cache_control="max-age=600")
+        response, body = await self.fetch("/upstream", accept_encoding="gzip")
+        self.assertEqual(header(response, b"content-encoding"), b"gzip")
+        statuses = response.headers.getRawHeaders(b"cache-status")
+        self.assertEqual(len(statuses), 2, statuses)
+        self.assertIn(b"upstream; hit", statuses)
+
     async def test_the_general_path_serves_codings_too(self):
         await self.fetch(accept_encoding="gzip")
         # a conditional that does not match and a request directive keep the request off the fast path

@@ -87,6 +87,10 @@ def _listed(media_type: str, types: tuple[str, ...]) -> bool:
     return any(t == media_type or (t.endswith("/*") and t[:-2] == major) for t in types)
 
 
+# The only fields ``encoded_fields`` changes (lower-case).
+CODING_FIELDS = frozenset({"content-length", "content-encoding", "etag", "vary"})
+
+
 def encoded_fields(fields, coding: str) -> list[tuple[str, str]]:
     """The header fields of a compressible response sent in ``coding`` (identity included): Vary gains
     Accept-Encoding; in a compressed coding, Content-Encoding is set, a strong ETag becomes weak and the

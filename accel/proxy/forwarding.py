@@ -25,7 +25,7 @@ from twisted.web.server import NOT_DONE_YET
 from accel.http.accesslog import request_label
 from accel.http.body import ResponseRelay
 from accel.http.compress import BROTLI_AVAILABLE, Encoder
-from accel.http.encoding import IDENTITY, compressible, encoded_fields, negotiate, offered_codings
+from accel.http.encoding import CODING_FIELDS, IDENTITY, compressible, encoded_fields, negotiate, offered_codings
 from accel.config import Config, Route, local_names
 from accel.http.addresses import peer_in, peer_name, split_authority
 from accel.http.errors import ErrorPages
@@ -341,11 +341,12 @@ class Forwarder:
         accept = request.getHeader(b"accept-encoding")
         coding = negotiate(None if accept is None else accept.decode("latin-1"),
                            offered_codings(settings, BROTLI_AVAILABLE))
-        headers = request.responseHeaders
-        for name in {n.lower() for n, _ in pure}:
-            headers.removeHeader(name.encode("latin-1"))
+        headers = request.responseHeaders  # the response's fields, and the request's own (Cache-Status...)
+        for name in CODING_FIELDS:
+            headers.removeHeader(name.encode("ascii"))
         for name, value in encoded_fields(pure, coding):
-            headers.addRawHeader(name.encode("latin-1"), value.encode("latin-1"))
+            if name.lower() in CODING_FIELDS:
+                headers.addRawHeader(name.encode("latin-1"), value.encode("latin-1"))
         return None if coding == IDENTITY else coding
 
     def fail(self, request, failure: Failure, headers: dict[bytes, bytes] | None = None) -> None:
