@@ -4,8 +4,6 @@ in pure code, then through a real accel in front of a real origin, with and with
 from __future__ import annotations
 
 import gzip
-import os
-import zlib
 from dataclasses import replace
 
 import brotli
@@ -13,7 +11,7 @@ from twisted.trial import unittest
 from twisted.web.iweb import UNKNOWN_LENGTH
 
 from accel.cache import serving
-from accel.config import CacheSettings, Compress, Config, Route, parse_origin
+from accel.config import CacheSettings, Compress, Config
 from accel.http.compress import Encoder, encode
 from accel.http.encoding import compressible, encoded_fields, negotiate
 from tests.support import get, http_client, start_stack
