@@ -1079,6 +1079,8 @@ def _member(r: _Reader, index: int) -> BalancerMember:
     if url is None:
         raise r.fail("url", "an http:// or https:// URL")
     try:
+        if urlsplit(url).scheme not in ("http", "https"):  # (parse_origin also takes ws:// and wss://)
+            raise ValueError("an http:// or https:// URL")
         origin = parse_origin(url)
     except ValueError as e:
         raise r.fail("url", str(e), url) from None
