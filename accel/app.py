@@ -18,6 +18,7 @@ from twisted.web.resource import Resource
 from accel.cache.directory import DamagedCache, NotACache, check_cache_dir
 from accel.config import CacheSettings, Config, ConfigError, located
 from accel.http.errors import ErrorPages
+from accel.http.health import HealthCheck, NodeHealth
 from accel.http.header_rules import HeaderRules
 from accel.proxy.admission import Admission
 from accel.proxy.buckets import SharedBuckets
@@ -159,6 +160,7 @@ class Accelerator:
         self.reactor = reactor
         self.cache = CacheRuntime(config.cache, reactor, shared=config.workers > 1) if config.cache.dir else None
         self.in_flight = InFlight()
+        self.health = NodeHealth()  # 503 on the health path once a stop has begun
         self.clients: list[OriginClients] = []
         self.buckets: SharedBuckets | None = None  # made when a configuration first has a rate limit; kept
         self.generation: Generation | None = None
@@ -193,7 +195,8 @@ class Accelerator:
         status = StatusPage(config.status, [BalancerManager(self.balancers)], errors)
         tunnels = WebSocketTunnels(forwarder, self.reactor, shared=self.tunnels)
         self.tunnels = self.tunnels or tunnels
-        proxy = ReverseProxy(config, handler, errors, admission, status=status, websocket=tunnels)
+        health = HealthCheck(config.status, config.cluster.peers, self.health, errors)
+        proxy = ReverseProxy(config, handler, errors, admission, status=status, websocket=tunnels, health=health)
         fast_hits = None
         if self.cache is not None:
             from accel.cache.fast import FastHits
@@ -230,8 +233,12 @@ class Accelerator:
         return [what for what, read in RESTART_TO_CHANGE if read(previous) != read(config)]
 
     def drain(self, timeout: float) -> Deferred:
-        """Fires with the number of requests still in flight: 0 once they all finished, more after ``timeout``."""
-        return self.in_flight.wait(self.reactor, timeout)
+        """Stop serving: fires with the number of requests still in flight, 0 once they all finished and every
+        client connection closed (``AccelSite.stop_serving``), more after ``timeout``."""
+        closed = self.site.stop_serving()
+        closed.addTimeout(timeout, self.reactor, onTimeoutCancel=lambda result, timeout: None)
+        requests = self.in_flight.wait(self.reactor, timeout)
+        return gatherResults([requests, closed]).addCallback(lambda results: results[0])
 
     def close(self) -> Deferred:
         self.balancers.stop()

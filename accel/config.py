@@ -224,11 +224,13 @@ class BalancerSettings:
 
 @dataclass(frozen=True, slots=True)
 class StatusSettings:
-    """``[status]``: where the status page (with the balancer manager) is served, and to whom."""
+    """``[status]``: where the status page (with the balancer manager) and the health check for a balancer in
+    front are served, and to whom."""
 
     path: str = "/accel-status"
     allow: tuple = (ipaddress.ip_network("127.0.0.0/8"), ipaddress.ip_network("::1/128"))
     allow_unix_peers: bool = False
+    health_path: str = "/accel-health"  # 200 while serving, 503 while draining (accel.http.health)
 
 
 @dataclass(frozen=True, slots=True)
@@ -280,6 +282,15 @@ class PurgeSettings:
     allow_unix_peers: bool = False  # "unix" in allow: peers on UNIX sockets may purge too
     secret_header: str = "x-purge-secret"  # checked only when a secret is set
     secret: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ClusterSettings:
+    """The ``[cluster]`` table: the other accel nodes behind the same balancer, and how a node leaves it."""
+
+    peers: tuple[Origin, ...] = ()  # every purge this node accepts is forwarded to each of them
+    purge_timeout: float = 10.0  # a peer that has not answered a forwarded purge by then has failed
+    drain_delay: float = 5.0  # SIGTERM: seconds the health answer is 503 before the node stops accepting
 
 
 @dataclass(frozen=True, slots=True)
@@ -339,6 +350,7 @@ class Config:
     workers: int = 1  # worker processes; 1: this process serves, with no supervisor
     cache: CacheSettings = CacheSettings()
     purge: PurgeSettings = PurgeSettings()
+    cluster: ClusterSettings = ClusterSettings()
     error_documents: dict[int, str] = field(default_factory=dict)
     limits: Limits = Limits()
     tls: TLSSettings = TLSSettings()
@@ -1022,10 +1034,11 @@ def parse_config(text: str, source: str) -> Config:
     balancers = _balancers(top)
     _routes_name_balancers(source, routes, balancers)
     status = _status_settings(_Reader(source, top.table_of("status"), "status", text))
+    cluster = _cluster_settings(_Reader(source, top.table_of("cluster"), "cluster", text))
     top.seen.update({"server", "limits", "route", "error_documents", "cache", "purge", "tls", "compress"})
     top.reject_unknown()
     return replace(config, routes=tuple(routes), error_documents=docs, cache=cache, purge=purge, tls=tls,
-                   balancers=balancers, status=status, compress=compress)
+                   balancers=balancers, status=status, compress=compress, cluster=cluster)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -1130,12 +1143,41 @@ def _routes_name_balancers(source: str, routes: list[Route], balancers: dict[str
 
 
 def _status_settings(r: _Reader) -> StatusSettings:
-    path = r.get("path", str, _PREFIX, StatusSettings().path)
-    if not path.startswith("/") or path.endswith("/") or _NOT_NORMAL.search(path):
-        raise r.fail("path", f"a path starting (and not ending) with '/', {_NORMAL}", path)
+    path, health_path = (_status_path(r, name, getattr(StatusSettings(), name)) for name in ("path", "health_path"))
     allow, allow_unix_peers = _networks(r, "allow", StatusSettings().allow)
     r.reject_unknown()
-    return StatusSettings(path, allow, allow_unix_peers)
+    return StatusSettings(path, allow, allow_unix_peers, health_path)
+
+
+def _status_path(r: _Reader, name: str, default: str) -> str:
+    expected = f"a path starting (and not ending) with '/', {_NORMAL}"
+    path = r.get(name, str, expected, default)
+    if not path.startswith("/") or path.endswith("/") or _NOT_NORMAL.search(path):
+        raise r.fail(name, expected, path)
+    return path
+
+
+_PEER = "a list of peer URLs such as http://10.0.0.2:8080 (scheme, host and port only)"
+
+
+def _cluster_settings(r: _Reader) -> ClusterSettings:
+    peers = []
+    for url in r.strings("peers"):
+        try:
+            peer = parse_origin(url)
+        except ValueError:
+            raise r.fail("peers", _PEER, url) from None
+        if peer.base_path != "/" or "?" in url:
+            raise r.fail("peers", _PEER, url)
+        peers.append(peer)
+    if len({p.key for p in peers}) != len(peers):
+        raise r.fail("peers", "each peer once", list(r.strings("peers")))
+    drain_delay = r.get("drain_delay", (int, float), "a number of seconds, 0 or more", ClusterSettings().drain_delay)
+    if drain_delay < 0:
+        raise r.fail("drain_delay", "a number of seconds, 0 or more", drain_delay)
+    settings = ClusterSettings(tuple(peers), r.seconds("purge_timeout", ClusterSettings().purge_timeout), float(drain_delay))
+    r.reject_unknown()
+    return settings
 
 
 WORKERS_EXPECTED = 'a whole number of worker processes greater than 0, or "auto" (one per CPU)'

@@ -8,6 +8,8 @@ import sys
 
 from twisted.application import service
 from twisted.internet import endpoints
+from twisted.internet.defer import Deferred, succeed
+from twisted.internet.task import deferLater
 from twisted.logger import Logger
 from twisted.python import usage
 
@@ -183,9 +185,14 @@ def makeService(options: Options) -> service.IService:
             store = getattr(getattr(tls_service, "factory", None), "store", None)
             if store is not None:
                 stores.append(store)
-    top.addService(Operations(options, site.accelerator, stores, reactor))
-    if inherited is not None:
-        top.addService(SupervisorLink(reactor))  # after the listeners: it tells the supervisor we accept
+    operations = Operations(options, site.accelerator, stores, reactor)
+    top.addService(operations)
+    if inherited is None:
+        top.before_stopping = operations.leave  # a worker's supervisor keeps the listeners while it drains
+    else:
+        health = site.accelerator.health
+        # After the listeners: it tells the supervisor we accept. The supervisor's stop begins with "drain".
+        top.addService(SupervisorLink(reactor, on_drain=lambda: setattr(health, "draining", True)))
     return top
 
 
@@ -195,6 +202,12 @@ class Listeners(service.MultiService):
     def __init__(self):
         super().__init__()
         self.described: dict[service.IService, tuple[str, str, str]] = {}
+        self.before_stopping = None  # returns a Deferred: the listeners stop (and the drain begins) once it fired
+
+    def stopService(self):
+        if self.before_stopping is None:
+            return super().stopService()
+        return self.before_stopping().addCallback(lambda _: service.MultiService.stopService(self))
 
     def listen(self, child: service.IService, source: str, key: str, description: str) -> None:
         self.described[child] = (source, key, description)
@@ -220,8 +233,11 @@ class Operations(service.Service):
 
     SIGHUP: re-read the configuration and serve it to new requests (an invalid one is refused with one log
     line and the running one stays); certificates and log files are reloaded too. SIGUSR1: reopen the log
-    files (after a rotation). SIGTERM / SIGINT (twistd stops the reactor): stop accepting connections, let the
-    requests in flight finish for up to ``[server] shutdown_timeout`` seconds, then close.
+    files (after a rotation). SIGTERM / SIGINT (twistd stops the reactor): the health check answers 503 and
+    everything goes on serving for ``[cluster] drain_delay`` seconds (``leave``: the balancer in front takes
+    the node out meanwhile); then accel stops accepting connections, lets the requests in flight finish and
+    each keep-alive connection answer one more request with ``Connection: close`` (``AccelSite.stop_serving``)
+    for up to ``[server] shutdown_timeout`` seconds, and closes.
     """
 
     def __init__(self, options: Options, accelerator, stores, reactor):
@@ -273,12 +289,20 @@ class Operations(service.Service):
         self.accelerator.site.use_access_log(self.accelerator.site.access_log)
         log.info("accel: log files reopened")
 
+    def leave(self) -> Deferred:
+        """A stop's first step: the health check answers 503 while accel serves on for ``drain_delay``."""
+        self.accelerator.health.draining = True
+        delay = self.accelerator.generation.config.cluster.drain_delay
+        if delay <= 0:
+            return succeed(None)
+        log.info("accel: stopping: the health check answers 503; serving {delay:g} s more (drain_delay)", delay=delay)
+        return deferLater(self.reactor, delay)
+
     def stopService(self):
         super().stopService()
         for signum, previous in self._previous.items():
             signal.signal(signum, previous)
         self._previous.clear()
-        self.accelerator.site.draining = True  # keep-alive clients go elsewhere (another worker, a restarted accel)
         timeout = self.accelerator.generation.config.shutdown_timeout
         waiting = self.accelerator.in_flight.count
         if waiting:

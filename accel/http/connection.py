@@ -123,6 +123,9 @@ class HTTPConnection(Protocol):
 
     def connectionMade(self) -> None:
         self._direct = type(self.transport) is tcp.Server
+        connections = getattr(self.site, "connections", None)
+        if connections is not None:
+            connections.add(self)
         self.transport.registerProducer(self, True)
         # A new connection's first request is due within header_timeout (nginx's client_header_timeout).
         self._set_deadline("first", self.limits.header_timeout)
@@ -157,6 +160,9 @@ class HTTPConnection(Protocol):
     def connectionLost(self, reason) -> None:
         self.closing = True
         self._cancel_timer()
+        closed = getattr(self.site, "connection_closed", None)
+        if closed is not None:
+            closed(self)
         if self.tunnel is not None:
             self.tunnel.connectionLost(reason)
             return
@@ -224,7 +230,7 @@ class HTTPConnection(Protocol):
         if not message.keep_alive:
             self.closing_after_queue()
         elif not self.queue:
-            self._set_deadline("idle", self.limits.idle_timeout)
+            self._set_deadline("idle", self.idle_timeout())
 
     # -- checks ---------------------------------------------------------------------------------------
 
@@ -391,7 +397,7 @@ class HTTPConnection(Protocol):
             self.paused_pipeline = False
             self.transport.resumeProducing()
         if self.message is None:
-            self._set_deadline("idle", self.limits.idle_timeout)
+            self._set_deadline("idle", self.idle_timeout())
 
     def take_over(self, request, head: bytes, tunnel) -> None:
         """Switch protocols after ``request`` (the last one read: it asked to upgrade): write ``head`` (the
@@ -421,6 +427,18 @@ class HTTPConnection(Protocol):
         self.dataReceived = lambda data: None  # type: ignore[method-assign]
 
     # -- timeouts -------------------------------------------------------------------------------------
+
+    def idle_timeout(self) -> float:
+        """How long an idle keep-alive connection waits for its next request: ``idle_timeout``, or while the
+        server stops, the short grace its clients have to send one more request (``AccelSite.stop_serving``)."""
+        grace = getattr(self.site, "keep_alive_grace", None)
+        return self.limits.idle_timeout if grace is None else min(grace, self.limits.idle_timeout)
+
+    def drain(self) -> None:
+        """The server stops: a connection between requests (or that has sent nothing yet) waits for one more
+        request only ``idle_timeout()``; the next response says Connection: close and ends it."""
+        if self.tunnel is None and not self.closing and not self.queue and self.message is None:
+            self._set_deadline("idle", self.idle_timeout())  # a WebSocket tunnel goes on until shutdown_timeout
 
     def _set_deadline(self, kind: str, seconds: float) -> None:
         """Arm the connection's one timer lazily: moving the deadline later is an assignment (the delayed

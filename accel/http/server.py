@@ -10,6 +10,7 @@ from __future__ import annotations
 import time
 from urllib.parse import parse_qs
 
+from twisted.internet.defer import Deferred, succeed
 from twisted.python.failure import Failure
 from twisted.web import server
 from twisted.web.http import NO_BODY_CODES
@@ -21,6 +22,8 @@ from accel.http.header_rules import NO_RULES, HeaderRules
 from accel.http.connection import HTTPConnection
 from accel.http.dates import http_date
 from accel.config import Limits
+
+KEEP_ALIVE_GRACE = 1.0  # stopping: seconds an idle keep-alive connection is kept for a request on its way
 
 
 class AccelRequest(server.Request):
@@ -179,6 +182,9 @@ class AccelSite(server.Site):
         self.errors = errors or ErrorPages()  # the pages of the channel's refusals and of failures (500)
         self.hsts = hsts  # Strict-Transport-Security of refusals over TLS (requests: accel.tls.https.with_hsts)
         self.draining = False  # stopping: requests read from now on are answered with Connection: close
+        self.keep_alive_grace: float | None = None  # stopping: how long an idle connection may stay
+        self.connections: set[HTTPConnection] = set()  # open client connections
+        self._all_closed: list[Deferred] = []
         self.server_header = server_header.encode("latin-1") if server_header else None
         self.server_field = b"Server: %s\r\n" % self.server_header if self.server_header else b""
         self.hsts_field = b"Strict-Transport-Security: %s\r\n" % hsts if hsts else b""  # on fast hits over TLS
@@ -188,6 +194,29 @@ class AccelSite(server.Site):
 
     def buildProtocol(self, addr) -> HTTPConnection:
         return HTTPConnection(self)
+
+    def stop_serving(self, grace: float = KEEP_ALIVE_GRACE) -> Deferred:
+        """Stopping: fires once every client connection has closed. Requests read from now on are answered
+        with ``Connection: close``, and each keep-alive connection stays open for its next request, which a
+        client may be sending already, unless it is idle for ``grace`` seconds (RFC 9112 §9.6: closing an
+        idle connection races with the client's next request, so a connection is closed after a response
+        that announced it, or when its client has clearly stopped sending)."""
+        self.draining = True
+        self.keep_alive_grace = grace
+        for connection in list(self.connections):
+            connection.drain()
+        if not self.connections:
+            return succeed(None)
+        d = Deferred()
+        self._all_closed.append(d)
+        return d
+
+    def connection_closed(self, connection: HTTPConnection) -> None:
+        self.connections.discard(connection)
+        if not self.connections and self._all_closed:
+            waiting, self._all_closed = self._all_closed, []
+            for d in waiting:
+                d.callback(None)
 
     def log_hit(self, peer, message, code: int, sent: int, origin: str) -> None:
         """The access-log line of a request the connection answered itself (a fast cache hit)."""

@@ -48,8 +48,9 @@ class ReverseProxy(Resource):
     isLeaf = True
 
     def __init__(self, config: Config, handler, errors: ErrorPages, admission: Admission, purge=None, status=None,
-                 websocket=None):
+                 websocket=None, health=None):
         super().__init__()
+        self.health = health  # the node's health check (accel.http.health), answered before routing
         self.routes = RouteTable(config.routes)
         self.handler = handler
         self.errors = errors
@@ -88,6 +89,9 @@ class ReverseProxy(Resource):
             return NOT_DONE_YET
         path = target.partition("?")[0]
         request.path = path.encode("latin-1")
+        if self.health is not None and request.path == self.health.path.encode("latin-1"):
+            self.health.handle(request)
+            return NOT_DONE_YET
         if self.status is not None and self.status.claims(path):
             self.status.handle(request, target)
             return NOT_DONE_YET

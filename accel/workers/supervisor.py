@@ -10,7 +10,8 @@ them, and serves no request itself.
   in-flight requests (up to ``shutdown_timeout``, then SIGKILL). If a new worker exits before accepting, the
   new generation is abandoned and the previous one keeps serving.
 - **Log files (SIGUSR1)**: passed on to every worker, which reopens its access log.
-- **Stop (SIGTERM, SIGINT)**: every worker gets SIGTERM and up to ``shutdown_timeout`` (plus a margin) to finish;
+- **Stop (SIGTERM, SIGINT)**: every worker is told to answer 503 on the health check, and goes on serving for
+  ``[cluster] drain_delay``; then every worker gets SIGTERM and up to ``shutdown_timeout`` (plus a margin) to finish;
   those still running then get SIGKILL; then the listeners close.
 """
 
@@ -21,14 +22,14 @@ import signal
 import sys
 
 from twisted.application import service
-from twisted.internet import defer
+from twisted.internet import defer, task
 from twisted.internet.error import CannotListenError, ProcessDone, ProcessExitedAlready
 from twisted.internet.protocol import ProcessProtocol
 from twisted.logger import Logger
 
 from accel.config import Config, ConfigError
 from accel.workers.listeners import ListenerSet
-from accel.workers.worker import CONTROL_FD, ENVIRONMENT, FIRST_LISTENER_FD, READY, encode
+from accel.workers.worker import CONTROL_FD, DRAIN, ENVIRONMENT, FIRST_LISTENER_FD, READY, encode
 
 log = Logger()
 
@@ -80,6 +81,13 @@ class WorkerProcess(ProcessProtocol):
             self.transport.signalProcess(which)
         except ProcessExitedAlready:
             pass
+
+    def tell(self, message: bytes) -> None:
+        """Write a control message to the worker's standard input."""
+        try:
+            self.transport.writeToChild(0, message)
+        except (KeyError, OSError):
+            pass  # it is gone already
 
     def processEnded(self, reason) -> None:
         if self._log:
@@ -241,7 +249,13 @@ class Supervisor(service.Service):
         for signum, previous in self._previous_handlers.items():
             signal.signal(signum, previous)
         self._previous_handlers.clear()
-        log.info("stopping {n} workers", n=len(self.alive))
-        d = self._terminate(list(self.alive), self.config.shutdown_timeout)
+        for worker in self.alive:
+            worker.tell(DRAIN)
+        delay = self.config.cluster.drain_delay
+        if delay > 0:
+            log.info("stopping: the health check answers 503; serving {delay:g} s more (drain_delay)", delay=delay)
+        d = task.deferLater(self.reactor, delay, lambda: None)
+        d.addCallback(lambda _: log.info("stopping {n} workers", n=len(self.alive)))
+        d.addCallback(lambda _: self._terminate(list(self.alive), self.config.shutdown_timeout))
         d.addCallback(lambda _: self.listeners.close())
         return d

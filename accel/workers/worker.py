@@ -5,7 +5,8 @@ A worker builds the same site as a single process (``accel.app.build_site``), bu
 listeners it adopts the supervisor's (``adopting``); the descriptors and the endpoint strings they belong to
 arrive in the ``ACCEL_WORKER_LISTENERS`` environment variable. Its other descriptors:
 
-- 0: a pipe from the supervisor; its end means the supervisor is gone, and the worker stops.
+- 0: a pipe from the supervisor; its end means the supervisor is gone, and the worker stops. ``drain`` on it:
+  the supervisor's stop has begun (the health check answers 503).
 - 1: the supervisor's standard output (where ``access_log = "-"`` writes).
 - 2: a pipe to the supervisor, which puts each log line into its own log with the worker's pid.
 - 3: a pipe to the supervisor: ``ready`` once every listener accepts.
@@ -29,6 +30,7 @@ ENVIRONMENT = "ACCEL_WORKER_LISTENERS"
 CONTROL_FD = 3
 FIRST_LISTENER_FD = 4
 READY = b"ready\n"
+DRAIN = b"drain\n"  # from the supervisor: its stop has begun, the health check answers 503
 
 
 def encode(listeners: list[Inherited]) -> str:
@@ -76,11 +78,19 @@ def adopting(reactor, listeners: list[Inherited], source: str):
 
 
 class _Control(Protocol):
-    def __init__(self, reactor):
+    def __init__(self, reactor, on_drain):
         self.reactor = reactor
+        self.on_drain = on_drain
+        self.received = b""
 
     def connectionMade(self) -> None:
         self.transport.write(READY)
+
+    def dataReceived(self, data: bytes) -> None:
+        self.received += data
+        if DRAIN in self.received:
+            self.received = b""
+            self.on_drain()
 
     def connectionLost(self, reason) -> None:
         if self.reactor.running:
@@ -91,12 +101,13 @@ class SupervisorLink(service.Service):
     """Tells the supervisor that this worker accepts (add it after the listeners), and stops the worker
     when the supervisor's end of the pipe closes."""
 
-    def __init__(self, reactor):
+    def __init__(self, reactor, on_drain=lambda: None):
         self.reactor = reactor
+        self.on_drain = on_drain
 
     def startService(self) -> None:
         super().startService()
-        stdio.StandardIO(_Control(self.reactor), stdin=0, stdout=CONTROL_FD, reactor=self.reactor)
+        stdio.StandardIO(_Control(self.reactor, self.on_drain), stdin=0, stdout=CONTROL_FD, reactor=self.reactor)
 
 
 def log_observer():

@@ -1,0 +1,51 @@
+"""The node's health for the balancer in front: ``[status] health_path`` (default ``/accel-health``).
+
+``GET`` (or ``HEAD``) answers 200 ``serving`` while the node serves and 503 ``draining`` once a SIGTERM has
+started its stop (``NodeHealth.draining``): HAProxy's ``option httpchk`` then takes the node out while it
+still answers every request it gets (``[cluster] drain_delay``). It is answered before routing, only to
+``[status] allow`` and to the ``[cluster] peers`` given by IP address; anyone else gets 403.
+"""
+
+from __future__ import annotations
+
+from accel.config import Origin, StatusSettings
+from accel.http.addresses import parse_ip, peer_in, peer_ip
+from accel.http.errors import ErrorPages
+
+
+class NodeHealth:
+    """Whether this process still wants new requests; kept across reloads (one per process)."""
+
+    def __init__(self):
+        self.draining = False
+
+
+class HealthCheck:
+    def __init__(self, settings: StatusSettings, peers: tuple[Origin, ...], state: NodeHealth, errors: ErrorPages):
+        self.path = settings.health_path
+        self.settings = settings
+        self.state = state
+        self.errors = errors
+        self.peers = tuple(ip for ip in (parse_ip(p.host) for p in peers) if ip is not None)
+
+    def allowed(self, peer) -> bool:
+        if peer_in(peer, self.settings.allow, self.settings.allow_unix_peers):
+            return True
+        ip = peer_ip(peer)
+        return ip is not None and ip in self.peers
+
+    def handle(self, request) -> None:
+        """Answer a request for ``path``."""
+        if not self.allowed(request.getClientAddress()):
+            self.errors.send(request, 403, "The health check is not answered to this address.")
+            return
+        if request.method not in (b"GET", b"HEAD"):
+            self.errors.send(request, 405, "GET the health check.", {b"allow": b"GET, HEAD"})
+            return
+        code, body = (503, b"draining\n") if self.state.draining else (200, b"serving\n")
+        request.setResponseCode(code)
+        request.setHeader(b"content-type", b"text/plain")
+        request.setHeader(b"content-length", b"%d" % len(body))
+        request.setHeader(b"cache-control", b"no-store")
+        request.write(body)
+        request.finish()
