@@ -31,6 +31,7 @@ from accel.tls.origin import check_route_files, origin_policies
 from accel.proxy.forwarding import Forwarder, ReverseProxy
 from accel.proxy.websocket import WebSocketTunnels
 from accel.cache.batches import run_batches
+from accel.cache.fanout import PeerPurges
 from accel.cache.purge import PurgeHandler
 from accel.http.server import AccelSite
 from accel.tls.https import hsts_value, with_hsts
@@ -162,6 +163,7 @@ class Accelerator:
         self.in_flight = InFlight()
         self.health = NodeHealth()  # 503 on the health path once a stop has begun
         self.clients: list[OriginClients] = []
+        self.peer_purges: list[PeerPurges] = []  # each generation's, closed with the accelerator
         self.buckets: SharedBuckets | None = None  # made when a configuration first has a rate limit; kept
         self.generation: Generation | None = None
         # Balancer state outlives generations: a reload keeps the members it keeps (Balancers.configure).
@@ -201,7 +203,12 @@ class Accelerator:
         if self.cache is not None:
             from accel.cache.fast import FastHits
 
-            proxy.purge = PurgeHandler(self.cache.store, config.purge, config.cache, proxy.serves_host, self.reactor)
+            peers = None
+            if config.cluster.peers:
+                peers = PeerPurges(self.reactor, config.cluster, config.purge)
+                self.peer_purges.append(peers)
+            proxy.purge = PurgeHandler(self.cache.store, config.purge, config.cache, proxy.serves_host, self.reactor,
+                                       peers)
             fast_hits = FastHits(proxy, handler)
         hsts = hsts_value(config.tls) if config.tls.hsts_max_age is not None else None
         factory = AccelSite.requestFactory if hsts is None else with_hsts(AccelSite.requestFactory, hsts)
@@ -243,7 +250,7 @@ class Accelerator:
     def close(self) -> Deferred:
         self.balancers.stop()
         self.tunnels.close()
-        closing = [clients.close() for clients in self.clients]
+        closing = [clients.close() for clients in self.clients + self.peer_purges]
         if self.cache is not None:
             closing.append(self.cache.close())
         if self.buckets is not None:

@@ -276,3 +276,42 @@ class CertificateReloadTests(unittest.TestCase):
         yield accel.log_line(rb"tls: certificates reloaded \(SIGHUP\)")
         cert, _, _ = yield handshake(port, "a.test")
         self.assertEqual(cert.serial_number, serial_of(renewed))
+
+
+class LeavingTests(unittest.TestCase):
+    """SIGTERM behind a balancer: the health check turns 503 while accel serves on for drain_delay, then the
+    listeners close and every keep-alive connection answers one more request with Connection: close."""
+
+    @defer.inlineCallbacks
+    def test_sigterm_turns_the_health_check_503_then_keep_alive_clients_get_one_more_answer(self):
+        from tests.workers_support import connect
+
+        directory = temporary_directory(self)
+        origin, origin_url = start_origin(self, b"a")
+        path = os.path.join(directory, "accel.toml")
+        with open(path, "w") as f:
+            f.write(config_text(origin_url, directory, "[cluster]\ndrain_delay = 1\n"))
+        accel = Twistd(self, path)
+        url = yield accel.url()
+        port = int(url.rsplit(":", 1)[1])
+        health = yield connect(port, self)
+        status, _, body = yield health.request(b"GET", b"/accel-health")
+        self.assertEqual((status, body), (200, b"serving\n"))
+        idle = yield connect(port, self)
+        status, _, _ = yield idle.request(b"GET", b"/cached")
+        self.assertEqual(status, 200)
+        accel.signal("TERM")
+        yield accel.log_line(rb"the health check answers 503; serving 1 s more")
+        status, _, body = yield health.request(b"GET", b"/accel-health")
+        self.assertEqual((status, body), (503, b"draining\n"))
+        fresh = yield connect(port, self)  # still accepting while the balancer takes the node out
+        status, headers, _ = yield fresh.request(b"GET", b"/cached")
+        self.assertEqual((status, headers.get(b"connection")), (200, None))
+        yield accel.log_line(rb"Port \d+ Closed")
+        # The listener is closed and nothing is in flight, yet the idle keep-alive connection is still open:
+        # a request its client sends now (as one may be on its way) is answered, and announces the close.
+        status, headers, body = yield idle.request(b"GET", b"/cached")
+        self.assertEqual((status, headers.get(b"connection"), body), (200, b"close", b"cached by a"))
+        yield idle.closed
+        yield accel.ended
+        self.assertNotIn(b"Traceback", accel.output + accel.errors)

@@ -25,6 +25,11 @@ answer is sent (every change reaches the other processes' memory tiers through t
 ``accel.cache.tiers``). A purge of many entries runs as bounded write transactions with the reactor
 serving requests between them (``accel.cache.batches``); the answer is sent when the last one committed.
 
+With ``[cluster] peers``, a purge accepted here is also forwarded to every peer in parallel
+(``accel.cache.fanout``; a purge a peer forwarded is not forwarded again): the answer adds ``"peers"``, each
+peer's answer by URL, and is 200 once the purge was applied here and every peer confirmed (even when
+nothing matched), 502 when a peer failed or did not answer.
+
 Only clients whose address (the TCP peer; never X-Forwarded-For) is in ``[purge] allow`` may purge, and
 when ``[purge] secret`` is set the request must also carry it in ``[purge] secret_header``; anyone else
 gets 403 and a log line naming the address. A PURGE for a host accel does not serve answers 404.
@@ -37,10 +42,11 @@ import itertools
 import json
 from collections.abc import Callable
 
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, gatherResults
 from twisted.logger import Logger
 
 from accel.cache.batches import run_batches
+from accel.cache.fanout import FORWARDED_FIELD, PeerPurges, all_confirmed
 from accel.cache.key import cache_key, url_prefix_key
 from accel.cache.store import StoreFull
 from accel.cache.tiers import TieredStore
@@ -86,8 +92,10 @@ class PurgeHandler:
         cache: CacheSettings,
         served_hosts: Callable[[str], bool],
         reactor,
+        peers: PeerPurges | None = None,
     ):
         self.reactor = reactor
+        self.peers = peers  # [cluster] peers: every purge accepted here is forwarded to them
         self.store = store
         self.settings = settings
         self.cache = cache
@@ -120,6 +128,10 @@ class PurgeHandler:
             self.answer(request, 400, {"status": "bad request", "detail": "a tag purge needs a Surrogate-Key field"})
             return
         d = self.purge(mode, host, target, tags, soft)
+        if self.peers is not None and request.getHeader(FORWARDED_FIELD) is None:
+            forwarded = self.peers.forward(host, target, mode, tags, soft)
+            d = gatherResults([d, forwarded], consumeErrors=True).addErrback(lambda f: f.value.subFailure)
+            d.addCallback(lambda results: {**results[0], "peers": results[1]})
         d.addCallbacks(lambda result: self.purged(request, result),
                        lambda failure: self.failed(request, target, failure))
         d.addErrback(lambda failure: self.crashed(request, target, failure))
@@ -140,14 +152,24 @@ class PurgeHandler:
             self.answer(request, 503, {"status": "error", "detail": detail})
 
     def purged(self, request, result: dict) -> None:
-        result = {"status": "ok" if result["purged"] else "not found", **result}
+        peers = result.get("peers")
+        if peers is None:
+            code = 200 if result["purged"] else 404
+            result = {"status": "ok" if result["purged"] else "not found", **result}
+        else:  # purged here; 200 only once every peer confirmed, whether or not anything matched
+            code = 200 if all_confirmed(peers) else 502
+            result = {"status": "ok" if code == 200 else "peer failed", **result}
+            for peer, answer in peers.items():
+                if answer["status"] != "ok":
+                    log.error("PURGE for {request} not confirmed by {peer}: {why}", request=request_label(request),
+                              peer=peer, why=answer["detail"])
         log.info(
             "PURGE ({mode}{soft}) {what} for {request}: {n} entries",
             mode=result["mode"], soft=", soft" if result["soft"] else "",
             what=result.get("key") or " ".join(result.get("tags") or ()), request=request_label(request), n=result["purged"],
         )
         if not request._disconnected:
-            self.answer(request, 200 if result["purged"] else 404, result)
+            self.answer(request, code, result)
 
     def purge(self, mode: str, host: str, target: str, tags: list[str], soft: bool) -> Deferred[dict]:
         """Apply one purge to both tiers (visible to every process), in bounded steps with the reactor
