@@ -124,6 +124,17 @@ def test_trusted_proxy_chain_and_preserved_host():
     assert values(out, b"host") == [b"www.example.com"]
 
 
+def test_a_trusted_proxys_x_forwarded_proto_is_the_clients_scheme_and_an_untrusted_peers_is_replaced():
+    sent = [(b"X-Forwarded-Proto", b"https"), (b"X-Forwarded-For", b"203.0.113.5")]
+    haproxy = ClientSide(address="10.0.0.1", host=b"www.example.com", scheme="http", port=8080, trusted=True)
+    out = forward(sent, haproxy)
+    assert values(out, b"x-forwarded-proto") == [b"https"]
+    assert values(out, b"x-forwarded-for") == [b"203.0.113.5, 10.0.0.1"]
+    assert values(forward([(b"X-Forwarded-Proto", b"gopher")], haproxy), b"x-forwarded-proto") == [b"http"]
+    anyone = ClientSide(address="192.0.2.9", host=b"www.example.com", scheme="http", port=8080, trusted=False)
+    assert values(forward(sent, anyone), b"x-forwarded-proto") == [b"http"]
+
+
 def test_response_fields_to_client():
     out = response_to_client(
         [(b"Server", b"gunicorn"), (b"Connection", b"X-Debug"), (b"X-Debug", b"1"), (b"Via", b"1.0 backend"),

@@ -23,6 +23,8 @@ _REPLACED_UPSTREAM = frozenset(
     {b"host", b"content-length", b"x-forwarded-host", b"x-forwarded-server", b"x-forwarded-proto", b"x-forwarded-port"}
 )
 
+_SCHEMES = (b"http", b"https")
+
 # Request fields origins commonly trust to build URLs, pick a client address or change the method, which the
 # cache does not key on (so a client could poison an entry with them): removed from untrusted peers'
 # requests, as accel's own X-Forwarded-Host / -Server / -Proto / -Port replace the client's. The
@@ -93,14 +95,19 @@ def request_to_origin(
 
     Like mod_proxy_http: hop-by-hop fields removed; ``Host`` is the origin's unless preserve_host (then the
     client's); ``X-Forwarded-For`` gets the peer address appended (earlier values kept only from trusted
-    proxies); ``X-Forwarded-Host`` / ``-Server`` / ``-Proto`` / ``-Port`` describe the client side; ``Via``
+    proxies); ``X-Forwarded-Host`` / ``-Server`` / ``-Proto`` / ``-Port`` describe the client side (a
+    trusted proxy's ``X-Forwarded-Proto``, http or https, is the client's scheme); ``Via``
     gains our hop (RFC 9110 §7.6.3). From an untrusted peer, the fields in ``untrusted`` are removed.
     """
     out: RawFields = []
     xff: list[bytes] = []
     vias: list[bytes] = []
+    scheme = client.scheme.encode("ascii")
     for name, value in end_to_end(fields):
         lower = name.lower()
+        if lower == b"x-forwarded-proto" and client.trusted and value.strip().lower() in _SCHEMES:
+            scheme = value.strip().lower()  # the scheme the proxy in front (HAProxy) was asked for
+            continue
         if lower in _REPLACED_UPSTREAM or (lower in untrusted and not client.trusted):
             continue
         if lower == b"x-forwarded-for":
@@ -118,7 +125,7 @@ def request_to_origin(
     if client.host:
         out.append((b"X-Forwarded-Host", client.host))
     out.append((b"X-Forwarded-Server", server_name.encode("ascii", "replace")))
-    out.append((b"X-Forwarded-Proto", client.scheme.encode("ascii")))
+    out.append((b"X-Forwarded-Proto", scheme))
     if client.port is not None:
         out.append((b"X-Forwarded-Port", str(client.port).encode("ascii")))
     out.append((b"Via", b", ".join(vias + [via_entry(client_version, via)])))
