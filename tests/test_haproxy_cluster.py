@@ -1,0 +1,214 @@
+"""examples/cluster as operators run it: real HAProxy (balance uri, hash-type consistent, option httpchk on the
+health path) in front of three real ``twistd accel`` nodes on loopback, each with its own cache, and one origin.
+
+The configurations are the example files with loopback addresses and short intervals put in."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections import Counter
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+EXAMPLE = os.path.join(ROOT, "examples", "cluster")
+HAPROXY = shutil.which("haproxy") or ("/usr/sbin/haproxy" if os.access("/usr/sbin/haproxy", os.X_OK) else None)
+TWISTD = [sys.executable, "-c", "import sys; from twisted.scripts.twistd import run; sys.argv[0] = 'twistd'; run()"]
+HOST = "www.example.com"
+
+pytestmark = pytest.mark.skipif(
+    HAPROXY is None, reason="HAProxy is not installed (Debian: apt-get install haproxy; .ci/run installs it)")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def eventually(predicate, seconds: float = 30.0):
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.02)
+    raise AssertionError("condition never became true")
+
+
+def accepts(port: int) -> bool:
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=1).close()
+        return True
+    except OSError:
+        return False
+
+
+class Origin(ThreadingHTTPServer):
+    """Cacheable answers; counts the requests for each path."""
+
+    daemon_threads = True
+
+    def __init__(self):
+        self.fetches: Counter = Counter()
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def do_GET(self):
+                server.fetches[self.path] += 1
+                body = b"content of " + self.path.encode()
+                self.send_response(200)
+                self.send_header("Cache-Control", "max-age=600")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args):
+                pass
+
+        super().__init__(("127.0.0.1", 0), Handler)
+
+
+def request(port: int, method: str, path: str, headers=None) -> tuple[int, dict, bytes]:
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    try:
+        connection.request(method, path, headers={"Host": HOST, **(headers or {})})
+        response = connection.getresponse()
+        return response.status, {k.lower(): v for k, v in response.getheaders()}, response.read()
+    finally:
+        connection.close()
+
+
+@pytest.fixture
+def cluster():
+    directory = tempfile.mkdtemp(prefix="accel-haproxy-")
+    origin = Origin()
+    threading.Thread(target=origin.serve_forever, daemon=True).start()
+    node_ports = {n: free_port() for n in (1, 2, 3)}
+    front = free_port()
+    processes = []
+    try:
+        for n in (1, 2, 3):
+            with open(os.path.join(EXAMPLE, f"node{n}.toml")) as f:
+                text = f.read()
+            text = text.replace(f"tcp:8080:interface=10.0.0.{n}", f"tcp:{node_ports[n]}:interface=127.0.0.1")
+            for m in (1, 2, 3):
+                text = text.replace(f"http://10.0.0.{m}:8080", f"http://127.0.0.1:{node_ports[m]}")
+            text = (text.replace('"10.0.0.10"', '"127.0.0.1"').replace('"10.0.0.0/24"', '"127.0.0.0/8"')
+                    .replace("http://10.0.1.1:8000", f"http://127.0.0.1:{origin.server_port}")
+                    .replace('"/var/cache/accel"', json.dumps(os.path.join(directory, f"cache{n}")))
+                    .replace("drain_delay = 5", "drain_delay = 2"))
+            assert "10.0." not in text.split("[[route]]")[0].replace("10.0.0.0/24", ""), text
+            path = os.path.join(directory, f"node{n}.toml")
+            with open(path, "w") as f:
+                f.write(text)
+            log = open(os.path.join(directory, f"node{n}.log"), "wb")
+            processes.append(subprocess.Popen(TWISTD + ["--nodaemon", "--pidfile=", "accel", "--config", path],
+                                              stdout=log, stderr=subprocess.STDOUT, cwd=directory))
+        with open(os.path.join(EXAMPLE, "haproxy.cfg")) as f:
+            text = f.read()
+        text = text.replace("bind :80", f"bind 127.0.0.1:{front}").replace("10.0.0.0/16", "127.0.0.0/8")
+        text = text.replace("inter 1s fall 2 rise 2", "inter 100ms fall 2 rise 1")
+        for n in (1, 2, 3):
+            text = text.replace(f"10.0.0.{n}:8080", f"127.0.0.1:{node_ports[n]}")
+        config = os.path.join(directory, "haproxy.cfg")
+        with open(config, "w") as f:
+            f.write(text)
+        for port in node_ports.values():
+            eventually(lambda: accepts(port))
+        haproxy = subprocess.Popen([HAPROXY, "-db", "-f", config], stdout=subprocess.DEVNULL,
+                                   stderr=open(os.path.join(directory, "haproxy.log"), "wb"))
+        processes.append(haproxy)
+        eventually(lambda: accepts(front))
+        yield {"front": front, "nodes": node_ports, "origin": origin, "processes": processes, "dir": directory}
+    finally:
+        for process in processes:
+            if process.poll() is None:
+                process.kill()
+            process.wait()
+        origin.shutdown()
+        origin.server_close()
+        shutil.rmtree(directory, True)
+
+
+def node_of(headers: dict) -> str:
+    return headers["server"]
+
+
+def test_one_node_per_url_purge_reaches_all_a_draining_node_leaves_cleanly_and_a_third_of_urls_move(cluster):
+    front, origin = cluster["front"], cluster["origin"]
+
+    # The same URL always lands on the same node: one origin fetch however often it is asked for.
+    placement = {}
+    for round_ in range(5):
+        for i in range(60):
+            status, headers, body = request(front, "GET", f"/page/{i}")
+            assert (status, body) == (200, f"content of /page/{i}".encode())
+            assert placement.setdefault(i, node_of(headers)) == node_of(headers)
+    assert all(origin.fetches[f"/page/{i}"] == 1 for i in range(60)), origin.fetches
+    assert set(placement.values()) == {"accel-node1", "accel-node2", "accel-node3"}
+
+    # A PURGE through HAProxy reaches the node owning the URL, which forwards it to the other two.
+    for port in cluster["nodes"].values():  # every node holds /shared (asked directly)
+        assert request(port, "GET", "/shared")[0] == 200
+    status, _, body = request(front, "PURGE", "/shared", {"X-Purge-Secret": "change me"})
+    answer = json.loads(body)
+    assert (status, answer["purged"]) == (200, 1), answer
+    assert [a["purged"] for a in answer["peers"].values()] == [1, 1], answer
+    for port in cluster["nodes"].values():
+        assert "fwd=uri-miss" in request(port, "GET", "/shared")[1]["cache-status"]
+
+    # SIGTERM to node 3 while clients keep asking: the health check takes it out before it stops accepting.
+    leaving = cluster["processes"][2]
+    failures, answered, moved_seen = [], Counter(), threading.Event()
+    on_node3 = [i for i, node in placement.items() if node == "accel-node3"]
+    stop = threading.Event()
+
+    def clients():
+        n = 0
+        while not stop.is_set():
+            i = on_node3[n % len(on_node3)] if n % 2 else n % 60
+            n += 1
+            try:
+                status, headers, _ = request(front, "GET", f"/page/{i}")
+            except OSError as e:
+                failures.append(repr(e))
+                continue
+            if status != 200:
+                failures.append(status)
+            answered[status] += 1
+            if i in on_node3 and node_of(headers) != "accel-node3":
+                moved_seen.set()
+
+    load = threading.Thread(target=clients)
+    load.start()
+    try:
+        leaving.send_signal(signal.SIGTERM)
+        assert moved_seen.wait(30), "node 3's URLs never moved to the other nodes"
+        leaving.wait(60)
+    finally:
+        stop.set()
+        load.join()
+    assert failures == [] and answered[200] > 0, (failures, answered)
+    with open(os.path.join(cluster["dir"], "node3.log"), "rb") as f:
+        log = f.read()
+    assert re.search(rb"health check answers 503; serving 2 s more", log), log
+
+    # Removing one node of three moved only its own URLs: about a third, none of the others'.
+    after = {i: node_of(request(front, "GET", f"/page/{i}")[1]) for i in range(60)}
+    moved = [i for i in range(60) if after[i] != placement[i]]
+    assert moved == on_node3
+    assert 0.15 <= len(moved) / 60 <= 0.5, len(moved)
