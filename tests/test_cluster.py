@@ -4,11 +4,14 @@ sites on loopback, each with its own LMDB cache, in front of one real origin."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import subprocess
+import sys
 import tempfile
 from dataclasses import replace
 
-from twisted.internet import defer, protocol, reactor
+from twisted.internet import defer, protocol, reactor, threads
 from twisted.trial import unittest
 from twisted.web import server
 
@@ -146,6 +149,30 @@ class ClusterTests(unittest.TestCase):
         self.assertEqual(answer["peers"][silent_url], {"status": "failed", "detail": "no answer within 0.5 s (purge_timeout)"})
         self.assertEqual(answer["peers"][down_url]["status"], "failed")
         self.assertIn("refused", answer["peers"][down_url]["detail"].lower())
+
+    @defer.inlineCallbacks
+    def test_accel_cache_purge_cluster_purges_here_and_on_every_peer(self):
+        nodes = self.cluster()
+        yield self.cached_on(nodes)
+        first = nodes[0].config
+        path = os.path.join(first.cache.dir, "..", os.path.basename(first.cache.dir) + ".toml")
+        self.addCleanup(os.remove, path)
+        peers = ", ".join(f'"{n.url}"' for n in nodes[1:])
+        with open(path, "w") as f:
+            f.write(f'[cache]\ndir = "{first.cache.dir}"\n[cluster]\npeers = [{peers}]\n')
+        command = [sys.executable, "-c", "from accel.cli.main import main; main()", "cache", "--config", path,
+                   "purge", "--cluster", "--json", "http://www.example.com/obj"]
+        done = yield threads.deferToThread(subprocess.run, command, capture_output=True, text=True, timeout=60)
+        self.assertEqual(done.returncode, 0, done.stdout + done.stderr)
+        answer = json.loads(done.stdout)
+        self.assertEqual((answer["status"], answer["purged"]), ("ok", 1))
+        self.assertEqual([a["purged"] for a in answer["peers"].values()], [1, 1])
+        for node in nodes:
+            self.assertIn(b"fwd=uri-miss", (yield self.cache_status(node)))
+        nodes[2].with_config(replace(nodes[2].config, purge=PurgeSettings(secret="other")))
+        done = yield threads.deferToThread(subprocess.run, command, capture_output=True, text=True, timeout=60)
+        self.assertEqual(done.returncode, 3, done.stdout + done.stderr)
+        self.assertEqual(json.loads(done.stdout)["peers"][nodes[2].url]["code"], 403)
 
 
 class HealthTests(unittest.TestCase):

@@ -6,7 +6,7 @@ settings). Both options can be given before or after the sub-command. Nothing is
 that does not exist, or that holds no accel cache, is refused.
 
 Exit status: 0 success, 1 nothing matched (or ``verify`` found problems it did not repair), 2 usage or I/O
-error (including "not an accel cache"). ``--json`` prints one JSON document for scripts.
+error (including "not an accel cache"), 3 ``purge --cluster``: a peer did not confirm the purge. ``--json`` prints one JSON document for scripts.
 
 The memory tier lives inside each server process and cannot be seen from here, so listings show what is
 on disk (every entry is on disk; the hottest are also in memory). Purges made here reach every running
@@ -20,6 +20,7 @@ from urllib.parse import urlsplit
 
 import click
 
+from accel.cache.fanout import all_confirmed
 from accel.cache.figures import SUMMED, live_figures, summed
 from accel.cache.key import cache_key_for_uri, url_prefix_key
 from accel.cli import describe
@@ -33,6 +34,7 @@ from accel.cli.cache_location import (
     location_options,
     open_cache,
 )
+from accel.cli.cluster_purge import EXIT_PEER_FAILED, purge_peers
 from accel.cli.describe import duration, emit_json, freshness, pair, print_table, secondary_key_fields, size, url_groups, when
 
 
@@ -211,18 +213,24 @@ def stats_command(ctx, as_json: bool, cache_dir, config_path) -> None:
 @click.option("--tag", "tags", multiple=True, help="Purge entries with this tag (Surrogate-Key / Cache-Tag); repeatable.")
 @click.option("--all", "purge_all", is_flag=True, help="Purge every entry.")
 @click.option("--soft", is_flag=True, help="Mark entries stale (revalidate before reuse) instead of deleting them.")
+@click.option("--cluster", is_flag=True, help="Send the purge to every [cluster] peer of the configuration too.")
 @json_option
 @location_options
 @click.pass_context
-def purge_command(ctx, url, prefix, tags, purge_all, soft, as_json, cache_dir, config_path) -> None:
+def purge_command(ctx, url, prefix, tags, purge_all, soft, cluster, as_json, cache_dir, config_path) -> None:
     """Purge URL (every variant, http and https), or --prefix P, --tag T or --all.
 
-    Running servers see the purge before this command returns.
+    Running servers see the purge before this command returns. With --cluster, the [cluster] peers get the
+    same purge as a PURGE request; exit status 3 when one of them did not confirm it.
     """
     chosen = [name for name, given in (("URL", url), ("--prefix", prefix), ("--tag", tags), ("--all", purge_all)) if given]
     if len(chosen) != 1:
         raise click.UsageError("give exactly one of URL, --prefix, --tag or --all")
+    if cluster and purge_all:
+        raise click.UsageError("--all --cluster: a PURGE clears one host; use --cluster --prefix http://HOST/")
     opened = open_cache(ctx, cache_dir, config_path)
+    if cluster and (opened.location.config is None or not opened.location.config.cluster.peers):
+        raise click.UsageError("--cluster needs --config FILE with [cluster] peers")
     location = opened.location
     schemes = ("http",) if location.settings.share_schemes else ("http", "https")
     targets: list[str]
@@ -250,14 +258,35 @@ def purge_command(ctx, url, prefix, tags, purge_all, soft, as_json, cache_dir, c
         targets = ["*"]
         mode, action = "all", lambda t: opened.tiered.purge_all(soft=soft)
     purged = guard(lambda: sum(action(target) for target in targets))
+    document = {"status": "ok" if purged else "not found", "purged": purged, "mode": mode, "soft": soft,
+                "targets": targets}
+    if cluster:
+        document["peers"] = peers = purge_peers(opened.location.config, *_purge_request(url or prefix, mode, tags), soft)
+        document["status"] = "ok" if all_confirmed(peers) else "peer failed"
     if as_json:
-        emit_json({"status": "ok" if purged else "not found", "purged": purged, "mode": mode, "soft": soft,
-                    "targets": targets})
+        emit_json(document)
     else:
         verb = "marked stale" if soft else "purged"
         click.echo(f"{verb} {purged} entr{'y' if purged == 1 else 'ies'} ({mode}: {', '.join(targets)})")
-    if not purged:
+        for peer, answer in document.get("peers", {}).items():
+            done = f"{verb} {answer['purged']}" if answer["status"] == "ok" else f"FAILED: {answer['detail']}"
+            click.echo(f"{peer}: {done}")
+    if cluster:
+        if document["status"] != "ok":
+            ctx.exit(EXIT_PEER_FAILED)
+    elif not purged:
         ctx.exit(EXIT_NOTHING)
+
+
+def _purge_request(url: str | None, mode: str, tags) -> tuple[str | None, str, str, list[str]]:
+    """(Host, request-target, X-Purge-Method, tags) of the PURGE for peers (a tag purge: any host)."""
+    if mode == "tag":
+        return None, "/", mode, list(tags)
+    parts = urlsplit(url)
+    target = parts.path or "/"
+    if mode == "url" and parts.query:
+        target += "?" + parts.query
+    return parts.netloc.rpartition("@")[2], target, mode, []
 
 
 @cache.command("verify")
