@@ -275,6 +275,45 @@ class PersistenceTests(unittest.TestCase):
         self.assertFalse(c.transport.disconnecting)
 
 
+class StoppingTests(unittest.TestCase):
+    """AccelSite.stop_serving: idle keep-alive connections wait a short grace for one more request, which is
+    answered with Connection: close; the stop is over when every connection has closed."""
+
+    LIMITS = Limits(idle_timeout=60.0, header_timeout=10.0)
+
+    def test_an_idle_connection_answers_one_more_request_with_connection_close(self):
+        c = Connection(self.LIMITS)
+        c.feed(b"GET /a HTTP/1.1\r\nHost: x\r\n\r\n")
+        closed = c.site.stop_serving(grace=1.0)
+        c.clock.advance(0.9)
+        self.assertFalse(c.transport.disconnecting)
+        out = c.feed(b"GET /b HTTP/1.1\r\nHost: x\r\n\r\n")
+        self.assertEqual(statuses(out), [b"200", b"200"])
+        first, second = out[: out.rindex(b"HTTP/1.1 200")], out[out.rindex(b"HTTP/1.1 200") :]
+        self.assertNotIn(b"Connection: close", first)
+        self.assertIn(b"Connection: close\r\n", second)
+        self.assertTrue(c.transport.disconnecting)
+        self.assertFalse(closed.called)
+        c.protocol.connectionLost(None)
+        self.assertTrue(closed.called)
+
+    def test_an_idle_connection_is_closed_after_the_grace_and_a_busy_one_goes_idle_with_it(self):
+        c = Connection(self.LIMITS)
+        c.feed(b"GET /a HTTP/1.1\r\nHost: x\r\n\r\n")
+        c.site.stop_serving(grace=1.0)
+        c.clock.advance(1.0)
+        self.assertTrue(c.transport.disconnecting)
+        self.assertEqual(statuses(c.transport.value()), [b"200"])
+        fresh = Connection(self.LIMITS)  # a connection that has sent nothing yet: the same grace
+        fresh.site.stop_serving(grace=1.0)
+        fresh.clock.advance(1.0)
+        self.assertTrue(fresh.transport.disconnecting)
+
+    def test_with_no_connection_the_stop_is_over_at_once(self):
+        site = AccelSite(Recorder(), reactor=MemoryReactorClock())
+        self.assertTrue(site.stop_serving().called)
+
+
 class TimeoutTests(unittest.TestCase):
     LIMITS = Limits(idle_timeout=60.0, header_timeout=10.0)
 

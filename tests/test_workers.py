@@ -274,6 +274,22 @@ class WorkerTests(unittest.TestCase):
         self.assertEqual([status for status, _, _ in answers], [200, 200])
 
     @defer.inlineCallbacks
+    def test_a_retired_worker_with_nothing_in_flight_answers_its_idle_keep_alive_clients_once_more(self):
+        accel = yield self.start()
+        idle = list((yield self.one_connection_per_worker(accel, b"/x")).values())
+        old = accel.accepting[:2]
+        accel.signal("HUP")
+        yield accel.logged(rb"reloaded: 2 workers")
+        for pid in old:  # no longer accepting, nothing in flight: it used to exit here and cut the connections
+            yield accel.logged(rb"worker %d: .*Port \d+ Closed" % pid)
+        for client in idle:  # a request sent after the SIGTERM is answered, with the close announced
+            status, headers, _ = yield client.request(b"GET", b"/x")
+            self.assertEqual((status, headers.get(b"connection")), (200, b"close"))
+            yield client.closed
+        for pid in old:
+            yield accel.logged(rb"worker %d exited" % pid)
+
+    @defer.inlineCallbacks
     def test_sigusr1_makes_every_worker_reopen_its_log_files(self):
         accel = yield self.start()
         accel.signal(signal.SIGUSR1)
