@@ -163,7 +163,7 @@ class Accelerator:
         self.in_flight = InFlight()
         self.health = NodeHealth()  # 503 on the health path once a stop has begun
         self.clients: list[OriginClients] = []
-        self.peer_purges: list[PeerPurges] = []  # each generation's, closed with the accelerator
+        self.peer_purges: dict[tuple, PeerPurges] = {}  # by ([cluster], [purge]); closed with the accelerator
         self.buckets: SharedBuckets | None = None  # made when a configuration first has a rate limit; kept
         self.generation: Generation | None = None
         # Balancer state outlives generations: a reload keeps the members it keeps (Balancers.configure).
@@ -204,9 +204,11 @@ class Accelerator:
             from accel.cache.fast import FastHits
 
             peers = None
-            if config.cluster.peers:
-                peers = PeerPurges(self.reactor, config.cluster, config.purge)
-                self.peer_purges.append(peers)
+            if config.cluster.peers:  # the same peers and purge settings as before: keep their connections
+                peers = self.peer_purges.get((config.cluster, config.purge))
+                if peers is None:
+                    peers = self.peer_purges[(config.cluster, config.purge)] = PeerPurges(
+                        self.reactor, config.cluster, config.purge)
             proxy.purge = PurgeHandler(self.cache.store, config.purge, config.cache, proxy.serves_host, self.reactor,
                                        peers)
             fast_hits = FastHits(proxy, handler)
@@ -250,7 +252,7 @@ class Accelerator:
     def close(self) -> Deferred:
         self.balancers.stop()
         self.tunnels.close()
-        closing = [clients.close() for clients in self.clients + self.peer_purges]
+        closing = [clients.close() for clients in self.clients + list(self.peer_purges.values())]
         if self.cache is not None:
             closing.append(self.cache.close())
         if self.buckets is not None:

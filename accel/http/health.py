@@ -22,7 +22,7 @@ class NodeHealth:
 
 class HealthCheck:
     def __init__(self, settings: StatusSettings, peers: tuple[Origin, ...], state: NodeHealth, errors: ErrorPages):
-        self.path = settings.health_path
+        self.path = settings.health_path.encode("latin-1")  # compared with a request's normalised path
         self.settings = settings
         self.state = state
         self.errors = errors
@@ -35,7 +35,7 @@ class HealthCheck:
         return ip is not None and ip in self.peers
 
     def handle(self, request) -> None:
-        """Answer a request for ``path``."""
+        """Answer a request for ``path`` (``ReverseProxy`` hands it over before routing)."""
         if not self.allowed(request.getClientAddress()):
             self.errors.send(request, 403, "The health check is not answered to this address.")
             return

@@ -89,7 +89,7 @@ class ReverseProxy(Resource):
             return NOT_DONE_YET
         path = target.partition("?")[0]
         request.path = path.encode("latin-1")
-        if self.health is not None and request.path == self.health.path.encode("latin-1"):
+        if self.health is not None and request.path == self.health.path:
             self.health.handle(request)
             return NOT_DONE_YET
         if self.status is not None and self.status.claims(path):
