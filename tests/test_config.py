@@ -86,6 +86,14 @@ def test_a_full_file():
         ("[server]\nworkers = 0\n", 'line 2: server.workers: expected a whole number of worker processes greater than 0, or "auto"'),
         ("[server]\nworkers = 'many'\n", "server.workers: expected a whole number of worker processes"),
         ("[server]\nworkers = true\n", "server.workers: expected a whole number of worker processes"),
+        ("[cluster]\npeers = ['ftp://10.0.0.2']\n", "line 2: cluster.peers: expected a list of peer URLs"),
+        ("[cluster]\npeers = ['http://10.0.0.2:8080/accel']\n", "cluster.peers: expected a list of peer URLs"),
+        ("[cluster]\npeers = ['http://a:1', 'http://a:1']\n", "cluster.peers: expected each peer once"),
+        ("[cluster]\ndrain_delay = -1\n", "cluster.drain_delay: expected a number of seconds, 0 or more"),
+        ("[cluster]\npurge_timeout = 0\n", "cluster.purge_timeout: expected a number of seconds greater than 0"),
+        ("[cluster]\npeer = []\n", "cluster.peer: expected a known key"),
+        ("[status]\nhealth_path = 'health'\n", "status.health_path: expected a path starting (and not ending) with '/'"),
+        ("[status]\nallow = ['everyone']\n", "status.allow: expected IP addresses or networks"),
     ],
 )
 def test_mistakes_name_file_key_and_expectation(text, message):
@@ -320,3 +328,13 @@ def test_shield_defaults_and_values():
     text = "[cache]\nclient_revalidate = 'ignore'\nmin_revalidate_interval = 5\nrange_fetch_max = 1024\n"
     cache = parse_config(text, "accel.toml").cache
     assert (cache.client_revalidate, cache.min_revalidate_interval, cache.range_fetch_max) == ("ignore", 5, 1024)
+
+
+def test_cluster_and_status_defaults_and_values():
+    default = parse_config("", "accel.toml")
+    assert (default.cluster.peers, default.cluster.drain_delay, default.status.health_path) == ((), 5.0, "/accel-health")
+    config = parse_config("[cluster]\npeers = ['http://10.0.0.2:8080']\ndrain_delay = 0\n"
+                          "[status]\nhealth_path = '/health'\nallow = ['10.0.0.10']\n", "accel.toml")
+    assert [p.key for p in config.cluster.peers] == ["http://10.0.0.2:8080"]
+    assert (config.cluster.drain_delay, config.status.health_path) == (0.0, "/health")
+    assert [str(n) for n in config.status.allow] == ["10.0.0.10/32"]

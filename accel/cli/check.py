@@ -69,6 +69,15 @@ def describe(config: Config) -> list[str]:
     lines.append(f"access log: {log}")
     lines += [f"error document {code}: {doc}" for code, doc in sorted(config.error_documents.items())]
     lines.append(f"shutdown timeout: {config.shutdown_timeout:g} s")
+    status = config.status
+    allowed = [str(n) for n in status.allow] + (["unix"] if status.allow_unix_peers else [])
+    peers = [p.key for p in config.cluster.peers]
+    who = ", ".join(allowed) + (" and the peers" if peers else "")
+    lines.append(f"health check: {status.health_path}  (for {who or 'nobody'};"
+                 f" 503 for {config.cluster.drain_delay:g} s after SIGTERM before the listeners close)")
+    if peers:
+        lines.append(f"cluster peers (every PURGE is forwarded to them): {', '.join(peers)}"
+                     f"  (purge timeout {config.cluster.purge_timeout:g} s)")
     lines.append(f"workers: {config.workers}" + (" (one process serves, no supervisor)" if config.workers == 1 else
                                                  " processes, started and supervised by the first one"))
     return lines
