@@ -206,6 +206,10 @@ def test_one_node_per_url_purge_reaches_all_a_draining_node_leaves_cleanly_and_a
     with open(os.path.join(cluster["dir"], "node3.log"), "rb") as f:
         log = f.read()
     assert re.search(rb"health check answers 503; serving 2 s more", log), log
+    with open(os.path.join(cluster["dir"], "haproxy.log"), "rb") as f:
+        haproxy_log = f.read()
+    # Taken out by its 503, while it still accepted (not by a refused connection once it stopped listening).
+    assert re.search(rb"node3 is DOWN, reason: Layer7 wrong status, code: 503", haproxy_log), haproxy_log
 
     # Removing one node of three moved only its own URLs: about a third, none of the others'.
     after = {i: node_of(request(front, "GET", f"/page/{i}")[1]) for i in range(60)}
