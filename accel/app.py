@@ -18,7 +18,7 @@ from twisted.web.resource import Resource
 from accel.cache.directory import DamagedCache, NotACache, check_cache_dir
 from accel.config import CacheSettings, Config, ConfigError, located
 from accel.http.errors import ErrorPages
-from accel.http.health import HealthCheck, NodeHealth
+from accel.http.health import HealthEndpoint, NodeHealth
 from accel.http.header_rules import HeaderRules
 from accel.proxy.admission import Admission
 from accel.proxy.buckets import SharedBuckets
@@ -197,7 +197,7 @@ class Accelerator:
         status = StatusPage(config.status, [BalancerManager(self.balancers)], errors)
         tunnels = WebSocketTunnels(forwarder, self.reactor, shared=self.tunnels)
         self.tunnels = self.tunnels or tunnels
-        health = HealthCheck(config.status, config.cluster.peers, self.health, errors)
+        health = HealthEndpoint(config.status, config.cluster.peers, self.health, errors)
         proxy = ReverseProxy(config, handler, errors, admission, status=status, websocket=tunnels, health=health)
         fast_hits = None
         if self.cache is not None:

@@ -20,7 +20,9 @@ class NodeHealth:
         self.draining = False
 
 
-class HealthCheck:
+class HealthEndpoint:
+    """The health path of one configuration generation; its answer follows ``NodeHealth``."""
+
     def __init__(self, settings: StatusSettings, peers: tuple[Origin, ...], state: NodeHealth, errors: ErrorPages):
         self.path = settings.health_path.encode("latin-1")  # compared with a request's normalised path
         self.settings = settings
