@@ -7,6 +7,7 @@ the Site, its connections and the cache stay. ``startup_problems`` checks what s
 from __future__ import annotations
 
 import os
+import time
 from dataclasses import dataclass
 
 from twisted.internet.defer import Deferred, gatherResults, maybeDeferred, succeed
@@ -22,7 +23,6 @@ from accel.http.health import HealthEndpoint, NodeHealth
 from accel.http.header_rules import HeaderRules
 from accel.proxy.admission import Admission
 from accel.proxy.buckets import SharedBuckets
-from accel.http.status import StatusPage
 from accel.proxy.balancing import Balancers
 from accel.proxy.manager import BalancerManager
 from accel.proxy.origin import OriginClients
@@ -34,6 +34,8 @@ from accel.cache.batches import run_batches
 from accel.cache.fanout import PeerPurges
 from accel.cache.purge import PurgeHandler
 from accel.http.server import AccelSite
+from accel.http.status import StatusPage, build_document
+from accel.http.traffic import Traffic
 from accel.tls.https import hsts_value, with_hsts
 
 log = Logger()
@@ -139,6 +141,7 @@ class Generation:
     request_factory: type
     fast_hits: object | None  # accel.cache.fast.FastHits over this generation's routes and cache layer
     admission: Admission  # access rules, methods, body sizes, rate limits (its refusal counts)
+    trusts: object  # peer -> whether it is a trusted proxy (its X-Request-Id is kept)
 
 
 # What a reload cannot change in a running process: (what, how it is read from a Config).
@@ -159,7 +162,10 @@ class Accelerator:
 
     def __init__(self, config: Config, reactor, clock=None):
         self.reactor = reactor
+        self.traffic = Traffic()  # this process's figures, across reloads
         self.cache = CacheRuntime(config.cache, reactor, shared=config.workers > 1) if config.cache.dir else None
+        if self.cache is not None:
+            self.cache.process_figures = self.process_figures
         self.in_flight = InFlight()
         self.health = NodeHealth()  # 503 on the health path once a stop has begun
         self.clients: list[OriginClients] = []
@@ -191,10 +197,10 @@ class Accelerator:
         if self.buckets is None and any(route.protection.rate_limit for route in config.routes):
             self.buckets = rate_limit_buckets(config)
         admission = Admission(config, self.buckets, self.reactor.seconds)
-        handler = forwarder = Forwarder(config, clients, errors, self.reactor, admission, self.balancers)
+        handler = forwarder = Forwarder(config, clients, errors, self.reactor, admission, self.balancers, self.traffic)
         if self.cache is not None:
             handler = self.cache.layer(forwarder, config.cache)
-        status = StatusPage(config.status, [BalancerManager(self.balancers)], errors)
+        status = StatusPage(config.status, [BalancerManager(self.balancers)], errors, self.status_document)
         tunnels = WebSocketTunnels(forwarder, self.reactor, shared=self.tunnels)
         self.tunnels = self.tunnels or tunnels
         health = HealthEndpoint(config.status, config.cluster.peers, self.health, errors)
@@ -210,11 +216,12 @@ class Accelerator:
                     peers = self.peer_purges[(config.cluster, config.purge)] = PeerPurges(
                         self.reactor, config.cluster, config.purge)
             proxy.purge = PurgeHandler(self.cache.store, config.purge, config.cache, proxy.serves_host, self.reactor,
-                                       peers)
+                                       peers, self.traffic)
             fast_hits = FastHits(proxy, handler)
         hsts = hsts_value(config.tls) if config.tls.hsts_max_age is not None else None
         factory = AccelSite.requestFactory if hsts is None else with_hsts(AccelSite.requestFactory, hsts)
-        return Generation(config, Counted(proxy, self.in_flight), clients, errors, hsts, factory, fast_hits, admission)
+        return Generation(config, Counted(proxy, self.in_flight), clients, errors, hsts, factory, fast_hits, admission,
+                          lambda peer: forwarder.peer(peer)[1])
 
     def _apply(self, generation: Generation) -> None:
         """Swap ``generation`` in: new requests use it (limits and HSTS: new connections)."""
@@ -229,11 +236,40 @@ class Accelerator:
         site.requestFactory = generation.request_factory
         site.fast_hits = generation.fast_hits
         site.admission = generation.admission
+        site.traffic = self.traffic
+        site.trusts = generation.trusts
+        site.access_log_format = config.access_log_format
         site.header_rules = HeaderRules(config.protection.headers)
         site.limits = config.limits
         site.server_header = config.server_header.encode("latin-1") if config.server_header else None
         site.server_field = b"Server: %s\r\n" % site.server_header if site.server_header else b""
         site.use_access_log(config.access_log)
+
+    def process_figures(self) -> dict:
+        """What this process publishes for the status page (and ``accel cache stats``)."""
+        figures = {
+            "traffic": self.traffic.snapshot(),
+            "in_flight": self.in_flight.count,
+            "pools": [pool for clients in self.clients for pool in clients.pools()],
+        }
+        if self.cache is not None:
+            figures.update(self.cache.store.memory.stats())
+        return figures
+
+    def status_document(self) -> Deferred:
+        """Fires with the status document: this process's figures, or with worker processes every worker's,
+        each published just now (``FiguresExchange.refresh``)."""
+        cache = self.cache
+        if cache is None or cache.exchange is None:
+            disk = cache.store.disk.stats() if cache is not None else None
+            return succeed(build_document([self.process_figures()], disk, time.time()))
+        from accel.cache.figures import live_figures
+
+        def summed(_) -> dict:
+            processes = [p for p in live_figures(cache.settings.dir) if "traffic" in p]
+            return build_document(processes or [self.process_figures()], cache.store.disk.stats(), time.time())
+
+        return cache.exchange.refresh().addCallback(summed)
 
     def reload(self, config: Config) -> list[str]:
         """Serve ``config`` from now on; returns what it changes that needs a restart (kept as it was)."""
@@ -341,6 +377,12 @@ class CacheRuntime:
 
             self.leases = LeaseTable(settings.dir)
         self.figures = ProcessFigures(settings.dir)
+        self.process_figures = memory.stats  # what the figures are (accel.app.Accelerator replaces it)
+        self.exchange = None  # worker processes: asks the others to publish now, for the status page
+        if shared:
+            from accel.cache.figures import FiguresExchange
+
+            self.exchange = FiguresExchange(reactor, settings.dir, self.publish_figures)
         self.collapsers = []
         self.layers = []
         self.closed: Deferred | None = None
@@ -350,10 +392,13 @@ class CacheRuntime:
             self._every(self.FLUSH_ACCESS_EVERY, lambda: run_batches(reactor, disk.flush_access_batches(now()))),
             self._every(self.COLLECT_ORPHANS_EVERY, lambda: disk.collect_orphans(now() - self.COLLECT_ORPHANS_EVERY)),
             self._every(self.SYNC_EVERY, self.sync, now=False),
-            self._every(self.PUBLISH_FIGURES_EVERY, lambda: self.figures.publish(memory.stats())),
+            self._every(self.PUBLISH_FIGURES_EVERY, self.publish_figures),
         ]
         if self.leases is not None:
             self.timers.append(self._every(self.COLLECT_ORPHANS_EVERY, lambda: self.leases.sweep(now())))
+
+    def publish_figures(self) -> None:
+        self.figures.publish(self.process_figures())
 
     def sync(self) -> Deferred:
         """fsync the disk tier in a thread; ``close`` waits for it before closing the environment."""
@@ -404,6 +449,8 @@ class CacheRuntime:
             collapser.close()
         if self.leases is not None:
             self.leases.close()
+        if self.exchange is not None:
+            self.exchange.close()
         self.figures.close()
         self.store.disk.flush_access(self.reactor.seconds())
         pending = self.syncing if self.syncing is not None else succeed(None)

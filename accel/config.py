@@ -223,17 +223,6 @@ class BalancerSettings:
 
 
 @dataclass(frozen=True, slots=True)
-class StatusSettings:
-    """``[status]``: where the status page (with the balancer manager) and the health check for a balancer in
-    front are served, and to whom."""
-
-    path: str = "/accel-status"
-    allow: tuple = (ipaddress.ip_network("127.0.0.0/8"), ipaddress.ip_network("::1/128"))
-    allow_unix_peers: bool = False
-    health_path: str = "/accel-health"  # 200 while serving, 503 while draining (accel.http.health)
-
-
-@dataclass(frozen=True, slots=True)
 class Limits:
     """Protection against oversized or abusive requests."""
 
@@ -329,6 +318,20 @@ class TLSSettings:
     hsts_preload: bool = False
 
 
+@dataclass(frozen=True, slots=True)
+class StatusSettings:
+    """``[status]``: where the status page (with the balancer manager), the Prometheus metrics and the health
+    check for a balancer in front are served, and to whom."""
+
+    path: str = "/accel-status"
+    metrics_path: str = "/metrics"
+    allow: tuple = (ipaddress.ip_network("127.0.0.0/8"), ipaddress.ip_network("::1/128"))
+    allow_unix_peers: bool = False
+    health_path: str = "/accel-health"  # 200 while serving, 503 while draining (accel.http.health)
+
+
+ACCESS_LOG_FORMATS = ("combined", "json")
+
 DEFAULT_LISTEN = ("tcp:8080",)
 
 
@@ -347,6 +350,7 @@ class Config:
     trusted_unix_peers: bool = False  # "unix" in trusted_proxies: trust peers on UNIX sockets too
     via_pseudonym: str = "accel"
     access_log: str | None = None  # path, "-" for stdout, None for no access log
+    access_log_format: str = "combined"  # or "json": one object a line
     workers: int = 1  # worker processes; 1: this process serves, with no supervisor
     cache: CacheSettings = CacheSettings()
     purge: PurgeSettings = PurgeSettings()
@@ -985,6 +989,7 @@ def parse_config(text: str, source: str) -> Config:
         trusted_unix_peers=trusted_unix_peers,
         via_pseudonym=server.get("via", str, "a string", "accel"),
         access_log=access_log if access_log in (None, "-") else relative_to_file(source, access_log),
+        access_log_format=server.choice("access_log_format", ACCESS_LOG_FORMATS, '"combined" or "json"', "combined"),
         workers=_workers(server),
         limits=limits,
         protection=_server_protection(server, limits),
@@ -1035,7 +1040,7 @@ def parse_config(text: str, source: str) -> Config:
     _routes_name_balancers(source, routes, balancers)
     status = _status_settings(_Reader(source, top.table_of("status"), "status", text))
     cluster = _cluster_settings(_Reader(source, top.table_of("cluster"), "cluster", text))
-    top.seen.update({"server", "limits", "route", "error_documents", "cache", "purge", "tls", "compress"})
+    top.seen.update({"server", "limits", "route", "error_documents", "cache", "purge", "tls", "compress", "status"})
     top.reject_unknown()
     return replace(config, routes=tuple(routes), error_documents=docs, cache=cache, purge=purge, tls=tls,
                    balancers=balancers, status=status, compress=compress, cluster=cluster)
@@ -1143,18 +1148,18 @@ def _routes_name_balancers(source: str, routes: list[Route], balancers: dict[str
 
 
 def _status_settings(r: _Reader) -> StatusSettings:
-    path, health_path = (_status_path(r, name, getattr(StatusSettings(), name)) for name in ("path", "health_path"))
+    expected = f"a path starting (and not ending) with '/', {_NORMAL}"
+    paths = {}
+    for name in ("path", "metrics_path", "health_path"):
+        path = r.get(name, str, expected, getattr(StatusSettings(), name))
+        if not path.startswith("/") or path.endswith("/") or _NOT_NORMAL.search(path):
+            raise r.fail(name, expected, path)
+        paths[name] = path
+    if len(set(paths.values())) != len(paths):
+        raise r.fail("metrics_path", "path, metrics_path and health_path all different", list(paths.values()))
     allow, allow_unix_peers = _networks(r, "allow", StatusSettings().allow)
     r.reject_unknown()
-    return StatusSettings(path, allow, allow_unix_peers, health_path)
-
-
-def _status_path(r: _Reader, name: str, default: str) -> str:
-    expected = f"a path starting (and not ending) with '/', {_NORMAL}"
-    path = r.get(name, str, expected, default)
-    if not path.startswith("/") or path.endswith("/") or _NOT_NORMAL.search(path):
-        raise r.fail(name, expected, path)
-    return path
+    return StatusSettings(paths["path"], paths["metrics_path"], allow, allow_unix_peers, paths["health_path"])
 
 
 _PEER = "a list of peer URLs such as http://10.0.0.2:8080 (scheme, host and port only)"

@@ -1,4 +1,4 @@
-"""Per-process cache figures that ``accel cache stats`` sums."""
+"""Per-process figures that ``accel cache stats`` and the status page sum."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ def test_live_processes_are_summed_and_gone_ones_ignored(tmp_path):
     mine.publish(STATS)
     other.publish(STATS)
     found = live_figures(str(tmp_path), alive=lambda pid: pid == os.getpid())
-    assert found == [{"pid": os.getpid(), "objects": 3, "bytes": 300, "hits": 7, "misses": 2, "evictions": 1}]
+    assert found == [{"pid": os.getpid(), **STATS}]
     assert summed(found + found) == {"objects": 6, "bytes": 600, "hits": 14, "misses": 4, "evictions": 2}
     mine.close()
     assert live_figures(str(tmp_path)) == []

@@ -26,6 +26,7 @@ from accel.cache.layer import CacheLayer
 from accel.cache.serving import CONDITIONAL_FIELDS, NOT_PLAIN_FIELDS, Prepared, encode_fields
 from accel.cache.vary import matches
 from accel.http.target import UnsafeTarget, normalise_target
+from accel.http.traffic import route_label
 from accel.proxy.forwarding import ReverseProxy
 
 _MEMO_SIZE = 4096
@@ -37,10 +38,10 @@ class FastHit:
     Cache-Status, Content-Length for a 200), HSTS on TLS, the empty line and ``body`` unless HEAD."""
 
     __slots__ = ("status", "status_line", "section", "body", "replaces_date", "has_server", "has_hsts", "origin",
-                 "age", "ttl")
+                 "age", "ttl", "route")
 
     def __init__(self, status: int, reason: bytes, section: bytes, body: bytes, replaces_date: bool,
-                 names: frozenset, origin: str, age: int, ttl: int):
+                 names: frozenset, origin: str, age: int, ttl: int, route: str):
         self.status = status
         self.status_line = b" %d %s\r\n" % (status, reason)
         self.section = section
@@ -49,17 +50,18 @@ class FastHit:
         self.has_server = b"Server" in names
         self.has_hsts = b"Strict-Transport-Security" in names
         self.origin, self.age, self.ttl = origin, age, ttl
+        self.route = route  # its label in the traffic figures (accel.http.traffic)
 
 
-def _ok(prepared: Prepared, body: bytes, age: int, ttl: int, origin: str) -> FastHit:
+def _ok(prepared: Prepared, body: bytes, age: int, ttl: int, origin: str, route: str) -> FastHit:
     section = b"%sAge: %d\r\nCache-Status: %s%d\r\n%s" % (
         prepared.fields, age, prepared.responder.hit_ttl, ttl, prepared.length_field
     )
     return FastHit(prepared.head.status, prepared.reason, section, body, prepared.replaces_date, prepared.taken,
-                   origin, age, ttl)
+                   origin, age, ttl, route)
 
 
-def _not_modified(prepared: Prepared, age: int, ttl: int, origin: str) -> FastHit | None:
+def _not_modified(prepared: Prepared, age: int, ttl: int, origin: str, route: str) -> FastHit | None:
     """RFC 9110 §15.4.5: the 304 ``Responder.serve`` writes, with the stored fields a 304 carries."""
     fields = policy.not_modified_fields(prepared.head.fields)
     encoded = encode_fields(fields, prepared.responder.hidden_fields)
@@ -67,7 +69,8 @@ def _not_modified(prepared: Prepared, age: int, ttl: int, origin: str) -> FastHi
         return None
     lines, names = encoded
     section = b"%sAge: %d\r\nCache-Status: %s%d\r\n" % (lines, age, prepared.responder.hit_ttl, ttl)
-    return FastHit(304, b"Not Modified", section, b"", any(n == "date" for n, _ in fields), names, origin, age, ttl)
+    return FastHit(304, b"Not Modified", section, b"", any(n == "date" for n, _ in fields), names, origin, age, ttl,
+                   route)
 
 
 class FastHits:
@@ -101,7 +104,7 @@ class FastHits:
         return hit if refusal is None else None  # refused: ReverseProxy.render answers (and counts) it
 
     def _hit(self, where: tuple, message) -> FastHit | None:
-        key, policy_, origin, route = where
+        key, policy_, origin, route, label = where
         compress = route.compress
         items = self.store.lookup_memory(key)
         selected = None
@@ -144,14 +147,16 @@ class FastHits:
             condition = policy.evaluate_conditionals(method, fields or _pure(message.headers), prepared.head.fields)
             if condition == 304:
                 hit = prepared.fast_304
-                if hit is None or hit.age != age or hit.ttl != ttl or hit.origin is not origin:
-                    hit = prepared.fast_304 = _not_modified(prepared, age, ttl, origin)
+                if (hit is None or hit.age != age or hit.ttl != ttl or hit.origin is not origin
+                        or hit.route is not label):
+                    hit = prepared.fast_304 = _not_modified(prepared, age, ttl, origin, label)
                 return hit
             if condition is not None:
                 return None
         hit = prepared.fast
-        if hit is None or hit.age != age or hit.ttl != ttl or hit.origin is not origin or hit.body is not body:
-            hit = prepared.fast = _ok(prepared, body, age, ttl, origin)
+        if (hit is None or hit.age != age or hit.ttl != ttl or hit.origin is not origin or hit.body is not body
+                or hit.route is not label):
+            hit = prepared.fast = _ok(prepared, body, age, ttl, origin, label)
         return hit
 
     def _resolve(self, secure: bool, host: bytes, target: bytes) -> tuple | None:
@@ -166,11 +171,13 @@ class FastHits:
                 pass  # the general path answers 400
         if path is not None:
             route = self.proxy.routes.match(path, host.decode("latin-1") if host else None)
+            status = self.proxy.status
             if (route is not None and not route.exclude and self.layer.caches(route, path)
+                    and (status is None or not status.claims(path.partition("?")[0]))
                     and not any(rule.side == "response" for rule in route.protection.headers)):
                 # (response header rules: AccelRequest applies them, on the prepared path)
                 key = self.layer.key_for_parts(secure, host, path)
-                found = (key, self.layer.policy_for(route), route.origin.key, route)
+                found = (key, self.layer.policy_for(route), route.origin.key, route, route_label(route))
         if len(self._targets) >= _MEMO_SIZE:
             self._targets.clear()
         self._targets[(secure, host, target)] = found

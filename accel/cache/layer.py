@@ -277,6 +277,7 @@ class CacheLayer:
         if waiting is None:
             exchange.leader = True
             return True
+        self.forwarder.traffic.collapsed += 1
         waiting.addCallback(lambda _: self.handle(exchange.request, exchange.route, exchange.target, collapsed=True))
         return False
 

@@ -53,6 +53,7 @@ from accel.cache.tiers import TieredStore
 from accel.config import CacheSettings, PurgeSettings
 from accel.http.accesslog import request_label
 from accel.http.addresses import peer_in, peer_name
+from accel.http.traffic import Traffic
 
 log = Logger()
 
@@ -93,9 +94,11 @@ class PurgeHandler:
         served_hosts: Callable[[str], bool],
         reactor,
         peers: PeerPurges | None = None,
+        traffic: Traffic | None = None,
     ):
         self.reactor = reactor
         self.peers = peers  # [cluster] peers: every purge accepted here is forwarded to them
+        self.traffic = traffic or Traffic()  # purges are counted there by kind
         self.store = store
         self.settings = settings
         self.cache = cache
@@ -152,6 +155,7 @@ class PurgeHandler:
             self.answer(request, 503, {"status": "error", "detail": detail})
 
     def purged(self, request, result: dict) -> None:
+        self.traffic.purged(result["mode"] + ("-soft" if result["soft"] else ""))
         peers = result.get("peers")
         if peers is None:
             code = 200 if result["purged"] else 404

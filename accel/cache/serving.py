@@ -263,6 +263,8 @@ class Responder:
             prepared.fields, max(0, int(fresh.age)), self.hit_ttl, math.floor(fresh.ttl), prepared.length
         )
         request.log_cache = "hit"
+        if body is None or not self.store.from_memory:
+            request.log_tier = "disk"
         if not request.write_prepared(head.status, prepared.reason, section, prepared.taken,
                                       _DATE if prepared.replaces_date else None, body):
             request.log_cache = "-"
@@ -294,6 +296,8 @@ class Responder:
         log says ``log_as`` (default: hit or miss, by ``cache_status``)."""
         head = variant.head
         request.log_cache = log_as or ("hit" if b"; hit" in cache_status else "miss")
+        if variant.body is None or not self.store.from_memory:
+            request.log_tier = "disk"
         condition = policy.evaluate_conditionals(method, fields, head.fields)
         if condition == 304:
             self.write_head(request, 304, b"Not Modified", policy.not_modified_fields(head.fields), age, cache_status)
@@ -388,6 +392,8 @@ class Responder:
         chunks = self.open_body(head) if variant.body is None else None
         first, last = wanted
         request.log_cache = "hit"
+        if variant.body is None or not self.store.from_memory:
+            request.log_tier = "disk"
         self.write_head(request, 206, b"Partial Content", _without(head.fields, ("content-range",)), age, cache_status, {
             b"content-range": content_range(first, last, piece.length).encode(),
             b"content-length": b"%d" % (last - first + 1),

@@ -35,6 +35,7 @@ class TieredStore:
         self.memory = memory
         self.epoch = epoch
         self._seen_epoch = epoch.current()
+        self.from_memory = True  # whether the last ``lookup`` was answered by the memory tier
         disk.on_change = epoch.changed
 
     def lookup(self, url: str) -> list[Variant]:
@@ -50,8 +51,10 @@ class TieredStore:
             items = self.memory.get_variants(url)
             for item in items:
                 self.disk.touch(item.head)
+            self.from_memory = True
             return [(item.head, item.body, item.extra) for item in items]
         self.memory.drop_url(url)  # changed on disk since it was read (or never stamped)
+        self.from_memory = False
         return self._promote(url, bucket)
 
     def lookup_memory(self, url: str) -> list:

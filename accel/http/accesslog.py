@@ -1,7 +1,10 @@
 """The access log: Apache's combined format, then the duration in microseconds (%D), the origin and the
-cache outcome. Also how error-log lines name a request (``request_label``): plain text, never a Python repr.
+cache outcome; or (``access_log_format = "json"``) one JSON object a line. Also how error-log lines name a
+request (``request_label``): plain text, never a Python repr.
 
     127.0.0.1 - - [22/Nov/2026:10:00:00 +0000] "GET /a HTTP/1.1" 200 512 "-" "curl/8.5" 1840 origin=http://10.0.0.5:8000 cache=hit
+
+    {"time": "2026-11-22T10:00:00.123456Z", "client": "127.0.0.1", "method": "GET", "target": "/a", "status": 200, ...}
 
 A WebSocket tunnel is logged when it closes, as a 101 whose duration is the tunnel's, with the bytes each
 way: ``... cache=- ws_in=<from the client> ws_out=<to the client>``.
@@ -9,6 +12,7 @@ way: ``... cache=- ws_in=<from the client> ws_out=<to the client>``.
 
 from __future__ import annotations
 
+import json
 import sys
 import time
 
@@ -66,6 +70,34 @@ def format_access_line(
         f'{getattr(peer, "host", "-")} - - {timestamp} "{first_line}" {code} {sent or "-"}'
         f' "{_quoted(referer)}" "{_quoted(user_agent)}" {duration_us} origin={origin} cache={cache}{extra}'
     )
+
+
+def json_access_line(peer, method: bytes, target: bytes, status: int, sent: int, started: float, route: str,
+                     origin: str, cache: str, tls: str | None, request_id: bytes) -> str:
+    """The JSON line for one answered request: every field always present (null when it does not apply)."""
+    now = time.time()
+    return json.dumps({
+        "time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(now)) + f".{int(now % 1 * 1e6):06d}Z",
+        "client": getattr(peer, "host", None),
+        "method": method.decode("latin-1"),
+        "target": target.decode("latin-1"),
+        "status": status,
+        "bytes": sent or 0,
+        "duration": round(time.monotonic() - started, 6),
+        "route": None if route == "-" else route,
+        "origin": None if origin == "-" else origin,
+        "cache": cache,
+        "tls": tls,
+        "request_id": request_id.decode("latin-1"),
+    })
+
+
+def tls_version(transport) -> str | None:
+    """The TLS version of a client connection ("TLSv1.3"), None when it is plain."""
+    handle = getattr(transport, "getHandle", None)
+    connection = handle() if handle is not None else None
+    version = getattr(connection, "get_protocol_version_name", None)
+    return version() if version is not None else None
 
 
 class LogFile:

@@ -51,6 +51,7 @@ from accel.config import Limits
 from accel.http.accesslog import peer_label
 from accel.http.dates import http_date
 from accel.http.header_rules import NO_RULES
+from accel.http.traffic import Traffic
 
 log = Logger()
 
@@ -65,6 +66,9 @@ _VALID_HOST = re.compile(
 )
 
 
+_REQUEST_ID = re.compile(rb"[\x21-\x7e]{1,200}\Z")  # visible ASCII, as in a log line
+
+
 class Refused(Exception):
     """Raised from a parser callback: the request is answered with ``code`` and the connection closed."""
 
@@ -77,7 +81,7 @@ class Message:
     """One request as parsed: what the fast path and ``AccelRequest`` are built from."""
 
     __slots__ = ("method", "target", "version", "headers", "host", "keep_alive", "length", "started",
-                 "request", "plain", "conditional", "accept_encoding", "upgrade")
+                 "request", "plain", "conditional", "accept_encoding", "upgrade", "request_id")
 
     def __init__(self, started: float):
         self.started = started
@@ -89,6 +93,7 @@ class Message:
         self.conditional = False  # a field in fast_hits.conditional (If-None-Match, If-Modified-Since)
         self.accept_encoding: bytes | None = None  # its lines joined, for the fast path's content coding
         self.upgrade = False  # an Upgrade field: never a fast hit (accel.proxy.websocket may take it)
+        self.request_id: bytes | None = None  # X-Request-Id as sent, then the one accel uses (request_id_for)
 
 
 @implementer(IPushProducer)
@@ -99,6 +104,7 @@ class HTTPConnection(Protocol):
         self.limits: Limits = getattr(site, "limits", None) or Limits()
         self.reactor = site.reactor
         self.fast_hits = getattr(site, "fast_hits", None)
+        self.traffic: Traffic = site.traffic
         self.queue: deque[Message] = deque()
         self.parser = httptools.HttpRequestParser(self)
         self.message: Message | None = None  # being parsed
@@ -126,6 +132,7 @@ class HTTPConnection(Protocol):
         connections = getattr(self.site, "connections", None)
         if connections is not None:
             connections.add(self)
+        self.traffic.connections += 1
         self.transport.registerProducer(self, True)
         # A new connection's first request is due within header_timeout (nginx's client_header_timeout).
         self._set_deadline("first", self.limits.header_timeout)
@@ -133,6 +140,7 @@ class HTTPConnection(Protocol):
     def dataReceived(self, data: bytes) -> None:
         if self.closing:
             return
+        self.traffic.bytes_in += len(data)
         if self.head_bytes >= 0:
             self.head_bytes += len(data)
         try:
@@ -159,6 +167,7 @@ class HTTPConnection(Protocol):
 
     def connectionLost(self, reason) -> None:
         self.closing = True
+        self.traffic.connections -= 1
         self._cancel_timer()
         closed = getattr(self.site, "connection_closed", None)
         if closed is not None:
@@ -203,6 +212,7 @@ class HTTPConnection(Protocol):
         # A stopping server answers with Connection: close, so clients move to the ones that go on serving.
         message.keep_alive = version == "1.1" and parser.should_keep_alive() and not self.site.draining
         self.check_fields(message)
+        message.request_id = self.request_id_for(message.request_id)
         self.head_bytes = -1  # the header section is complete: body bytes don't count
         self._deadline = None
         if message.length == 0 and not self.queue and message.plain and message.method in (b"GET", b"HEAD"):
@@ -262,6 +272,8 @@ class HTTPConnection(Protocol):
             elif lower == b"upgrade":
                 message.upgrade = True
                 message.plain = False
+            elif lower == b"x-request-id":
+                message.request_id = value
             elif lower in not_plain:
                 message.plain = False
             elif lower in conditional:
@@ -271,6 +283,13 @@ class HTTPConnection(Protocol):
         if hosts > 1 or (hosts == 0 and message.version == b"HTTP/1.1"):
             raise Refused(400)
         message.length = length
+
+    def request_id_for(self, given: bytes | None) -> bytes:
+        """The request's id: the X-Request-Id it came with when the peer is a trusted proxy and the value is
+        a plain token, else a new one. It is sent to the origin and echoed to the client."""
+        if given is not None and _REQUEST_ID.match(given) and self.site.trusts(self.getPeer()):
+            return given
+        return self.site.new_request_id()
 
     def refuse(self, code: int) -> None:
         """Answer a request that must not be processed, and close: the rest of the stream can't be trusted.
@@ -304,7 +323,12 @@ class HTTPConnection(Protocol):
                 fields.append(site.hsts_field)
             fields.append(b"Content-Type: %s\r\nContent-Length: %d\r\nCache-Control: no-store\r\n"
                           b"Connection: close\r\n\r\n" % (content_type, len(body)))
-        self.transport.writeSequence(fields + [body])
+        fields.append(body)
+        self.writeSequence(fields)
+        message = self.message
+        self.traffic.request("-", getattr(message, "method", b""), code, "none",
+                             time.monotonic() - message.started if message else 0.0,
+                             message.target if message else b"")
         self.stop_reading()
         self.loseConnection()
 
@@ -327,7 +351,8 @@ class HTTPConnection(Protocol):
         closing = not message.keep_alive and message.version == b"HTTP/1.1"
         head = b"".join((
             message.version, hit.status_line, b"Connection: close\r\n" if closing else b"", site.server_field,
-            b"" if hit.replaces_date else http_date.field(), hit.section, hsts, b"\r\n",
+            b"" if hit.replaces_date else http_date.field(), b"X-Request-Id: ", message.request_id, b"\r\n",
+            hit.section, hsts, b"\r\n",
         ))
         body = b"" if message.method == b"HEAD" else hit.body
         if len(body) <= _JOIN_UP_TO:
@@ -335,8 +360,12 @@ class HTTPConnection(Protocol):
         else:
             self.send(head)
             self.transport.write(body)
+        traffic = self.traffic
+        traffic.bytes_out += len(head) + len(body)
+        traffic.request(hit.route, message.method, hit.status, "memory", time.monotonic() - message.started,
+                        message.target)
         if site.access_log:
-            site.log_hit(self.getPeer(), message, hit.status, len(body), hit.origin)
+            site.log_hit(self.getPeer(), message, hit.status, len(body), hit.origin, hit.route, self.transport)
         if not message.keep_alive:
             self.loseConnection()
         return True
@@ -492,12 +521,14 @@ class HTTPConnection(Protocol):
             for value in values:
                 parts.extend((name, b": ", value, b"\r\n"))
         parts.append(b"\r\n")
-        self.transport.writeSequence(parts)
+        self.writeSequence(parts)
 
     def write(self, data: bytes) -> None:
+        self.traffic.bytes_out += len(data)
         self.transport.write(data)
 
     def writeSequence(self, parts) -> None:
+        self.traffic.bytes_out += sum(map(len, parts))
         self.transport.writeSequence(parts)
 
     def loseConnection(self) -> None:

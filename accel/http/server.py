@@ -7,6 +7,7 @@ a stream (``AccelRequest.body``) that starts before the body has arrived.
 
 from __future__ import annotations
 
+import os
 import time
 from urllib.parse import parse_qs
 
@@ -15,11 +16,13 @@ from twisted.python.failure import Failure
 from twisted.web import server
 from twisted.web.http import NO_BODY_CODES
 
-from accel.http.accesslog import access_log_line, format_access_line, open_access_log, request_label
+from accel.http.accesslog import (access_log_line, format_access_line, json_access_line, open_access_log,
+                                  request_label, tls_version)
 from accel.http.body import RequestBody
 from accel.http.errors import ErrorPages
 from accel.http.header_rules import NO_RULES, HeaderRules
 from accel.http.connection import HTTPConnection
+from accel.http.traffic import Traffic
 from accel.http.dates import http_date
 from accel.config import Limits
 
@@ -44,10 +47,15 @@ class AccelRequest(server.Request):
         self.log_origin = "-"
         self.log_cache = "-"
         self.log_extra = ""  # appended to the access-log line
+        self.log_route = "-"  # the route's label (accel.http.traffic.route_label)
+        self.log_tier = "memory"  # where a hit's body came from: "memory" or "disk"
+        self.forwarded = False  # sent to an origin
+        self.request_id = b"-"
 
     def set_message(self, message) -> None:
         """Take the parsed request line and header section (an ``accel.http.connection.Message``)."""
         self.started = message.started
+        self.request_id = message.request_id
         self.method, self.uri, self.clientproto = message.method, message.target, message.version
         self.path, _, query = message.target.partition(b"?")
         self.args = parse_qs(query, 1) if query else {}
@@ -81,6 +89,8 @@ class AccelRequest(server.Request):
         if self.site.server_header:
             self.setHeader(b"server", self.site.server_header)
         self.setHeader(b"date", http_date())
+        if self.request_id != b"-":
+            self.setHeader(b"x-request-id", self.request_id)
         try:
             self.render(self.site.getResourceFor(self))
         except Exception:
@@ -191,6 +201,11 @@ class AccelSite(server.Site):
         self.access_log = access_log
         self.fast_hits = fast_hits
         self.header_rules = header_rules  # the [server] header rules, for requests no route has taken
+        self.traffic = Traffic()  # this process's figures; accel.app gives every generation's Site the same
+        self.access_log_format = "combined"
+        self.trusts = lambda peer: False  # whether a peer is a trusted proxy (its X-Request-Id is kept)
+        self._request_ids = 0
+        self._request_id_prefix = b"%08x" % int.from_bytes(os.urandom(4), "big")
 
     def buildProtocol(self, addr) -> HTTPConnection:
         return HTTPConnection(self)
@@ -218,21 +233,31 @@ class AccelSite(server.Site):
             for d in waiting:
                 d.callback(None)
 
-    def log_hit(self, peer, message, code: int, sent: int, origin: str) -> None:
+    def new_request_id(self) -> bytes:
+        """A request id unique to this process's life: a random prefix and a count."""
+        self._request_ids += 1
+        return b"%s-%x" % (self._request_id_prefix, self._request_ids)
+
+    def log_hit(self, peer, message, code: int, sent: int, origin: str, route: str, transport) -> None:
         """The access-log line of a request the connection answered itself (a fast cache hit)."""
-        referer = user_agent = None
-        for name, value in message.headers:
-            lower = name.lower()
-            if lower == b"referer":
-                referer = value
-            elif lower == b"user-agent":
-                user_agent = value
         if self._logFile is None:
             return
-        self._logFile.write(format_access_line(
-            self._logDateTime, peer, message.method, message.target, message.version, code, sent, referer,
-            user_agent, message.started, origin, "hit",
-        ) + "\n")
+        if self.access_log_format == "json":
+            line = json_access_line(peer, message.method, message.target, code, sent, message.started, route,
+                                    origin, "memory", tls_version(transport), message.request_id)
+        else:
+            referer = user_agent = None
+            for name, value in message.headers:
+                lower = name.lower()
+                if lower == b"referer":
+                    referer = value
+                elif lower == b"user-agent":
+                    user_agent = value
+            line = format_access_line(
+                self._logDateTime, peer, message.method, message.target, message.version, code, sent, referer,
+                user_agent, message.started, origin, "hit",
+            )
+        self._logFile.write(line + "\n")
 
     _log_open = False
 
@@ -266,5 +291,28 @@ class AccelSite(server.Site):
         super().stopFactory()
 
     def log(self, request) -> None:
-        if self.access_log:
+        """A finished request: counted in the traffic figures, and its access-log line written."""
+        outcome = outcome_of(request)
+        self.traffic.request(request.log_route, request.method, request.code, outcome,
+                             time.monotonic() - request.started, request.uri)
+        if not self.access_log or self._logFile is None:
+            return
+        if self.access_log_format == "json":
+            self._logFile.write(json_access_line(
+                request.getClientAddress(), request.method, request.uri, request.code, request.sentLength,
+                request.started, request.log_route, request.log_origin, outcome, tls_version(request.channel.transport),
+                request.request_id) + "\n")
+        else:
             super().log(request)
+
+
+def outcome_of(request) -> str:
+    """The request's cache outcome in the figures (``accel.http.traffic.OUTCOMES``)."""
+    cache = request.log_cache
+    if cache == "hit":
+        return request.log_tier
+    if cache == "miss":
+        return "miss"
+    if cache == "bypass" or request.forwarded:
+        return "pass"
+    return "none"

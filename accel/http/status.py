@@ -1,6 +1,12 @@
-"""The status page at ``[status] path`` (default ``/accel-status``), served only to ``[status] allow``.
+"""The status page at ``[status] path`` (default ``/accel-status``) and the Prometheus metrics at
+``[status] metrics_path`` (default ``/metrics``), served only to ``[status] allow`` (default loopback; 403
+otherwise), answered before routing: never forwarded, never cached (``Cache-Control: no-store``).
 
-The page is made of *parts* that other layers provide (the balancer manager is one; ``accel.app`` wires them):
+The page is one document: the traffic figures of every worker (``build_document``: each process's
+``accel.http.traffic`` snapshot and a few gauges, summed; ``figures()``, injected by ``accel.app``, fires with
+it), followed by *parts* that other layers provide (the balancer manager is one; ``accel.app`` wires them).
+HTML for a person, the same as JSON at ``<path>?format=json``, and the figures as Prometheus metrics
+(``accel.http.metrics``).
 
     part.title                   the heading of its HTML section
     part.prefix                  POSTs to ``<path>/<prefix>/...`` go to this part
@@ -20,16 +26,107 @@ import html
 import json
 from urllib.parse import parse_qs, urlsplit
 
-from twisted.internet.defer import succeed
+from collections.abc import Callable
+
+from twisted.internet.defer import Deferred, succeed
 from twisted.logger import Logger
 
+from accel import __version__
 from accel.config import StatusSettings
+from accel.http.accesslog import request_label
 from accel.http.addresses import peer_in, peer_name
 from accel.http.errors import ErrorPages
+from accel.http.traffic import BUCKETS, OUTCOMES, merge, percentile
 
 log = Logger()
 
 MAX_FORM_BYTES = 16384
+
+
+TOP = 10  # URLs in each top list
+
+
+def _ratio(part: int, whole: int) -> float | None:
+    return round(part / whole, 4) if whole else None
+
+
+def _latency(histogram: list) -> dict:
+    return {name: (None if (p := percentile(histogram, q)) is None else round(p, 6))
+            for name, q in (("p50", 0.5), ("p90", 0.9), ("p99", 0.99))}
+
+
+def build_document(processes: list[dict], disk: dict | None, now: float) -> dict:
+    """The status document from every process's published figures (``processes``) and the disk tier's
+    ``DiskStore.stats()`` (None without a cache)."""
+    t = merge([p["traffic"] for p in processes])
+    outcomes = dict.fromkeys(OUTCOMES, 0)
+    statuses: dict[str, int] = {}
+    routes: dict[str, list[int]] = {}
+    total = 0
+    for (route, _, status, outcome), count in t["requests"].items():
+        total += count
+        outcomes[outcome] += count
+        statuses[status] = statuses.get(status, 0) + count
+        known = routes.setdefault(route, [0, 0])
+        known[0] += count
+        if status == "5xx":
+            known[1] += count
+    pools: dict[str, list[int]] = {}
+    for p in processes:
+        for origin, open_, idle in p.get("pools", ()):
+            known = pools.setdefault(origin, [0, 0])
+            known[0] += open_
+            known[1] += idle
+    memory = {name: sum(p.get(name, 0) for p in processes) for name in ("objects", "bytes", "evictions")}
+    hits = outcomes["memory"] + outcomes["disk"]
+    uptime = max(0.0, now - t["started"]) if t["started"] is not None else 0.0
+    urls = [{"target": target, "requests": c[0], "misses": c[1]} for target, c in t["urls"].items()]
+    return {
+        "version": __version__,
+        "time": now,
+        "uptime": round(uptime, 3),
+        "workers": len(processes),
+        "requests": {
+            "total": total,
+            "per_second": round(total / uptime, 3) if uptime else 0.0,
+            "in_flight": sum(p.get("in_flight", 0) for p in processes),
+            "connections": t["connections"],
+            "by_status": dict(sorted(statuses.items())),
+        },
+        "bytes": {"in": t["bytes_in"], "out": t["bytes_out"]},
+        "cache": {
+            "outcomes": outcomes,
+            "hit_ratio": _ratio(hits, hits + outcomes["miss"] + outcomes["pass"]),
+            "tiers": {
+                "memory": memory,
+                "disk": None if disk is None else {"objects": disk["entries"], "bytes": disk["bytes"]},
+            },
+            "purges": dict(sorted(t["purges"].items())),
+            "collapsed_waiters": t["collapsed"],
+        },
+        "routes": [
+            {"route": route, "requests": n, "errors": errors, "error_rate": _ratio(errors, n),
+             "latency": _latency(t["latency"][route])}
+            for route, (n, errors) in sorted(routes.items())
+        ],
+        "origins": [
+            {"origin": origin, "fetches": f["fetches"], "failures": f["failures"], "errors": f["errors"],
+             "error_rate": _ratio(f["failures"] + f["errors"], f["fetches"]), "latency": _latency(f["latency"]),
+             "connections": dict(zip(("open", "idle"), pools.get(origin, (0, 0))))}
+            for origin, f in sorted(t["origins"].items())
+        ],
+        "top_urls": {
+            "by_requests": sorted(urls, key=lambda u: (-u["requests"], u["target"]))[:TOP],
+            "by_misses": sorted((u for u in urls if u["misses"]), key=lambda u: (-u["misses"], u["target"]))[:TOP],
+        },
+        "counters": [{"route": r, "method": m, "status": s, "cache": o, "count": n}
+                     for (r, m, s, o), n in sorted(t["requests"].items())],
+        "histograms": {
+            "bounds": list(BUCKETS),
+            "requests": t["latency"],
+            "origins": {origin: f["latency"] for origin, f in t["origins"].items()},
+        },
+    }
 
 
 class StatusError(Exception):
@@ -41,15 +138,17 @@ class StatusError(Exception):
 
 
 class StatusPage:
-    def __init__(self, settings: StatusSettings, parts, errors: ErrorPages):
+    def __init__(self, settings: StatusSettings, parts, errors: ErrorPages, figures: Callable[[], Deferred]):
+        """``figures()`` fires with the traffic document (``build_document``) of every worker."""
         self.settings = settings
         self.path = settings.path
         self.parts = list(parts)
         self.errors = errors
+        self.figures = figures
 
     def claims(self, path: str) -> bool:
-        """Whether a (normalised) request path is the page's or below it."""
-        return path == self.path or path.startswith(self.path + "/")
+        """Whether a (normalised) request path is the page's, below it, or the metrics'."""
+        return path == self.path or path.startswith(self.path + "/") or path == self.settings.metrics_path
 
     def handle(self, request, target: str) -> None:
         if not peer_in(request.getClientAddress(), self.settings.allow, self.settings.allow_unix_peers):
@@ -58,13 +157,21 @@ class StatusPage:
             return
         path, _, query = target.partition("?")
         method = request.method
-        if path == self.path:
+        if path in (self.path, self.settings.metrics_path):
             if method not in (b"GET", b"HEAD"):
                 self.errors.send(request, 405, "GET the status page; POST to its members' addresses.", {b"allow": b"GET, HEAD"})
+                return
+            if path == self.settings.metrics_path:
+                from accel.http.metrics import CONTENT_TYPE, exposition
+
+                render = lambda document: (exposition(document), CONTENT_TYPE)
             elif parse_qs(query).get("format") == ["json"]:
-                self.answer(request, 200, self.describe())
+                render = lambda document: (json.dumps(document, indent=1).encode() + b"\n", b"application/json")
             else:
-                self.send(request, 200, self.page().encode("utf-8"), b"text/html; charset=utf-8")
+                render = lambda document: (self.page(document).encode("utf-8"), b"text/html; charset=utf-8")
+            d = self.figures()
+            d.addCallback(lambda figures: self.send(request, 200, *render(self.describe(figures))))
+            d.addErrback(lambda failure: self.failed(request, failure))
             return
         rest = path[len(self.path) + 1 :].split("/")
         part = next((p for p in self.parts if p.prefix == rest[0]), None)
@@ -104,25 +211,33 @@ class StatusPage:
             return True
         return urlsplit(origin.decode("latin-1")).netloc.lower() == (request.getHeader(b"host") or b"").decode("latin-1").lower()
 
-    def describe(self) -> dict:
-        document: dict = {}
+    def describe(self, figures: dict) -> dict:
+        """The whole document: the traffic figures, then each part's keys."""
+        document = dict(figures)
         for part in self.parts:
             document.update(part.describe())
         return document
 
-    def page(self) -> str:
+    def page(self, document: dict) -> str:
         sections = "\n".join(f"<section><h2>{html.escape(p.title)}</h2>\n{p.html(self.path)}</section>" for p in self.parts)
         return (
             "<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><title>accel status</title>\n"
-            f"<style>{_STYLE}</style></head>\n<body><h1>accel status</h1>\n{sections}\n"
+            f"<style>{_STYLE}</style></head>\n<body><h1>accel status</h1>\n{figures_html(document)}\n{sections}\n"
             f"<p><a href=\"{html.escape(self.path)}?format=json\">JSON</a></p></body></html>\n"
         )
+
+    def failed(self, request, failure) -> None:
+        log.failure("status page failed for {request}", failure=failure, request=request_label(request))
+        if not (request._disconnected or request.finished):
+            self.errors.send(request, 500)
 
     def answer(self, request, code: int, document) -> None:
         self.send(request, code, json.dumps(document, indent=1).encode("utf-8") + b"\n", b"application/json")
 
     @staticmethod
     def send(request, code: int, body: bytes, content_type: bytes) -> None:
+        if request._disconnected:
+            return
         request.setResponseCode(code)
         request.setHeader(b"content-type", content_type)
         request.setHeader(b"content-length", b"%d" % len(body))
@@ -137,7 +252,103 @@ _STYLE = (
     "td,th{border:1px solid #bbb;padding:.25em .6em;text-align:left}th{background:#eee}"
     "form{display:inline}.up{color:#070}.out{color:#b00}.disabled{color:#777}.draining{color:#a60}"
     ".standby{color:#057}input[type=number]{width:4em}"
+    ".tiles{display:flex;flex-wrap:wrap;gap:.6em;margin:1em 0}"
+    ".tile{border:1px solid #bbb;border-radius:4px;padding:.4em .8em;min-width:7em}"
+    ".tile b{display:block;font-size:1.4em}.tile span{color:#555;font-size:.85em}td.n{text-align:right}"
 )
+
+
+def _number(value) -> str:
+    if value is None:
+        return "–"
+    if isinstance(value, float):
+        return f"{value:g}"
+    return str(value)
+
+
+def _seconds(value) -> str:
+    return "–" if value is None else f"{value * 1000:.1f} ms"
+
+
+def _percent(value) -> str:
+    return "–" if value is None else f"{value * 100:.1f} %"
+
+
+def _cell(text: str, key: str | None = None, value=None) -> str:
+    """A numeric cell; ``key`` names the document's value it shows (``data-key``, ``data-value``)."""
+    data = f' data-key="{html.escape(key)}" data-value="{html.escape(json.dumps(value))}"' if key else ""
+    return f'<td class="n"{data}>{html.escape(text)}</td>'
+
+
+def _tile(label: str, key: str, value, text: str | None = None) -> str:
+    shown = html.escape(text if text is not None else _number(value))
+    return (f'<div class="tile"><b data-key="{html.escape(key)}" data-value="{html.escape(json.dumps(value))}">'
+            f"{shown}</b><span>{html.escape(label)}</span></div>")
+
+
+def _table(headings: tuple[str, ...], rows: list[str]) -> str:
+    head = "".join(f"<th>{html.escape(h)}</th>" for h in headings)
+    body = "".join(f"<tr>{row}</tr>" for row in rows) or f'<tr><td colspan="{len(headings)}">none yet</td></tr>'
+    return f"<table><tr>{head}</tr>{body}</table>"
+
+
+def figures_html(document: dict) -> str:
+    """The traffic figures of the document as HTML; every figure carries its place in the JSON (``data-key``)."""
+    d = document
+    requests, cache, tiers = d["requests"], d["cache"], d["cache"]["tiers"]
+    tiles = "".join((
+        _tile("version", "version", d["version"]),
+        _tile("uptime", "uptime", d["uptime"], f"{d['uptime']:.0f} s"),
+        _tile("workers", "workers", d["workers"]),
+        _tile("requests", "requests.total", requests["total"]),
+        _tile("req/s (average)", "requests.per_second", requests["per_second"]),
+        _tile("in flight", "requests.in_flight", requests["in_flight"]),
+        _tile("client connections", "requests.connections", requests["connections"]),
+        _tile("hit ratio", "cache.hit_ratio", cache["hit_ratio"], _percent(cache["hit_ratio"])),
+        _tile("bytes in", "bytes.in", d["bytes"]["in"]),
+        _tile("bytes out", "bytes.out", d["bytes"]["out"]),
+    ))
+    outcomes = _table(tuple(cache["outcomes"]), ["".join(
+        _cell(_number(n), f"cache.outcomes.{name}", n) for name, n in cache["outcomes"].items())])
+    statuses = _table(tuple(requests["by_status"]) or ("status",), ["".join(
+        _cell(_number(n), f"requests.by_status.{name}", n) for name, n in requests["by_status"].items())])
+    tier_rows = []
+    for tier, figures in tiers.items():
+        if figures is None:
+            continue
+        tier_rows.append(f"<td>{tier}</td>" + "".join(
+            _cell(_number(figures.get(name)), f"cache.tiers.{tier}.{name}", figures.get(name))
+            for name in ("objects", "bytes", "evictions")))
+    other = _table(("purges", "collapsed waiters"), [
+        _cell(", ".join(f"{k}: {v}" for k, v in cache["purges"].items()) or "0", "cache.purges", cache["purges"])
+        + _cell(_number(cache["collapsed_waiters"]), "cache.collapsed_waiters", cache["collapsed_waiters"])])
+    route_rows = [
+        f"<td>{html.escape(r['route'])}</td>" + _cell(_number(r["requests"]), f"routes.{i}.requests", r["requests"])
+        + _cell(_number(r["errors"]), f"routes.{i}.errors", r["errors"]) + _cell(_percent(r["error_rate"]))
+        + "".join(_cell(_seconds(r["latency"][p])) for p in ("p50", "p90", "p99"))
+        for i, r in enumerate(d["routes"])
+    ]
+    origin_rows = [
+        f"<td>{html.escape(o['origin'])}</td>" + _cell(_number(o["fetches"]), f"origins.{i}.fetches", o["fetches"])
+        + _cell(_number(o["failures"]), f"origins.{i}.failures", o["failures"])
+        + _cell(_number(o["errors"]), f"origins.{i}.errors", o["errors"]) + _cell(_percent(o["error_rate"]))
+        + "".join(_cell(_seconds(o["latency"][p])) for p in ("p50", "p90", "p99"))
+        + _cell(_number(o["connections"]["open"]), f"origins.{i}.connections.open", o["connections"]["open"])
+        + _cell(_number(o["connections"]["idle"]), f"origins.{i}.connections.idle", o["connections"]["idle"])
+        for i, o in enumerate(d["origins"])
+    ]
+    top = _table(("URL", "requests", "misses"), [
+        f"<td>{html.escape(u['target'])}</td>" + _cell(_number(u["requests"])) + _cell(_number(u["misses"]))
+        for u in d["top_urls"]["by_requests"]])
+    return (
+        f'<div class="tiles">{tiles}</div>\n'
+        f"<h2>Cache</h2>\n{outcomes}\n{_table(('tier', 'objects', 'bytes', 'evictions'), tier_rows)}\n{other}\n"
+        f"<h2>Responses</h2>\n{statuses}\n"
+        "<h2>Routes</h2>\n" + _table(("route", "requests", "5xx", "error rate", "p50", "p90", "p99"), route_rows) +
+        "\n<h2>Origins</h2>\n" + _table(("origin", "fetches", "failures", "5xx", "error rate", "p50", "p90", "p99",
+                                         "open", "idle"), origin_rows) +
+        f"\n<h2>Top URLs</h2>\n{top}"
+    )
 
 
 class _Collector:

@@ -12,6 +12,7 @@ stream.
 from __future__ import annotations
 
 import socket
+import time
 from collections.abc import Callable, Iterable
 from urllib.parse import urlsplit
 
@@ -32,6 +33,7 @@ from accel.http.errors import ErrorPages
 from accel.http.header_rules import HeaderRules
 from accel.http.headers import UNTRUSTED_FIELDS, ClientSide, RawFields, end_to_end, request_to_origin, response_to_client
 from accel.http.target import UnsafeTarget, normalise_target
+from accel.http.traffic import Traffic, route_label
 from accel.proxy.admission import Admission, Refused
 from accel.proxy.balancing import Balancers, NoUsableMember
 from accel.proxy.origin import Fetched, OriginBusy, OriginClients, OriginTimeout, OriginUnavailable
@@ -56,13 +58,13 @@ class ReverseProxy(Resource):
         self.errors = errors
         self.admission = admission
         self.purge = purge
-        self.status = status  # the status page (accel.http.status), answered before routing
+        self.status = status  # the status page and metrics (accel.http.status), answered before routing
         self.websocket = websocket  # accel.proxy.websocket.WebSocketTunnels: handshakes it takes bypass the cache
         self.names = {n.lower() for n in config.server_names + local_names()}
-        # Route → its origin's key for the access log and its header rules, computed once (id: Routes are
-        # slow to hash).
+        # Route → its origin's key for the access log, its header rules and its label, computed once (id:
+        # Routes are slow to hash).
         self._per_route = {
-            id(r): (r, r.origin.key, HeaderRules(r.protection.headers))
+            id(r): (r, r.origin.key, HeaderRules(r.protection.headers), route_label(r))
             for r in self.routes.routes
             if r.origin is not None
         }
@@ -108,8 +110,8 @@ class ReverseProxy(Resource):
             return NOT_DONE_YET
         known = self._per_route.get(id(route))
         if known is None or known[0] is not route:
-            known = (route, route.origin.key, HeaderRules(route.protection.headers))
-        request.log_origin, request.header_rules = known[1], known[2]
+            known = (route, route.origin.key, HeaderRules(route.protection.headers), route_label(route))
+        request.log_origin, request.header_rules, request.log_route = known[1], known[2], known[3]
         refusal = self.admission.admit(route, request.getClientAddress(), method, _field_values(request),
                                        self.admission.clock())
         if refusal is not None:
@@ -167,8 +169,9 @@ class Forwarder:
     """Sends requests to their route's origin and relays the responses."""
 
     def __init__(self, config: Config, clients: OriginClients, errors: ErrorPages, reactor, admission: Admission,
-                 balancers: Balancers | None = None):
+                 balancers: Balancers | None = None, traffic: Traffic | None = None):
         self.config = config
+        self.traffic = traffic or Traffic()  # origin fetches are counted here
         self.clients = clients
         self.balancers = balancers
         self.errors = errors
@@ -203,6 +206,8 @@ class Forwarder:
         sticky = None
         if route.balancer is not None:
             sticky = self.balancers.sticky(route, request.requestHeaders.getRawHeaders(b"cookie", []))
+        request.forwarded = True
+        sent = time.monotonic()
         d = self.send(
             route, method or request.method, target, headers, request.body,
             interim=lambda code, phrase, fields: relay_interim(request, code, phrase, fields), sticky=sticky,
@@ -211,9 +216,16 @@ class Forwarder:
 
         def origin_answered(fetched: Fetched) -> Fetched:
             answered.append(True)
+            # (a balancer member's own origin, when one answered)
+            self.traffic.fetched((fetched.route or route).origin.key, time.monotonic() - sent, fetched.response.code)
             return fetched
 
-        d.addCallback(origin_answered)
+        def origin_failed(failure: Failure) -> Failure:
+            if not failure.check(CancelledError):
+                self.traffic.fetched(route.origin.key, time.monotonic() - sent, None)
+            return failure
+
+        d.addCallbacks(origin_answered, origin_failed)
         request.notifyFinish().addBoth(lambda _: None if answered or keep_going() else d.cancel())
         if route.balancer is not None:
             d.addCallback(_log_member, request)
@@ -223,7 +235,8 @@ class Forwarder:
         self, request, route: Route, extra: Iterable[tuple[bytes, bytes]] = (), drop: frozenset = frozenset()
     ) -> RawFields:
         """The header section for the origin: the proxy's rules applied to the client's fields."""
-        client_fields = [(n, v) for n, v in _pairs(request.requestHeaders) if n.lower() not in drop]
+        client_fields = [(n, v) for n, v in _pairs(request.requestHeaders)
+                         if n.lower() not in drop and n.lower() != b"x-request-id"]
         fields = request_to_origin(
             client_fields,
             self.client_side(request),
@@ -238,6 +251,9 @@ class Forwarder:
         if rules is not None and rules.request:
             fields = rules.to_origin(fields)
         fields.extend(extra)
+        request_id = getattr(request, "request_id", b"-")
+        if request_id != b"-":
+            fields.append((b"X-Request-Id", request_id))
         return fields
 
     def untrusted_fields(self, route: Route) -> frozenset:

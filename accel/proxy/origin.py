@@ -347,5 +347,9 @@ class OriginClients:
             )
         return client
 
+    def pools(self) -> list[tuple[str, int, int]]:
+        """(origin, connections open, of them idle) for each client."""
+        return [(c.origin.key, len(c.connections), len(c.idle)) for c in self._clients.values()]
+
     def close(self) -> Deferred:
         return gatherResults([c.close() for c in self._clients.values()])
