@@ -11,12 +11,18 @@ import tempfile
 from dataclasses import replace
 
 from prometheus_client.parser import text_string_to_metric_families
+from click.testing import CliRunner
 from twisted.internet import defer, reactor
+from twisted.internet.threads import deferToThread
 from twisted.trial import unittest
 
+from accel.cli.main import main
+from accel.cli.top import fetch, sample
 from accel.config import Config, StatusSettings, parse_config
 from accel.http.traffic import BUCKETS, Traffic, merge, percentile
 from accel.http.status import build_document
+from twisted.web import server
+
 from tests.support import RecordingOrigin, raw_request, start_stack, until
 from tests.workers_support import Supervised
 
@@ -59,8 +65,6 @@ class TwoWorkersTests(unittest.TestCase):
         directory = tempfile.mkdtemp(prefix="accel-status-")
         self.addCleanup(shutil.rmtree, directory, True)
         origin = RecordingOrigin()
-        from twisted.web import server
-
         origin_port = reactor.listenTCP(0, server.Site(origin), interface="127.0.0.1")
         self.addCleanup(origin_port.stopListening)
         origin_url = f"http://127.0.0.1:{origin_port.getHost().port}/"
@@ -232,3 +236,37 @@ def test_config_names_and_mistakes():
             assert key in str(e), (text, str(e))
         else:
             raise AssertionError(text)
+
+
+class TopTests(unittest.TestCase):
+    @defer.inlineCallbacks
+    def test_once_json_against_a_running_server(self):
+        stack = start_stack(self, Config(cache=replace(Config().cache, dir=tempfile.mkdtemp(prefix="accel-top-"))))
+        self.addCleanup(shutil.rmtree, stack.config.cache.dir, True)
+        stack.origin.handlers[b"/t"] = lambda r: (r.setHeader(b"cache-control", b"max-age=60"), b"t")[1]
+        port = stack.accel_port.getHost().port
+        url = f"http://127.0.0.1:{port}/accel-status"
+        # accel top blocks on its requests: it runs in a thread while the reactor serves
+        before = yield deferToThread(fetch, url)
+        for _ in range(3):
+            yield request(port, b"GET", b"/t")
+        result = yield deferToThread(CliRunner().invoke, main, ["top", url, "--once", "--json", "--interval", "0.05"])
+        self.assertEqual(result.exit_code, 0, result.output)
+        s = json.loads(result.output)
+        self.assertEqual(s["top_by_requests"][0], {"target": "/t", "requests": 3, "misses": 1})
+        self.assertEqual(s["top_by_misses"], [{"target": "/t", "misses": 1, "requests": 3}])
+        self.assertEqual(s["workers"], 1)
+        self.assertEqual(s["requests"], 1)  # between its two documents: its own first request
+        self.assertEqual(s["origins"][0]["fetches"], 1)
+        self.assertGreater(s["requests_per_second"], 0)
+        after = {**before, "time": before["time"] + 2}
+        after = json.loads(json.dumps(after))
+        after["requests"]["total"] += 10
+        after["cache"]["outcomes"]["memory"] += 6
+        after["cache"]["outcomes"]["miss"] += 2
+        self.assertEqual((sample(before, after)["requests_per_second"], sample(before, after)["hit_ratio"]), (5.0, 0.75))
+
+    def test_without_url_or_config_it_says_what_it_needs(self):
+        result = CliRunner().invoke(main, ["top"])
+        self.assertEqual(result.exit_code, 1)
+        self.assertIn("accel: give the status page's URL", result.output)

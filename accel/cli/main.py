@@ -1,4 +1,4 @@
-"""The ``accel`` command: ``check-config``, ``demo`` and ``cache``."""
+"""The ``accel`` command: ``check-config``, ``demo``, ``cache`` and ``top``."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import click
 
 from accel.cli.cache import cache
 from accel.cli.check import check_config
+from accel.cli.top import top
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -25,3 +26,4 @@ def demo(delay: float) -> None:
 
 main.add_command(check_config)
 main.add_command(cache)
+main.add_command(top)
