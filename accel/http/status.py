@@ -274,16 +274,21 @@ def _percent(value) -> str:
     return "–" if value is None else f"{value * 100:.1f} %"
 
 
-def _cell(text: str, key: str | None = None, value=None) -> str:
-    """A numeric cell; ``key`` names the document's value it shows (``data-key``, ``data-value``)."""
-    data = f' data-key="{html.escape(key)}" data-value="{html.escape(json.dumps(value))}"' if key else ""
-    return f'<td class="n"{data}>{html.escape(text)}</td>'
+def _data(key: str | tuple, value) -> str:
+    """The attributes naming the document's value an element shows: ``data-key`` is its path in the JSON
+    (a JSON array; an item of "routes" or "origins" is named by its route or origin), ``data-value`` the value."""
+    path = key.split(".") if isinstance(key, str) else list(key)
+    return f' data-key="{html.escape(json.dumps(path))}" data-value="{html.escape(json.dumps(value))}"'
+
+
+def _cell(text: str, key: str | tuple | None = None, value=None) -> str:
+    """A numeric cell; ``key`` names the document's value it shows."""
+    return f'<td class="n"{_data(key, value) if key else ""}>{html.escape(text)}</td>'
 
 
 def _tile(label: str, key: str, value, text: str | None = None) -> str:
     shown = html.escape(text if text is not None else _number(value))
-    return (f'<div class="tile"><b data-key="{html.escape(key)}" data-value="{html.escape(json.dumps(value))}">'
-            f"{shown}</b><span>{html.escape(label)}</span></div>")
+    return f'<div class="tile"><b{_data(key, value)}>{shown}</b><span>{html.escape(label)}</span></div>'
 
 
 def _table(headings: tuple[str, ...], rows: list[str]) -> str:
@@ -317,25 +322,27 @@ def figures_html(document: dict) -> str:
         if figures is None:
             continue
         tier_rows.append(f"<td>{tier}</td>" + "".join(
-            _cell(_number(figures.get(name)), f"cache.tiers.{tier}.{name}", figures.get(name))
-            for name in ("objects", "bytes", "evictions")))
+            _cell(_number(figures[name]), f"cache.tiers.{tier}.{name}", figures[name]) if name in figures
+            else _cell("–") for name in ("objects", "bytes", "evictions")))
     other = _table(("purges", "collapsed waiters"), [
         _cell(", ".join(f"{k}: {v}" for k, v in cache["purges"].items()) or "0", "cache.purges", cache["purges"])
         + _cell(_number(cache["collapsed_waiters"]), "cache.collapsed_waiters", cache["collapsed_waiters"])])
     route_rows = [
-        f"<td>{html.escape(r['route'])}</td>" + _cell(_number(r["requests"]), f"routes.{i}.requests", r["requests"])
-        + _cell(_number(r["errors"]), f"routes.{i}.errors", r["errors"]) + _cell(_percent(r["error_rate"]))
+        f"<td>{html.escape(r['route'])}</td>"
+        + _cell(_number(r["requests"]), ("routes", r["route"], "requests"), r["requests"])
+        + _cell(_number(r["errors"]), ("routes", r["route"], "errors"), r["errors"]) + _cell(_percent(r["error_rate"]))
         + "".join(_cell(_seconds(r["latency"][p])) for p in ("p50", "p90", "p99"))
-        for i, r in enumerate(d["routes"])
+        for r in d["routes"]
     ]
     origin_rows = [
-        f"<td>{html.escape(o['origin'])}</td>" + _cell(_number(o["fetches"]), f"origins.{i}.fetches", o["fetches"])
-        + _cell(_number(o["failures"]), f"origins.{i}.failures", o["failures"])
-        + _cell(_number(o["errors"]), f"origins.{i}.errors", o["errors"]) + _cell(_percent(o["error_rate"]))
+        f"<td>{html.escape(o['origin'])}</td>"
+        + _cell(_number(o["fetches"]), ("origins", o["origin"], "fetches"), o["fetches"])
+        + _cell(_number(o["failures"]), ("origins", o["origin"], "failures"), o["failures"])
+        + _cell(_number(o["errors"]), ("origins", o["origin"], "errors"), o["errors"]) + _cell(_percent(o["error_rate"]))
         + "".join(_cell(_seconds(o["latency"][p])) for p in ("p50", "p90", "p99"))
-        + _cell(_number(o["connections"]["open"]), f"origins.{i}.connections.open", o["connections"]["open"])
-        + _cell(_number(o["connections"]["idle"]), f"origins.{i}.connections.idle", o["connections"]["idle"])
-        for i, o in enumerate(d["origins"])
+        + "".join(_cell(_number(o["connections"][state]), ("origins", o["origin"], "connections", state),
+                        o["connections"][state]) for state in ("open", "idle"))
+        for o in d["origins"]
     ]
     top = _table(("URL", "requests", "misses"), [
         f"<td>{html.escape(u['target'])}</td>" + _cell(_number(u["requests"])) + _cell(_number(u["misses"]))
