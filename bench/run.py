@@ -17,6 +17,8 @@ Python-driven scenarios:
   idle-10k      RSS of accel holding 10,000 idle keep-alive connections
   stream-rss    peak RSS of accel while a large response streams to a slow client
   startup-100k  accel start-up time with a pre-populated cache
+  observed-1k   hit-1k on accel with the JSON access log written and /metrics scraped every second, against
+                accel with neither, alternating in each round (the figures are counted in both: always on)
 """
 
 import argparse
@@ -65,7 +67,7 @@ THROUGHPUT = {  # scenario -> (path, connections, request fields wrk adds)
 # what identity hits cost, since each coding is made once (target: gzip/identity req/s >= 0.9)
 ACCEL_CONFIG = "[compress]\nenabled = true\n"
 ROUNDS_OF = ("collapse", "burst-2k", "reload", "shield")  # Python-driven scenarios measured on both systems every round
-SCENARIOS = [*THROUGHPUT, *ROUNDS_OF, "stream-rss", "startup-100k", "idle-10k"]
+SCENARIOS = [*THROUGHPUT, *ROUNDS_OF, "stream-rss", "startup-100k", "idle-10k", "observed-1k"]
 COLLAPSE_CLIENTS = 100
 RELOAD_PATH, RELOAD_CONNECTIONS = "/1k", 50
 RELOAD_EXTRA_S = 10  # the reload scenario's load lasts this much longer than --duration: new workers start under load
@@ -201,13 +203,14 @@ class Run:
         child.wait_port(port)
         return port
 
-    def start_accel(self, name, cache_dir, workers=1):
-        """Start accel on a free port; returns (child, port, seconds until it accepted)."""
+    def start_accel(self, name, cache_dir, workers=1, config_text=None):
+        """Start accel on a free port (with a configuration file of ``config_text``, which the options
+        override); returns (child, port, seconds until it accepted)."""
         port = procs.free_port()
         run_dir = self.work / name
         run_dir.mkdir(exist_ok=True)  # twistd writes twistd.pid into its cwd
         config = run_dir / "accel.toml"
-        config.write_text(ACCEL_CONFIG)
+        config.write_text(ACCEL_CONFIG + (config_text or ""))
         argv = [
             self.tools.twistd, "-n", "accel",
             "--config", config,
@@ -317,6 +320,44 @@ def reload_once(settings, tools, port, child, system):
             log.seek(log_before)
             measured["reloaded_under_load"] = b"reloaded:" in log.read()
     return measured
+
+
+def observed(settings, run):
+    """hit-1k on two accels alternating each round: "observed" writes the JSON access log (to /dev/null) and
+    has /metrics scraped every second during the load; "plain" writes the combined log to /dev/null and is
+    not scraped. Returns the medians and observed/plain (the issue's bound: at least 0.9)."""
+    path, connections, headers = THROUGHPUT["hit-1k"]
+    servers = {
+        "plain": run.start_accel("accel-plain", run.work / "cache-plain", settings.workers),
+        "observed": run.start_accel("accel-observed", run.work / "cache-observed", settings.workers,
+                                    config_text='[server]\naccess_log_format = "json"\n'),
+    }
+    rounds = {name: [] for name in servers}
+    for _ in range(settings.rounds):
+        for name, (_child, port, _) in servers.items():
+            stop = threading.Event()
+            scrapes = []
+
+            def scrape(port=port):
+                while True:
+                    scrapes.append(client.fetch(port, "/metrics").status)
+                    if stop.wait(1.0):
+                        return
+
+            scraper = threading.Thread(target=scrape, daemon=True)
+            if name == "observed":
+                scraper.start()
+            measured = throughput_once(settings, run.tools, port, "hit-1k")
+            stop.set()
+            if scraper.is_alive():
+                scraper.join()
+            if name == "observed" and (not scrapes or set(scrapes) != {200}):
+                raise RuntimeError(f"/metrics scrapes answered {scrapes}")
+            rounds[name].append(measured["rps"])
+            print(f"observed-1k {name:8} {measured['rps']:,.0f} req/s", flush=True)
+    medians = {name: statistics.median(values) for name, values in rounds.items()}
+    return {"rounds": rounds, "plain_rps": medians["plain"], "observed_rps": medians["observed"],
+            "observed_over_plain": medians["observed"] / medians["plain"]}
 
 
 def idle_connections(settings, run):
@@ -564,6 +605,14 @@ def markdown(report):
             other.append(f"| stream-rss | RSS before → peak, MiB ({entry['bytes'] // MIB} MiB to a client reading "
                          f"≤ {_fmt(entry['client_rate_mib_s'], 0)} MiB/s, got {_fmt(achieved, 0)} MiB/s) "
                          f"| {_fmt(entry['rss_before_mib'])} → {_fmt(entry['peak_rss_mib'])} | not run |")
+    if "observed-1k" in results:
+        entry = results["observed-1k"]
+        if "error" in entry:
+            other.append(f"| observed-1k | error: {entry['error'].splitlines()[0]} | | |")
+        else:
+            other.append(f"| observed-1k | hit-1k req/s with the JSON log and /metrics scraped, and without "
+                         f"(ratio {entry['observed_over_plain']:.3f}) | {_fmt(entry['observed_rps'])} "
+                         f"| {_fmt(entry['plain_rps'])} (accel) |")
     if "startup-100k" in results:
         entry = results["startup-100k"]
         if "error" in entry:
@@ -627,7 +676,8 @@ def run_scenarios(settings, tools, notes):
                           f"{_progress(measured)}", flush=True)
         summarize(results, systems)
         notes.extend(error_notes(results))
-        for name, func in (("stream-rss", stream_rss), ("startup-100k", startup), ("idle-10k", idle_connections)):
+        for name, func in (("stream-rss", stream_rss), ("startup-100k", startup), ("idle-10k", idle_connections),
+                           ("observed-1k", observed)):
             if name in settings.scenarios:
                 try:
                     results[name] = func(settings, run)
