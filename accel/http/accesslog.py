@@ -72,24 +72,37 @@ def format_access_line(
     )
 
 
+_json_string = json.encoder.encode_basestring_ascii  # a str as a JSON string (C, and safe for any byte)
+
+
+def _json_or_null(value: str | None) -> str:
+    return "null" if value is None else _json_string(value)
+
+
+class _Second:
+    """The ISO 8601 date and time of the current second, formatted once a second."""
+
+    second = -1
+    text = ""
+
+
 def json_access_line(peer, method: bytes, target: bytes, status: int, sent: int, started: float, route: str,
                      origin: str, cache: str, tls: str | None, request_id: bytes) -> str:
-    """The JSON line for one answered request: every field always present (null when it does not apply)."""
+    """The JSON line for one answered request: every field always present (null when it does not apply).
+    Written by hand in ``json.dumps``' form: it is on the hit path, and this is several times faster."""
     now = time.time()
-    return json.dumps({
-        "time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(now)) + f".{int(now % 1 * 1e6):06d}Z",
-        "client": getattr(peer, "host", None),
-        "method": method.decode("latin-1"),
-        "target": target.decode("latin-1"),
-        "status": status,
-        "bytes": sent or 0,
-        "duration": round(time.monotonic() - started, 6),
-        "route": None if route == "-" else route,
-        "origin": None if origin == "-" else origin,
-        "cache": cache,
-        "tls": tls,
-        "request_id": request_id.decode("latin-1"),
-    })
+    second = int(now)
+    if second != _Second.second:
+        _Second.second, _Second.text = second, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
+    return (
+        f'{{"time": "{_Second.text}.{int((now - second) * 1e6):06d}Z", '
+        f'"client": {_json_or_null(getattr(peer, "host", None))}, '
+        f'"method": {_json_string(method.decode("latin-1"))}, "target": {_json_string(target.decode("latin-1"))}, '
+        f'"status": {int(status)}, "bytes": {int(sent or 0)}, "duration": {time.monotonic() - started:.6f}, '
+        f'"route": {"null" if route == "-" else _json_string(route)}, '
+        f'"origin": {"null" if origin == "-" else _json_string(origin)}, "cache": {_json_string(cache)}, '
+        f'"tls": {_json_or_null(tls)}, "request_id": {_json_string(request_id.decode("latin-1"))}}}'
+    )
 
 
 def tls_version(transport) -> str | None:
