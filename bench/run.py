@@ -204,7 +204,7 @@ class Run:
         return port
 
     def start_accel(self, name, cache_dir, workers=1, config_text=None):
-        """Start accel on a free port (with a configuration file of ``config_text``, which the options
+        """Start accel on a free port (ACCEL_CONFIG, then ``config_text``, in its configuration file; the options
         override); returns (child, port, seconds until it accepted)."""
         port = procs.free_port()
         run_dir = self.work / name
