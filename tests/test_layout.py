@@ -150,3 +150,15 @@ def test_pure_modules_import_no_io(name):
 def test_the_cycle_finder_finds_cycles():
     graph = {"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}, "e": set()}
     assert cycles(graph) == [["a", "b", "c"]]
+
+
+def test_every_package_is_listed_in_setup_cfg():
+    """setup.cfg lists packages one by one (``find:`` would miss twisted.plugins): a new folder must be added, or
+    a plain (non-editable) install ships without it."""
+    import configparser
+
+    parser = configparser.ConfigParser()
+    parser.read(PACKAGE.parent / "setup.cfg")
+    listed = set(parser["options"]["packages"].split())
+    folders = {module_name(p.parent / "__init__.py") for p in PACKAGE.rglob("__init__.py")}
+    assert folders - listed == set()
