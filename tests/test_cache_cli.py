@@ -477,8 +477,13 @@ def test_stored_times_carry_their_time_zone(cache_dir):
     assert stored.search(run("show", "http://example.com/img/a.png", "--cache-dir", cache_dir).output)
 
 
-def damage(directory: str) -> None:
-    """Overwrite LMDB pages past the meta pages, as a failing disk or a stray write would."""
+def damaged_cache(directory: str) -> None:
+    """A cache of 200 entries whose LMDB pages past the meta pages are then overwritten, as a failing disk or a
+    stray write would."""
+    store = open_tiered(directory)
+    for i in range(200):
+        put(store, head(f"http://example.com/p{i}"), b"x" * 3000)
+    close(store)
     with open(os.path.join(directory, "data.mdb"), "r+b") as f:
         f.seek(4096 * 3)
         f.write(b"\xa5" * 4096 * 20)
@@ -486,11 +491,7 @@ def damage(directory: str) -> None:
 
 def test_verify_repair_on_a_damaged_file_says_what_to_do(tmp_path):
     directory = str(tmp_path / "cache")
-    store = open_tiered(directory)
-    for i in range(200):
-        put(store, head(f"http://example.com/p{i}"), b"x" * 3000)
-    close(store)
-    damage(directory)
+    damaged_cache(directory)
     result = run("verify", "--repair", "--cache-dir", directory)
     assert result.exit_code == 2
     assert result.output.strip() == (

@@ -16,7 +16,7 @@ from twisted.web.server import NOT_DONE_YET
 
 from accel.config import CacheSettings, TLSSettings
 from accel.http.connection import HTTPConnection
-from tests.support import RawClient, get, raw_request
+from tests.support import RawClient, get, raw_request, until
 from tests.test_cache_e2e import cached_stack, responder, temporary_directory
 from tests.test_tls import OffloadCase
 from tests.tls_support import https_client
@@ -193,8 +193,7 @@ class PipeliningTests(unittest.TestCase):
         client = RawClient(b"GET /slow HTTP/1.1\r\nHost: h\r\n\r\nGET /a HTTP/1.1\r\nHost: h\r\n\r\n"
                            b"GET /a HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n")
         yield connectProtocol(TCP4ClientEndpoint(reactor, "127.0.0.1", port), client)
-        while not held:
-            yield _turn()
+        yield until(lambda: held)
         self.assertEqual(answered, [])
         held[0].write(b"slow body")
         held[0].finish()
@@ -203,12 +202,6 @@ class PipeliningTests(unittest.TestCase):
         self.assertLess(response.index(b"slow body"), response.index(b"a body"))
         self.assertEqual(response.count(b"a body"), 2)
         self.assertEqual(answered, [b"/a", b"/a"])
-
-
-def _turn():
-    d = defer.Deferred()
-    reactor.callLater(0, d.callback, None)
-    return d
 
 
 class HSTSOnHitsTests(OffloadCase):

@@ -12,7 +12,7 @@ from twisted.trial import unittest
 
 from accel.cache.outage import RETRY_AFTER, WARN_EVERY, Outages
 from accel.config import CacheSettings, Config
-from tests.support import get, http_client, raw_request, start_stack
+from tests.support import get, http_client, start_stack
 from tests.test_cache_e2e import cache_status, origin_hits, responder, temporary_directory
 
 
@@ -86,16 +86,7 @@ class StaleOnErrorTests(unittest.TestCase):
     def test_a_5xx_gets_stale_content_with_the_origins_status(self):
         stack = shield_stack(self, access_log=True)
         state = {"down": False}
-
-        def flaky(request):
-            if state["down"]:
-                request.setResponseCode(503)
-                return b"down"
-            request.setHeader(b"cache-control", b"max-age=0")
-            request.setHeader(b"last-modified", b"Mon, 02 Jan 2006 15:04:05 GMT")
-            return b"good"
-
-        stack.origin.handlers[b"/flaky"] = flaky
+        stack.origin.handlers[b"/flaky"] = failing_when(state, b"last-modified", b"Mon, 02 Jan 2006 15:04:05 GMT")
         agent = http_client(self)
         yield get(agent, stack.url + "/flaky")
         state["down"] = True
@@ -124,21 +115,11 @@ class StaleOnErrorTests(unittest.TestCase):
         response, body = yield get(agent, stack.url + "/page", headers={b"cache-control": [b"no-cache"]})
         self.assertEqual((response.code, body), (200, b"kept"))
 
-
     @defer.inlineCallbacks
     def test_a_failing_origin_is_not_asked_again_for_a_second_while_stale_content_serves(self):
         stack = shield_stack(self)
         state = {"down": False}
-
-        def flaky(request):
-            if state["down"]:
-                request.setResponseCode(503)
-                return b"down"
-            request.setHeader(b"cache-control", b"max-age=0")
-            request.setHeader(b"etag", b'"a"')
-            return b"good"
-
-        stack.origin.handlers[b"/f"] = flaky
+        stack.origin.handlers[b"/f"] = failing_when(state, b"etag", b'"a"')
         agent = http_client(self)
         yield get(agent, stack.url + "/f")
         layer = stack.accel_site.cache.layers[0]
@@ -306,3 +287,17 @@ class RangeMissTests(unittest.TestCase):
         self.assertEqual([seen.header(b"range") for seen in stack.origin.seen], [[], [b"bytes=100-199"]])
         self.assertEqual((response.code, body), (200, self.BODY))
         self.assertNotIn("stored", cache_status(response))
+
+
+def failing_when(state: dict, validator: bytes, value: bytes):
+    """An origin handler answering "good" (max-age=0, with one validator) until ``state["down"]``, then 503."""
+
+    def handler(request):
+        if state["down"]:
+            request.setResponseCode(503)
+            return b"down"
+        request.setHeader(b"cache-control", b"max-age=0")
+        request.setHeader(validator, value)
+        return b"good"
+
+    return handler

@@ -167,14 +167,10 @@ def test_accel_cache_reads_the_cache_of_a_tls_config_without_its_certificates(tm
 
 
 def test_twistd_refuses_a_damaged_cache_file_with_advice(tmp_path):
-    from tests.test_cache_cli import close, damage, head, open_tiered, put
+    from tests.test_cache_cli import damaged_cache
 
     directory = str(tmp_path / "cache")
-    store = open_tiered(directory)
-    for i in range(200):
-        put(store, head(f"http://example.com/p{i}"), b"x" * 3000)
-    close(store)
-    damage(directory)
+    damaged_cache(directory)
     path = write(tmp_path, '[cache]\ndir = "cache"\n' + ROUTE)
     assert_one_line(twistd("--config", path), f"accel: {path}, line 2: cache.dir: expected an accel cache or an empty directory",
                     "the cache is damaged", f"move {directory} away")

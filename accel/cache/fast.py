@@ -22,7 +22,7 @@ import math
 from collections.abc import Callable
 
 from accel.cache import policy
-from accel.cache.layer import CacheLayer
+from accel.cache.layer import CacheLayer, as_pure
 from accel.cache.serving import CONDITIONAL_FIELDS, NOT_PLAIN_FIELDS, Prepared, encode_fields
 from accel.cache.vary import matches
 from accel.http.target import UnsafeTarget, normalise_target
@@ -115,11 +115,9 @@ class FastHits:
             names = item.head.vary_names
             if names:
                 if fields is None:
-                    fields = _pure(message.headers)
+                    fields = as_pure(message.headers)
                 if not matches(names, item.head.secondary_key, fields):
                     continue
-            elif names is None:
-                continue  # Vary: * never matches (RFC 9111 §4.1)
             if selected is not None:
                 return None  # policy.most_recent_first decides between them: the general path
             selected = item
@@ -144,7 +142,7 @@ class FastHits:
                     return None
         if message.conditional:
             method = message.method.decode("latin-1")
-            condition = policy.evaluate_conditionals(method, fields or _pure(message.headers), prepared.head.fields)
+            condition = policy.evaluate_conditionals(method, fields or as_pure(message.headers), prepared.head.fields)
             if condition == 304:
                 hit = prepared.fast_304
                 if (hit is None or hit.age != age or hit.ttl != ttl or hit.origin is not origin
@@ -187,8 +185,3 @@ class FastHits:
 def _values(headers) -> Callable[[bytes], list[bytes]]:
     """The values of a request field by lower-case name, from the message's (name, value) pairs."""
     return lambda name: [value for field_name, value in headers if field_name.lower() == name]
-
-
-def _pure(headers) -> tuple:
-    """The request's fields in the pure code's form (lower-case str names, str values)."""
-    return tuple((n.decode("latin-1").lower(), v.decode("latin-1")) for n, v in headers)

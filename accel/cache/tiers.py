@@ -84,8 +84,9 @@ class TieredStore:
             return [(head, None, None) for head in heads]
         found: list[Variant] = []
         for head in heads:
-            body = self.disk.read_body(head) if self.memory.accepts(head.body_length) else None
-            if body is None and self.memory.accepts(head.body_length):
+            kept = self.memory.accepts(head.body_length)
+            body = self.disk.read_body(head) if kept else None
+            if body is None and kept:
                 continue  # deleted or damaged since the heads were read
             found.append((head, body, None))
         if found:

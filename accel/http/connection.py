@@ -81,7 +81,7 @@ class Message:
     """One request as parsed: what the fast path and ``AccelRequest`` are built from."""
 
     __slots__ = ("method", "target", "version", "headers", "host", "keep_alive", "length", "started",
-                 "request", "plain", "conditional", "accept_encoding", "upgrade", "request_id")
+                 "request", "plain", "conditional", "accept_encoding", "request_id")
 
     def __init__(self, started: float):
         self.started = started
@@ -92,7 +92,6 @@ class Message:
         self.plain = True  # no field that keeps it off the fast path (fast_hits.not_plain)
         self.conditional = False  # a field in fast_hits.conditional (If-None-Match, If-Modified-Since)
         self.accept_encoding: bytes | None = None  # its lines joined, for the fast path's content coding
-        self.upgrade = False  # an Upgrade field: never a fast hit (accel.proxy.websocket may take it)
         self.request_id: bytes | None = None  # X-Request-Id as sent, then the one accel uses (request_id_for)
 
 
@@ -115,7 +114,6 @@ class HTTPConnection(Protocol):
         self.paused_pipeline = False
         self._requestProducer = None
         self._requestProducerStreaming = None
-        self._waitingForTransport = False
         self._deadline: float | None = None
         self._deadline_kind = "first"
         self._timer = None
@@ -270,8 +268,7 @@ class HTTPConnection(Protocol):
                 ae = message.accept_encoding
                 message.accept_encoding = value if ae is None else ae + b", " + value
             elif lower == b"upgrade":
-                message.upgrade = True
-                message.plain = False
+                message.plain = False  # never a fast hit (accel.proxy.websocket may take it)
             elif lower == b"x-request-id":
                 message.request_id = value
             elif lower in not_plain:
@@ -560,12 +557,10 @@ class HTTPConnection(Protocol):
     # IPushProducer, for the transport: a full write buffer pauses the response's producer.
 
     def pauseProducing(self) -> None:
-        self._waitingForTransport = True
         if self._requestProducer is not None:
             self._requestProducer.pauseProducing()
 
     def resumeProducing(self) -> None:
-        self._waitingForTransport = False
         if self._requestProducer is not None:
             self._requestProducer.resumeProducing()
 

@@ -42,7 +42,7 @@ class AccelRequest(server.Request):
 
     def __init__(self, channel, queued=None):
         super().__init__(channel, queued)
-        self.started = time.monotonic()
+        self.started = 0.0  # set_message gives the time the request's first byte arrived
         self.body: RequestBody | None = None
         self.log_origin = "-"
         self.log_cache = "-"

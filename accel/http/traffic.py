@@ -31,19 +31,9 @@ def route_label(route) -> str:
     return f"{','.join(route.hosts)} {route.prefix}" if route.hosts else route.prefix
 
 
-def method_class(method: bytes) -> str:
-    """read (GET, HEAD), write (POST, PUT, PATCH, DELETE), purge, or other."""
-    return _METHOD_CLASSES.get(method, "other")
-
-
 def new_histogram() -> list:
     """Counts per bucket of ``BUCKETS`` plus one for larger values, then the sum of the values."""
     return [0] * (len(BUCKETS) + 1) + [0.0]
-
-
-def observe(histogram: list, seconds: float) -> None:
-    histogram[bisect_left(BUCKETS, seconds)] += 1
-    histogram[-1] += seconds
 
 
 class Traffic:
