@@ -126,5 +126,5 @@ class BrowserTests(unittest.TestCase):
                             "--hide-scrollbars", url)
         with open(screenshot, "rb") as f:
             self.assertEqual(f.read(8), b"\x89PNG\r\n\x1a\n")
-        if os.environ.get("ACCEL_STATUS_SCREENSHOT"):  # README's picture: examples/status-page.png
+        if os.environ.get("ACCEL_STATUS_SCREENSHOT"):  # README's picture: examples/screenshots/status-page.png
             shutil.copy(screenshot, os.environ["ACCEL_STATUS_SCREENSHOT"])
