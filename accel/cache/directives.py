@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Iterable, Literal
 
-from .fields import Fields, get_all, get_list, split_list, unquote
+from .fields import Fields, get_all, split_list, unquote
 
 DELTA_SECONDS_MAX = 2147483648
 """RFC 9111 §1.2.2: a delta-seconds value too large to represent is taken as 2^31."""
@@ -23,6 +24,10 @@ MAX_STALE_ANY: Literal["any"] = "any"
 
 Directive = tuple[str, "str | None"]
 """One directive: lower-case name and its argument (quoted-string already unquoted) or None."""
+
+_DISTINCT_VALUES_REMEMBERED = 1024
+"""Parsed directives are remembered by field value: origins and clients send a few values over and over,
+and the results are immutable."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -144,7 +149,12 @@ def response_cache_control(directives: list[Directive]) -> CacheControl:
 
 def parse_cache_control(values: Iterable[str]) -> CacheControl:
     """Response ``Cache-Control`` field lines → ``CacheControl`` (§5.2.2)."""
-    return response_cache_control(parse_directives(values))
+    return _parsed_cache_control(tuple(values))
+
+
+@lru_cache(maxsize=_DISTINCT_VALUES_REMEMBERED)
+def _parsed_cache_control(lines: tuple[str, ...]) -> CacheControl:
+    return response_cache_control(parse_directives(lines))
 
 
 def _request_max_stale(arguments: list[str | None]) -> int | Literal["any"] | None:
@@ -158,7 +168,13 @@ def _request_max_stale(arguments: list[str | None]) -> int | Literal["any"] | No
 
 def request_cache_control(fields: Fields) -> RequestCacheControl:
     """Request directives (§5.2.1); ``Pragma: no-cache`` is no-cache only without Cache-Control (§5.4)."""
-    lines = get_all(fields, "cache-control")
+    lines = tuple(get_all(fields, "cache-control"))
+    return _parsed_request_directives(lines, () if lines else tuple(get_all(fields, "pragma")))
+
+
+@lru_cache(maxsize=_DISTINCT_VALUES_REMEMBERED)
+def _parsed_request_directives(lines: tuple[str, ...], pragma: tuple[str, ...]) -> RequestCacheControl:
+    """``request_cache_control`` of these Cache-Control lines and (only read without them) Pragma lines."""
     directives = parse_directives(lines)
     present = {name for name, _ in directives}
     max_age_arguments = _arguments(directives, "max-age")
@@ -167,7 +183,7 @@ def request_cache_control(fields: Fields) -> RequestCacheControl:
         # An invalid request max-age asks for the most restrictive reading: a response of age 0.
         max_age = min(parse_delta_seconds(argument) or 0 for argument in max_age_arguments)
     min_fresh = [d for d in map(parse_delta_seconds, _arguments(directives, "min-fresh")) if d is not None]
-    pragma_no_cache = not lines and "no-cache" in (m.lower() for m in get_list(fields, "pragma"))
+    pragma_no_cache = not lines and "no-cache" in (m.lower() for value in pragma for m in split_list(value))
     return RequestCacheControl(
         max_age=max_age,
         max_stale=_request_max_stale(_arguments(directives, "max-stale")),
