@@ -63,10 +63,18 @@ def connection_options(values: Iterable[str]) -> set[str]:
 
 def end_to_end(fields: Iterable[tuple[bytes, bytes]]) -> RawFields:
     """Drop hop-by-hop fields and every field the ``Connection`` field nominates."""
-    fields = list(fields)
-    nominated = connection_options(v.decode("latin-1") for n, v in fields if n.lower() == b"connection")
-    drop = HOP_BY_HOP | {name.encode("latin-1") for name in nominated} if nominated else HOP_BY_HOP
-    return [(n, v) for n, v in fields if n.lower() not in drop]
+    kept: RawFields = []
+    nominating: list[str] = []
+    for name, value in fields:
+        lower = name.lower()
+        if lower not in HOP_BY_HOP:
+            kept.append((name, value))
+        elif lower == b"connection":
+            nominating.append(value.decode("latin-1"))
+    if not nominating:
+        return kept
+    nominated = {name.encode("latin-1") for name in connection_options(nominating)}
+    return [(n, v) for n, v in kept if n.lower() not in nominated]
 
 
 @dataclass(frozen=True, slots=True)
