@@ -45,7 +45,7 @@ from accel.config import CacheSettings, Route, RouteCache
 from accel.http.accesslog import request_label
 from accel.proxy.admission import Refused
 from accel.proxy.origin import Fetched
-from accel.proxy.forwarding import Forwarder, discard, origin_failure
+from accel.proxy.forwarding import Forwarder, discard, expected_origin_failure, origin_failure
 from accel.cache.serving import BODY_GONE, BodyGone, Responder, Variant, plain, request_fields, stored_response
 
 log = Logger()
@@ -603,8 +603,7 @@ class CacheLayer:
 
         d = self.forwarder.send(exchange.route, b"GET", exchange.target, headers)
         d.addCallback(fetched)
-        d.addErrback(lambda failure: log.failure("background revalidation of {key} failed", failure=failure,
-                                                 key=exchange.key))
+        d.addErrback(lambda failure: _background_failed(exchange.key, failure))
         d.addBoth(lambda _: self.revalidating.discard(exchange.key))
 
     def forward_unsafe(self, exchange: Exchange) -> None:
@@ -757,6 +756,13 @@ class CacheLayer:
 
     def close(self) -> None:
         self.collapser.release_all()
+
+
+def _background_failed(key: str, failure: Failure) -> None:
+    if expected_origin_failure(failure):  # (also every one in flight when accel stops)
+        log.warn("background revalidation of {key} failed: {why}", key=key, why=failure.getErrorMessage())
+    else:
+        log.failure("background revalidation of {key} failed", failure=failure, key=key)
 
 
 def _variant_for(variants: list[Variant], stored: StoredResponse) -> Variant:

@@ -378,7 +378,7 @@ class Forwarder:
             self.errors.send(request, refusal.status, refusal.detail, {**(headers or {}), **refusal.headers})
             return
         code, _ = origin_failure(failure)
-        if not failure.check(OriginTimeout, OriginUnavailable, OriginBusy):
+        if not expected_origin_failure(failure):
             log.failure("unexpected origin failure for {request}", failure=failure, request=request_label(request))
         log.warn("{code} for {request}: {why}", code=code, request=request_label(request), why=failure.getErrorMessage())
         self.errors.send(request, code, headers=headers)
@@ -396,6 +396,12 @@ class Forwarder:
             if name.lower() not in _KEPT_ON_ERROR:
                 request.responseHeaders.removeHeader(name)
         self.errors.send(request, 500)
+
+
+def expected_origin_failure(failure: Failure) -> bool:
+    """An origin that timed out, could not be reached or was too busy: an event to log in one line, not a
+    defect to log with its traceback."""
+    return failure.check(OriginTimeout, OriginUnavailable, OriginBusy) is not None
 
 
 def origin_failure(failure: Failure) -> tuple[int, str]:
