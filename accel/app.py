@@ -311,7 +311,7 @@ class InFlight:
 
     def started(self, request) -> None:
         self.count += 1
-        request.notifyFinish().addBoth(self._finished)
+        request.when_over(self._finished)
 
     def _finished(self, _) -> None:
         self.count -= 1

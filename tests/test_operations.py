@@ -207,14 +207,27 @@ class StopTests(unittest.TestCase):
         self.assertNotIn(b"Traceback", accel.output + accel.errors)
 
 
+class _WatchedRequest:
+    """What InFlight needs of a request: ``when_over``, fired by ``finish``."""
+
+    def __init__(self):
+        self.watchers = []
+
+    def when_over(self, callback):
+        self.watchers.append(callback)
+
+    def finish(self):
+        for callback in self.watchers:
+            callback(None)
+
+
 def test_draining_gives_up_after_the_timeout_with_the_requests_left():
     from twisted.internet.task import Clock
-    from twisted.web.test.requesthelper import DummyRequest
 
     from accel.app import InFlight
 
     clock, in_flight = Clock(), InFlight()
-    first, second = DummyRequest([b""]), DummyRequest([b""])
+    first, second = _WatchedRequest(), _WatchedRequest()
     in_flight.started(first)
     in_flight.started(second)
     left = []

@@ -51,6 +51,28 @@ class AccelRequest(server.Request):
         self.log_tier = "memory"  # where a hit's body came from: "memory" or "disk"
         self.forwarded = False  # sent to an origin
         self.request_id = b"-"
+        self._when_over: list = []
+
+    def when_over(self, callback) -> None:
+        """``callback(None)`` once the response is finished, or ``callback(reason)`` when the connection is
+        lost before: ``notifyFinish`` without a Deferred for each watcher (several per proxied request)."""
+        self._when_over.append(callback)
+
+    def _over(self, reason) -> None:
+        watchers, self._when_over = self._when_over, []
+        for callback in watchers:
+            try:
+                callback(reason)
+            except Exception:
+                self._log.failure("a watcher of {request} failed", request=request_label(self))
+
+    def _cleanup(self) -> None:
+        super()._cleanup()
+        self._over(None)
+
+    def connectionLost(self, reason) -> None:
+        super().connectionLost(reason)
+        self._over(reason)  # (none left once the response finished: _cleanup took them)
 
     def set_message(self, message) -> None:
         """Take the parsed request line and header section (an ``accel.http.connection.Message``)."""

@@ -226,7 +226,7 @@ class Forwarder:
             return failure
 
         d.addCallbacks(origin_answered, origin_failed)
-        request.notifyFinish().addBoth(lambda _: None if answered or keep_going() else d.cancel())
+        request.when_over(lambda _: None if answered or keep_going() else d.cancel())
         if route.balancer is not None:
             d.addCallback(_log_member, request)
         return d
@@ -343,7 +343,7 @@ class Forwarder:
                               encoder=Encoder(coding, route.compress.level) if coding else None)
         timer = IdleTimer(self.reactor, route.idle_timeout, lambda: _idle_abort(relay, route, request))
         relay.on_activity = timer.touch
-        request.notifyFinish().addErrback(lambda _: relay.client_gone())
+        request.when_over(lambda lost: lost and relay.client_gone())
         relay.done.addBoth(lambda complete: (timer.stop(), fetched.release(), complete)[2])
         response.deliverBody(relay)
         return relay.done
