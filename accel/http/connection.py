@@ -118,6 +118,7 @@ class HTTPConnection(Protocol):
         self._deadline_kind = "first"
         self._timer = None
         self._direct = False  # a plain TCP transport: send() may write to the socket itself
+        self._held_head = b""  # a response's header section waiting for its first body bytes (writeHeaders)
         self._secure: bool | None = None
         self._peer = self._host = None
         self.tunnel = None  # after a protocol switch: the protocol given the client's bytes (take_over)
@@ -513,18 +514,29 @@ class HTTPConnection(Protocol):
         return self._host
 
     def writeHeaders(self, version, code, reason, headers) -> None:
+        """Twisted's Request writes its header section, then at once the first body bytes: the section is
+        held until ``write`` (or ``release_head``) so that both leave in one ``send``."""
         parts = [version, b" ", code, b" ", reason, b"\r\n"]
         for name, values in headers.getAllRawHeaders():
             for value in values:
-                parts.extend((name, b": ", value, b"\r\n"))
+                parts += (name, b": ", value, b"\r\n")
         parts.append(b"\r\n")
-        self.writeSequence(parts)
+        self._held_head = b"".join(parts)
+
+    def release_head(self) -> None:
+        """Send a held header section that no body bytes followed (HEAD, 204, 304, an empty body)."""
+        if self._held_head:
+            self.write(b"")
 
     def write(self, data: bytes) -> None:
+        if self._held_head:
+            data, self._held_head = self._held_head + data, b""
         self.traffic.bytes_out += len(data)
-        self.transport.write(data)
+        self.send(data)
 
     def writeSequence(self, parts) -> None:
+        if self._held_head:
+            parts, self._held_head = [self._held_head, *parts], b""
         self.traffic.bytes_out += sum(map(len, parts))
         self.transport.writeSequence(parts)
 

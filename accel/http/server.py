@@ -161,6 +161,7 @@ class AccelRequest(server.Request):
             self._rules_applied = True
             self.header_rules.to_client(self.responseHeaders, self.code)
         super().write(data)
+        self.channel.release_head()
 
     def finish(self) -> None:
         if self.body is not None and not self.body.complete and not self._disconnected:
