@@ -167,7 +167,7 @@ class ResponseRelay(Protocol):
             self.request.write(data if self.encoder is None else self.encoder.compress(data))
 
     def connectionLost(self, reason: Failure) -> None:
-        complete = reason.check(ResponseDone) is not None
+        complete = isinstance(reason.value, ResponseDone)
         request = self.request
         if not self.detached and not request._disconnected and not request.finished:
             request.unregisterProducer()

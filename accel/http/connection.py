@@ -168,6 +168,7 @@ class HTTPConnection(Protocol):
         self.closing = True
         self.traffic.connections -= 1
         self._cancel_timer()
+        self.parser = None  # it holds this protocol's callbacks: no cycle outlives the connection
         closed = getattr(self.site, "connection_closed", None)
         if closed is not None:
             closed(self)

@@ -83,10 +83,12 @@ class OriginResponse:
 
     def deliverBody(self, protocol) -> None:
         self.claimed = True
+        ended = self.ended
         self._protocol = protocol
         protocol.makeConnection(self)
-        if self.ended is not None:
-            protocol.connectionLost(self.ended)
+        if ended is not None:  # (a body already over: nothing more will reach the protocol)
+            self._protocol = None
+            protocol.connectionLost(ended)
 
     def release(self) -> None:
         """Nobody (or nobody any more) reads this body. An unread short one is read and dropped, so that the
@@ -108,9 +110,10 @@ class OriginResponse:
     def _end(self, reason: Failure | None) -> None:
         """The body is over: complete when ``reason`` is None."""
         self.connection = None
-        self.ended = Failure(ResponseDone()) if reason is None else reason
-        if self._protocol is not None:
-            self._protocol.connectionLost(self.ended)
+        self.ended = _DONE if reason is None else reason
+        protocol, self._protocol = self._protocol, None  # (the protocol's transport is this: no cycle left)
+        if protocol is not None:
+            protocol.connectionLost(self.ended)
 
     # The body reader's transport (IPushProducer) -----------------------------------------------------
 
@@ -125,6 +128,9 @@ class OriginResponse:
     def stopProducing(self) -> None:
         if self.connection is not None:
             self.connection.abort()
+
+
+_DONE = Failure(ResponseDone())  # the end of every complete body: one immutable Failure will do
 
 
 class _Drop:

@@ -20,7 +20,8 @@ class IdleTimer:
         idle = self.reactor.seconds() - self.last
         if idle >= self.seconds:
             self._call = None
-            self.expired()
+            expired, self.expired = self.expired, _stopped
+            expired()
         else:
             self._call = self.reactor.callLater(self.seconds - idle, self._check)
 
@@ -28,3 +29,8 @@ class IdleTimer:
         if self._call is not None and self._call.active():
             self._call.cancel()
         self._call = None
+        self.expired = _stopped  # whatever it would have called (often its owner) is let go
+
+
+def _stopped() -> None:
+    """What a stopped or fired timer holds instead of its callback: no reference cycle keeps its owner."""
