@@ -153,7 +153,7 @@ def makeService(options: Options) -> service.IService:
     (started by the supervisor with the listeners it inherits)."""
     from twisted.internet import reactor
 
-    from accel.app import build_site
+    from accel.app import build_site, settle_garbage_collection
     from accel.workers.worker import SupervisorLink, adopting, inherited_listeners
 
     config = options.config
@@ -187,6 +187,7 @@ def makeService(options: Options) -> service.IService:
                 stores.append(store)
     operations = Operations(options, site.accelerator, stores, reactor)
     top.addService(operations)
+    reactor.callWhenRunning(settle_garbage_collection)
     if inherited is None:
         top.before_stopping = operations.leave  # a worker's supervisor keeps the listeners while it drains
     else:
