@@ -39,7 +39,6 @@ from collections import deque
 from http import HTTPStatus
 
 import httptools
-from twisted.internet import tcp
 from twisted.internet.interfaces import IPushProducer, ISSLTransport
 from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
@@ -51,6 +50,7 @@ from accel.config import Limits
 from accel.http.accesslog import peer_label
 from accel.http.dates import http_date
 from accel.http.header_rules import NO_RULES
+from accel.http.immediate import write_now
 from accel.http.traffic import Traffic
 
 log = Logger()
@@ -117,7 +117,6 @@ class HTTPConnection(Protocol):
         self._deadline: float | None = None
         self._deadline_kind = "first"
         self._timer = None
-        self._direct = False  # a plain TCP transport: send() may write to the socket itself
         self._held_head = b""  # a response's header section waiting for its first body bytes (writeHeaders)
         self._secure: bool | None = None
         self._peer = self._host = None
@@ -127,7 +126,6 @@ class HTTPConnection(Protocol):
     # -- the connection ------------------------------------------------------------------------------
 
     def connectionMade(self) -> None:
-        self._direct = type(self.transport) is tcp.Server
         connections = getattr(self.site, "connections", None)
         if connections is not None:
             connections.add(self)
@@ -370,23 +368,8 @@ class HTTPConnection(Protocol):
         return True
 
     def send(self, data: bytes) -> None:
-        """``transport.write``; on a plain TCP connection with nothing queued, sent at once.
-
-        Twisted's write queues the data and asks the reactor to watch for writability (two epoll_ctl
-        calls and a loop iteration per response); a hit's response usually fits the socket buffer.
-        """
-        transport = self.transport
-        if self._direct and not transport._tempDataLen and transport.offset == len(transport.dataBuffer):
-            try:
-                sent = transport.socket.send(data)
-            except (BlockingIOError, InterruptedError):
-                sent = 0
-            except OSError:
-                sent = 0  # Twisted's own write reports the error
-            if sent == len(data):
-                return
-            data = data[sent:]
-        transport.write(data)
+        """``transport.write``, sent at once when it can be (``accel.http.immediate``)."""
+        write_now(self.transport, data)
 
     def request_for(self, message: Message):
         """The twisted.web request for ``message``."""

@@ -37,6 +37,7 @@ from twisted.web.client import ResponseDone
 from twisted.web.iweb import UNKNOWN_LENGTH
 
 from accel.http.headers import RawFields
+from accel.http.immediate import write_now
 
 # RFC 9112 §6.3 item 1 and RFC 9110 §15.3.5, §15.4.5: these final responses never have a body.
 NO_BODY_STATUS = frozenset({204, 304})
@@ -206,7 +207,7 @@ class OriginConnection(Protocol):
         else:
             lines.append(b"Content-Length: %d\r\n" % body.length)
         lines.append(b"\r\n")
-        self.transport.write(b"".join(lines))  # one piece: Twisted checks every piece of a writeSequence
+        write_now(self.transport, b"".join(lines))  # one piece, at once where it can be
         if body is not None:
             self._upload(body, chunked=body.length is UNKNOWN_LENGTH)
 

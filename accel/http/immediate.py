@@ -1,0 +1,30 @@
+"""Writing to a plain TCP transport at once.
+
+Twisted's ``write`` queues the bytes and asks the reactor to watch the socket for writability: two
+epoll_ctl calls and a loop turn before the ``send``, and two more calls after it. A response or a request
+that fits the socket's buffer (nearly all of them) can leave in a ``send`` right away; what does not fit,
+and everything on a transport that already has bytes queued, goes through ``write`` as before, in order.
+"""
+
+from __future__ import annotations
+
+from twisted.internet import tcp
+
+_PLAIN_TCP = (tcp.Server, tcp.Client)
+
+
+def write_now(transport, data: bytes) -> None:
+    """``transport.write(data)``, sent at once when ``transport`` is plain TCP with nothing queued."""
+    if (type(transport) in _PLAIN_TCP and transport.connected and not transport.disconnecting
+            and not transport._writeDisconnected and not transport._tempDataLen
+            and transport.offset == len(transport.dataBuffer)):
+        try:
+            sent = transport.socket.send(data)
+        except (BlockingIOError, InterruptedError):
+            sent = 0
+        except OSError:
+            sent = 0  # Twisted's own write meets the error again and reports it
+        if sent == len(data):
+            return
+        data = data[sent:]
+    transport.write(data)
