@@ -203,9 +203,10 @@ class Run:
         child.wait_port(port)
         return port
 
-    def start_accel(self, name, cache_dir, workers=1, config_text=None):
+    def start_accel(self, name, cache_dir, workers=1, config_text=None, access_log=None):
         """Start accel on a free port (ACCEL_CONFIG, then ``config_text``, in its configuration file; the options
-        override); returns (child, port, seconds until it accepted)."""
+        override); returns (child, port, seconds until it accepted). Without ``access_log`` it keeps none, as
+        nginx's bench configuration (``access_log off``)."""
         port = procs.free_port()
         run_dir = self.work / name
         run_dir.mkdir(exist_ok=True)  # twistd writes twistd.pid into its cwd
@@ -217,8 +218,8 @@ class Run:
             "--listen", f"tcp:{port}:interface=127.0.0.1",
             "--origin", f"http://127.0.0.1:{self.origin_port}",
             "--cache-dir", cache_dir,
-            "--access-log", "/dev/null",
             "--workers", str(workers),
+            *(["--access-log", access_log] if access_log else []),
         ]
         child = self.stack.enter_context(procs.Child(name, argv, run_dir / "accel.log", cwd=run_dir))
         return child, port, child.wait_port(port)
@@ -328,9 +329,9 @@ def observed(settings, run):
     not scraped. Returns the medians and observed/plain (the issue's bound: at least 0.9)."""
     path, connections, headers = THROUGHPUT["hit-1k"]
     servers = {
-        "plain": run.start_accel("accel-plain", run.work / "cache-plain", settings.workers),
+        "plain": run.start_accel("accel-plain", run.work / "cache-plain", settings.workers, access_log="/dev/null"),
         "observed": run.start_accel("accel-observed", run.work / "cache-observed", settings.workers,
-                                    config_text='[server]\naccess_log_format = "json"\n'),
+                                    config_text='[server]\naccess_log_format = "json"\n', access_log="/dev/null"),
     }
     rounds = {name: [] for name in servers}
     for _ in range(settings.rounds):
