@@ -7,18 +7,21 @@ import json
 import os
 import shutil
 import signal
+import socket
 import tempfile
 
 import lmdb
 import trustme
 from click.testing import CliRunner
 from twisted.internet import defer, reactor
+from twisted.internet.protocol import Factory, Protocol
 from twisted.trial import unittest
 from twisted.web import server
 
 from accel.cache.store import url_key
 from accel.cli.main import main
-from tests.support import CountingSite, RecordingOrigin, get
+from accel.workers.listeners import Inherited, adopt
+from tests.support import CountingSite, RecordingOrigin, get, until
 from tests.tls_support import https_client, write_cert
 from tests.workers_support import Supervised, connect, connection_owner, eventually
 
@@ -360,3 +363,35 @@ def _connect_unix(path: str, testcase):
     yield connectProtocol(UNIXClientEndpoint(reactor, path), client)
     testcase.addCleanup(lambda: client.transport.loseConnection() or client.closed)
     return client
+
+
+class _CountingFactory(Factory):
+    protocol = Protocol
+
+    def __init__(self):
+        self.built = 0
+
+    def buildProtocol(self, addr):
+        self.built += 1
+        return super().buildProtocol(addr)
+
+
+class SharedSocketTests(unittest.TestCase):
+    @defer.inlineCallbacks
+    def test_ports_adopting_one_socket_take_one_connection_each_per_wake_up(self):
+        """Two workers' ports on one listening socket, in one reactor here: with 10 connections waiting, each
+        readable event takes one, so both get a share (accepting in batches, the first took all ten)."""
+        listening = socket.socket()
+        listening.bind(("127.0.0.1", 0))
+        listening.listen(50)
+        address = listening.getsockname()
+        factories = [_CountingFactory(), _CountingFactory()]
+        for factory in factories:
+            port = adopt(reactor, Inherited(os.dup(listening.fileno()), socket.AF_INET, "tcp:0", 50), factory)
+            self.addCleanup(port.stopListening)
+        listening.close()
+        clients = [socket.create_connection(address) for _ in range(10)]  # queued before either accepts
+        for client in clients:
+            self.addCleanup(client.close)
+        yield until(lambda: sum(f.built for f in factories) == 10)
+        self.assertTrue(all(abs(f.built - 5) <= 1 for f in factories), [f.built for f in factories])

@@ -18,6 +18,11 @@ from zope.interface import implementer
 
 DEFAULT_BACKLOG = 511
 ACCEPT_BATCH = 512
+SHARED_ACCEPT_BATCH = 1
+"""Accepted per readable event on a socket worker processes share. Each worker takes one connection and
+goes back to its loop, so whichever is least busy comes back first for the next (nginx's default,
+``multi_accept off``): a worker accepting a whole burst would keep all those keep-alive connections to
+itself while the others idle."""
 _TAKES_BACKLOG = ("tcp:", "tcp6:", "ssl:", "unix:")
 
 
@@ -46,10 +51,22 @@ class BatchAcceptingPort(tcp.Port):
     numberAccepts = _Fixed(ACCEPT_BATCH)
 
 
+class SharingPort(tcp.Port):
+    numberAccepts = _Fixed(SHARED_ACCEPT_BATCH)
+
+
 def accept_in_batches(port):
     """Make a listening TCP port accept up to ``ACCEPT_BATCH`` connections per readable event."""
     if type(port) is tcp.Port:
         port.__class__ = BatchAcceptingPort
+    return port
+
+
+def accept_sharing(port):
+    """Make a listening TCP port that other processes accept on too take ``SHARED_ACCEPT_BATCH`` connections
+    per readable event."""
+    if type(port) is tcp.Port:
+        port.__class__ = SharingPort
     return port
 
 

@@ -21,7 +21,7 @@ from twisted.internet import endpoints, tcp, unix
 from twisted.internet.protocol import Factory
 from twisted.python.failure import Failure
 
-from accel.http.listening import accept_in_batches, with_backlog
+from accel.http.listening import accept_sharing, with_backlog
 
 
 @dataclass(frozen=True)
@@ -104,6 +104,6 @@ def adopt(reactor, listener: Inherited, factory):
         port.backlog = listener.backlog  # it listens again: keep the backlog the endpoint asked for
         port.startListening()
     else:
-        port = accept_in_batches(reactor.adoptStreamPort(listener.fd, listener.family, factory))
+        port = accept_sharing(reactor.adoptStreamPort(listener.fd, listener.family, factory))
     os.close(listener.fd)
     return port
