@@ -39,9 +39,12 @@ from collections import deque
 from http import HTTPStatus
 
 import httptools
+from twisted.internet import tcp
+from twisted.internet.error import ConnectionDone
 from twisted.internet.interfaces import IPushProducer, ISSLTransport
 from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 from twisted.web.http import _PullToPush
 from twisted.web.http_headers import Headers
 from zope.interface import implementer
@@ -67,6 +70,8 @@ _VALID_HOST = re.compile(
 
 
 _REQUEST_ID = re.compile(rb"[\x21-\x7e]{1,200}\Z")  # visible ASCII, as in a log line
+
+_CLOSED = Failure(ConnectionDone())  # the reason of every orderly close (one, as Twisted's reactor keeps one)
 
 
 class Refused(Exception):
@@ -111,6 +116,8 @@ class HTTPConnection(Protocol):
         self.closing = False  # no further requests are read or answered
         self.reading = True  # False: what the client sends next is ignored
         self._lost = False  # loseConnection was called
+        self._parsing = False  # inside parser.feed_data: closing waits until it returns
+        self._close_when_parsed = False
         self.paused_pipeline = False
         self._requestProducer = None
         self._requestProducerStreaming = None
@@ -140,6 +147,16 @@ class HTTPConnection(Protocol):
         self.traffic.bytes_in += len(data)
         if self.head_bytes >= 0:
             self.head_bytes += len(data)
+        self._parsing = True
+        try:
+            self.parse(data)
+        finally:
+            self._parsing = False
+        if self._close_when_parsed:
+            self._close_when_parsed = False
+            self._close()
+
+    def parse(self, data: bytes) -> None:
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserCallbackError as error:
@@ -525,12 +542,28 @@ class HTTPConnection(Protocol):
         self.transport.writeSequence(parts)
 
     def loseConnection(self) -> None:
-        """Close once what was written is sent (the transport waits for no producer of ours)."""
+        """Close once what was written is sent (the transport waits for no producer of ours); called from
+        a parser callback, the close waits until the parser returns (``dataReceived``)."""
         self.closing = True
         if not self._lost:
             self._lost = True
             self.transport.unregisterProducer()
-            self.transport.loseConnection()
+            if self._parsing:
+                self._close_when_parsed = True
+            else:
+                self._close()
+
+    def _close(self) -> None:
+        """The orderly close. Twisted's ``loseConnection`` watches for writability even when nothing is left to
+        write, then sends nothing, then closes: two epoll_ctl, a loop iteration and an empty send per
+        connection. On a plain TCP connection whose writes all went to the socket (``send``), it is done at once,
+        as Twisted does it then (shutdown(SHUT_RDWR), close, ``connectionLost``)."""
+        transport = self.transport
+        if (type(transport) is tcp.Server and transport.connected and not transport.disconnecting
+                and not transport._tempDataLen and transport.offset == len(transport.dataBuffer)):
+            transport.connectionLost(_CLOSED)
+        else:
+            transport.loseConnection()
 
     def registerProducer(self, producer, streaming: bool) -> None:
         if self._requestProducer is not None:
