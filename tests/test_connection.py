@@ -14,7 +14,7 @@ from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET
 
 from accel.config import Limits
-from accel.http.connection import PIPELINE_LIMIT
+from accel.http.connection import PIPELINE_LIMIT, SWEEP_TICK
 from accel.http.listening import with_backlog
 from accel.http.server import AccelSite
 
@@ -359,6 +359,22 @@ class TimeoutTests(unittest.TestCase):
     def test_no_timer_left_after_the_connection_is_lost(self):
         c = Connection(self.LIMITS)
         c.protocol.connectionLost(None)
+        self.assertEqual([call for call in c.clock.getDelayedCalls() if call.active()], [])
+
+    def test_the_connections_of_a_site_share_one_timer(self):
+        c = Connection(self.LIMITS)
+        c.clock.advance(0.2)
+        others = [c.site.buildProtocol(None) for _ in range(100)]
+        for protocol in others:
+            protocol.makeConnection(StringTransport())
+        self.assertEqual(len([call for call in c.clock.getDelayedCalls() if call.active()]), 1)
+        c.clock.advance(9.8)  # the first connection's deadline
+        self.assertTrue(c.transport.disconnecting)
+        self.assertFalse(any(protocol.transport.disconnecting for protocol in others))
+        c.clock.advance(SWEEP_TICK)  # theirs (at 10.2) is met on the next tick
+        self.assertTrue(all(protocol.transport.disconnecting for protocol in others))
+        for protocol in [c.protocol, *others]:
+            protocol.connectionLost(None)
         self.assertEqual([call for call in c.clock.getDelayedCalls() if call.active()], [])
 
 

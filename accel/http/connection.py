@@ -29,6 +29,8 @@ Persistence (RFC 9112 §9.3): HTTP/1.1 keeps the connection unless the client se
 (answered with ``Connection: close``); HTTP/1.0 always closes after the response. A new connection that
 sends nothing for ``header_timeout``, or one idle for ``idle_timeout`` after a response, is closed; a
 request whose header section is not complete ``header_timeout`` after its first byte is answered 408.
+These deadlines are checked every ``SWEEP_TICK`` seconds by one timer for all the site's connections
+(``DeadlineSweep``), so they are met up to a tick late.
 """
 
 from __future__ import annotations
@@ -59,6 +61,7 @@ from accel.http.traffic import Traffic
 log = Logger()
 
 PIPELINE_LIMIT = 16
+SWEEP_TICK = 0.5  # seconds between two checks of the connections' deadlines (DeadlineSweep)
 _JOIN_UP_TO = 16384  # a fast hit's body up to this size is sent in one piece with its header section
 
 # RFC 9110 §7.2: Host = uri-host [ ":" port ]; uri-host is an IP-literal or a reg-name (RFC 3986 §3.2.2,
@@ -121,9 +124,8 @@ class HTTPConnection(Protocol):
         self.paused_pipeline = False
         self._requestProducer = None
         self._requestProducerStreaming = None
-        self._deadline: float | None = None
+        self._deadline: float | None = None  # when the connection times out (DeadlineSweep), if it can
         self._deadline_kind = "first"
-        self._timer = None
         self._held_head = b""  # a response's header section waiting for its first body bytes (writeHeaders)
         self._secure: bool | None = None
         self._peer = self._host = None
@@ -137,6 +139,7 @@ class HTTPConnection(Protocol):
         if connections is not None:
             connections.add(self)
         self.traffic.connections += 1
+        self.site.deadlines.watch()
         self.transport.registerProducer(self, True)
         # A new connection's first request is due within header_timeout (nginx's client_header_timeout).
         self._set_deadline("first", self.limits.header_timeout)
@@ -182,7 +185,7 @@ class HTTPConnection(Protocol):
     def connectionLost(self, reason) -> None:
         self.closing = True
         self.traffic.connections -= 1
-        self._cancel_timer()
+        self._deadline = None
         self.parser = None  # it holds this protocol's callbacks: no cycle outlives the connection
         closed = getattr(self.site, "connection_closed", None)
         if closed is not None:
@@ -433,7 +436,6 @@ class HTTPConnection(Protocol):
         and the close (``connectionLost``). The request is over without a response of its own."""
         assert self.queue and self.queue[0].request is request and len(self.queue) == 1
         self.queue.clear()
-        self._cancel_timer()
         self._deadline = None
         self.transport.unregisterProducer()
         self.transport.write(head)
@@ -469,33 +471,20 @@ class HTTPConnection(Protocol):
             self._set_deadline("idle", self.idle_timeout())  # a WebSocket tunnel goes on until shutdown_timeout
 
     def _set_deadline(self, kind: str, seconds: float) -> None:
-        """Arm the connection's one timer lazily: moving the deadline later is an assignment (the delayed
-        call, when it fires early, re-arms itself for the rest); moving it earlier reschedules it."""
+        """Time the connection out ``seconds`` from now (on the site's ``DeadlineSweep``)."""
         self._deadline_kind = kind
-        deadline = self._deadline = self.reactor.seconds() + seconds
-        timer = self._timer
-        if timer is None:
-            self._timer = self.reactor.callLater(seconds, self._check_deadline)
-        elif timer.getTime() > deadline:
-            timer.reset(seconds)
+        self._deadline = self.reactor.seconds() + seconds
 
-    def _check_deadline(self) -> None:
-        self._timer = None
-        if self._deadline is None or self.closing:
-            return
-        left = self._deadline - self.reactor.seconds()
-        if left > 0:
-            self._timer = self.reactor.callLater(left, self._check_deadline)
+    def deadline_passed(self) -> None:
+        """Called by the sweep once the deadline has passed: a header section still incomplete is 408, an idle
+        connection (or a new one that sent nothing) is closed."""
+        self._deadline = None
+        if self.closing:
             return
         if self._deadline_kind == "header":
             self.refuse(408)
         else:
             self.loseConnection()
-
-    def _cancel_timer(self) -> None:
-        if self._timer is not None and self._timer.active():
-            self._timer.cancel()
-        self._timer = None
 
     # -- what twisted.web's Request needs of its channel ----------------------------------------------
 
@@ -596,3 +585,33 @@ class HTTPConnection(Protocol):
     def stopProducing(self) -> None:
         if self._requestProducer is not None:
             self._requestProducer.stopProducing()
+
+
+class DeadlineSweep:
+    """The header and idle timeouts of a site's connections, checked every ``tick`` seconds by one delayed call
+    rather than by a delayed call per connection (created and cancelled for nearly every one): a connection
+    times out on the first tick at or after its deadline, as nginx's ``timer_resolution`` allows. The sweep
+    runs while there are connections (``watch`` when one opens, ``idle`` when the last one has closed)."""
+
+    def __init__(self, connections: set[HTTPConnection], reactor, tick: float = SWEEP_TICK):
+        self.connections = connections
+        self.reactor = reactor
+        self.tick = tick
+        self._call = None
+
+    def watch(self) -> None:
+        if self._call is None:
+            self._call = self.reactor.callLater(self.tick, self.sweep)
+
+    def idle(self) -> None:
+        if self._call is not None:
+            self._call.cancel()
+            self._call = None
+
+    def sweep(self) -> None:
+        self._call = None
+        now = self.reactor.seconds()
+        for connection in [c for c in self.connections if c._deadline is not None and c._deadline <= now]:
+            connection.deadline_passed()
+        if self.connections:
+            self.watch()

@@ -21,7 +21,7 @@ from accel.http.accesslog import (access_log_line, format_access_line, json_acce
 from accel.http.body import RequestBody
 from accel.http.errors import ErrorPages
 from accel.http.header_rules import NO_RULES, HeaderRules
-from accel.http.connection import HTTPConnection
+from accel.http.connection import DeadlineSweep, HTTPConnection
 from accel.http.traffic import Traffic
 from accel.http.dates import http_date
 from accel.config import Limits
@@ -217,6 +217,7 @@ class AccelSite(server.Site):
         self.draining = False  # stopping: requests read from now on are answered with Connection: close
         self.keep_alive_grace: float | None = None  # stopping: how long an idle connection may stay
         self.connections: set[HTTPConnection] = set()  # open client connections
+        self.deadlines = DeadlineSweep(self.connections, self.reactor)  # their header and idle timeouts
         self._all_closed: list[Deferred] = []
         self.server_header = server_header.encode("latin-1") if server_header else None
         self.server_field = b"Server: %s\r\n" % self.server_header if self.server_header else b""
@@ -251,6 +252,8 @@ class AccelSite(server.Site):
 
     def connection_closed(self, connection: HTTPConnection) -> None:
         self.connections.discard(connection)
+        if not self.connections:
+            self.deadlines.idle()
         if not self.connections and self._all_closed:
             waiting, self._all_closed = self._all_closed, []
             for d in waiting:
