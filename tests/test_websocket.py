@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import struct
 from dataclasses import replace
@@ -15,10 +16,13 @@ from twisted.trial import unittest
 
 from accel.app import build_site
 from accel.config import Config, Route, parse_origin
+from accel.http.traffic import Traffic
 from accel.proxy.websocket import Tunnel, WebSocketTunnels
 from tests.support import next_turn, raw_request, until
 from tests.test_cache_e2e import temporary_directory
+from tests.test_status import metric_samples
 from tests.tls_support import listen_https
+from tests.workers_support import Supervised, connection_owner
 from tests.websocket_support import BINARY, CLOSE, TEXT, EchoOriginFactory, accept_value, connect
 
 
@@ -173,6 +177,65 @@ class TunnelTests(unittest.TestCase):
         self.assertIn(" ws_in=11 ws_out=7", line)  # a masked 5-byte frame in, an unmasked one out
 
 
+    async def status(self, port: int) -> tuple[dict, dict]:
+        """The status JSON and the metrics' samples."""
+        def body(reply: bytes) -> str:
+            return reply.partition(b"\r\n\r\n")[2].decode()
+
+        document = json.loads(body(await raw_request(
+            port, b"GET /accel-status?format=json HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")))
+        metrics = body(await raw_request(port, b"GET /metrics HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n"))
+        return document, metric_samples(metrics)
+
+    async def test_tunnels_and_their_bytes_are_counted_exactly(self):
+        port = self.start()
+        first, second = await connect(port), await connect(port)
+        first.send(TEXT, b"12345")  # a masked frame: 2 + 4 + 5 bytes in, 2 + 5 out
+        second.send(BINARY, b"x" * 200)  # 4 + 4 + 200 in, 4 + 200 out
+        await first.message(0)
+        await second.message(0)
+        document, samples = await self.status(port)
+        self.assertEqual(document["websocket"], {
+            "open": 2, "opened": 2, "bytes": {"client_to_origin": 219, "origin_to_client": 211},
+            "closes": {"client": 0, "origin": 0, "idle": 0, "shutdown": 0},
+            "routes": [{"route": "/ws/", "open": 2, "opened": 2,
+                        "bytes": {"client_to_origin": 219, "origin_to_client": 211},
+                        "closes": {"client": 0, "origin": 0, "idle": 0, "shutdown": 0}}],
+        })
+        self.assertEqual(samples[("accel_websocket_tunnels_open", (("route", "/ws/"),))], 2)
+        first.transport.loseConnection()  # the client closes
+        second.send(TEXT, b"close-me")  # the origin closes: 2 + 4 + 8 in, a Close frame of 2 + 2 out
+        await first.closed
+        await second.closed
+        await until(lambda: not self.site.accelerator.tunnels.open)
+        document, samples = await self.status(port)
+        tunnels = document["websocket"]
+        self.assertEqual((tunnels["open"], tunnels["opened"]), (0, 2))
+        self.assertEqual(tunnels["bytes"], {"client_to_origin": 233, "origin_to_client": 215})
+        self.assertEqual(tunnels["closes"], {"client": 1, "origin": 1, "idle": 0, "shutdown": 0})
+        route = (("route", "/ws/"),)
+        self.assertEqual(samples[("accel_websocket_tunnels_open", route)], 0)
+        self.assertEqual(samples[("accel_websocket_tunnels_total", route)], 2)
+        self.assertEqual(samples[("accel_websocket_bytes_total", (("direction", "client_to_origin"), *route))], 233)
+        self.assertEqual(samples[("accel_websocket_bytes_total", (("direction", "origin_to_client"), *route))], 215)
+        self.assertEqual(samples[("accel_websocket_closes_total", (("reason", "origin"), *route))], 1)
+        self.assertEqual(samples[("accel_websocket_closes_total", (("reason", "client"), *route))], 1)
+
+    async def test_idle_and_shutdown_closes_are_counted(self):
+        port = self.start(websocket_idle_timeout=0.2)
+        client = await connect(port)
+        await client.closed
+        await until(lambda: not self.site.accelerator.tunnels.open)
+        document, _ = await self.status(port)
+        self.assertEqual(document["websocket"]["closes"]["idle"], 1)
+        client = await connect(port)
+        self.site.accelerator.tunnels.close()
+        await client.closed
+        await until(lambda: not self.site.accelerator.tunnels.open)
+        document, _ = await self.status(port)
+        self.assertEqual(document["websocket"]["closes"], {"client": 0, "origin": 0, "idle": 1, "shutdown": 1})
+
+
 class SecureOriginTests(unittest.TestCase):
     """wss:// origins are verified like https:// ones."""
 
@@ -223,7 +286,8 @@ class IdleTimeoutUnitTests(unittest.TestCase):
         route = Route(prefix="/ws/", origin=parse_origin("ws://o/"), websocket=True, websocket_idle_timeout=300)
         tunnels = WebSocketTunnels(forwarder=None, reactor=clock)
         tunnels.count[route.prefix] = 1  # as handle() counts the handshake
-        tunnel = Tunnel(tunnels, route, request, SimpleNamespace(transport=origin))
+        figures = Traffic().tunnel_opened("/ws/")
+        tunnel = Tunnel(tunnels, route, request, SimpleNamespace(transport=origin), figures)
         tunnels.open.add(tunnel)
         tunnel.start()
         self.assertIs(client.producer, origin)  # each transport's buffer steers the other's reading
@@ -243,3 +307,52 @@ class IdleTimeoutUnitTests(unittest.TestCase):
         self.assertEqual(len(finished), 1)  # the request is over: its notifyFinish fires (drain counts it)
         self.assertEqual((request.sentLength, request.log_extra), (5, " ws_in=4 ws_out=5"))
         self.assertEqual((tunnels.count, tunnels.open), ({"/ws/": 0}, set()))
+        # open, opened, bytes to the origin and to the client, closes: client, origin, idle, shutdown
+        self.assertEqual(figures, [0, 1, 4, 5, 0, 0, 1, 0])
+
+
+class TwoWorkersTests(unittest.TestCase):
+    """Tunnel figures are summed over worker processes like every other figure."""
+
+    async def test_tunnels_held_by_two_workers_are_summed(self):
+        directory = temporary_directory(self)
+        origin = EchoOriginFactory()
+        origin_port = reactor.listenTCP(0, origin, interface="127.0.0.1")
+        self.addCleanup(origin_port.stopListening)
+        config_path = os.path.join(directory, "accel.toml")
+        with open(config_path, "w") as f:
+            f.write('[server]\nlisten = ["tcp:0:interface=127.0.0.1"]\nworkers = 2\nshutdown_timeout = 5\n'
+                    f'[[route]]\nprefix = "/ws/"\norigin = "ws://127.0.0.1:{origin_port.getHost().port}/"\n'
+                    f'[cache]\ndir = "{os.path.join(directory, "cache")}"\n')
+        accel = Supervised(self, config_path)
+        await accel.workers_accepting(2)
+        workers = accel.accepting[:2]
+        clients, owners = [], set()
+        while owners != set(workers):  # tunnels until each worker holds one (the kernel spreads connections)
+            self.assertLess(len(clients), 100, "every connection went to the same worker")
+            client = await connect(accel.port)
+            self.addCleanup(client.transport.loseConnection)
+            self.assertTrue(client.head.startswith(b"HTTP/1.1 101 "), client.head)
+            clients.append(client)
+            owners.add(connection_owner(accel.port, client.transport.getHost().port, workers))
+        for client in clients:
+            client.send(BINARY, b"x" * 100)  # 2 + 4 + 100 bytes in, 2 + 100 out
+            await client.message(0)
+        n = len(clients)
+
+        async def status() -> dict:
+            reply = await raw_request(accel.port, b"GET /accel-status?format=json HTTP/1.1\r\nHost: a\r\n"
+                                                  b"Connection: close\r\n\r\n")
+            return json.loads(reply.partition(b"\r\n\r\n")[2])
+
+        tunnels = (await status())["websocket"]
+        self.assertEqual((tunnels["open"], tunnels["opened"]), (n, n))
+        self.assertEqual(tunnels["bytes"], {"client_to_origin": 106 * n, "origin_to_client": 102 * n})
+        for client in clients:
+            client.transport.loseConnection()
+            await client.closed
+        await until(lambda: len(origin.closed) == n)
+        while (tunnels := (await status())["websocket"])["open"]:  # each worker sees its client go, in its time
+            pass
+        self.assertEqual((tunnels["opened"], tunnels["closes"]["client"]), (n, n))
+        await accel.kill()

@@ -71,6 +71,7 @@ class _DocumentCollector:
         for kind, count in cache["purges"].items():
             purges.add_metric((kind,), count)
         yield purges
+        yield from _tunnel_metrics(d["websocket"])
         yield CounterMetricFamily("accel_collapsed_waiters", "Requests that waited for another request's fetch",
                                   value=cache["collapsed_waiters"])
         yield CounterMetricFamily("accel_received_bytes", "Bytes received from clients", value=d["bytes"]["in"])
@@ -80,6 +81,26 @@ class _DocumentCollector:
                                 value=d["requests"]["connections"])
         yield GaugeMetricFamily("accel_workers", "Server processes whose figures are summed", value=d["workers"])
         yield GaugeMetricFamily("accel_uptime_seconds", "Seconds since the oldest worker started", value=d["uptime"])
+
+
+def _tunnel_metrics(websocket: dict):
+    """The WebSocket tunnels' figures, by route."""
+    open_ = GaugeMetricFamily("accel_websocket_tunnels_open", "WebSocket tunnels open", labels=("route",))
+    opened = CounterMetricFamily("accel_websocket_tunnels", "WebSocket tunnels opened (101 relayed)",
+                                 labels=("route",))
+    carried = CounterMetricFamily("accel_websocket_bytes", "Bytes relayed through WebSocket tunnels, by direction",
+                                  labels=("route", "direction"))
+    closes = CounterMetricFamily("accel_websocket_closes", "WebSocket tunnels closed, by who closed first "
+                                 "(client, origin) or why (idle, shutdown)", labels=("route", "reason"))
+    for r in websocket["routes"]:
+        route = r["route"]
+        open_.add_metric((route,), r["open"])
+        opened.add_metric((route,), r["opened"])
+        for direction, count in r["bytes"].items():
+            carried.add_metric((route, direction), count)
+        for reason, count in r["closes"].items():
+            closes.add_metric((route, reason), count)
+    return open_, opened, carried, closes
 
 
 def exposition(document: dict) -> bytes:

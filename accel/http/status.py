@@ -36,7 +36,8 @@ from accel.config import StatusSettings
 from accel.http.accesslog import request_label
 from accel.http.addresses import peer_in, peer_name
 from accel.http.errors import ErrorPages
-from accel.http.traffic import BUCKETS, OUTCOMES, merge, percentile
+from accel.http.traffic import (BUCKETS, CLOSE_REASONS, FIRST_CLOSE, OUTCOMES, TO_CLIENT, TO_ORIGIN, TUNNELS_OPEN,
+                                TUNNELS_OPENED, merge, percentile)
 
 log = Logger()
 
@@ -53,6 +54,16 @@ def _ratio(part: int, whole: int) -> float | None:
 def _latency(histogram: list) -> dict:
     return {name: (None if (p := percentile(histogram, q)) is None else round(p, 6))
             for name, q in (("p50", 0.5), ("p90", 0.9), ("p99", 0.99))}
+
+
+def _tunnels(figures: list[int]) -> dict:
+    """A route's (or every route's) WebSocket tunnel figures (``accel.http.traffic.Traffic.tunnel_opened``)."""
+    return {
+        "open": figures[TUNNELS_OPEN],
+        "opened": figures[TUNNELS_OPENED],
+        "bytes": {"client_to_origin": figures[TO_ORIGIN], "origin_to_client": figures[TO_CLIENT]},
+        "closes": dict(zip(CLOSE_REASONS, figures[FIRST_CLOSE:])),
+    }
 
 
 def build_document(processes: list[dict], disk: dict | None, now: float) -> dict:
@@ -81,6 +92,8 @@ def build_document(processes: list[dict], disk: dict | None, now: float) -> dict
     hits = outcomes["memory"] + outcomes["disk"]
     uptime = max(0.0, now - t["started"]) if t["started"] is not None else 0.0
     urls = [{"target": target, "requests": c[0], "misses": c[1]} for target, c in t["urls"].items()]
+    tunnels = t["tunnels"]
+    all_tunnels = [sum(column) for column in zip(*tunnels.values())] or [0] * (FIRST_CLOSE + len(CLOSE_REASONS))
     return {
         "version": __version__,
         "time": now,
@@ -115,6 +128,10 @@ def build_document(processes: list[dict], disk: dict | None, now: float) -> dict
              "connections": dict(zip(("open", "idle"), pools.get(origin, (0, 0))))}
             for origin, f in sorted(t["origins"].items())
         ],
+        "websocket": {
+            **_tunnels(all_tunnels),
+            "routes": [{"route": route, **_tunnels(figures)} for route, figures in sorted(tunnels.items())],
+        },
         "top_urls": {
             "by_requests": sorted(urls, key=lambda u: (-u["requests"], u["target"]))[:TOP],
             "by_misses": sorted((u for u in urls if u["misses"]), key=lambda u: (-u["misses"], u["target"]))[:TOP],
@@ -344,6 +361,9 @@ def figures_html(document: dict) -> str:
                         o["connections"][state]) for state in ("open", "idle"))
         for o in d["origins"]
     ]
+    tunnel_rows = [_tunnel_row(r["route"], ("websocket", "routes", r["route"]), r) for r in d["websocket"]["routes"]]
+    if tunnel_rows:
+        tunnel_rows.append(_tunnel_row("all routes", ("websocket",), d["websocket"]))
     top = _table(("URL", "requests", "misses"), [
         f"<td>{html.escape(u['target'])}</td>" + _cell(_number(u["requests"])) + _cell(_number(u["misses"]))
         for u in d["top_urls"]["by_requests"]])
@@ -354,8 +374,19 @@ def figures_html(document: dict) -> str:
         "<h2>Routes</h2>\n" + _table(("route", "requests", "5xx", "error rate", "p50", "p90", "p99"), route_rows) +
         "\n<h2>Origins</h2>\n" + _table(("origin", "fetches", "failures", "5xx", "error rate", "p50", "p90", "p99",
                                          "open", "idle"), origin_rows) +
+        "\n<h2>WebSocket tunnels</h2>\n" + _table(("route", "open", "opened", "bytes client → origin",
+                                                  "bytes origin → client", *(f"closed: {r}" for r in CLOSE_REASONS)),
+                                                 tunnel_rows) +
         f"\n<h2>Top URLs</h2>\n{top}"
     )
+
+
+def _tunnel_row(label: str, key: tuple, figures: dict) -> str:
+    """A row of the WebSocket table: a route's tunnels (``key``: where ``figures`` are in the JSON), or all."""
+    values = [(("open",), figures["open"]), (("opened",), figures["opened"])]
+    values += [(("bytes", direction), figures["bytes"][direction]) for direction in ("client_to_origin", "origin_to_client")]
+    values += [(("closes", reason), figures["closes"][reason]) for reason in CLOSE_REASONS]
+    return f"<td>{html.escape(label)}</td>" + "".join(_cell(_number(v), key + path, v) for path, v in values)
 
 
 class _Collector:

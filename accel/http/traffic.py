@@ -5,6 +5,9 @@ is formatted, locked or sent then. The status page and the Prometheus metrics (`
 ``snapshot()`` of every worker's figures and add them up (``merge``): counts and histogram buckets are sums,
 so the total over the workers is exact.
 
+WebSocket tunnels count per route as well (``tunnel_opened``): each tunnel adds the bytes it relays to its
+route's figures as they flow, and ``tunnel_closed`` records why it closed.
+
 Latencies go into fixed histogram buckets (``BUCKETS``, seconds, Prometheus' ``le`` bounds); percentiles are
 estimated from the summed buckets as Prometheus' ``histogram_quantile`` does (``percentile``).
 """
@@ -21,6 +24,12 @@ _URLS_TRIMMED_AT = 4 * TOP_URLS
 # Cache outcomes: served from the memory tier, from the disk tier, fetched for the cache (miss), forwarded
 # without the cache (pass), or none of those (the status page, a purge, a refusal).
 OUTCOMES = ("memory", "disk", "miss", "pass", "none")
+
+# WebSocket tunnels: why one closed — the client or the origin closed its connection, nothing went either
+# way for ``websocket_idle_timeout``, or accel was stopping.
+CLOSE_REASONS = ("client", "origin", "idle", "shutdown")
+# A route's tunnel figures (``Traffic.tunnels``): open now, opened in all, bytes each way, closes by reason.
+TUNNELS_OPEN, TUNNELS_OPENED, TO_ORIGIN, TO_CLIENT, FIRST_CLOSE = range(5)
 
 _METHOD_CLASSES = {b"GET": "read", b"HEAD": "read", b"POST": "write", b"PUT": "write", b"PATCH": "write",
                    b"DELETE": "write", b"PURGE": "purge"}
@@ -50,6 +59,7 @@ class Traffic:
         self.bytes_out = 0
         self.connections = 0  # client connections open now
         self.collapsed = 0  # requests that waited for another request's fetch of their URL
+        self.tunnels: dict[str, list[int]] = {}  # route -> its WebSocket tunnels' figures (TUNNELS_OPEN...)
 
     def request(self, route: str, method: bytes, status: int, outcome: str, seconds: float, target: bytes) -> None:
         """One answered request (``route``: its label, "-" for none)."""
@@ -87,6 +97,16 @@ class Traffic:
         figures[3 + bisect_left(BUCKETS, seconds)] += 1
         figures[-1] += seconds
 
+    def tunnel_opened(self, route: str) -> list[int]:
+        """A WebSocket tunnel opened on ``route`` (its label): the route's tunnel figures, where the tunnel adds
+        the bytes it relays (at ``TO_ORIGIN`` and ``TO_CLIENT``) as they flow."""
+        figures = self.tunnels.get(route)
+        if figures is None:
+            figures = self.tunnels[route] = [0] * (FIRST_CLOSE + len(CLOSE_REASONS))
+        figures[TUNNELS_OPEN] += 1
+        figures[TUNNELS_OPENED] += 1
+        return figures
+
     def purged(self, kind: str) -> None:
         self.purges[kind] = self.purges.get(kind, 0) + 1
 
@@ -105,7 +125,14 @@ class Traffic:
             "bytes_out": self.bytes_out,
             "connections": self.connections,
             "collapsed": self.collapsed,
+            "tunnels": self.tunnels,
         }
+
+
+def tunnel_closed(figures: list[int], reason: str) -> None:
+    """A tunnel counted in ``figures`` (``Traffic.tunnel_opened``'s) closed, for one of ``CLOSE_REASONS``."""
+    figures[TUNNELS_OPEN] -= 1
+    figures[FIRST_CLOSE + CLOSE_REASONS.index(reason)] += 1
 
 
 _STATUS_CLASSES = {n: f"{n}xx" for n in range(1, 6)}
@@ -122,6 +149,7 @@ def merge(snapshots: list[dict]) -> dict:
     origins: dict[str, dict] = {}
     urls: dict[str, list[int]] = {}
     purges: dict[str, int] = {}
+    tunnels: dict[str, list[int]] = {}
     totals = {"bytes_in": 0, "bytes_out": 0, "connections": 0, "collapsed": 0}
     started = None
     for s in snapshots:
@@ -141,10 +169,12 @@ def merge(snapshots: list[dict]) -> dict:
             known_url[1] += misses
         for kind, count in s["purges"].items():
             purges[kind] = purges.get(kind, 0) + count
+        for route, figures in s["tunnels"].items():
+            tunnels[route] = _add_lists(tunnels.get(route), figures)
         for name in totals:
             totals[name] += s[name]
     return {"started": started, "requests": requests, "latency": latency, "origins": origins, "urls": urls,
-            "purges": purges, **totals}
+            "purges": purges, "tunnels": tunnels, **totals}
 
 
 def percentile(histogram: list, fraction: float) -> float | None:

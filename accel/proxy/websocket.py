@@ -14,6 +14,8 @@ them) and the two hop-by-hop fields that ask for the switch. It never touches th
 * At most ``websocket_max_tunnels`` tunnels (and handshakes in flight) per route; beyond that: 503.
 
 The access log gets one line per tunnel when it closes: a 101, the tunnel's duration, the bytes each way.
+The traffic figures (``accel.http.traffic``: the status page and metrics) count per route the tunnels open,
+opened, their bytes each way as they flow, and why each closed (client, origin, idle, shutdown).
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from twisted.python.failure import Failure
 
 from accel.config import Route
 from accel.http.headers import connection_options
+from accel.http.traffic import TO_CLIENT, TO_ORIGIN, tunnel_closed
 from accel.proxy.forwarding import Forwarder
 from accel.proxy.origin import Fetched
 from accel.proxy.routing import origin_target
@@ -92,7 +95,8 @@ class WebSocketTunnels:
         for name, value in self.forwarder.response_fields(request, route, fetched):
             head += (name, b": ", value, b"\r\n")
         head.append(b"Upgrade: websocket\r\nConnection: Upgrade\r\n\r\n")
-        tunnel = Tunnel(self, route, request, connection)
+        tunnel = Tunnel(self, route, request, connection,
+                        self.forwarder.traffic.tunnel_opened(request.log_route))
         self.open.add(tunnel)
         request.code = 101
         request.channel.take_over(request, b"".join(head), tunnel.client)
@@ -114,21 +118,24 @@ class WebSocketTunnels:
     def close(self) -> None:
         """Shutting down: every tunnel closes."""
         for tunnel in list(self.open):
-            tunnel.close()
+            tunnel.close("shutdown")
 
 
 class Tunnel:
     """One client connection joined to one origin connection after a 101."""
 
-    def __init__(self, tunnels: WebSocketTunnels, route: Route, request, origin_connection):
+    def __init__(self, tunnels: WebSocketTunnels, route: Route, request, origin_connection, figures: list[int]):
+        """``figures``: the route's tunnel figures in the traffic counters (``Traffic.tunnel_opened``)."""
         self.tunnels = tunnels
         self.route = route
         self.request = request
+        self.figures = figures
         self.client_transport = request.channel.transport
         self.origin_transport = origin_connection.transport
-        self.client = _Side(self, self.origin_transport)  # the client's bytes, to the origin
-        self.origin = _Side(self, self.client_transport)  # the origin's bytes, to the client
+        self.client = _Side(self, self.origin_transport, "client", TO_ORIGIN)  # the client's bytes, to the origin
+        self.origin = _Side(self, self.client_transport, "origin", TO_CLIENT)  # the origin's bytes, to the client
         self.closing = False
+        self.reason: str | None = None  # why it closes (accel.http.traffic.CLOSE_REASONS)
         self.over = False
         self.timer: IdleTimer | None = None
 
@@ -145,26 +152,28 @@ class Tunnel:
     def idle(self) -> None:
         log.info("WebSocket tunnel to {origin} idle for {s} s; closing", origin=self.route.origin.key,
                  s=self.route.websocket_idle_timeout)
-        self.close()
+        self.close("idle")
 
-    def close(self) -> None:
-        """Close both connections once what each was sent has gone out."""
+    def close(self, reason: str) -> None:
+        """Close both connections once what each was sent has gone out (``reason``: why, for the figures)."""
         if self.closing:
             return
         self.closing = True
+        self.reason = self.reason or reason
         for transport in (self.client_transport, self.origin_transport):
             transport.unregisterProducer()
             transport.loseConnection()
 
-    def lost(self) -> None:
-        """One side closed: close the other, once; log the tunnel."""
+    def lost(self, side: str) -> None:
+        """One ``side`` ("client" or "origin") closed: close the other, once; count and log the tunnel."""
         if self.over:
             return
         self.over = True
         if self.timer is not None:
             self.timer.stop()
-        self.close()
+        self.close(side)
         self.tunnels.closed(self)
+        tunnel_closed(self.figures, self.reason)
         request = self.request
         request.sentLength = self.origin.relayed
         request.log_extra = f" ws_in={self.client.relayed} ws_out={self.origin.relayed}"
@@ -176,15 +185,19 @@ class Tunnel:
 class _Side:
     """What one connection's protocol is told once it is tunnelled: its bytes go to the other transport."""
 
-    def __init__(self, tunnel: Tunnel, other_transport):
+    def __init__(self, tunnel: Tunnel, other_transport, name: str, direction: int):
+        """``name``: which side this is; ``direction``: where its bytes count in the tunnel's figures."""
         self.tunnel = tunnel
         self.other = other_transport
+        self.name = name
+        self.direction = direction
         self.relayed = 0  # bytes
 
     def dataReceived(self, data: bytes) -> None:
         self.other.write(data)
         self.relayed += len(data)
+        self.tunnel.figures[self.direction] += len(data)
         self.tunnel.touch()
 
     def connectionLost(self, reason) -> None:
-        self.tunnel.lost()
+        self.tunnel.lost(self.name)
