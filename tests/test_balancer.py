@@ -20,6 +20,7 @@ from accel.app import build_site
 from accel.config import parse_config
 from tests.raw_origin import RawOrigin
 from tests.support import RecordingOrigin, get, http_client, turns, until
+from tests.test_status import metric_samples
 
 
 class Member:
@@ -341,6 +342,30 @@ class HealthChecks(unittest.TestCase):
         self.assertEqual(states, ["up", "up", "up"])
         self.assertEqual(sum(1 for line in self.logged if "health check puts back member" in line), 1)
         self.assertEqual(sum(1 for line in self.logged if "health check" in line), 2)  # changes only
+
+    @defer.inlineCallbacks
+    def test_the_metrics_show_a_member_whose_checks_fail_down_and_the_others_up(self):
+        cluster = Cluster(self, balancer='[balancer.app.health]\nuri = "/health"\ninterval = 5\nfails = 1',
+                          members=("", 'route = "b"', "standby = true"))
+        cluster.members[0].origin.handlers[b"/health"] = _status(503)
+        yield until(lambda: cluster.counts(b"/health") == [1, 1, 1])
+        yield until(lambda: not cluster.site.balancers.health["app"].in_flight)
+        for i in range(4):
+            yield cluster.get(f"/m{i}")
+        response, body = yield cluster.get("/metrics")
+        samples = metric_samples(body.decode())
+        def sample(name, member, number):
+            return samples[(name, (("balancer", "app"), ("member", member),
+                                   ("url", cluster.members[number].url)))]
+        self.assertEqual([sample("accel_balancer_member_up", m, n) for n, m in enumerate(("1", "b", "3"))],
+                         [0, 1, 1])  # the standby is healthy: up, though it takes requests only when no other is
+        self.assertEqual([sample("accel_balancer_member_requests_total", m, n) for n, m in enumerate(("1", "b", "3"))],
+                         [0, 4, 0])
+        self.assertEqual(sample("accel_balancer_member_in_flight", "b", 1), 0)
+        yield cluster.post("/accel-status/balancer/app/member/b", {"action": "drain"}, as_json=True)
+        response, body = yield cluster.get("/metrics")
+        self.assertEqual(metric_samples(body.decode())[("accel_balancer_member_up", (
+            ("balancer", "app"), ("member", "b"), ("url", cluster.members[1].url)))], 0)  # draining: no new requests
 
     @defer.inlineCallbacks
     def test_never_more_than_one_check_in_flight_per_member(self):

@@ -72,6 +72,7 @@ class _DocumentCollector:
             purges.add_metric((kind,), count)
         yield purges
         yield from _tunnel_metrics(d["websocket"])
+        yield from _member_metrics(d.get("balancers", {}))
         yield CounterMetricFamily("accel_collapsed_waiters", "Requests that waited for another request's fetch",
                                   value=cache["collapsed_waiters"])
         yield CounterMetricFamily("accel_received_bytes", "Bytes received from clients", value=d["bytes"]["in"])
@@ -101,6 +102,35 @@ def _tunnel_metrics(websocket: dict):
         for reason, count in r["closes"].items():
             closes.add_metric((route, reason), count)
     return open_, opened, carried, closes
+
+
+# A member is up while it takes new requests: enabled, not out after failed health checks or within a failed
+# request's retry period (accel.proxy.balancer.Member.usable); a hot standby that is usable counts as up.
+_UP_STATES = frozenset({"up", "standby"})
+
+
+def _member_metrics(balancers: dict):
+    """Each balancer member's state and counters, as the balancer manager shows them (``balancers`` is its
+    part of the document: with worker processes, the figures of the worker that answered)."""
+    labels = ("balancer", "member", "url")
+    up = GaugeMetricFamily("accel_balancer_member_up", "1 while the member takes new requests (enabled, passing "
+                           "its health checks, not in a retry period), else 0", labels=labels)
+    requests = CounterMetricFamily("accel_balancer_member_requests", "Requests sent to the member", labels=labels)
+    failures = CounterMetricFamily("accel_balancer_member_failures", "Requests the member could not take",
+                                   labels=labels)
+    carried = CounterMetricFamily("accel_balancer_member_bytes", "Bytes carried to and from the member",
+                                  labels=labels)
+    in_flight = GaugeMetricFamily("accel_balancer_member_in_flight", "Requests (and WebSocket tunnels) at the "
+                                  "member now", labels=labels)
+    for name, balancer in sorted(balancers.items()):
+        for m in balancer["members"]:
+            values = (name, m["route"], m["url"])
+            up.add_metric(values, 1 if m["state"] in _UP_STATES else 0)
+            requests.add_metric(values, m["requests"])
+            failures.add_metric(values, m["failures"])
+            carried.add_metric(values, m["bytes"])
+            in_flight.add_metric(values, m["in_flight"])
+    return up, requests, failures, carried, in_flight
 
 
 def exposition(document: dict) -> bytes:
