@@ -590,8 +590,6 @@ def _route_websocket(r: _Reader, origin_url: str | None) -> dict[str, Any]:
         raise r.fail("websocket", "true (or absent) with a ws:// or wss:// origin", False)
     if websocket and origin_url is None:
         raise r.fail("websocket", "an origin on this route (an exclusion route tunnels nothing)", True)
-    if websocket and origin_url.startswith("balancer:"):
-        raise r.fail("websocket", "a ws://, wss://, http:// or https:// origin (balancer routes do not tunnel yet)", True)
     return {
         "websocket": websocket,
         "websocket_idle_timeout": r.seconds("websocket_idle_timeout", _ROUTE.websocket_idle_timeout),

@@ -59,8 +59,6 @@ def test_websocket_origins():
          "route[0].websocket: expected true (or absent) with a ws:// or wss:// origin"),
         ("[[route]]\nprefix = '/'\nexclude = true\nwebsocket = true\n",
          "route[0].websocket: expected an origin on this route"),
-        ("[[route]]\nprefix = '/'\norigin = 'balancer://app/'\nwebsocket = true\n",
-         "route[0].websocket: expected a ws://, wss://, http:// or https:// origin (balancer routes do not tunnel yet)"),
         (ROUTE + "websocket_idle_timeout = 0\n", "route[0].websocket_idle_timeout: expected a number of seconds greater than 0"),
         (ROUTE + "websocket_max_tunnels = 0\n", "route[0].websocket_max_tunnels: expected a whole number greater than 0"),
         ("[[route]]\nprefix = '/'\norigin = 'ws://o/'\ntls_verify = false\n",

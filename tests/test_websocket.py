@@ -15,12 +15,14 @@ from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.trial import unittest
 
 from accel.app import build_site
-from accel.config import Config, Route, parse_origin
+from accel.config import Config, Route, parse_config, parse_origin
 from accel.http.traffic import Traffic
+from accel.proxy.client import OriginResponse
+from accel.proxy.origin import Fetched
 from accel.proxy.websocket import Tunnel, WebSocketTunnels
 from tests.support import next_turn, raw_request, until
 from tests.test_cache_e2e import temporary_directory
-from tests.test_status import metric_samples
+from tests.test_status import closed_port, metric_samples
 from tests.tls_support import listen_https
 from tests.workers_support import Supervised, connection_owner
 from tests.websocket_support import BINARY, CLOSE, TEXT, EchoOriginFactory, accept_value, connect
@@ -236,6 +238,94 @@ class TunnelTests(unittest.TestCase):
         self.assertEqual(document["websocket"]["closes"], {"client": 0, "origin": 0, "idle": 1, "shutdown": 1})
 
 
+class BalancerTunnelTests(unittest.TestCase):
+    """WebSocket on a balancer:// route: two real echo origins as members."""
+
+    def start(self, balancer: str = "", dead_first: bool = False) -> int:
+        self.members = []
+        urls = []
+        if dead_first:
+            urls.append(f"http://127.0.0.1:{closed_port()}/")
+        for _ in range(2 - len(urls)):
+            factory = EchoOriginFactory()
+            port = reactor.listenTCP(0, factory, interface="127.0.0.1")
+            self.addCleanup(port.stopListening)
+            self.members.append(factory)
+            urls.append(f"http://127.0.0.1:{port.getHost().port}/")
+        text = ('[[route]]\nprefix = "/ws/"\norigin = "balancer://app/"\nwebsocket = true\n'
+                f'[balancer.app]\n{balancer}\n')
+        for route, url in zip("ab", urls):
+            text += f'[[balancer.app.member]]\nurl = "{url}"\nroute = "{route}"\n'
+        self.site = build_site(parse_config(text, "accel.toml"), reactor)
+        port = reactor.listenTCP(0, self.site, interface="127.0.0.1")
+        self.addCleanup(self.site.close)
+        self.addCleanup(port.stopListening)
+        return port.getHost().port
+
+    def balancer_members(self) -> list:
+        return self.site.balancers.balancers["app"].members
+
+    async def echo(self, client, payload: bytes) -> None:
+        client.send(TEXT, payload)
+        self.assertEqual(await client.message(len(client.messages)), (TEXT, payload))
+
+    async def test_both_members_get_tunnels_and_each_is_in_flight_until_it_closes(self):
+        port = self.start()
+        clients = [await connect(port) for _ in range(2)]
+        for client in clients:
+            self.assertTrue(client.head.startswith(b"HTTP/1.1 101 "), client.head)
+            await self.echo(client, b"hi")
+        self.assertEqual([len(m.handshakes) for m in self.members], [1, 1])
+        self.assertEqual([line for m in self.members for line, _ in m.handshakes], [b"GET /echo HTTP/1.1"] * 2)
+        self.assertEqual([m.in_flight for m in self.balancer_members()], [1, 1])  # a tunnel is a request in flight
+        for client in clients:
+            client.transport.loseConnection()
+            await client.closed
+        await until(lambda: not self.site.accelerator.tunnels.open)
+        self.assertEqual([m.in_flight for m in self.balancer_members()], [0, 0])
+        self.assertEqual([m.bytes for m in self.balancer_members()], [(2 + 4 + 2) + (2 + 2)] * 2)  # one echo: a masked frame in, a frame out
+
+    async def test_bybusyness_sends_plain_requests_away_from_the_member_holding_a_tunnel(self):
+        port = self.start('method = "bybusyness"')
+        client = await connect(port)
+        await self.echo(client, b"hi")
+        self.assertEqual([len(m.handshakes) for m in self.members], [1, 0])
+        for _ in range(3):
+            reply = await raw_request(port, b"GET /ws/plain HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
+            self.assertTrue(reply.endswith(b"plain"), reply)
+        self.assertEqual([len(m.handshakes) for m in self.members], [1, 3])
+        client.transport.loseConnection()
+        await client.closed
+
+    async def test_a_dead_member_is_skipped(self):
+        port = self.start(dead_first=True)
+        for _ in range(2):
+            client = await connect(port)
+            self.assertTrue(client.head.startswith(b"HTTP/1.1 101 "), client.head)
+            await self.echo(client, b"through the live one")
+            client.transport.loseConnection()
+            await client.closed
+        self.assertEqual(len(self.members[0].handshakes), 2)
+        now = reactor.seconds()
+        self.assertEqual([(m.route, m.state(now)) for m in self.balancer_members()], [("a", "out"), ("b", "up")])
+
+    async def test_a_sticky_session_keeps_its_member(self):
+        port = self.start('sticky_cookie = "ROUTEID"\nsticky_set = true')
+        first = await connect(port)
+        cookie = first.field(b"set-cookie")
+        self.assertIsNotNone(cookie)
+        route = cookie.split(b";")[0].rpartition(b".")[2]
+        pinned = self.members[b"ab".index(route)]
+        clients = [first] + [await connect(port, extra=b"Cookie: ROUTEID=." + route + b"\r\n") for _ in range(3)]
+        for client in clients:
+            await self.echo(client, b"same member")
+            client.transport.loseConnection()
+            await client.closed
+        self.assertEqual(len(pinned.handshakes), 4)
+        self.assertEqual(sum(len(m.handshakes) for m in self.members), 4)
+        self.assertIsNone(clients[1].field(b"set-cookie"))  # the session already names its member
+
+
 class SecureOriginTests(unittest.TestCase):
     """wss:// origins are verified like https:// ones."""
 
@@ -287,7 +377,8 @@ class IdleTimeoutUnitTests(unittest.TestCase):
         tunnels = WebSocketTunnels(forwarder=None, reactor=clock)
         tunnels.count[route.prefix] = 1  # as handle() counts the handshake
         figures = Traffic().tunnel_opened("/ws/")
-        tunnel = Tunnel(tunnels, route, request, SimpleNamespace(transport=origin), figures)
+        switched = OriginResponse(SimpleNamespace(transport=origin), 101, b"Switching Protocols", b"HTTP/1.1", [], 0)
+        tunnel = Tunnel(tunnels, route, request, Fetched(switched), figures)
         tunnels.open.add(tunnel)
         tunnel.start()
         self.assertIs(client.producer, origin)  # each transport's buffer steers the other's reading

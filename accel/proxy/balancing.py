@@ -49,6 +49,12 @@ class MemberFetched(Fetched):
             ended, self.ended = self.ended, None
             ended(self.response.received)
 
+    def tunnel_closed(self, carried: int) -> None:
+        """A tunnel is a request in flight at its member (``bybusyness`` sees it) until it closes."""
+        if self.ended is not None:
+            ended, self.ended = self.ended, None
+            ended(carried)
+
 
 class Balancers:
     """Every configured balancer, its members' routes and its health check timer."""
@@ -100,23 +106,26 @@ class Balancers:
         return found[1]
 
     def send(self, route: Route, method: bytes, target: str, headers: RawFields, body=None, interim=None,
-             sticky: str | None = None) -> Deferred[Fetched]:
+             sticky: str | None = None, upgrade: bool = False) -> Deferred[Fetched]:
         """Send a request for a public ``target`` to a member of the route's balancer, failing over while the
-        request can be repeated. Fires with a ``MemberFetched``; cancelling it cancels the member's request."""
+        request can be repeated. Fires with a ``MemberFetched``; cancelling it cancels the member's request.
+        ``upgrade``: a WebSocket handshake (``OriginClient.fetch``), whose tunnel stays in flight at the
+        member until it closes (``MemberFetched.tunnel_closed``)."""
         balancer = self.balancers.get(route.balancer)
         if balancer is None:  # a request of an older generation, whose balancer a reload removed
             return fail(NoUsableMember(f"balancer {route.balancer} is no longer configured"))
-        return _Attempts(self, balancer, route, method, target, headers, body, interim,
-                         sticky).start()
+        return _Attempts(self, balancer, route, method, target, headers, body, interim, sticky, upgrade).start()
 
 
 class _Attempts:
     """One request's tries, member after member."""
 
-    def __init__(self, balancers: Balancers, balancer: Balancer, route, method, target, headers, body, interim, sticky):
+    def __init__(self, balancers: Balancers, balancer: Balancer, route, method, target, headers, body, interim, sticky,
+                 upgrade):
         self.balancers, self.balancer, self.route = balancers, balancer, route
         self.method, self.target, self.headers, self.body, self.interim = method, target, headers, body, interim
         self.sticky = sticky
+        self.upgrade = upgrade
         self.tried: list[Member] = []
         self.current: Deferred | None = None
         self.busy = None  # the failure of the last member that was full
@@ -144,7 +153,8 @@ class _Attempts:
         self.balancer.started(member)
         client = self.balancers.clients.for_route(route)
         self.current = client.fetch(self.method, origin_target(route, self.target).encode("latin-1"), fields,
-                                    self.body, timeout=route.response_timeout, interim=self.interim)
+                                    self.body, timeout=route.response_timeout, interim=self.interim,
+                                    upgrade=self.upgrade)
         self.current.addCallbacks(lambda fetched: self.answered(member, route, fetched),
                                   lambda failure: self.failed(member, failure))
 

@@ -203,14 +203,12 @@ class Forwarder:
         if refusal is not None:
             return fail(Refused(refusal))
         headers = self.upstream_headers(request, route, extra, drop)
-        sticky = None
-        if route.balancer is not None:
-            sticky = self.balancers.sticky(route, request.requestHeaders.getRawHeaders(b"cookie", []))
         request.forwarded = True
         sent = time.monotonic()
         d = self.send(
             route, method or request.method, target, headers, request.body,
-            interim=lambda code, phrase, fields: relay_interim(request, code, phrase, fields), sticky=sticky,
+            interim=lambda code, phrase, fields: relay_interim(request, code, phrase, fields),
+            sticky=self.sticky(request, route),
         )
         answered = []
 
@@ -267,17 +265,25 @@ class Forwarder:
             known = self._untrusted[id(route)] = (route, frozenset(names))
         return known[1]
 
+    def sticky(self, request, route: Route) -> str | None:
+        """The balancer member route the request's sticky session names, if its route has a balancer."""
+        if route.balancer is None:
+            return None
+        return self.balancers.sticky(route, request.requestHeaders.getRawHeaders(b"cookie", []))
+
     def send(
         self, route: Route, method: bytes, target: str, headers: RawFields, body=None, interim=None,
-        sticky: str | None = None,
+        sticky: str | None = None, upgrade: bool = False,
     ) -> Deferred[Fetched]:
         """Send a prepared request for a public ``target`` to the route's origin, or to a member of its
-        balancer (``sticky``: the member route a sticky session names)."""
+        balancer (``sticky``: the member route a sticky session names). ``upgrade``: a WebSocket handshake
+        (see ``OriginClient.fetch``)."""
         if route.balancer is not None:
-            return self.balancers.send(route, method, target, headers, body, interim, sticky)
+            return self.balancers.send(route, method, target, headers, body, interim, sticky, upgrade)
         upstream = origin_target(route, target).encode("latin-1")
         client = self.clients.for_route(route)
-        return client.fetch(method, upstream, headers, body, timeout=route.response_timeout, interim=interim)
+        return client.fetch(method, upstream, headers, body, timeout=route.response_timeout, interim=interim,
+                            upgrade=upgrade)
 
     def client_side(self, request) -> ClientSide:
         address, trusted = self.peer(request.getClientAddress())

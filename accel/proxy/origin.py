@@ -66,6 +66,10 @@ class Fetched:
         """Done with the response: a body not read to the end closes its connection."""
         self.response.release()
 
+    def tunnel_closed(self, carried: int) -> None:
+        """The WebSocket tunnel this 101 opened closed after ``carried`` bytes both ways (nothing to do for a
+        route's own origin; a balancer member's request ends then: ``accel.proxy.balancing.MemberFetched``)."""
+
 
 class OriginClient:
     def __init__(

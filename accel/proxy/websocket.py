@@ -5,6 +5,11 @@ to upgrade to ``websocket`` (RFC 6455 §4.1: ``Upgrade: websocket``, ``Connectio
 origin with the proxy's usual fields (X-Forwarded-*, Via; Origin and Sec-WebSocket-* as the client sent
 them) and the two hop-by-hop fields that ask for the switch. It never touches the cache.
 
+On a ``balancer://`` route the handshake goes to a member as any request does (``Forwarder.send``): the
+balancer's method picks it, a sticky session keeps its member, a member that cannot be reached is marked out
+and the next one tried; over HTTP to an ``http://`` member, TLS to an ``https://`` one (ws and wss). The
+tunnel is a request in flight at its member until it closes (``bybusyness`` counts it).
+
 * A 101 is relayed, and from then on the bytes flow both ways as they come (accel does not parse frames),
   each connection the other's producer: a client that stops reading stops accel reading the origin, and
   the other way round. Either side closing closes the other (after what was sent to it has gone out);
@@ -30,7 +35,6 @@ from accel.http.headers import connection_options
 from accel.http.traffic import TO_CLIENT, TO_ORIGIN, tunnel_closed
 from accel.proxy.forwarding import Forwarder
 from accel.proxy.origin import Fetched
-from accel.proxy.routing import origin_target
 from accel.proxy.timer import IdleTimer
 
 log = Logger()
@@ -70,11 +74,10 @@ class WebSocketTunnels:
             return
         self.count[route.prefix] = self.count.get(route.prefix, 0) + 1
         request.log_cache = "-"
-        headers = self.forwarder.upstream_headers(request, route)
+        forwarder = self.forwarder
+        headers = forwarder.upstream_headers(request, route)
         headers += [(b"Connection", b"Upgrade"), (b"Upgrade", b"websocket")]
-        client = self.forwarder.clients.for_route(route)
-        d = client.fetch(b"GET", origin_target(route, target).encode("latin-1"), headers,
-                         timeout=route.response_timeout, upgrade=True)
+        d = forwarder.send(route, b"GET", target, headers, sticky=forwarder.sticky(request, route), upgrade=True)
         request.notifyFinish().addErrback(lambda _: d.cancel())
         d.addCallbacks(lambda fetched: self.answered(request, route, fetched), lambda failure: self.failed(request, route, failure))
         d.addErrback(lambda failure: self.forwarder.crashed(request, failure))
@@ -89,13 +92,18 @@ class WebSocketTunnels:
         if request._disconnected:
             self.release(route)
             connection.transport.loseConnection()
+            fetched.tunnel_closed(0)
             return
         response.claimed = True
+        if fetched.route is not None:  # a balancer member's
+            request.log_origin = fetched.route.origin.key
         head = [b"HTTP/1.1 101 ", response.phrase or b"Switching Protocols", b"\r\n"]
         for name, value in self.forwarder.response_fields(request, route, fetched):
             head += (name, b": ", value, b"\r\n")
+        if fetched.set_cookie is not None:  # the balancer's sticky session
+            head += (b"Set-Cookie: ", fetched.set_cookie, b"\r\n")
         head.append(b"Upgrade: websocket\r\nConnection: Upgrade\r\n\r\n")
-        tunnel = Tunnel(self, route, request, connection,
+        tunnel = Tunnel(self, fetched.route or route, request, fetched,
                         self.forwarder.traffic.tunnel_opened(request.log_route))
         self.open.add(tunnel)
         request.code = 101
@@ -124,14 +132,16 @@ class WebSocketTunnels:
 class Tunnel:
     """One client connection joined to one origin connection after a 101."""
 
-    def __init__(self, tunnels: WebSocketTunnels, route: Route, request, origin_connection, figures: list[int]):
-        """``figures``: the route's tunnel figures in the traffic counters (``Traffic.tunnel_opened``)."""
+    def __init__(self, tunnels: WebSocketTunnels, route: Route, request, fetched: Fetched, figures: list[int]):
+        """``route``: the request's, or its balancer member's; ``fetched``: the origin's 101; ``figures``: the
+        route's tunnel figures in the traffic counters (``Traffic.tunnel_opened``)."""
         self.tunnels = tunnels
         self.route = route
         self.request = request
+        self.fetched = fetched
         self.figures = figures
         self.client_transport = request.channel.transport
-        self.origin_transport = origin_connection.transport
+        self.origin_transport = fetched.response.connection.transport
         self.client = _Side(self, self.origin_transport, "client", TO_ORIGIN)  # the client's bytes, to the origin
         self.origin = _Side(self, self.client_transport, "origin", TO_CLIENT)  # the origin's bytes, to the client
         self.closing = False
@@ -174,6 +184,7 @@ class Tunnel:
         self.close(side)
         self.tunnels.closed(self)
         tunnel_closed(self.figures, self.reason)
+        self.fetched.tunnel_closed(self.client.relayed + self.origin.relayed)
         request = self.request
         request.sentLength = self.origin.relayed
         request.log_extra = f" ws_in={self.client.relayed} ws_out={self.origin.relayed}"
