@@ -238,6 +238,7 @@ class Accelerator:
         site.fast_hits = generation.fast_hits
         site.admission = generation.admission
         site.traffic = self.traffic
+        self.traffic.counting = config.status.metrics
         site.trusts = generation.trusts
         site.access_log_format = config.access_log_format
         site.header_rules = HeaderRules(config.protection.headers)

@@ -328,6 +328,7 @@ class StatusSettings:
     allow: tuple = (ipaddress.ip_network("127.0.0.0/8"), ipaddress.ip_network("::1/128"))
     allow_unix_peers: bool = False
     health_path: str = "/accel-health"  # 200 while serving, 503 while draining (accel.http.health)
+    metrics: bool = True  # count requests (the status page's traffic figures, /metrics); false: /metrics is 404
 
 
 ACCESS_LOG_FORMATS = ("combined", "json")
@@ -1156,8 +1157,9 @@ def _status_settings(r: _Reader) -> StatusSettings:
     if len(set(paths.values())) != len(paths):
         raise r.fail("metrics_path", "path, metrics_path and health_path all different", list(paths.values()))
     allow, allow_unix_peers = _networks(r, "allow", StatusSettings().allow)
+    metrics = r.get("metrics", bool, "true or false", StatusSettings().metrics)
     r.reject_unknown()
-    return StatusSettings(paths["path"], paths["metrics_path"], allow, allow_unix_peers, paths["health_path"])
+    return StatusSettings(paths["path"], paths["metrics_path"], allow, allow_unix_peers, paths["health_path"], metrics)
 
 
 _PEER = "a list of peer URLs such as http://10.0.0.2:8080 (scheme, host and port only)"

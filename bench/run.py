@@ -18,7 +18,9 @@ Python-driven scenarios:
   stream-rss    peak RSS of accel while a large response streams to a slow client
   startup-100k  accel start-up time with a pre-populated cache
   observed-1k   hit-1k on accel with the JSON access log written and /metrics scraped every second, against
-                accel with neither, alternating in each round (the figures are counted in both: always on)
+                accel with neither, alternating in each round (the figures are counted in both)
+  metrics-1k    hit-1k on accel counting requests ([status] metrics = true) against accel counting nothing
+                (metrics = false), alternating in each round: the cost of the counting
 """
 
 import argparse
@@ -67,7 +69,7 @@ THROUGHPUT = {  # scenario -> (path, connections, request fields wrk adds)
 # what identity hits cost, since each coding is made once (target: gzip/identity req/s >= 0.9)
 ACCEL_CONFIG = "[compress]\nenabled = true\n"
 ROUNDS_OF = ("collapse", "burst-2k", "reload", "shield")  # Python-driven scenarios measured on both systems every round
-SCENARIOS = [*THROUGHPUT, *ROUNDS_OF, "stream-rss", "startup-100k", "idle-10k", "observed-1k"]
+SCENARIOS = [*THROUGHPUT, *ROUNDS_OF, "stream-rss", "startup-100k", "idle-10k", "observed-1k", "metrics-1k"]
 COLLAPSE_CLIENTS = 100
 RELOAD_PATH, RELOAD_CONNECTIONS = "/1k", 50
 RELOAD_EXTRA_S = 10  # the reload scenario's load lasts this much longer than --duration: new workers start under load
@@ -323,42 +325,77 @@ def reload_once(settings, tools, port, child, system):
     return measured
 
 
+def _alternating(settings, scenario, servers, measure):
+    """hit-1k on several accels (``servers``: name -> start_accel's result), taking turns within each round,
+    in the reverse order every other round (whoever goes first has the machine a little fresher):
+    ``measure(name, port)`` runs one wrk and returns its req/s. Returns {name: [req/s per round]}."""
+    rounds = {name: [] for name in servers}
+    for rnd in range(settings.rounds):
+        for name, (_child, port, _) in list(servers.items())[::-1 if rnd % 2 else 1]:
+            rps = measure(name, port)
+            rounds[name].append(rps)
+            print(f"{scenario} {name:8} {rps:,.0f} req/s", flush=True)
+    return rounds
+
+
 def observed(settings, run):
     """hit-1k on two accels alternating each round: "observed" writes the JSON access log (to /dev/null) and
     has /metrics scraped every second during the load; "plain" writes the combined log to /dev/null and is
     not scraped. Returns the medians and observed/plain (the issue's bound: at least 0.9)."""
-    path, connections, headers = THROUGHPUT["hit-1k"]
     servers = {
         "plain": run.start_accel("accel-plain", run.work / "cache-plain", settings.workers, access_log="/dev/null"),
         "observed": run.start_accel("accel-observed", run.work / "cache-observed", settings.workers,
                                     config_text='[server]\naccess_log_format = "json"\n', access_log="/dev/null"),
     }
-    rounds = {name: [] for name in servers}
-    for _ in range(settings.rounds):
-        for name, (_child, port, _) in servers.items():
-            stop = threading.Event()
-            scrapes = []
 
-            def scrape(port=port):
-                while True:
-                    scrapes.append(client.fetch(port, "/metrics").status)
-                    if stop.wait(1.0):
-                        return
+    def measure(name, port):
+        if name != "observed":
+            return throughput_once(settings, run.tools, port, "hit-1k")["rps"]
+        stop = threading.Event()
+        scrapes = []
 
-            scraper = threading.Thread(target=scrape, daemon=True)
-            if name == "observed":
-                scraper.start()
-            measured = throughput_once(settings, run.tools, port, "hit-1k")
+        def scrape():
+            while True:
+                scrapes.append(client.fetch(port, "/metrics").status)
+                if stop.wait(1.0):
+                    return
+
+        scraper = threading.Thread(target=scrape, daemon=True)
+        scraper.start()
+        try:
+            rps = throughput_once(settings, run.tools, port, "hit-1k")["rps"]
+        finally:
             stop.set()
-            if scraper.is_alive():
-                scraper.join()
-            if name == "observed" and (not scrapes or set(scrapes) != {200}):
-                raise RuntimeError(f"/metrics scrapes answered {scrapes}")
-            rounds[name].append(measured["rps"])
-            print(f"observed-1k {name:8} {measured['rps']:,.0f} req/s", flush=True)
+            scraper.join()
+        if not scrapes or set(scrapes) != {200}:
+            raise RuntimeError(f"/metrics scrapes answered {scrapes}")
+        return rps
+
+    rounds = _alternating(settings, "observed-1k", servers, measure)
     medians = {name: statistics.median(values) for name, values in rounds.items()}
     return {"rounds": rounds, "plain_rps": medians["plain"], "observed_rps": medians["observed"],
             "observed_over_plain": medians["observed"] / medians["plain"]}
+
+
+def metrics_switch(settings, run):
+    """hit-1k on two accels alternating each round: one counts every request (``[status] metrics = true``,
+    the default), the other counts nothing (``metrics = false``). Returns the medians and on/off (issue 20:
+    counting on stays within 10% of off, i.e. at least 0.9)."""
+    servers = {
+        "off": run.start_accel("accel-metrics-off", run.work / "cache-metrics-off", settings.workers,
+                               config_text="[status]\nmetrics = false\n"),
+        "on": run.start_accel("accel-metrics-on", run.work / "cache-metrics-on", settings.workers,
+                              config_text="[status]\nmetrics = true\n"),
+    }
+    for name, (_child, port, _) in servers.items():  # each is what it says: /metrics is served only when on
+        status = client.fetch(port, "/metrics").status
+        if status != {"on": 200, "off": 404}[name]:
+            raise RuntimeError(f"accel with metrics {name}: /metrics answered {status}")
+    rounds = _alternating(settings, "metrics-1k", servers,
+                          lambda name, port: throughput_once(settings, run.tools, port, "hit-1k")["rps"])
+    medians = {name: statistics.median(values) for name, values in rounds.items()}
+    return {"rounds": rounds, "on_rps": medians["on"], "off_rps": medians["off"],
+            "on_over_off": medians["on"] / medians["off"]}
 
 
 def idle_connections(settings, run):
@@ -614,6 +651,14 @@ def markdown(report):
             other.append(f"| observed-1k | hit-1k req/s with the JSON log and /metrics scraped, and without "
                          f"(ratio {entry['observed_over_plain']:.3f}) | {_fmt(entry['observed_rps'])} "
                          f"| {_fmt(entry['plain_rps'])} (accel) |")
+    if "metrics-1k" in results:
+        entry = results["metrics-1k"]
+        if "error" in entry:
+            other.append(f"| metrics-1k | error: {entry['error'].splitlines()[0]} | | |")
+        else:
+            other.append(f"| metrics-1k | hit-1k req/s counting requests ([status] metrics on), and not (off) "
+                         f"(ratio {entry['on_over_off']:.3f}) | {_fmt(entry['on_rps'])} "
+                         f"| {_fmt(entry['off_rps'])} (accel) |")
     if "startup-100k" in results:
         entry = results["startup-100k"]
         if "error" in entry:
@@ -678,7 +723,7 @@ def run_scenarios(settings, tools, notes):
         summarize(results, systems)
         notes.extend(error_notes(results))
         for name, func in (("stream-rss", stream_rss), ("startup-100k", startup), ("idle-10k", idle_connections),
-                           ("observed-1k", observed)):
+                           ("observed-1k", observed), ("metrics-1k", metrics_switch)):
             if name in settings.scenarios:
                 try:
                     results[name] = func(settings, run)

@@ -13,7 +13,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 RUN = ROOT / "bench" / "run.py"
 SCENARIOS = ["hit-1k", "hit-1m", "pass-1k", "close-1k", "hit-1k-text", "hit-1k-gzip", "collapse", "burst-2k",
-             "reload", "stream-rss", "startup-100k", "idle-10k", "observed-1k"]
+             "reload", "stream-rss", "startup-100k", "idle-10k", "observed-1k", "metrics-1k"]
 
 
 def _number(value):
@@ -81,6 +81,9 @@ def test_smoke_run(tmp_path):
     observed = results["observed-1k"]  # hit-1k with the JSON log and /metrics scraped, and without
     assert observed["plain_rps"] > 0 and observed["observed_rps"] > 0
     assert _number(observed["observed_over_plain"])
+    switch = results["metrics-1k"]  # hit-1k counting requests and not ([status] metrics = true / false)
+    assert switch["on_rps"] > 0 and switch["off_rps"] > 0
+    assert _number(switch["on_over_off"])
 
     if "nginx" in results["hit-1k"]["median"]:
         assert _number(results["hit-1k"]["ratio_rps_accel_nginx"])

@@ -26,6 +26,7 @@ from accel.http.status import build_document
 from twisted.web import server
 
 from tests.support import RecordingOrigin, raw_request, start_stack, until
+from tests.test_fast_hits import counted_fast_hits
 from tests.workers_support import Supervised
 
 
@@ -186,6 +187,45 @@ class AllowTests(unittest.TestCase):
         self.assertTrue(posted.startswith(b"HTTP/1.1 405 "), posted)
 
 
+class CountingOffTests(unittest.TestCase):
+    """[status] metrics = false: no request is counted, on the fast hit path or the general one; /metrics is 404."""
+
+    @defer.inlineCallbacks
+    def test_nothing_is_counted_and_the_page_says_so(self):
+        cache_dir = tempfile.mkdtemp(prefix="accel-counting-")
+        self.addCleanup(shutil.rmtree, cache_dir, True)
+        config = parse_config(f'[status]\nmetrics = false\n[cache]\ndir = "{cache_dir}"\n', "t.toml")
+        stack = start_stack(self, config)
+        stack.origin.handlers[b"/hot"] = lambda r: (r.setHeader(b"cache-control", b"max-age=60"), b"hot")[1]
+        port = stack.accel_port.getHost().port
+        fast = counted_fast_hits(self, stack)
+        for path in (b"/hot", b"/hot", b"/hot", b"/pass", b"/hot"):
+            response = yield request(port, b"GET", path)
+            self.assertTrue(response.startswith(b"HTTP/1.1 200 "), response)
+        self.assertTrue(fast)  # the fast path answered hits (the first hit, from disk, takes the general one)
+        metrics = yield request(port, b"GET", b"/metrics")
+        self.assertTrue(metrics.startswith(b"HTTP/1.1 404 "), metrics)
+        self.assertEqual([s.uri for s in stack.origin.seen], [b"/hot", b"/pass"])  # /metrics was not forwarded
+        document = json.loads(body_of((yield request(port, b"GET", b"/accel-status?format=json"))))
+        self.assertFalse(document["counting"])
+        self.assertEqual((document["requests"]["total"], document["bytes"], document["origins"], document["routes"]),
+                         (0, {"in": 0, "out": 0}, [], []))
+        self.assertEqual(document["cache"]["tiers"]["disk"]["objects"], 1)  # what is still known is shown
+        page = body_of((yield request(port, b"GET", b"/accel-status")))
+        self.assertIn(b"Counting is off ([status] metrics = false)", page)
+        self.assertNotIn(b"<h2>Routes</h2>", page)
+
+    @defer.inlineCallbacks
+    def test_counting_is_on_by_default(self):
+        stack = start_stack(self)
+        port = stack.accel_port.getHost().port
+        yield request(port, b"GET", b"/x")
+        document = json.loads(body_of((yield request(port, b"GET", b"/accel-status?format=json"))))
+        self.assertTrue(document["counting"])
+        self.assertEqual(document["requests"]["total"], 1)
+        self.assertNotIn(b"Counting is off", body_of((yield request(port, b"GET", b"/accel-status"))))
+
+
 class RequestIdTests(unittest.TestCase):
     @defer.inlineCallbacks
     def test_a_trusted_peers_id_is_kept_another_one_is_replaced(self):
@@ -228,6 +268,9 @@ def test_config_names_and_mistakes():
     config = parse_config('[server]\naccess_log_format = "json"\n[status]\npath = "/s"\nmetrics_path = "/m"\n'
                           'allow = ["10.0.0.0/8"]\n', "t.toml")
     assert (config.access_log_format, config.status.path, config.status.metrics_path) == ("json", "/s", "/m")
+    assert (config.status.metrics, parse_config('[status]\nmetrics = false\n', "t.toml").status.metrics) == (True, False)
+    with pytest.raises(ConfigError, match=re.escape("t.toml, line 2: status.metrics: expected true or false, got 'no'")):
+        parse_config('[status]\nmetrics = "no"\n', "t.toml")
     for text, key in (('[server]\naccess_log_format = "xml"\n', "server.access_log_format"),
                       ('[status]\npath = "status"\n', "status.path"),
                       ('[status]\nmetrics_path = "/accel-status"\n', "status.metrics_path"),

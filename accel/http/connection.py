@@ -147,7 +147,9 @@ class HTTPConnection(Protocol):
     def dataReceived(self, data: bytes) -> None:
         if self.closing:
             return
-        self.traffic.bytes_in += len(data)
+        traffic = self.traffic
+        if traffic.counting:
+            traffic.bytes_in += len(data)
         if self.head_bytes >= 0:
             self.head_bytes += len(data)
         self._parsing = True
@@ -343,9 +345,10 @@ class HTTPConnection(Protocol):
         fields.append(body)
         self.writeSequence(fields)
         message = self.message
-        self.traffic.request("-", getattr(message, "method", b""), code, "none",
-                             time.monotonic() - message.started if message else 0.0,
-                             message.target if message else b"")
+        if self.traffic.counting:
+            self.traffic.request("-", getattr(message, "method", b""), code, "none",
+                                 time.monotonic() - message.started if message else 0.0,
+                                 message.target if message else b"")
         self.stop_reading()
         self.loseConnection()
 
@@ -378,9 +381,10 @@ class HTTPConnection(Protocol):
             self.send(head)
             self.transport.write(body)
         traffic = self.traffic
-        traffic.bytes_out += len(head) + len(body)
-        traffic.request(hit.route, message.method, hit.status, "memory", time.monotonic() - message.started,
-                        message.target)
+        if traffic.counting:
+            traffic.bytes_out += len(head) + len(body)
+            traffic.request(hit.route, message.method, hit.status, "memory", time.monotonic() - message.started,
+                            message.target)
         if site.access_log:
             site.log_hit(self.getPeer(), message, hit.status, len(body), hit.origin, hit.route, self.transport)
         if not message.keep_alive:
@@ -521,13 +525,17 @@ class HTTPConnection(Protocol):
     def write(self, data: bytes) -> None:
         if self._held_head:
             data, self._held_head = self._held_head + data, b""
-        self.traffic.bytes_out += len(data)
+        traffic = self.traffic
+        if traffic.counting:
+            traffic.bytes_out += len(data)
         self.send(data)
 
     def writeSequence(self, parts) -> None:
         if self._held_head:
             parts, self._held_head = [self._held_head, *parts], b""
-        self.traffic.bytes_out += sum(map(len, parts))
+        traffic = self.traffic
+        if traffic.counting:
+            traffic.bytes_out += sum(map(len, parts))
         self.transport.writeSequence(parts)
 
     def loseConnection(self) -> None:

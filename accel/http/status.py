@@ -6,7 +6,8 @@ The page is one document: the traffic figures of every worker (``build_document`
 ``accel.http.traffic`` snapshot and a few gauges, summed; ``figures()``, injected by ``accel.app``, fires with
 it), followed by *parts* that other layers provide (the balancer manager is one; ``accel.app`` wires them).
 HTML for a person, the same as JSON at ``<path>?format=json``, and the figures as Prometheus metrics
-(``accel.http.metrics``).
+(``accel.http.metrics``). With ``[status] metrics = false`` requests are not counted (``"counting": false``:
+the page shows what is still known and says so) and the metrics path answers 404.
 
     part.title                   the heading of its HTML section
     part.prefix                  POSTs to ``<path>/<prefix>/...`` go to this part
@@ -96,6 +97,7 @@ def build_document(processes: list[dict], disk: dict | None, now: float) -> dict
     all_tunnels = [sum(column) for column in zip(*tunnels.values())] or [0] * (FIRST_CLOSE + len(CLOSE_REASONS))
     return {
         "version": __version__,
+        "counting": t["counting"],
         "time": now,
         "uptime": round(uptime, 3),
         "workers": len(processes),
@@ -174,6 +176,9 @@ class StatusPage:
             return
         path, _, query = target.partition("?")
         method = request.method
+        if path == self.settings.metrics_path and not self.settings.metrics:
+            self.errors.send(request, 404, "Metrics are off here ([status] metrics = false).")
+            return
         if path in (self.path, self.settings.metrics_path):
             if method not in (b"GET", b"HEAD"):
                 self.errors.send(request, 405, "GET the status page; POST to its members' addresses.", {b"allow": b"GET, HEAD"})
@@ -268,7 +273,7 @@ _STYLE = (
     "body{font-family:sans-serif;margin:1.5em}table{border-collapse:collapse;margin-bottom:1em}"
     "td,th{border:1px solid #bbb;padding:.25em .6em;text-align:left}th{background:#eee}"
     "form{display:inline}.up{color:#070}.out{color:#b00}.disabled{color:#777}.draining{color:#a60}"
-    ".standby{color:#057}input[type=number]{width:4em}"
+    ".standby{color:#057}input[type=number]{width:4em}.off{color:#a60;font-weight:bold}"
     ".tiles{display:flex;flex-wrap:wrap;gap:.6em;margin:1em 0}"
     ".tile{border:1px solid #bbb;border-radius:4px;padding:.4em .8em;min-width:7em}"
     ".tile b{display:block;font-size:1.4em}.tile span{color:#555;font-size:.85em}td.n{text-align:right}"
@@ -318,17 +323,18 @@ def figures_html(document: dict) -> str:
     """The traffic figures of the document as HTML; every figure carries its place in the JSON (``data-key``)."""
     d = document
     requests, cache, tiers = d["requests"], d["cache"], d["cache"]["tiers"]
+    counting = d["counting"]
     tiles = "".join((
         _tile("version", "version", d["version"]),
         _tile("uptime", "uptime", d["uptime"], f"{d['uptime']:.0f} s"),
         _tile("workers", "workers", d["workers"]),
-        _tile("requests", "requests.total", requests["total"]),
-        _tile("req/s (average)", "requests.per_second", requests["per_second"]),
+        *((_tile("requests", "requests.total", requests["total"]),
+           _tile("req/s (average)", "requests.per_second", requests["per_second"])) if counting else ()),
         _tile("in flight", "requests.in_flight", requests["in_flight"]),
         _tile("client connections", "requests.connections", requests["connections"]),
-        _tile("hit ratio", "cache.hit_ratio", cache["hit_ratio"], _percent(cache["hit_ratio"])),
-        _tile("bytes in", "bytes.in", d["bytes"]["in"]),
-        _tile("bytes out", "bytes.out", d["bytes"]["out"]),
+        *((_tile("hit ratio", "cache.hit_ratio", cache["hit_ratio"], _percent(cache["hit_ratio"])),
+           _tile("bytes in", "bytes.in", d["bytes"]["in"]),
+           _tile("bytes out", "bytes.out", d["bytes"]["out"])) if counting else ()),
     ))
     outcomes = _table(tuple(cache["outcomes"]), ["".join(
         _cell(_number(n), f"cache.outcomes.{name}", n) for name, n in cache["outcomes"].items())])
@@ -367,16 +373,24 @@ def figures_html(document: dict) -> str:
     top = _table(("URL", "requests", "misses"), [
         f"<td>{html.escape(u['target'])}</td>" + _cell(_number(u["requests"])) + _cell(_number(u["misses"]))
         for u in d["top_urls"]["by_requests"]])
+    tiers_table = _table(("tier", "objects", "bytes", "evictions"), tier_rows)
+    tunnels = _table(("route", "open", "opened", "bytes client → origin", "bytes origin → client",
+                      *(f"closed: {r}" for r in CLOSE_REASONS)), tunnel_rows)
+    if not counting:
+        return (
+            f'<p class="off" data-key=\'["counting"]\' data-value="false">Counting is off ([status] metrics = false): '
+            "requests, bytes, cache outcomes, routes, origins and URLs are not counted.</p>\n"
+            f'<div class="tiles">{tiles}</div>\n<h2>Cache</h2>\n{tiers_table}\n{other}\n'
+            f"<h2>WebSocket tunnels</h2>\n{tunnels}"
+        )
     return (
         f'<div class="tiles">{tiles}</div>\n'
-        f"<h2>Cache</h2>\n{outcomes}\n{_table(('tier', 'objects', 'bytes', 'evictions'), tier_rows)}\n{other}\n"
+        f"<h2>Cache</h2>\n{outcomes}\n{tiers_table}\n{other}\n"
         f"<h2>Responses</h2>\n{statuses}\n"
         "<h2>Routes</h2>\n" + _table(("route", "requests", "5xx", "error rate", "p50", "p90", "p99"), route_rows) +
         "\n<h2>Origins</h2>\n" + _table(("origin", "fetches", "failures", "5xx", "error rate", "p50", "p90", "p99",
                                          "open", "idle"), origin_rows) +
-        "\n<h2>WebSocket tunnels</h2>\n" + _table(("route", "open", "opened", "bytes client → origin",
-                                                  "bytes origin → client", *(f"closed: {r}" for r in CLOSE_REASONS)),
-                                                 tunnel_rows) +
+        f"\n<h2>WebSocket tunnels</h2>\n{tunnels}"
         f"\n<h2>Top URLs</h2>\n{top}"
     )
 

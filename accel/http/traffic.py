@@ -1,7 +1,9 @@
 """This process's traffic figures: plain counters the request path bumps, read only when someone asks.
 
 The request path does a few dictionary and attribute increments per request (``Traffic.request``); nothing
-is formatted, locked or sent then. The status page and the Prometheus metrics (``accel.http.status``) take a
+is formatted, locked or sent then. With ``counting`` off (``[status] metrics = false``) the request paths skip
+the per-request figures (requests, latencies, URLs, origin fetches, bytes in and out); the gauges (client
+connections) and the rare events (purges, collapsed waiters, WebSocket tunnels) still count. The status page and the Prometheus metrics (``accel.http.status``) take a
 ``snapshot()`` of every worker's figures and add them up (``merge``): counts and histogram buckets are sums,
 so the total over the workers is exact.
 
@@ -50,6 +52,7 @@ class Traffic:
 
     def __init__(self, clock=time.time):
         self.started = clock()
+        self.counting = True  # the request paths count requests and bytes (``[status] metrics``)
         self.requests: dict[tuple[str, str, str, str], int] = {}  # (route, method class, status class, outcome)
         self.latency: dict[str, list] = {}  # route -> histogram of request durations
         self.origins: dict[str, list] = {}  # origin -> [fetches, failures, 5xx answers, histogram...]
@@ -114,6 +117,7 @@ class Traffic:
         """The figures as JSON-able data (what a worker publishes)."""
         return {
             "started": self.started,
+            "counting": self.counting,
             "requests": [[*key, count] for key, count in self.requests.items()],
             "latency": self.latency,
             "origins": {origin: {"fetches": f[0], "failures": f[1], "errors": f[2], "latency": f[3:]}
@@ -152,8 +156,10 @@ def merge(snapshots: list[dict]) -> dict:
     tunnels: dict[str, list[int]] = {}
     totals = {"bytes_in": 0, "bytes_out": 0, "connections": 0, "collapsed": 0}
     started = None
+    counting = True
     for s in snapshots:
         started = s["started"] if started is None else min(started, s["started"])
+        counting = counting and s["counting"]
         for *key, count in s["requests"]:
             requests[tuple(key)] = requests.get(tuple(key), 0) + count
         for route, histogram in s["latency"].items():
@@ -173,7 +179,7 @@ def merge(snapshots: list[dict]) -> dict:
             tunnels[route] = _add_lists(tunnels.get(route), figures)
         for name in totals:
             totals[name] += s[name]
-    return {"started": started, "requests": requests, "latency": latency, "origins": origins, "urls": urls,
+    return {"started": started, "counting": counting, "requests": requests, "latency": latency, "origins": origins, "urls": urls,
             "purges": purges, "tunnels": tunnels, **totals}
 
 

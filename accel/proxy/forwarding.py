@@ -211,15 +211,17 @@ class Forwarder:
             sticky=self.sticky(request, route),
         )
         answered = []
+        counting = self.traffic.counting
 
         def origin_answered(fetched: Fetched) -> Fetched:
             answered.append(True)
-            # (a balancer member's own origin, when one answered)
-            self.traffic.fetched((fetched.route or route).origin.key, time.monotonic() - sent, fetched.response.code)
+            if counting:  # (a balancer member's own origin, when one answered)
+                self.traffic.fetched((fetched.route or route).origin.key, time.monotonic() - sent,
+                                     fetched.response.code)
             return fetched
 
         def origin_failed(failure: Failure) -> Failure:
-            if not failure.check(CancelledError):
+            if counting and not failure.check(CancelledError):
                 self.traffic.fetched(route.origin.key, time.monotonic() - sent, None)
             return failure
 
