@@ -217,7 +217,7 @@ class Accelerator:
                     peers = self.peer_purges[(config.cluster, config.purge)] = PeerPurges(
                         self.reactor, config.cluster, config.purge)
             proxy.purge = PurgeHandler(self.cache.store, config.purge, config.cache, proxy.serves_host, self.reactor,
-                                       peers, self.traffic)
+                                       peers, self.traffic, proxy.routes)
             fast_hits = FastHits(proxy, handler)
         hsts = hsts_value(config.tls) if config.tls.hsts_max_age is not None else None
         factory = AccelSite.requestFactory if hsts is None else with_hsts(AccelSite.requestFactory, hsts)

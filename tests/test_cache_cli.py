@@ -250,7 +250,7 @@ def test_purge_nothing_matched_and_usage(cache_dir):
 
 def test_purge_uses_config_key_options(cache_dir, tmp_path):
     store = open_tiered(cache_dir)
-    put(store, head("http://example.com/q?a=1&b=2"))
+    put(store, head("http://127.0.0.1:9/q?a=1&b=2"))  # the route's origin names the key
     close(store)
     config = tmp_path / "accel.toml"
     config.write_text(f'[cache]\ndir = "{cache_dir}"\nsort_query = true\ndrop_params = ["utm_*"]\n'
@@ -425,7 +425,9 @@ class EndToEndTests(_trial.TestCase):
         code, out, err = yield self.cli("ls", "--json")
         self.assertEqual(code, 0, err)
         rows = {row["url"]: row for row in json.loads(out)}
-        a, b = f"http://{self.host}/e2e/a", f"http://{self.host}/e2e/b"
+        # The route does not preserve the Host: entries are keyed by the origin's URL, which is what the
+        # commands take without --config.
+        a, b = f"{self.stack.origin_url}/e2e/a", f"{self.stack.origin_url}/e2e/b"
         self.assertEqual(set(rows), {a, b})
         self.assertEqual((rows[a]["variants"], rows[b]["variants"]), (1, 2))
         self.assertTrue(rows[a]["fresh"])
@@ -453,9 +455,10 @@ class EndToEndTests(_trial.TestCase):
 
 def test_route_ttls_and_shared_schemes_come_from_the_config(cache_dir, tmp_path):
     config = tmp_path / "accel.toml"
-    config.write_text(f'[cache]\ndir = "{cache_dir}"\nshare_schemes = true\n'
-                      '[[route]]\nprefix = "/"\norigin = "http://127.0.0.1:9/"\n'
-                      '[[route]]\nprefix = "/img/"\norigin = "http://127.0.0.1:9/"\ncache = {max_ttl = 60}\n')
+    config.write_text(f'[cache]\ndir = "{cache_dir}"\nshare_schemes = true\n'  # (routes keyed by the Host)
+                      '[[route]]\nprefix = "/"\norigin = "http://127.0.0.1:9/"\npreserve_host = true\n'
+                      '[[route]]\nprefix = "/img/"\norigin = "http://127.0.0.1:9/"\ncache = {max_ttl = 60}\n'
+                      'preserve_host = true\n')
     result = run("show", "--json", "https://example.com/img/a.png", "--config", str(config))
     assert result.exit_code == 0, result.output  # https:// looks up the shared (http) entry
     [variant] = json.loads(result.output)["variants"]

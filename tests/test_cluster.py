@@ -159,7 +159,9 @@ class ClusterTests(unittest.TestCase):
         self.addCleanup(os.remove, path)
         peers = ", ".join(f'"{n.url}"' for n in nodes[1:])
         with open(path, "w") as f:
-            f.write(f'[cache]\ndir = "{first.cache.dir}"\n[cluster]\npeers = [{peers}]\n')
+            # (the route: the URL maps to the key of its origin, as on the nodes)
+            f.write(f'[cache]\ndir = "{first.cache.dir}"\n[cluster]\npeers = [{peers}]\n'
+                    f'[[route]]\nprefix = "/"\norigin = "{first.routes[0].origin.url}"\n')
         command = [sys.executable, "-c", "from accel.cli.main import main; main()", "cache", "--config", path,
                    "purge", "--cluster", "--json", "http://www.example.com/obj"]
         done = yield threads.deferToThread(subprocess.run, command, capture_output=True, text=True, timeout=60)

@@ -281,7 +281,7 @@ class PreparedPathTests(unittest.TestCase):
             self.assertFalse([l for l in lines if l.lower().startswith((b"surrogate-key", b"cdn-cache-control"))])
             self.assertEqual(body, b"" if method == b"HEAD" else b"prepared body")
         self.assertEqual(len(general), 4)  # only the Pragma requests
-        items = stack.accel_site.cache.store.memory.get_variants("http://example.com/p")
+        items = stack.accel_site.cache.store.memory.get_variants(stack.origin_url + "/p")  # the key names the origin
         self.assertEqual([item.body is None for item in items], ["memory_max_object_size" in settings])
         self.assertEqual(sum(1 for seen in stack.origin.seen if seen.uri == b"/p"), 1)
 
@@ -315,7 +315,7 @@ class PreparedPathTests(unittest.TestCase):
         stale = yield raw_request(port, request)
         self.assertIn(b"fwd=stale", stale)
         self.assertEqual(sum(1 for seen in stack.origin.seen if seen.uri == b"/s"), 2)
-        stack.accel_site.cache.store.purge_url("http://h/s", soft=True)
+        stack.accel_site.cache.store.purge_url(stack.origin_url + "/s", soft=True)
         purged = yield raw_request(port, request)
         self.assertIn(b"fwd=stale", purged)
         self.assertEqual(sum(1 for seen in stack.origin.seen if seen.uri == b"/s"), 3)

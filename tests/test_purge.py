@@ -23,8 +23,9 @@ from accel.cache.epoch import PurgeEpoch
 from accel.cache.memory import MemoryTier
 from accel.cache.store import DiskStore
 from accel.cache.tiers import TieredStore
-from accel.config import CacheSettings, PurgeSettings
+from accel.config import CacheSettings, PurgeSettings, Route, parse_origin
 from accel.cache.purge import PurgeHandler, prefix_keys, url_keys
+from accel.proxy.routing import RouteTable
 from tests.support import get, http_client
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -165,6 +166,25 @@ class QueryOptionTests(PurgeTestCase):
     def test_key_helpers(self):
         self.assertEqual(url_keys("H:80", "/a?utm_x=1", self.cache_settings), ["http://h/a"])
         self.assertEqual(prefix_keys("h", "img/", CacheSettings()), ["http://h/img/", "https://h/img/"])
+
+    def test_key_helpers_through_routes(self):
+        """A route that does not preserve the Host keys by its origin: the keys of any alias name it. A prefix
+        covers the routes of the host under it; "all" (the prefix "/") every route of the host."""
+        origin, api = parse_origin("http://10.0.0.5:8080/"), parse_origin("http://10.0.0.9/v1/")
+        routes = RouteTable((
+            Route(prefix="/", origin=origin),
+            Route(prefix="/img/api/", origin=api),
+            Route(prefix="/", origin=origin, hosts=("own.example",), preserve_host=True),
+        ))
+        shared = CacheSettings(share_schemes=True)
+        for host in ("a.example", "B.example:80"):
+            self.assertEqual(url_keys(host, "/x", shared, routes), ["http://10.0.0.5:8080/x"])
+        self.assertEqual(url_keys("own.example", "/x", shared, routes), ["http://own.example/x"])
+        self.assertEqual(prefix_keys("a.example", "/img/", shared, routes),
+                         ["http://10.0.0.5:8080/img/", "http://10.0.0.9/v1/"])
+        self.assertEqual(prefix_keys("a.example", "/", shared, routes),
+                         ["http://10.0.0.5:8080/", "http://10.0.0.9/v1/"])
+        self.assertEqual(prefix_keys("own.example", "/", shared, routes), ["http://own.example/"])
 
 
 class PrefixTagAllTests(PurgeTestCase):

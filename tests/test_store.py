@@ -96,6 +96,13 @@ def test_head_round_trips(url, secondary_key, fields, tags, stale, body_id, time
     assert decode_head(encode_head(head)) == head
 
 
+def test_the_origin_to_rewrite_from_round_trips_and_older_records_have_none():
+    head = make_head("http://o/r", fields=(("location", "http://o/x"),), reverse_origin="http://o:8080/app/")
+    assert decode_head(encode_head(head)) == head
+    plain = make_head("http://o/p")
+    assert b'"ro"' not in encode_head(plain) and decode_head(encode_head(plain)).reverse_origin == ""
+
+
 def test_lone_surrogates_round_trip():
     head = make_head("http://x/\udcff", fields=(("x-raw", "caf\udce9"),))
     assert decode_head(encode_head(head)) == head

@@ -110,7 +110,8 @@ class WorkerTests(unittest.TestCase):
 
         _, _, body = yield second.request(b"GET", b"/obj")  # both memory tiers hold version 2 again
         self.assertEqual(body, b"version 2")
-        purged = CliRunner().invoke(main, ["cache", "--cache-dir", self.cache_dir, "purge", "http://example.test/obj"])
+        # (without --config the URL is the key: the origin's)
+        purged = CliRunner().invoke(main, ["cache", "--cache-dir", self.cache_dir, "purge", self.origin_url + "obj"])
         self.assertEqual(purged.exit_code, 0, purged.output)
         for client in (first, second):
             _, _, body = yield client.request(b"GET", b"/obj")
@@ -160,13 +161,13 @@ class WorkerTests(unittest.TestCase):
         self.origin.handlers[b"/c"] = self.hold
         accel = yield self.start("--workers", "2", workers=1)  # the command line wins, in the workers too
         responses = yield self.burst(accel, b"/c", 100)
-        yield eventually(lambda: self.another_process_waits("http://example.test/c") and self.held)
+        yield eventually(lambda: self.another_process_waits(self.origin_url + "c") and self.held)
         self._answer_held()
         answers = yield defer.gatherResults(responses)
         self.assertEqual({(status, body) for status, _, body in answers}, {(200, b"hello")})
         self.assertEqual(self.fetches(b"/c"), 1)
         self.assertTrue(any(b"collapsed" in headers[b"cache-status"] for _, headers, _ in answers))
-        self.assertEqual(self.lease("http://example.test/c"), {})  # released
+        self.assertEqual(self.lease(self.origin_url + "c"), {})  # released
 
     @defer.inlineCallbacks
     def test_a_response_that_is_not_storable_sends_the_waiters_of_every_worker_to_the_origin(self):
@@ -179,14 +180,14 @@ class WorkerTests(unittest.TestCase):
         self.origin.handlers[b"/n"] = not_storable
         accel = yield self.start()
         responses = yield self.burst(accel, b"/n", 20)
-        yield eventually(lambda: self.another_process_waits("http://example.test/n") and self.held)
+        yield eventually(lambda: self.another_process_waits(self.origin_url + "n") and self.held)
         self._answer_held()
         # the waiters fetch on their own; the test answers them as they arrive
         self.origin.handlers[b"/n"] = lambda request: (request.setHeader(b"cache-control", b"no-store"), b"hello")[1]
         answers = yield defer.gatherResults(responses)
         self.assertEqual({(status, body) for status, _, body in answers}, {(200, b"hello")})
         self.assertGreater(self.fetches(b"/n"), 1)
-        self.assertIn("hit_for_miss_until", self.lease("http://example.test/n"))  # the next burst won't queue
+        self.assertIn("hit_for_miss_until", self.lease(self.origin_url + "n"))  # the next burst won't queue
 
     # -- supervision --------------------------------------------------------------------------------------
 

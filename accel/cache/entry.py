@@ -40,6 +40,10 @@ class EntryHead:
     stale_marked: bool = False
     body_id: bytes = b""
     initial_age: float = 0.0  # RFC 9111 §4.2.3 corrected_initial_age, from the Age the response arrived with
+    # The URL of the origin that answered, when ``fields`` hold values ProxyPassReverse rewrites (Location,
+    # Content-Location, URI, Set-Cookie): they are stored as that origin sent them and rewritten for each
+    # client served (host aliases share entries). "" when there is nothing to rewrite.
+    reverse_origin: str = ""
 
 
 def encode_head(head: EntryHead) -> bytes:
@@ -61,6 +65,8 @@ def encode_head(head: EntryHead) -> bytes:
         "body": head.body_id.hex(),
         "age": head.initial_age,
     }
+    if head.reverse_origin:
+        doc["ro"] = head.reverse_origin
     return json.dumps(doc, separators=(",", ":")).encode("ascii")
 
 
@@ -90,6 +96,7 @@ def decode_head(data: bytes) -> EntryHead:
             stale_marked=_bool(doc["stale"]),
             body_id=bytes.fromhex(_str(doc["body"])),
             initial_age=_float(doc["age"]),
+            reverse_origin=_str(doc.get("ro", "")),
         )
     except KeyError as exc:
         raise CorruptEntry(f"head record lacks {exc}") from None

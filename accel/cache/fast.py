@@ -121,8 +121,8 @@ class FastHits:
             if selected is not None:
                 return None  # policy.most_recent_first decides between them: the general path
             selected = item
-        if selected is None or selected.body is None:
-            return None
+        if selected is None or selected.body is None or selected.head.reverse_origin:
+            return None  # (reverse_origin: fields rewritten for each client, which the general path does)
         prepared = selected.extra
         if not self.responder.prepared_for(prepared, selected.head, policy_):
             prepared = Prepared(self.responder, policy_, selected.head)
@@ -174,7 +174,7 @@ class FastHits:
                     and (status is None or not status.claims(path.partition("?")[0]))
                     and not any(rule.side == "response" for rule in route.protection.headers)):
                 # (response header rules: AccelRequest applies them, on the prepared path)
-                key = self.layer.key_for_parts(secure, host, path)
+                key = self.layer.key_for_parts(secure, host, path, route)
                 found = (key, self.layer.policy_for(route), route.origin.key, route, route_label(route))
         if len(self._targets) >= _MEMO_SIZE:
             self._targets.clear()

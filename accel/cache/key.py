@@ -1,6 +1,13 @@
 """Primary cache keys: which stored responses belong to a request's target URI (RFC 9111 §2).
 
-The key is the target URI with only the normalisations that cannot merge two
+On a route that preserves the client's Host (``preserve_host = true``) the key is the client's URL. On any
+other route the origin receives its own authority whatever the client's Host, so it cannot answer two host
+aliases differently: the key is then the URL accel asks the origin for (``route_cache_key``), under the
+client's scheme — ``http://10.0.0.5:8080/app/x`` — or, for a ``balancer://NAME`` route, under the balancer's
+name — ``http://name/x`` — and every alias of the route shares one entry (nginx's default key,
+``$scheme$proxy_host$request_uri``, with the path the origin gets).
+
+The key is built with only the normalisations that cannot merge two
 resources an origin may tell apart (RFC 9110 §4.2.3): lower-case scheme and host,
 no default port, "/" for an empty path, no fragment. The path arrives normalised
 already (``accel.http.target``: the one form routing and forwarding use too). Operator-chosen query
@@ -13,7 +20,9 @@ from fnmatch import fnmatchcase
 from typing import Iterable, Mapping
 from urllib.parse import urlsplit
 
+from accel.config import Origin, Route
 from accel.http.addresses import split_authority
+from accel.proxy.routing import origin_target
 
 DEFAULT_PORTS: Mapping[str, int] = {"http": 80, "https": 443}
 
@@ -84,3 +93,29 @@ def url_prefix_key(
     if not path_prefix.startswith("/"):
         path_prefix = "/" + path_prefix
     return _origin(scheme, host, default_port_for_scheme) + path_prefix
+
+
+def origin_authority(origin: Origin) -> str:
+    """The authority a non-preserve-host route's keys use: ``host:port`` of the origin (its port always
+    written, so that ``cache_key`` drops it only when it is the default of the key's scheme and http://o and
+    https://o stay apart), or a balancer's name."""
+    if origin.scheme == "balancer":
+        return origin.host.lower()
+    host = f"[{origin.host}]" if ":" in origin.host else origin.host
+    return f"{host}:{origin.port}".lower()
+
+
+def route_cache_key(scheme: str, host: str, target: str, route: Route | None, **options) -> str:
+    """The primary key of ``target`` (origin-form) requested with Host ``host`` and served by ``route``: the
+    client's URL when the route preserves the Host (or there is no route), else the origin's (see above)."""
+    if route is None or route.origin is None or route.preserve_host:
+        return cache_key(scheme, host, target, **options)
+    return cache_key(scheme, origin_authority(route.origin), origin_target(route, target), **options)
+
+
+def route_prefix_key(scheme: str, host: str, path_prefix: str, route: Route | None) -> str:
+    """``url_prefix_key`` of the keys ``route_cache_key`` gives the paths under ``path_prefix`` (a path under
+    ``route``'s prefix, or the prefix itself)."""
+    if route is None or route.origin is None or route.preserve_host:
+        return url_prefix_key(scheme, host, path_prefix)
+    return url_prefix_key(scheme, origin_authority(route.origin), origin_target(route, path_prefix))

@@ -24,6 +24,7 @@ from __future__ import annotations
 import fnmatch
 import time
 from dataclasses import dataclass, replace
+from urllib.parse import urlsplit
 
 from twisted.internet.defer import Deferred
 from twisted.internet.protocol import Protocol
@@ -35,17 +36,19 @@ from twisted.web.iweb import UNKNOWN_LENGTH
 from accel.cache import partial, policy
 from accel.cache.entry import EntryHead
 from accel.cache.fields import Fields, get_all, get_one
-from accel.cache.key import cache_key, cache_key_for_uri
+from accel.cache.key import route_cache_key
 from accel.cache.outage import Outages
 from accel.cache.policy import CachePolicy, StoredResponse
 from accel.cache.tiers import TieredStore
 from accel.cache.vary import matches, secondary_key, servable_codings, vary_names
 from accel.cache.collapse import Collapser
-from accel.config import CacheSettings, Route, RouteCache
+from accel.config import CacheSettings, Origin, Route, RouteCache, parse_origin
 from accel.http.accesslog import request_label
 from accel.proxy.admission import Refused
 from accel.proxy.origin import Fetched
-from accel.proxy.forwarding import Forwarder, discard, expected_origin_failure, origin_failure
+from accel.proxy.forwarding import Forwarder, answered_by, discard, expected_origin_failure, origin_failure
+from accel.proxy.rewrite import ReverseMap, needs_reverse, reverse_fields
+from accel.proxy.routing import RouteTable
 from accel.cache.serving import BODY_GONE, BodyGone, Responder, Variant, plain, request_fields, stored_response
 
 log = Logger()
@@ -116,9 +119,10 @@ class Exchange:
 class CacheLayer:
     def __init__(
         self, forwarder: Forwarder, store: TieredStore, settings: CacheSettings, reactor, clock=time.time, name="accel",
-        collapser=None,
+        collapser=None, routes: RouteTable | None = None,
     ):
         self.forwarder = forwarder
+        self.routes = routes or RouteTable(forwarder.config.routes)  # for the keys of URLs a response names
         self.store = store
         self.settings = settings
         self.reactor = reactor
@@ -132,6 +136,7 @@ class CacheLayer:
         self.revalidating: set[str] = set()
         self._policies: dict[RouteCache, CachePolicy] = {}
         self._keys: dict[tuple[bool, bytes, str], str] = {}  # key_for's results, for hot URLs
+        self._origins: dict[str, Origin] = {}  # reverse_map's parsed EntryHead.reverse_origin values
         hidden = set()
         if not settings.forward_targeted_fields:
             hidden.update(settings.targeted_fields)
@@ -153,7 +158,7 @@ class CacheLayer:
                 request.responseHeaders.setRawHeaders(b"cache-status", [self.status(fwd="bypass")])
                 self.forwarder.handle(request, route, target)
                 return
-            key = self.key_for(request, target)
+            key = self.key_for(request, route, target)
             found = None
             if not collapsed and request.method in (b"GET", b"HEAD") and plain(request):
                 found = self.store.lookup(key)
@@ -312,8 +317,7 @@ class CacheLayer:
         request, response = exchange.request, fetched.response
         response_time = self.clock()
         code = response.code
-        client_fields = self.forwarder.response_fields(request, exchange.route, fetched)
-        fields = as_pure(client_fields)
+        fields, client_fields = self.origin_and_client_fields(exchange, fetched)
         if code >= 500:
             self.origin_failed(exchange, f"answered {code}")
         else:
@@ -322,14 +326,16 @@ class CacheLayer:
                 self.remember_validation(exchange.key, response_time)
         if revalidate is not None and code == 304:
             discard(self.take(exchange))
-            self.freshened(exchange, revalidate, variants, fields, request_time, response_time)
+            self.freshened(exchange, revalidate, variants, fields, request_time, response_time,
+                           answered_by(exchange.route, fetched))
             return
         if revalidate is not None and code >= 500 and self.serve_stale_on_error(exchange, revalidate, variants, code):
             discard(self.take(exchange))
             self.stop_leading(exchange)
             return
         if exchange.method == "GET" and exchange.has_range and code == 206:
-            self.relay_piece(exchange, fields, client_fields, request_time, response_time, fwd)
+            self.relay_piece(exchange, fields, client_fields, request_time, response_time, fwd,
+                             answered_by(exchange.route, fetched))
             return
         if exchange.whole_for_range and code == 200 and response.length is not UNKNOWN_LENGTH \
                 and response.length > self.range_fetch_max:
@@ -349,7 +355,9 @@ class CacheLayer:
             self.relay(exchange, self.take(exchange), client_fields, self.status(fwd=fwd, fwd_status=code),
                        fetched_as_get=exchange.head_as_get)
             return
-        writer = self.entry_writer(self.new_head(exchange, code, response.phrase, fields, request_time, response_time), response)
+        head = self.new_head(exchange, code, response.phrase, fields, request_time, response_time,
+                             answered_by(exchange.route, fetched))
+        writer = self.entry_writer(head, response)
         if (request._disconnected or exchange.whole_for_range
                 or policy.evaluate_conditionals(exchange.method, exchange.fields, writer.template.fields) is not None):
             # The client asked conditionally or for a range (or left, and others wait for this fetch): store
@@ -369,7 +377,8 @@ class CacheLayer:
 
     # -- partial content (RFC 9111 §3.3-§3.4) ---------------------------------------------------------
 
-    def relay_piece(self, exchange: Exchange, fields: Fields, client_fields, request_time, response_time, fwd) -> None:
+    def relay_piece(self, exchange: Exchange, fields: Fields, client_fields, request_time, response_time, fwd,
+                    answered: Origin) -> None:
         """Relay a 206; store it as a piece when §3.3 allows, and combine the pieces once they are whole."""
         response = exchange.held.response
         piece = partial.storable_piece(response.code, exchange.fields, fields, exchange.policy)
@@ -377,7 +386,7 @@ class CacheLayer:
         if piece is None or too_big:
             self.relay(exchange, self.take(exchange), client_fields, self.status(fwd=fwd, fwd_status=response.code))
             return
-        head = self.new_head(exchange, response.code, response.phrase, fields, request_time, response_time)
+        head = self.new_head(exchange, response.code, response.phrase, fields, request_time, response_time, answered)
         head = replace(head, secondary_key=partial.piece_key(piece, head.secondary_key))
         writer = self.entry_writer(head, response)
         done = self.relay(exchange, self.take(exchange), client_fields,
@@ -402,7 +411,7 @@ class CacheLayer:
             status = self.collapsed(exchange, self.status(hit=True, ttl=decision.ttl))
             try:
                 return self.responder.serve_piece(exchange.request, exchange.fields, variant, piece, wanted,
-                                                  decision.age, status)
+                                                  decision.age, status, self.reverse_map(exchange, variant.head))
             except BodyGone:
                 return False
         return False
@@ -541,9 +550,11 @@ class CacheLayer:
             self.validated_at.clear()
         self.validated_at[key] = when
 
-    def freshened(self, exchange: Exchange, revalidate, variants, fields_304: Fields, request_time, response_time) -> None:
+    def freshened(self, exchange: Exchange, revalidate, variants, fields_304: Fields, request_time, response_time,
+                  answered: Origin) -> None:
         """§4.3.4: a 304 updates the stored responses it selects; the request is then served from them."""
-        updated = self.apply_304(revalidate, variants, fields_304, request_time, response_time, exchange.policy)
+        updated = self.apply_304(revalidate, variants, fields_304, request_time, response_time, exchange.policy,
+                                 answered)
         if not updated:
             # The 304 matched nothing we hold (§4.3.4): ask again without validators (still leading).
             self.fetch(exchange, "stale")
@@ -554,15 +565,20 @@ class CacheLayer:
         chosen = next((v for v in updated if matches(v.head.vary_names, v.head.secondary_key, exchange.fields)), updated[0])
         self.serve(exchange, chosen, chosen.head.initial_age, self.status(fwd=revalidate.fwd, fwd_status=304))
 
-    def apply_304(self, revalidate, variants, fields_304, request_time, response_time, route_policy) -> list[Variant]:
+    def apply_304(self, revalidate, variants, fields_304, request_time, response_time, route_policy,
+                  answered: Origin) -> list[Variant]:
+        """§4.3.4: freshen the stored responses a 304 (from ``answered``, with the origin's ``fields_304``)
+        selects; returns them."""
         selected = policy.select_for_freshening(revalidate.stored_candidates, fields_304)
         initial_age = policy.corrected_initial_age(fields_304, request_time, response_time)
         updated = []
         for stored in selected:
             variant = _variant_for(variants, stored)
+            fields = policy.freshen(variant.head.fields, fields_304, route_policy)
             head = replace(
                 variant.head,
-                fields=policy.freshen(variant.head.fields, fields_304, route_policy),
+                fields=fields,
+                reverse_origin=answered.url if needs_reverse(fields) else "",
                 request_time=request_time,
                 response_time=response_time,
                 initial_age=initial_age,
@@ -584,15 +600,17 @@ class CacheLayer:
         def fetched(fetched: Fetched):
             try:
                 response_time = self.clock()
-                fields = as_pure(self.forwarder.response_fields(exchange.request, exchange.route, fetched))
+                fields = as_pure(self.forwarder.origin_fields(fetched))
                 code = fetched.response.code
                 verdict = policy.storable("GET", code, exchange.fields, fields, exchange.policy, complete=True)
                 if code == 304 or not verdict.ok:
                     discard(fetched)
                     if code == 304:
-                        self.apply_304(revalidate, variants, fields, request_time, response_time, exchange.policy)
+                        self.apply_304(revalidate, variants, fields, request_time, response_time, exchange.policy,
+                                       answered_by(exchange.route, fetched))
                     return None
-                head = self.new_head(exchange, code, fetched.response.phrase, fields, request_time, response_time)
+                head = self.new_head(exchange, code, fetched.response.phrase, fields, request_time, response_time,
+                                     answered_by(exchange.route, fetched))
                 writer = self.entry_writer(head, fetched.response)
             except Exception:
                 discard(fetched)
@@ -615,20 +633,21 @@ class CacheLayer:
         def fetched_unsafe(fetched: Fetched):
             exchange.held = fetched
             response_time = self.clock()
-            client_fields = self.forwarder.response_fields(request, exchange.route, fetched)
-            fields = as_pure(client_fields)
+            origin_fields, client_fields = self.origin_and_client_fields(exchange, fetched)
+            fields = as_pure(client_fields)  # the URLs a response names, as its client sees them
             response = fetched.response
             code = response.code
             effective_uri = self.effective_uri(request, exchange.target)
             for uri in policy.invalidation_targets(exchange.method, code, effective_uri, fields):
-                self.invalidate(cache_key_for_uri(uri, **self.key_options()))
+                self.invalidate(self.key_for_uri(uri))
             storing = exchange.method == "POST" and policy.storable_post(
                 code, effective_uri, exchange.fields, fields, exchange.policy, complete=True).ok
             if not storing or (response.length is not UNKNOWN_LENGTH and response.length > self.settings.max_object_size):
                 self.relay(exchange, self.take(exchange), client_fields, self.status(fwd="method", fwd_status=code))
                 return
-            writer = self.entry_writer(self.new_head(exchange, code, response.phrase, fields, request_time, response_time),
-                                       response)
+            head = self.new_head(exchange, code, response.phrase, origin_fields, request_time, response_time,
+                                 answered_by(exchange.route, fetched))
+            writer = self.entry_writer(head, response)
             done = self.relay(exchange, self.take(exchange), client_fields,
                               self.status(fwd="method", fwd_status=code, stored=True), writer.write)
             done.addCallback(lambda complete: writer.finish(complete))
@@ -648,28 +667,50 @@ class CacheLayer:
         try:
             self.responder.serve(
                 exchange.request, exchange.method, exchange.fields, variant, age, self.collapsed(exchange, cache_status),
-                log_as, exchange.route.compress, exchange.policy,
+                log_as, exchange.route.compress, exchange.policy, self.reverse_map(exchange, variant.head),
             )
         except BodyGone:
             self.miss(exchange, "miss")  # evicted or replaced since it was looked up
 
     # -- helpers -------------------------------------------------------------------------------------
 
-    def new_head(self, exchange: Exchange, code: int, phrase: bytes, fields: Fields, request_time, response_time):
+    def origin_and_client_fields(self, exchange: Exchange, fetched: Fetched) -> tuple[Fields, list]:
+        """An origin response's fields as they are stored (URLs in the origin's space, rewritten for each
+        client served: ``reverse_map``), and as this exchange's client gets them."""
+        origin_fields = self.forwarder.origin_fields(fetched)
+        public = self.forwarder.reverse_map(exchange.request, exchange.route, answered_by(exchange.route, fetched))
+        return as_pure(origin_fields), reverse_fields(origin_fields, public)
+
+    def reverse_map(self, exchange: Exchange, head: EntryHead) -> ReverseMap | None:
+        """ProxyPassReverse of a stored response's fields for this exchange's client; None when it holds none."""
+        if not head.reverse_origin:
+            return None
+        origin = self._origins.get(head.reverse_origin)
+        if origin is None:
+            if len(self._origins) >= _MEMO_SIZE:
+                self._origins.clear()
+            origin = self._origins[head.reverse_origin] = parse_origin(head.reverse_origin)
+        return self.forwarder.reverse_map(exchange.request, exchange.route, origin)
+
+    def new_head(self, exchange: Exchange, code: int, phrase: bytes, fields: Fields, request_time, response_time,
+                 answered: Origin):
+        """The head to store an origin response under (``fields``: the origin's, from ``answered``)."""
         names = vary_names(fields) or ()
+        stored = policy.fields_to_store(fields, exchange.policy)
         return EntryHead(
             url=exchange.key,
             secondary_key=secondary_key(names, exchange.fields),
             vary_names=names,
             status=code,
             reason=phrase.decode("latin-1"),
-            fields=policy.fields_to_store(fields, exchange.policy),
+            fields=stored,
             request_time=request_time,
             response_time=response_time,
             body_length=0,
             stored_at=response_time,
             tags=tags_of(fields),
             initial_age=policy.corrected_initial_age(fields, request_time, response_time),
+            reverse_origin=answered.url if needs_reverse(stored) else "",
         )
 
     def entry_writer(self, head: EntryHead, response) -> EntryWriter:
@@ -725,19 +766,29 @@ class CacheLayer:
     def scheme_for(self, secure: bool) -> str:
         return "http" if self.settings.share_schemes or not secure else "https"
 
-    def key_for(self, request, target: str) -> str:
-        return self.key_for_parts(request.isSecure(), request.getHeader(b"host") or b"", target)
+    def key_for(self, request, route: Route, target: str) -> str:
+        return self.key_for_parts(request.isSecure(), request.getHeader(b"host") or b"", target, route)
 
-    def key_for_parts(self, secure: bool, host: bytes, target: str) -> str:
-        """The primary cache key of ``target`` on ``host`` (remembered for hot URLs)."""
+    def key_for_parts(self, secure: bool, host: bytes, target: str, route: Route) -> str:
+        """The primary cache key of ``target`` on ``host``, served by ``route`` — the route ``self.routes`` gives
+        them, so the memo is by (TLS, Host, target) — remembered for hot URLs (``accel.cache.key``)."""
         memo = (secure, host, target)
         key = self._keys.get(memo)
         if key is None:
-            key = cache_key(self.scheme_for(secure), host.decode("latin-1"), target, **self.key_options())
+            key = route_cache_key(self.scheme_for(secure), host.decode("latin-1"), target, route, **self.key_options())
             if len(self._keys) >= _MEMO_SIZE:
                 self._keys.clear()
             self._keys[memo] = key
         return key
+
+    def key_for_uri(self, uri: str) -> str:
+        """The primary key of an absolute URI in the clients' URL space (one a response names, §4.4)."""
+        parts = urlsplit(uri)
+        host = parts.netloc.rpartition("@")[2]
+        target = (parts.path or "/") + (f"?{parts.query}" if "?" in uri.partition("#")[0] else "")
+        route = self.routes.match(target, host)
+        return route_cache_key(self.scheme_for(parts.scheme.lower() == "https"), host, target, route,
+                               **self.key_options())
 
     def effective_uri(self, request, target: str) -> str:
         host = (request.getHeader(b"host") or b"").decode("latin-1")

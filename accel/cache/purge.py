@@ -19,7 +19,10 @@ The request-target and ``Host`` name what to purge, request header fields choose
 
 Keys are computed like the cache computes them (``accel.cache.key`` with ``sort_query`` / ``drop_params``),
 for both ``http`` and ``https`` unless ``share_schemes`` is set (then the one shared key, which uses
-``http``). The answer is JSON, ``{"status": "ok", "purged": N, "mode": ..., ...}`` with 200, or with 404
+``http``), through the route that serves the Host and path: on a route that does not preserve the Host the
+key names the route's origin, so a PURGE through any alias of the route removes what any alias stored. A
+prefix purge covers every route of the Host under the prefix; ``all`` is a prefix purge of each route's
+prefix (on a catch-all route: everything stored through it, whatever the Host). The answer is JSON, ``{"status": "ok", "purged": N, "mode": ..., ...}`` with 200, or with 404
 when nothing matched. The purge is visible to every accel process using the cache directory before the
 answer is sent (every change reaches the other processes' memory tiers through the shared counters, see
 ``accel.cache.tiers``). A purge of many entries runs as bounded write transactions with the reactor
@@ -47,13 +50,14 @@ from twisted.logger import Logger
 
 from accel.cache.batches import run_batches
 from accel.cache.fanout import FORWARDED_FIELD, PeerPurges, all_confirmed
-from accel.cache.key import cache_key, url_prefix_key
+from accel.cache.key import route_cache_key, route_prefix_key
 from accel.cache.store import StoreFull
 from accel.cache.tiers import TieredStore
-from accel.config import CacheSettings, PurgeSettings
+from accel.config import CacheSettings, PurgeSettings, Route
 from accel.http.accesslog import request_label
 from accel.http.addresses import peer_in, peer_name
 from accel.http.traffic import Traffic
+from accel.proxy.routing import RouteTable
 
 log = Logger()
 
@@ -70,17 +74,38 @@ def purge_schemes(cache: CacheSettings) -> tuple[str, ...]:
     return (SHARED_SCHEME,) if cache.share_schemes else ("http", "https")
 
 
-def url_keys(host: str, target: str, cache: CacheSettings) -> list[str]:
-    """The primary keys the cache may hold for ``target`` (origin-form) on ``host``."""
+def url_keys(host: str, target: str, cache: CacheSettings, routes: RouteTable | None = None) -> list[str]:
+    """The primary keys the cache may hold for ``target`` (origin-form) on ``host``, served by the route
+    ``routes`` gives them (without routes: the keys of a route that preserves the Host)."""
+    route = routes.match(target, host) if routes is not None else None
     return [
-        cache_key(scheme, host, target, sort_query=cache.sort_query, drop_params=cache.drop_params)
+        route_cache_key(scheme, host, target, route, sort_query=cache.sort_query, drop_params=cache.drop_params)
         for scheme in purge_schemes(cache)
     ]
 
 
-def prefix_keys(host: str, path_prefix: str, cache: CacheSettings) -> list[str]:
-    """Key prefixes covering every URL under ``path_prefix`` on ``host``."""
-    return [url_prefix_key(scheme, host, path_prefix) for scheme in purge_schemes(cache)]
+def prefix_keys(host: str, path_prefix: str, cache: CacheSettings, routes: RouteTable | None = None) -> list[str]:
+    """Key prefixes covering every URL under ``path_prefix`` on ``host``, whichever of the host's routes
+    serves it."""
+    if not path_prefix.startswith("/"):
+        path_prefix = "/" + path_prefix
+    covering: list[tuple[Route | None, str]] = [(None, path_prefix)]
+    if routes is not None:
+        covering = [(routes.match(path_prefix, host), path_prefix)] + [
+            (route, route.prefix) for route in routes_under(routes, host, path_prefix)
+        ]
+    schemes = purge_schemes(cache)
+    return list(dict.fromkeys(route_prefix_key(s, host, prefix, route) for route, prefix in covering for s in schemes))
+
+
+def routes_under(routes: RouteTable, host: str, path_prefix: str) -> list[Route]:
+    """The routes that serve ``host`` the paths under their prefix, which lies under ``path_prefix``."""
+    return [
+        route
+        for group in routes.groups_for(host)
+        for route in group
+        if route.prefix.startswith(path_prefix) and routes.match(route.prefix, host) is route
+    ]
 
 
 class PurgeHandler:
@@ -95,8 +120,10 @@ class PurgeHandler:
         reactor,
         peers: PeerPurges | None = None,
         traffic: Traffic | None = None,
+        routes: RouteTable | None = None,
     ):
         self.reactor = reactor
+        self.routes = routes  # the routes whose keys a PURGE names (see the module docstring)
         self.peers = peers  # [cluster] peers: every purge accepted here is forwarded to them
         self.traffic = traffic or Traffic()  # purges are counted there by kind
         self.store = store
@@ -184,9 +211,9 @@ class PurgeHandler:
             steps = [("tag", tag) for tag in tags]
         else:
             if mode == "url":
-                keys = url_keys(host, target, self.cache)
+                keys = url_keys(host, target, self.cache, self.routes)
             else:  # "all" is every URL of this host: a prefix purge of its root
-                keys = prefix_keys(host, target.partition("#")[0] if mode == "prefix" else "/", self.cache)
+                keys = prefix_keys(host, target.partition("#")[0] if mode == "prefix" else "/", self.cache, self.routes)
             fields = {"mode": mode, "soft": soft, "key": keys[0], "keys": keys}
             steps = [("url" if mode == "url" else "prefix", key) for key in keys]
         batches = itertools.chain.from_iterable(self.store.purge_batches(kind, what, soft) for kind, what in steps)

@@ -43,6 +43,7 @@ from accel.config import Compress
 from accel.http.compress import BROTLI_AVAILABLE, encode
 from accel.http.encoding import IDENTITY, compressible, encoded_fields, negotiate, offered_codings
 from accel.http.errors import ErrorPages
+from accel.proxy.rewrite import ReverseMap, reverse_text_fields
 
 log = Logger()
 
@@ -236,8 +237,8 @@ class Responder:
             if selected is not None:
                 return False  # most_recent_first decides between them
             selected = entry
-        if selected is None:
-            return False
+        if selected is None or selected[0].reverse_origin:
+            return False  # (fields ProxyPassReverse rewrites for each client: the general path writes them)
         head, body, prepared = selected
         if not self.prepared_for(prepared, head, policy_):
             prepared = Prepared(self, policy_, head)
@@ -288,19 +289,22 @@ class Responder:
         return itertools.chain((first,), chunks)
 
     def serve(self, request, method: str, fields: Fields, variant: Variant, age: float, cache_status: bytes,
-              log_as: str | None = None, compress: Compress = Compress(), policy_: CachePolicy | None = None) -> None:
+              log_as: str | None = None, compress: Compress = Compress(), policy_: CachePolicy | None = None,
+              public: ReverseMap | None = None) -> None:
         """Answer ``request`` (``method``, its ``fields``) from a stored response that may be used: its
         conditionals (RFC 9110 §13.2.2), Range (§14) and HEAD are answered here; a full 200 goes out in the
         client's coding when ``compress`` (the route's, whose cache rules are ``policy_``) allows. Raises
         ``BodyGone``, having written nothing, when the body to stream from disk is no longer there. The access
-        log says ``log_as`` (default: hit or miss, by ``cache_status``)."""
+        log says ``log_as`` (default: hit or miss, by ``cache_status``). ``public`` rewrites the stored
+        fields into this client's URL space (ProxyPassReverse), when the response holds such fields."""
         head = variant.head
         request.log_cache = log_as or ("hit" if b"; hit" in cache_status else "miss")
         if variant.body is None or not self.store.from_memory:
             request.log_tier = "disk"
         condition = policy.evaluate_conditionals(method, fields, head.fields)
         if condition == 304:
-            self.write_head(request, 304, b"Not Modified", policy.not_modified_fields(head.fields), age, cache_status)
+            self.write_head(request, 304, b"Not Modified", policy.not_modified_fields(head.fields), age, cache_status,
+                            public=public)
             request.finish()
             return
         if condition == 412:
@@ -309,14 +313,15 @@ class Responder:
         ranges = self.ranges_for(method, fields, head)
         if isinstance(ranges, Unsatisfiable):
             self.write_head(request, 416, b"Range Not Satisfiable", _without(head.fields, ("content-type",)), age,
-                            cache_status, {b"content-range": ranges.content_range.encode(), b"content-length": b"0"})
+                            cache_status, {b"content-range": ranges.content_range.encode(), b"content-length": b"0"},
+                            public)
             request.finish()
             return
         chunks = None
         if variant.body is None and method == "GET" and head.body_length:
             chunks = self.open_body(head)
         if isinstance(ranges, Satisfiable):
-            self.serve_ranges(request, variant, ranges.ranges, age, cache_status, chunks)
+            self.serve_ranges(request, variant, ranges.ranges, age, cache_status, chunks, public)
             return
         if compress.enabled and policy_ is not None and head.status == 200 and get_one(fields, "range") is None:
             coded = self.coded_variant(request, variant, compress, policy_)
@@ -324,7 +329,7 @@ class Responder:
                 variant = coded
                 head = coded.head
         self.write_head(request, head.status, head.reason.encode("latin-1"), head.fields, age, cache_status,
-                        {b"content-length": b"%d" % head.body_length})
+                        {b"content-length": b"%d" % head.body_length}, public)
         self.write_body(request, variant, [(0, head.body_length - 1)] if head.body_length else [], chunks)
 
     def coded_variant(self, request, variant: Variant, compress: Compress, policy_: CachePolicy) -> Variant | None:
@@ -353,7 +358,8 @@ class Responder:
             return IgnoreRange("if-range")
         return parse_range(value, head.body_length)
 
-    def serve_ranges(self, request, variant: Variant, ranges, age: float, cache_status: bytes, chunks) -> None:
+    def serve_ranges(self, request, variant: Variant, ranges, age: float, cache_status: bytes, chunks,
+                     public: ReverseMap | None = None) -> None:
         head = variant.head
         length = head.body_length
         if len(ranges) == 1:
@@ -361,7 +367,7 @@ class Responder:
             self.write_head(request, 206, b"Partial Content", head.fields, age, cache_status, {
                 b"content-range": content_range(first, last, length).encode(),
                 b"content-length": b"%d" % (last - first + 1),
-            })
+            }, public)
             self.write_body(request, variant, [(first, last)], chunks)
             return
         boundary = f"accel-{head.body_id.hex()[:16]}-{len(ranges)}"
@@ -370,7 +376,7 @@ class Responder:
         self.write_head(request, 206, b"Partial Content", fields, age, cache_status, {
             b"content-type": f"multipart/byteranges; boundary={boundary}".encode(),
             b"content-length": b"%d" % multipart_length(boundary, content_type, ranges, length),
-        })
+        }, public)
         pieces = []
         for first, last in ranges:
             pieces.append(multipart_part_header(boundary, content_type, first, last, length))
@@ -379,10 +385,10 @@ class Responder:
         self.write_body(request, variant, pieces, chunks)
 
     def serve_piece(self, request, fields: Fields, variant: Variant, piece, wanted: tuple[int, int], age: float,
-                    cache_status: bytes) -> bool:
+                    cache_status: bytes, public: ReverseMap | None = None) -> bool:
         """Answer a Range request with bytes ``wanted`` of a stored piece (RFC 9111 §3.4) with 206, when the
         request's preconditions (RFC 9110 §13.2.2) and If-Range (§13.1.5) let it; False, having written
-        nothing, when they do not. Raises ``BodyGone`` like ``serve``."""
+        nothing, when they do not. Raises ``BodyGone`` and takes ``public`` like ``serve``."""
         head = variant.head
         if policy.evaluate_conditionals("GET", fields, head.fields) is not None or not if_range_allows(
             get_one(fields, "if-range"), get_one(head.fields, "etag"),
@@ -397,12 +403,15 @@ class Responder:
         self.write_head(request, 206, b"Partial Content", _without(head.fields, ("content-range",)), age, cache_status, {
             b"content-range": content_range(first, last, piece.length).encode(),
             b"content-length": b"%d" % (last - first + 1),
-        })
+        }, public)
         self.write_body(request, variant, [(first - piece.first, last - piece.first)], chunks)
         return True
 
-    def write_head(self, request, code: int, reason: bytes, fields: Fields, age: float, cache_status: bytes, extra=None):
+    def write_head(self, request, code: int, reason: bytes, fields: Fields, age: float, cache_status: bytes, extra=None,
+                   public: ReverseMap | None = None):
         request.setResponseCode(code, reason)
+        if public is not None:
+            fields = reverse_text_fields(fields, public)
         headers = request.responseHeaders
         if any(name == "date" for name, _ in fields):
             headers.removeHeader(b"date")

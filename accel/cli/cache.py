@@ -22,7 +22,8 @@ import click
 
 from accel.cache.fanout import all_confirmed
 from accel.cache.figures import SUMMED, live_figures, summed
-from accel.cache.key import cache_key_for_uri, url_prefix_key
+from accel.cache.key import route_cache_key
+from accel.cache.purge import prefix_keys, url_keys
 from accel.cli import describe
 from accel.cli.cache_location import (
     EXIT_NOTHING,
@@ -128,7 +129,7 @@ def show_command(ctx, url: str, as_json: bool, cache_dir, config_path) -> None:
     if not heads:
         raise NothingMatched(f"nothing stored for {key}")
     now = time.time()
-    policy = location.policy_for(key)
+    policy = location.policy_for(url)
     variants = []
     for head in heads:
         variants.append({
@@ -162,14 +163,23 @@ def show_command(ctx, url: str, as_json: bool, cache_dir, config_path) -> None:
             click.echo(f"    {name}: {value}")
 
 
-def _absolute_key(url: str, location: Location) -> str:
+def _host_and_target(url: str) -> tuple[str, str]:
+    """The Host and origin-form target a client asks for ``url`` with (an absolute http(s) URL)."""
     parts = urlsplit(url)
     if parts.scheme.lower() not in ("http", "https") or not parts.netloc:
         raise CacheCommandError(f"{url!r}: give an absolute http:// or https:// URL")
-    key = cache_key_for_uri(url, **location.key_options())
-    if location.settings.share_schemes and key.startswith("https://"):
-        key = "http://" + key[len("https://"):]  # the cache keeps one entry for both, under http
-    return key
+    target = (parts.path or "/") + (f"?{parts.query}" if "?" in url.partition("#")[0] else "")
+    return parts.netloc.rpartition("@")[2], target
+
+
+def _absolute_key(url: str, location: Location) -> str:
+    """The key a client's request for ``url`` is stored under: with ``--config``, through the route serving
+    it (a route that does not preserve the Host keys by its origin); without, the URL itself."""
+    host, target = _host_and_target(url)
+    # share_schemes: the cache keeps one entry for both schemes, under http
+    scheme = "http" if location.settings.share_schemes else urlsplit(url).scheme.lower()
+    route = location.routes.match(target, host) if location.routes is not None else None
+    return route_cache_key(scheme, host, target, route, **location.key_options())
 
 
 @cache.command("stats")
@@ -232,16 +242,11 @@ def purge_command(ctx, url, prefix, tags, purge_all, soft, cluster, as_json, cac
     if cluster and (opened.location.config is None or not opened.location.config.cluster.peers):
         raise click.UsageError("--cluster needs --config FILE with [cluster] peers")
     location = opened.location
-    schemes = ("http",) if location.settings.share_schemes else ("http", "https")
     targets: list[str]
     if url:
-        key = _absolute_key(url, location)
-        scheme, rest = key.split("://", 1)
-        if location.settings.share_schemes:
-            schemes = ("http",)
-        else:
-            schemes = (scheme, "https" if scheme == "http" else "http")
-        targets = list(dict.fromkeys(cache_key_for_uri(f"{s}://{rest}") for s in schemes))
+        host, target = _host_and_target(url)
+        keys = url_keys(host, target, location.settings, location.routes)
+        targets = sorted(keys, key=lambda k: not k.startswith(urlsplit(url).scheme.lower() + "://"))  # URL's first
         mode, action = "url", lambda t: opened.tiered.purge_url(t, soft=soft)
     elif prefix:
         parts = urlsplit(prefix)
@@ -249,7 +254,7 @@ def purge_command(ctx, url, prefix, tags, purge_all, soft, cluster, as_json, cac
             raise CacheCommandError(f"{prefix!r}: give an absolute URL prefix such as https://example.com/img/")
         rest = prefix.split("://", 1)[1]
         path = rest[rest.index("/"):] if "/" in rest else "/"
-        targets = [url_prefix_key(scheme, parts.netloc.rpartition("@")[2], path) for scheme in schemes]
+        targets = prefix_keys(parts.netloc.rpartition("@")[2], path, location.settings, location.routes)
         mode, action = "prefix", lambda t: opened.tiered.purge_prefix(t, soft=soft)
     elif tags:
         targets = list(dict.fromkeys(tags))

@@ -27,7 +27,7 @@ from accel.http.accesslog import request_label
 from accel.http.body import ResponseRelay
 from accel.http.compress import BROTLI_AVAILABLE, Encoder
 from accel.http.encoding import CODING_FIELDS, IDENTITY, compressible, encoded_fields, negotiate, offered_codings
-from accel.config import Config, Route, local_names
+from accel.config import Config, Origin, Route, local_names
 from accel.http.addresses import peer_in, peer_name, split_authority
 from accel.http.errors import ErrorPages
 from accel.http.header_rules import HeaderRules
@@ -310,12 +310,19 @@ class Forwarder:
 
     def response_fields(self, request, route: Route, fetched: Fetched) -> list[tuple[bytes, bytes]]:
         """The origin response's header fields as the client must see them."""
+        mapping = self.reverse_map(request, route, answered_by(route, fetched))
+        return reverse_fields(self.origin_fields(fetched), mapping)
+
+    def origin_fields(self, fetched: Fetched) -> list[tuple[bytes, bytes]]:
+        """The origin response's header fields for any client: URLs still in the origin's URL space."""
         response = fetched.response
-        fields = response_to_client(response.fields, via=self.config.via_pseudonym, origin_version=response.version)
-        origin = (fetched.route or route).origin  # a balancer member's own origin, when one answered
+        return response_to_client(response.fields, via=self.config.via_pseudonym, origin_version=response.version)
+
+    @staticmethod
+    def reverse_map(request, route: Route, origin: Origin) -> ReverseMap:
+        """ProxyPassReverse from ``origin``'s URL space into the one ``request``'s client sees."""
         public_host = (request.getHeader(b"host") or origin.authority.encode()).decode("latin-1")
-        mapping = ReverseMap(origin, route.prefix, "https" if request.isSecure() else "http", public_host)
-        return reverse_fields(fields, mapping)
+        return ReverseMap(origin, route.prefix, "https" if request.isSecure() else "http", public_host)
 
     def relay(self, request, route: Route, fetched: Fetched, tee=None, fields=None,
               keep_going: Callable[[], bool] = lambda: False, fetched_as_get: bool = False) -> Deferred[bool]:
@@ -460,6 +467,11 @@ def _field_values(request) -> Callable[[bytes], list[bytes]]:
 
 def _pairs(headers) -> RawFields:
     return [(name, value) for name, values in headers.getAllRawHeaders() for value in values]
+
+
+def answered_by(route: Route, fetched: Fetched) -> Origin:
+    """The origin whose URL space ``fetched``'s fields are in: a balancer member's own, when one answered."""
+    return (fetched.route or route).origin
 
 
 def discard(fetched: Fetched) -> None:

@@ -4,6 +4,9 @@ A route maps the public prefix ``/shop/`` onto ``http://10.0.0.5:8000/app/``. Wh
 ``Location: http://10.0.0.5:8000/app/cart`` the client must see ``https://www.example.com/shop/cart``.
 Applied to ``Location``, ``Content-Location`` and ``URI``, and to the ``Path`` and ``Domain`` attributes of
 ``Set-Cookie`` (ProxyPassReverseCookiePath / ProxyPassReverseCookieDomain).
+
+The cache stores these fields as the origin sent them and rewrites them for each client it serves
+(``reverse_text_fields``): host aliases share entries, and each must see its own host.
 """
 
 from __future__ import annotations
@@ -15,6 +18,8 @@ from accel.http.addresses import split_authority
 from accel.http.headers import RawFields
 
 _URL_FIELDS = frozenset({b"location", b"content-location", b"uri"})
+# Lower-case names of the fields ProxyPassReverse rewrites.
+REVERSED_NAMES = frozenset(name.decode("latin-1") for name in _URL_FIELDS) | {"set-cookie"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,14 +72,29 @@ class ReverseMap:
         return ";".join(parts)
 
 
+    def value(self, name: str, value: str) -> str:
+        """A field's value (``name`` in lower case) as the client must see it."""
+        if name == "set-cookie":
+            return self.cookie(value)
+        return self.url(value) if name in REVERSED_NAMES else value
+
+
 def reverse_fields(fields: RawFields, mapping: ReverseMap) -> RawFields:
     """Apply the route's ProxyPassReverse rules to a response header section."""
     out: RawFields = []
     for name, value in fields:
-        lower = name.lower()
-        if lower in _URL_FIELDS:
-            value = mapping.url(value.decode("latin-1")).encode("latin-1")
-        elif lower == b"set-cookie":
-            value = mapping.cookie(value.decode("latin-1")).encode("latin-1")
+        lower = name.lower().decode("latin-1")
+        if lower in REVERSED_NAMES:
+            value = mapping.value(lower, value.decode("latin-1")).encode("latin-1")
         out.append((name, value))
     return out
+
+
+def reverse_text_fields(fields: tuple[tuple[str, str], ...], mapping: ReverseMap) -> tuple[tuple[str, str], ...]:
+    """``reverse_fields`` of fields as the cache stores them (lower-case str names, str values)."""
+    return tuple((name, mapping.value(name, value) if name in REVERSED_NAMES else value) for name, value in fields)
+
+
+def needs_reverse(fields: tuple[tuple[str, str], ...]) -> bool:
+    """Whether stored fields (lower-case names) hold one ProxyPassReverse may rewrite."""
+    return any(name in REVERSED_NAMES for name, _ in fields)
