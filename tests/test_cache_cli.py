@@ -453,6 +453,37 @@ class EndToEndTests(_trial.TestCase):
         self.assertEqual((self.hits(b"/e2e/a"), self.hits(b"/e2e/b")), (3, 3))
 
 
+def test_with_config_a_url_maps_through_its_route_to_the_origins_or_balancers_key(tmp_path):
+    """Routes that do not preserve the Host key by their origin (a balancer route by the balancer's name), so
+    any alias's URL names the entry; a preserve_host route keeps the client's URL."""
+    directory = str(tmp_path / "cache")
+    store = open_tiered(directory)
+    for url in ("http://app/cart", "https://10.0.0.5:8080/v1/a", "http://10.0.0.5:8080/v1/a", "http://own.example/a",
+                "http://10.0.0.5:8080/v1/img/1", "https://10.0.0.5:8080/v1/img/2"):
+        put(store, head(url))
+    close(store)
+    config = tmp_path / "accel.toml"
+    config.write_text(f'[cache]\ndir = "{directory}"\n'
+                      '[[route]]\nhosts = ["shop.example", "*.shop.example"]\nprefix = "/"\norigin = "balancer://app/"\n'
+                      '[[route]]\nhosts = ["own.example"]\nprefix = "/"\norigin = "http://10.0.0.5:8080/v1/"\n'
+                      'preserve_host = true\n'
+                      '[[route]]\nprefix = "/"\norigin = "http://10.0.0.5:8080/v1/"\n'
+                      '[balancer.app]\n[[balancer.app.member]]\nurl = "http://10.0.0.7/"\n')
+    options = ("--config", str(config))
+    assert json.loads(run("show", "--json", "http://www.shop.example/cart", *options).output)["url"] == "http://app/cart"
+    assert json.loads(run("show", "--json", "https://example.com/a", *options).output)["url"] == \
+        "https://10.0.0.5:8080/v1/a"
+    assert json.loads(run("show", "--json", "http://own.example/a", *options).output)["url"] == "http://own.example/a"
+    result = run("purge", "http://alias.example/a", *options)
+    assert result.exit_code == 0 and "purged 2 entries" in result.output, result.output
+    result = run("purge", "--prefix", "http://example.com/img/", *options)
+    assert result.exit_code == 0 and "purged 2 entries" in result.output, result.output
+    assert urls(directory) == ["http://app/cart", "http://own.example/a"]
+    # without --config the URL is the key
+    assert run("show", "http://www.shop.example/cart", "--cache-dir", directory).exit_code == 1
+    assert run("show", "http://app/cart", "--cache-dir", directory).exit_code == 0
+
+
 def test_route_ttls_and_shared_schemes_come_from_the_config(cache_dir, tmp_path):
     config = tmp_path / "accel.toml"
     config.write_text(f'[cache]\ndir = "{cache_dir}"\nshare_schemes = true\n'  # (routes keyed by the Host)

@@ -151,6 +151,31 @@ class ReverseOnSharedEntryTests(unittest.TestCase):
         self.assertEqual(origin_hits(stack, b"/r"), 1)
 
     @defer.inlineCallbacks
+    def test_a_location_a_304_adds_to_the_shared_entry_is_rewritten_for_each_alias(self):
+        stack = aliased_stack(self)
+        moved = f"{stack.origin_url}/moved".encode()
+
+        def stale_then_304(request):
+            request.setHeader(b"etag", b'"e"')
+            if request.getHeader(b"if-none-match") == b'"e"':
+                request.setHeader(b"cache-control", b"max-age=600")
+                request.setHeader(b"content-location", moved)
+                request.setResponseCode(304)
+                return b""
+            request.setHeader(b"cache-control", b"max-age=0")
+            return b"body"
+
+        stack.origin.handlers[b"/late"] = stale_then_304
+        agent = http_client(self)
+        statuses = []
+        for host in (b"a.example", b"b.example", b"c.example"):
+            response, _ = yield get(agent, stack.url + "/late", headers={b"host": host})
+            statuses.append(status_word(response))
+            if host != b"a.example":
+                self.assertEqual(response.headers.getRawHeaders(b"content-location"), [b"http://%s/moved" % host])
+        self.assertEqual(statuses, ["fwd=uri-miss", "fwd=stale", "hit"])
+
+    @defer.inlineCallbacks
     def test_a_balancer_route_keys_by_the_balancer_and_rewrites_the_answering_members_urls(self):
         directory = temporary_directory(self)
         cluster = Cluster(self, members=("", ""), extra=f'[cache]\ndir = "{directory}"')
