@@ -1,6 +1,6 @@
 """RFC 9111 §2 primary cache key (target URI normalised per RFC 9110 §4.2.3)."""
 
-from accel.cache.key import cache_key, cache_key_for_uri, url_prefix_key
+from accel.cache.key import cache_key, url_prefix_key
 
 
 def test_s4_2_3_scheme_and_host_lower_cased_default_port_dropped():
@@ -41,12 +41,6 @@ def test_drop_params_by_exact_name_or_glob():
 def test_sort_query_is_stable_by_name_and_keeps_encoding():
     key = cache_key("http", "h", "/p?b=2&a=%2F&b=1&a=0&c", sort_query=True)
     assert key == "http://h/p?a=%2F&a=0&b=2&b=1&c"
-
-
-def test_cache_key_for_uri():
-    assert cache_key_for_uri("HTTP://user@Example.com:80/a?b#c") == "http://example.com/a?b"
-    assert cache_key_for_uri("https://example.com") == "https://example.com/"
-    assert cache_key_for_uri("https://example.com/p?x=1&utm_a=2", drop_params=("utm_*",)) == "https://example.com/p?x=1"
 
 
 def test_url_prefix_key_always_ends_the_authority():

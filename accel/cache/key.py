@@ -18,7 +18,6 @@ from __future__ import annotations
 
 from fnmatch import fnmatchcase
 from typing import Iterable, Mapping
-from urllib.parse import urlsplit
 
 from accel.config import Origin, Route
 from accel.http.addresses import split_authority
@@ -72,14 +71,6 @@ def cache_key(
         rewritten = _rewrite_query(query, sort_query, drop)
         return key if rewritten is None else f"{key}?{rewritten}"
     return f"{key}?{query}"
-
-
-def cache_key_for_uri(uri: str, **options) -> str:
-    """``cache_key`` of an absolute URI (userinfo dropped), e.g. for invalidation targets."""
-    parts = urlsplit(uri)
-    host = parts.netloc.rpartition("@")[2]
-    target = parts.path + (f"?{parts.query}" if "?" in uri.partition("#")[0] else "")
-    return cache_key(parts.scheme, host, target, **options)
 
 
 def url_prefix_key(
