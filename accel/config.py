@@ -15,7 +15,7 @@ import re
 import socket
 import tomllib
 from dataclasses import dataclass, field, replace
-from typing import Any, Literal
+from typing import Any, Literal, Mapping
 from urllib.parse import urlsplit
 
 
@@ -52,6 +52,10 @@ class ConfigError(Exception):
         super().__init__(detail)
 
 
+# Each scheme's default port: the one table (the cache key uses it too). A balancer:// "origin" has no port (0).
+DEFAULT_PORTS: Mapping[str, int] = {"http": 80, "https": 443}
+
+
 @dataclass(frozen=True, slots=True)
 class Origin:
     """Where a route's requests go: scheme, host, port and a base path that the route prefix maps onto."""
@@ -64,7 +68,7 @@ class Origin:
 
     @property
     def authority(self) -> str:
-        default = _DEFAULT_PORTS.get(self.scheme, 0)
+        default = DEFAULT_PORTS.get(self.scheme, 0)
         host = f"[{self.host}]" if ":" in self.host else self.host
         return host if self.port == default else f"{host}:{self.port}"
 
@@ -72,9 +76,6 @@ class Origin:
     def key(self) -> str:
         """Identity of the origin server (for connection pools and logs), without the path."""
         return f"{self.scheme}://{self.authority}"
-
-
-_DEFAULT_PORTS = {"http": 80, "https": 443}  # a balancer:// "origin" has no port (0)
 
 
 @dataclass(frozen=True, slots=True)
@@ -412,6 +413,13 @@ class _Reader:
             raise self.fail(name, "a number of seconds greater than 0", value)
         return float(value)
 
+    def seconds_or_zero(self, name: str, default: float | None) -> float | None:
+        """A number of seconds, 0 (none) or more."""
+        value = self.get(name, (int, float), "a number of seconds, 0 or more", default)
+        if value is not None and value < 0:
+            raise self.fail(name, "a number of seconds, 0 or more", value)
+        return value if value is None else float(value)
+
     def positive_int(self, name: str, default: int) -> int:
         value = self.get(name, int, "a whole number greater than 0", default)
         if value <= 0:
@@ -504,7 +512,7 @@ def parse_origin(url: str) -> Origin:
         raise ValueError("an origin URL without query, fragment or credentials")
     scheme = _WEBSOCKET_SCHEMES.get(parts.scheme, parts.scheme)
     try:
-        port = parts.port or (443 if scheme == "https" else 80)
+        port = parts.port or DEFAULT_PORTS[scheme]
     except ValueError:
         raise ValueError("an origin URL with a valid port") from None
     return Origin(url=url, scheme=scheme, host=parts.hostname, port=port, base_path=parts.path or "/")
@@ -720,9 +728,7 @@ def _tls_settings(r: _Reader) -> TLSSettings:
                               line=line_of(r.text, listener.where, name))
     if (shared_certs or shared_dir) and not listeners:
         raise r.fail("listen", "an HTTPS listener for the certificates (tls.listen or [[tls.listener]])")
-    version = r.get("min_version", str, '"1.2" or "1.3"', "1.2")
-    if version not in ("1.2", "1.3"):
-        raise r.fail("min_version", '"1.2" or "1.3"', version)
+    version = r.choice("min_version", ("1.2", "1.3"), '"1.2" or "1.3"', "1.2")
     redirect = _Reader(r.source, r.table_of("redirect"), "tls.redirect", r.text)
     hsts = _Reader(r.source, r.table_of("hsts"), "tls.hsts", r.text)
     settings = TLSSettings(
@@ -749,17 +755,13 @@ def _route_cache(r: _Reader) -> RouteCache:
     cache = RouteCache(
         enabled=r.get("enabled", bool, "true or false", True),
         disable=r.strings("disable"),
-        default_ttl=r.get("default_ttl", (int, float), "a number of seconds", None),
-        max_ttl=r.get("max_ttl", (int, float), "a number of seconds", None),
+        default_ttl=r.seconds_or_zero("default_ttl", None),
+        max_ttl=r.seconds_or_zero("max_ttl", None),
         head_as_get=r.get("head_as_get", bool, "true or false", True),
     )
     for rule in cache.disable:
         if _NOT_NORMAL.search(rule) is not None:
             raise r.fail("disable", f"path prefixes or patterns {_NORMAL}", rule)
-    for name in ("default_ttl", "max_ttl"):
-        value = getattr(cache, name)
-        if value is not None and value < 0:
-            raise r.fail(name, "a number of seconds, 0 or more", value)
     r.reject_unknown()
     return cache
 
@@ -775,27 +777,25 @@ def _cache_settings(r: _Reader) -> CacheSettings:
         memory_max_object_size=r.get("memory_max_object_size", int, "a number of bytes", d.memory_max_object_size),
         max_object_size=r.positive_int("max_object_size", d.max_object_size),
         heuristic_fraction=r.get("heuristic_fraction", (int, float), "a fraction such as 0.1", d.heuristic_fraction),
-        heuristic_max=r.get("heuristic_max", (int, float), "a number of seconds", d.heuristic_max),
+        heuristic_max=r.seconds_or_zero("heuristic_max", d.heuristic_max),
         store_set_cookie=r.choice("store_set_cookie", (False, True, "keep"), 'true, false or "keep"',
                                   d.store_set_cookie),
         targeted_fields=tuple(f.lower() for f in r.strings("targeted_fields", d.targeted_fields)),
         forward_targeted_fields=r.get("forward_targeted_fields", bool, "true or false", d.forward_targeted_fields),
         forward_tag_fields=r.get("forward_tag_fields", bool, "true or false", d.forward_tag_fields),
-        grace=r.get("grace", (int, float), "a number of seconds", d.grace),
+        grace=r.seconds_or_zero("grace", d.grace),
         sort_query=r.get("sort_query", bool, "true or false", d.sort_query),
         drop_params=r.strings("drop_params"),
         share_schemes=r.get("share_schemes", bool, "true or false", d.share_schemes),
         collapse_timeout=r.seconds("collapse_timeout", d.collapse_timeout),
         collapse_max_waiters=r.positive_int("collapse_max_waiters", d.collapse_max_waiters),
-        hit_for_miss_ttl=r.get("hit_for_miss_ttl", (int, float), "a number of seconds", d.hit_for_miss_ttl),
+        hit_for_miss_ttl=r.seconds_or_zero("hit_for_miss_ttl", d.hit_for_miss_ttl),
         client_revalidate=r.choice("client_revalidate", ("conditional", "honour", "ignore"),
                                    '"conditional", "honour" or "ignore"', d.client_revalidate),
-        min_revalidate_interval=r.get("min_revalidate_interval", (int, float), "a number of seconds",
-                                      d.min_revalidate_interval),
+        min_revalidate_interval=r.seconds_or_zero("min_revalidate_interval", d.min_revalidate_interval),
         range_fetch_max=r.get("range_fetch_max", int, "a number of bytes", d.range_fetch_max),
     )
-    for name in ("memory_max_bytes", "memory_max_objects", "memory_min_object_size", "memory_max_object_size",
-                 "heuristic_max", "grace", "hit_for_miss_ttl", "min_revalidate_interval"):
+    for name in ("memory_max_bytes", "memory_max_objects", "memory_min_object_size", "memory_max_object_size"):
         if getattr(settings, name) < 0:
             raise r.fail(name, "a value of 0 or more", getattr(settings, name))
     if settings.range_fetch_max is not None and settings.range_fetch_max < 0:
@@ -812,7 +812,6 @@ def _cache_settings(r: _Reader) -> CacheSettings:
 
 _TOKEN = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")  # RFC 9110 §5.6.2
 _FIELD_VALUE = re.compile(r"^[^\x00-\x08\x0a-\x1f\x7f]*$")  # RFC 9110 §5.5: no CR, LF, NUL or other controls
-_ADDRESSES = 'IP addresses or networks such as 10.0.0.0/8, or "local"'
 
 
 def _protection(r: _Reader, defaults: Protection, scope: str) -> Protection:
@@ -822,7 +821,7 @@ def _protection(r: _Reader, defaults: Protection, scope: str) -> Protection:
     changes: dict[str, Any] = {}
     for name in ("allow", "deny"):
         if name in r.table:
-            changes[name] = _address_list(r, name)
+            changes[name] = AddressList(*_networks(r, name, word="local"))
     if "methods" in r.table:
         methods = r.strings("methods")
         for method in methods:
@@ -845,19 +844,6 @@ def _protection(r: _Reader, defaults: Protection, scope: str) -> Protection:
     r.seen.update(("allow", "deny", "methods", "strip_untrusted", "pass_untrusted"))
     changes["headers"] = defaults.headers + _header_rules(r)
     return replace(defaults, **changes)
-
-
-def _address_list(r: _Reader, name: str) -> AddressList:
-    networks, local = [], False
-    for value in r.strings(name):
-        if value == "local":
-            local = True
-            continue
-        try:
-            networks.append(ipaddress.ip_network(value, strict=False))
-        except ValueError:
-            raise r.fail(name, _ADDRESSES, value) from None
-    return AddressList(tuple(networks), local)
 
 
 def _body_size(r: _Reader) -> int | None:
@@ -902,12 +888,8 @@ def _header_rules(r: _Reader) -> tuple[HeaderRule, ...]:
         if not isinstance(entry, dict):
             raise r.fail("header", "[[header]] tables", entry)
         h = _Reader(r.source, entry, f"{r.key('header')}[{i}]", r.text)
-        side = h.get("side", str, '"request" or "response"')
-        if side not in ("request", "response"):
-            raise h.fail("side", '"request" or "response"', side)
-        action = h.get("action", str, '"set", "append" or "unset"')
-        if action not in ("set", "append", "unset"):
-            raise h.fail("action", '"set", "append" or "unset"', action)
+        side = h.choice("side", ("request", "response"), '"request" or "response"', None)
+        action = h.choice("action", ("set", "append", "unset"), '"set", "append" or "unset"', None)
         name = h.get("name", str, "a header field name")
         if name is None or not _TOKEN.match(name):
             raise h.fail("name", "a header field name", name)
@@ -931,22 +913,22 @@ def _server_protection(server: _Reader, limits: Limits) -> Protection:
     return replace(_protection(server, Protection(), scope="server"), max_body_size=limits.max_body_size)
 
 
-def _networks(r: _Reader, name: str, default: tuple = ()) -> tuple[tuple, bool]:
-    """(networks, whether "unix" is listed: peers on UNIX sockets, which have no IP address)."""
+def _networks(r: _Reader, name: str, default: tuple = (), word: str = "unix") -> tuple[tuple, bool]:
+    """(networks, whether ``word`` is listed): "unix" stands for peers on UNIX sockets, which have no IP
+    address; "local" (``allow`` / ``deny``) for those and the loopback addresses."""
     if name not in r.table:
         r.seen.add(name)
         return default, False
-    nets = []
-    unix = False
+    networks, listed = [], False
     for value in r.strings(name):
-        if value == "unix":
-            unix = True
+        if value == word:
+            listed = True
             continue
         try:
-            nets.append(ipaddress.ip_network(value, strict=False))
+            networks.append(ipaddress.ip_network(value, strict=False))
         except ValueError:
-            raise r.fail(name, 'IP addresses or networks such as 10.0.0.0/8, or "unix"', value) from None
-    return tuple(nets), unix
+            raise r.fail(name, f'IP addresses or networks such as 10.0.0.0/8, or "{word}"', value) from None
+    return tuple(networks), listed
 
 
 def parse_config(text: str, source: str) -> Config:
@@ -1062,9 +1044,7 @@ def _balancers(top: _Reader) -> dict[str, BalancerSettings]:
 
 
 def _balancer(r: _Reader, name: str) -> BalancerSettings:
-    method = r.get("method", str, " | ".join(BALANCER_METHODS), "byrequests")
-    if method not in BALANCER_METHODS:
-        raise r.fail("method", " | ".join(BALANCER_METHODS), method)
+    method = r.choice("method", BALANCER_METHODS, " | ".join(BALANCER_METHODS), "byrequests")
     members = []
     tables = r.get("member", list, "an array of [[balancer.NAME.member]] tables", [])
     for i, table in enumerate(tables):
@@ -1083,14 +1063,12 @@ def _balancer(r: _Reader, name: str) -> BalancerSettings:
     sticky_set = r.get("sticky_set", bool, "true or false", False)
     if sticky_set and not sticky_cookie:
         raise r.fail("sticky_set", "sticky_cookie as well (the cookie to set)")
-    retry = r.get("retry", (int, float), "a number of seconds, 0 or more", 60.0)
-    if retry < 0:
-        raise r.fail("retry", "a number of seconds, 0 or more", retry)
+    retry = r.seconds_or_zero("retry", 60.0)
     health = None
     if "health" in r.table:
         health = _health(_Reader(r.source, r.table_of("health"), f"{r.path}.health", r.text))
     r.reject_unknown()
-    return BalancerSettings(name, tuple(members), method, sticky_cookie, sticky_set, float(retry), health)
+    return BalancerSettings(name, tuple(members), method, sticky_cookie, sticky_set, retry, health)
 
 
 def _member(r: _Reader, index: int) -> BalancerMember:
@@ -1116,9 +1094,7 @@ def _health(r: _Reader) -> HealthCheck:
     uri = r.get("uri", str, "a path starting with '/'", d.uri)
     if not uri.startswith("/") or re.search(r"[\s\x00-\x1f\x7f]", uri):
         raise r.fail("uri", "a path starting with '/', without spaces", uri)
-    method = r.get("method", str, "GET, HEAD or OPTIONS", d.method)
-    if method not in ("GET", "HEAD", "OPTIONS"):
-        raise r.fail("method", "GET, HEAD or OPTIONS", method)
+    method = r.choice("method", ("GET", "HEAD", "OPTIONS"), "GET, HEAD or OPTIONS", d.method)
     health = HealthCheck(uri, method, r.seconds("interval", d.interval), _expected_codes(r),
                          r.positive_int("fails", d.fails), r.positive_int("passes", d.passes))
     r.reject_unknown()
@@ -1177,10 +1153,8 @@ def _cluster_settings(r: _Reader) -> ClusterSettings:
         peers.append(peer)
     if len({p.key for p in peers}) != len(peers):
         raise r.fail("peers", "each peer once", list(r.strings("peers")))
-    drain_delay = r.get("drain_delay", (int, float), "a number of seconds, 0 or more", ClusterSettings().drain_delay)
-    if drain_delay < 0:
-        raise r.fail("drain_delay", "a number of seconds, 0 or more", drain_delay)
-    settings = ClusterSettings(tuple(peers), r.seconds("purge_timeout", ClusterSettings().purge_timeout), float(drain_delay))
+    settings = ClusterSettings(tuple(peers), r.seconds("purge_timeout", ClusterSettings().purge_timeout),
+                               r.seconds_or_zero("drain_delay", ClusterSettings().drain_delay))
     r.reject_unknown()
     return settings
 

@@ -79,7 +79,7 @@ def test_a_full_file():
         ("[cache]\nstore_set_cookie = 'yes'\n", 'cache.store_set_cookie: expected true, false or "keep"'),
         ("[cache]\nstore_set_cookie = 1\n", 'cache.store_set_cookie: expected true, false or "keep"'),
         ("[cache]\nclient_revalidate = 'always'\n", 'cache.client_revalidate: expected "conditional", "honour" or "ignore"'),
-        ("[cache]\nmin_revalidate_interval = -1\n", "cache.min_revalidate_interval: expected a value of 0 or more"),
+        ("[cache]\nmin_revalidate_interval = -1\n", "cache.min_revalidate_interval: expected a number of seconds, 0 or more"),
         ("[cache]\nrange_fetch_max = -1\n", "cache.range_fetch_max: expected a number of bytes, 0 or more"),
         ("[[route]]\nprefix = '/'\norigin = 'http://o/'\n[route.cache]\nhead_as_get = 1\n", "head_as_get: expected true or false"),
         ("[[route]]\nprefix = '/'\norigin = 'http://o/'\n[[route]]\nprefix = '/'\norigin = 'http://p/'\n", "line 5: route[1].prefix: expected each prefix at most once per host"),

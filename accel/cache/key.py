@@ -19,11 +19,9 @@ from __future__ import annotations
 from fnmatch import fnmatchcase
 from typing import Iterable, Mapping
 
-from accel.config import Origin, Route
+from accel.config import DEFAULT_PORTS, Origin, Route
 from accel.http.addresses import split_authority
 from accel.proxy.routing import origin_target
-
-DEFAULT_PORTS: Mapping[str, int] = {"http": 80, "https": 443}
 
 
 def _origin(scheme: str, host: str, default_port_for_scheme: Mapping[str, int]) -> str:
