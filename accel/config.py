@@ -52,6 +52,15 @@ class ConfigError(Exception):
         super().__init__(detail)
 
 
+class ConfigProblems(Exception):
+    """Every problem that keeps a configuration from starting (``accel.tap.checked_config``); its text is
+    theirs in one line, for a log."""
+
+    def __init__(self, problems: list[ConfigError]):
+        self.problems = problems
+        super().__init__("; ".join(str(problem) for problem in problems))
+
+
 # Each scheme's default port: the one table (the cache key uses it too). A balancer:// "origin" has no port (0).
 DEFAULT_PORTS: Mapping[str, int] = {"http": 80, "https": 443}
 

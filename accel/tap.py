@@ -14,7 +14,7 @@ from twisted.logger import Logger
 from twisted.python import usage
 
 from accel.app import startup_problems
-from accel.config import COMMAND_LINE, Config, ConfigError, load_config, located, with_overrides
+from accel.config import COMMAND_LINE, Config, ConfigError, ConfigProblems, load_config, located, with_overrides
 from accel.http.listening import listening_service
 
 log = Logger()
@@ -44,13 +44,17 @@ class Options(usage.Options):
     def postOptions(self) -> None:
         # Problems are one line each, naming the file, key and expectation; twistd would print its usage first.
         try:
-            self.config = build_config(self)
-            problems = config_problems(self.config)
-        except ConfigError as e:
-            problems = [e]
-        if problems:
-            report(problems)
-            raise SystemExit(1)
+            self.config = self.checked_config()
+        except ConfigProblems as e:
+            report(e.problems)
+            raise SystemExit(1) from None
+
+    def checked_config(self, cache_in_use: str | None = None) -> Config:
+        """The configuration file (if any) with the command-line options over it, checked as start-up does:
+        see ``checked_config``."""
+        overrides = {"listen": tuple(self["listen"]), "origin": self["origin"], "cache_dir": self["cache-dir"],
+                     "access_log": self["access-log"], "workers": self["workers"]}
+        return checked_config(self["config"], overrides, cache_in_use)
 
 
 def report(problems) -> None:
@@ -60,18 +64,20 @@ def report(problems) -> None:
         print(f"accel: {problem}", file=sys.__stderr__, flush=True)
 
 
-def build_config(options) -> Config:
-    """The effective configuration: the file (if any) with the command-line overrides. Not checked further
-    than parsing: see ``config_problems``."""
-    config = load_config(options["config"]) if options["config"] else Config()
-    return with_overrides(
-        config,
-        listen=tuple(options["listen"]),
-        origin=options["origin"],
-        cache_dir=options["cache-dir"],
-        access_log=options["access-log"],
-        workers=options["workers"],
-    )
+def checked_config(path: str | None, overrides: dict | None = None, cache_in_use: str | None = None) -> Config:
+    """The configuration ``twistd accel`` would start with: the file at ``path`` (None: the defaults) with the
+    command-line ``overrides`` (``with_overrides``' keywords), after every check start-up makes before it binds
+    its ports (``config_problems``). Raises ConfigProblems, each problem one line naming the file, the key and
+    what was expected: ``twistd accel``, its SIGHUP, a supervisor's reload and ``accel check-config`` report
+    them."""
+    try:
+        config = with_overrides(load_config(path) if path else Config(), **(overrides or {}))
+        problems = config_problems(config, cache_in_use)
+    except ConfigError as e:
+        problems = [e]
+    if problems:
+        raise ConfigProblems(problems)
+    return config
 
 
 def listener_keys(config: Config) -> list[tuple[str, str, str]]:
@@ -127,16 +133,6 @@ def _reason(error: Exception) -> str:
     return str(error) or type(error).__name__
 
 
-def checked_config(options) -> Config:
-    """The configuration as ``twistd accel`` would start with it; raises the first problem (a supervisor's
-    reload reports it in one line)."""
-    config = build_config(options)
-    problems = config_problems(config)
-    if problems:
-        raise problems[0]
-    return config
-
-
 def worker_arguments(options) -> list[str]:
     """The ``twistd accel`` arguments a worker runs with: the same configuration as the supervisor."""
     args = ["--config", os.path.abspath(options["config"])] if options["config"] else []
@@ -161,7 +157,7 @@ def makeService(options: Options) -> service.IService:
     if inherited is None and config.workers > 1:
         from accel.workers.supervisor import Supervisor
 
-        return Supervisor(config, lambda: checked_config(options), worker_arguments(options), reactor)
+        return Supervisor(config, options.checked_config, worker_arguments(options), reactor)
     if inherited is None:
         def serve(description, factory):
             return listening_service(description, factory, reactor)
@@ -264,15 +260,12 @@ class Operations(service.Service):
 
     def reload(self) -> None:
         source = self.options["config"] or COMMAND_LINE
+        running = self.accelerator.cache
         try:
-            config = build_config(self.options)
-            running = self.accelerator.cache
-            problems = config_problems(config, running.settings.dir if running is not None else None)
-        except ConfigError as e:
-            problems = [e]
-        if problems:
+            config = self.options.checked_config(running.settings.dir if running is not None else None)
+        except ConfigProblems as e:
             log.error("accel: configuration not reloaded, the running one stays in service: {problems}",
-                      problems="; ".join(str(p) for p in problems))
+                      problems=str(e))
             return
         needs_restart = self.accelerator.reload(config)
         by_endpoint = {listener.endpoint: listener for listener in config.tls.listeners}

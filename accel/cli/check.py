@@ -6,8 +6,8 @@ from __future__ import annotations
 import click
 
 from accel.cli.messages import CommandError
-from accel.config import AddressList, BalancerSettings, Config, ConfigError, Protection, Route, load_config
-from accel.tap import config_problems
+from accel.config import AddressList, BalancerSettings, Config, ConfigError, ConfigProblems, Protection, Route
+from accel.tap import checked_config
 
 
 @click.command("check-config")
@@ -17,14 +17,12 @@ def check_config(path: str) -> None:
     not binding the ports) and print the effective configuration. Exit status 1, with one line per problem,
     when accel would not start."""
     try:
-        config = load_config(path)
-        problems = config_problems(config)
-    except ConfigError as e:
-        problems = [e]
-    if problems:
-        for problem in problems[:-1]:
+        config = checked_config(path)
+    except ConfigProblems as e:
+        *first, last = e.problems
+        for problem in first:
             click.echo(f"accel: {problem}", err=True)
-        raise CommandError(str(problems[-1]))
+        raise CommandError(str(last)) from None
     click.echo(f"{path}: OK")
     for line in describe(config):
         click.echo(line)

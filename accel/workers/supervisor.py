@@ -27,7 +27,7 @@ from twisted.internet.error import CannotListenError, ProcessDone, ProcessExited
 from twisted.internet.protocol import ProcessProtocol
 from twisted.logger import Logger
 
-from accel.config import Config, ConfigError
+from accel.config import Config, ConfigProblems
 from accel.workers.listeners import ListenerSet
 from accel.workers.worker import CONTROL_FD, DRAIN, ENVIRONMENT, FIRST_LISTENER_FD, READY, encode
 
@@ -109,7 +109,7 @@ def _exit_description(reason) -> str:
 
 class Supervisor(service.Service):
     def __init__(self, config: Config, reload_config, worker_args: list[str], reactor):
-        """``reload_config()`` reads the configuration again (raising ConfigError); ``worker_args`` are the
+        """``reload_config()`` reads and checks the configuration again (raising ConfigProblems); ``worker_args`` are the
         ``twistd accel`` arguments each worker runs with."""
         self.config = config
         self.reload_config = reload_config
@@ -192,7 +192,7 @@ class Supervisor(service.Service):
         try:
             config = self.reload_config()
             self._open_listeners(config)
-        except (ConfigError, CannotListenError) as e:
+        except (ConfigProblems, CannotListenError) as e:
             self.listeners.close_except(listener_descriptions(self.config))  # those this reload opened
             log.error("reload refused: {error}; the workers keep the previous configuration", error=str(e))
             return None
