@@ -16,6 +16,7 @@ from twisted.python import usage
 from accel.app import startup_problems
 from accel.config import COMMAND_LINE, Config, ConfigError, ConfigProblems, load_config, located, with_overrides
 from accel.http.listening import listening_service
+from accel.workers.worker import inherited_listeners
 
 log = Logger()
 
@@ -43,18 +44,30 @@ class Options(usage.Options):
 
     def postOptions(self) -> None:
         # Problems are one line each, naming the file, key and expectation; twistd would print its usage first.
+        # A worker only reads the configuration: its supervisor checked these files just before starting it
+        # (at start, and at each reload). What changed on disk since is found as the worker builds its site
+        # (makeService), and is one line too.
         try:
-            self.config = self.checked_config()
+            if inherited_listeners() is None:
+                self.config = self.checked_config()
+            else:
+                self.config = effective_config(self["config"], self.overrides())
+        except ConfigError as e:
+            report([e])
+            raise SystemExit(1) from None
         except ConfigProblems as e:
             report(e.problems)
             raise SystemExit(1) from None
 
+    def overrides(self) -> dict:
+        """The command-line options, as ``with_overrides``' keywords."""
+        return {"listen": tuple(self["listen"]), "origin": self["origin"], "cache_dir": self["cache-dir"],
+                "access_log": self["access-log"], "workers": self["workers"]}
+
     def checked_config(self, cache_in_use: str | None = None) -> Config:
         """The configuration file (if any) with the command-line options over it, checked as start-up does:
         see ``checked_config``."""
-        overrides = {"listen": tuple(self["listen"]), "origin": self["origin"], "cache_dir": self["cache-dir"],
-                     "access_log": self["access-log"], "workers": self["workers"]}
-        return checked_config(self["config"], overrides, cache_in_use)
+        return checked_config(self["config"], self.overrides(), cache_in_use)
 
 
 def report(problems) -> None:
@@ -71,13 +84,19 @@ def checked_config(path: str | None, overrides: dict | None = None, cache_in_use
     what was expected: ``twistd accel``, its SIGHUP, a supervisor's reload and ``accel check-config`` report
     them."""
     try:
-        config = with_overrides(load_config(path) if path else Config(), **(overrides or {}))
+        config = effective_config(path, overrides)
         problems = config_problems(config, cache_in_use)
     except ConfigError as e:
         problems = [e]
     if problems:
         raise ConfigProblems(problems)
     return config
+
+
+def effective_config(path: str | None, overrides: dict | None = None) -> Config:
+    """The file at ``path`` (None: the defaults) with the command-line ``overrides`` over it; parsed, not
+    checked further (raises ConfigError)."""
+    return with_overrides(load_config(path) if path else Config(), **(overrides or {}))
 
 
 def listener_keys(config: Config) -> list[tuple[str, str, str]]:
@@ -116,7 +135,8 @@ def check_endpoint(source: str, key: str, description: str) -> None:
 
 
 def _start_failure(config: Config, error: Exception) -> str:
-    """One line for a failure to build the server after the checks passed."""
+    """One line for a failure to build the server after the checks passed (or, in a worker, were left to
+    its supervisor)."""
     import lmdb
 
     from accel.cache.store import IncompatibleStore
@@ -124,6 +144,8 @@ def _start_failure(config: Config, error: Exception) -> str:
     if config.cache.dir and isinstance(error, (lmdb.Error, IncompatibleStore, OSError)):
         source, key = config.origin_of("cache.dir", "--cache-dir")
         return str(located(ConfigError(source, key, "a cache accel can open", f"{config.cache.dir} ({_reason(error)})")))
+    if isinstance(error, ConfigError):
+        return str(located(error))
     return f"{config.source}: accel could not start: {_reason(error)}"
 
 
@@ -150,7 +172,7 @@ def makeService(options: Options) -> service.IService:
     from twisted.internet import reactor
 
     from accel.app import build_site, settle_garbage_collection
-    from accel.workers.worker import SupervisorLink, adopting, inherited_listeners
+    from accel.workers.worker import SupervisorLink, adopting
 
     config = options.config
     inherited = inherited_listeners()
@@ -165,9 +187,26 @@ def makeService(options: Options) -> service.IService:
         serve = adopting(reactor, inherited, config.source)
     try:
         site = build_site(config, reactor)
-    except Exception as e:  # what changed on disk since the checks (a cache opened by another process, a full disk)
+        top, stores = _listeners(config, site, serve, reactor)
+    except Exception as e:  # what changed on disk since the checks (a cache opened by another process, a full
+        # disk, a certificate replaced), or a listener the supervisor did not open
         report([_start_failure(config, e)])
         raise SystemExit(1) from None
+    operations = Operations(options, site.accelerator, stores, reactor)
+    top.addService(operations)
+    reactor.callWhenRunning(settle_garbage_collection)
+    if inherited is None:
+        top.before_stopping = operations.leave  # a worker's supervisor keeps the listeners while it drains
+    else:
+        health = site.accelerator.health
+        # After the listeners: it tells the supervisor we accept. The supervisor's stop begins with "drain".
+        top.addService(SupervisorLink(reactor, on_drain=lambda: setattr(health, "draining", True)))
+    return top
+
+
+def _listeners(config: Config, site, serve, reactor) -> tuple[Listeners, list]:
+    """The listening services of ``config`` (``serve(description, factory)`` makes one), and the certificate
+    stores of the TLS ones."""
     top = Listeners()
     for source, key, description in listener_keys(config)[: len(config.listen)]:
         top.listen(serve(description, site), source, key, description)
@@ -181,16 +220,7 @@ def makeService(options: Options) -> service.IService:
             store = getattr(getattr(tls_service, "factory", None), "store", None)
             if store is not None:
                 stores.append(store)
-    operations = Operations(options, site.accelerator, stores, reactor)
-    top.addService(operations)
-    reactor.callWhenRunning(settle_garbage_collection)
-    if inherited is None:
-        top.before_stopping = operations.leave  # a worker's supervisor keeps the listeners while it drains
-    else:
-        health = site.accelerator.health
-        # After the listeners: it tells the supervisor we accept. The supervisor's stop begins with "drain".
-        top.addService(SupervisorLink(reactor, on_drain=lambda: setattr(health, "draining", True)))
-    return top
+    return top, stores
 
 
 class Listeners(service.MultiService):

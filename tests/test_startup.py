@@ -193,3 +193,29 @@ def test_a_cache_that_fails_to_open_after_the_checks_is_one_line(tmp_path, monke
     err = capfd.readouterr().err
     assert err.splitlines() == [f"accel: command line: --cache-dir: expected a cache accel can open, got "
                                 f"'{tmp_path / 'cache'} (mdb_txn_begin: MDB_READERS_FULL: Environment maxreaders limit reached)'"]
+
+
+def test_a_worker_leaves_the_checks_to_its_supervisor_and_reports_what_broke_since_in_one_line(tmp_path, monkeypatch, capfd):
+    """A worker only reads the configuration (its supervisor checked the files just before starting it); a
+    certificate broken since is found as the worker builds its site: one line, exit status 1."""
+    from accel.tap import Options, makeService
+    from accel.workers.worker import ENVIRONMENT, encode
+    from accel.workers.listeners import Inherited
+
+    (tmp_path / "www.pem").write_text("not a certificate\n")
+    path = write(tmp_path, '[server]\nlisten = ["tcp:0:interface=127.0.0.1"]\n'
+                           '[tls]\nlisten = ["tcp:0:interface=127.0.0.2"]\ncertificates = [{cert = "www.pem"}]\n' + ROUTE)
+    options = Options()
+    with pytest.raises(SystemExit):  # the first process checks, and refuses
+        options.parseOptions(["--config", path])
+    assert "tls.certificates[0].cert" in capfd.readouterr().err
+    inherited = [Inherited(1000 + i, socket.AF_INET, d, 50)  # never adopted: the start stops before
+                 for i, d in enumerate(["tcp:0:interface=127.0.0.1", "tcp:0:interface=127.0.0.2"])]
+    monkeypatch.setenv(ENVIRONMENT, encode(inherited))
+    options = Options()
+    options.parseOptions(["--config", path])  # a worker: no checks
+    with pytest.raises(SystemExit) as caught:
+        makeService(options)
+    assert caught.value.code == 1
+    lines = capfd.readouterr().err.splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"accel: {path}, line 5: tls.certificates[0].cert: expected "), lines
