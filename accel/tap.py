@@ -16,6 +16,7 @@ from twisted.python import usage
 from accel.app import startup_problems
 from accel.config import COMMAND_LINE, Config, ConfigError, ConfigProblems, load_config, located, with_overrides
 from accel.http.listening import listening_service
+from accel.workers.signals import OperatorSignals
 from accel.workers.worker import inherited_listeners
 
 log = Logger()
@@ -269,24 +270,13 @@ class Operations(service.Service):
 
     def __init__(self, options: Options, accelerator, stores, reactor):
         self.options, self.accelerator, self.stores, self.reactor = options, accelerator, stores, reactor
-        self._previous: dict[int, object] = {}
+        self.signals = OperatorSignals(reactor)
 
     def startService(self) -> None:
         super().startService()
-        for signum, action in ((signal.SIGHUP, self.reload), (signal.SIGUSR1, self.reopen_logs)):
-            self._previous[signum] = signal.signal(signum, self._handler(signum, action))
+        self.signals.install({signal.SIGHUP: self.reload, signal.SIGUSR1: self.reopen_logs})
         log.info("accel: running (pid {pid}): SIGHUP reloads the configuration, SIGUSR1 reopens the log files,"
                  " SIGTERM stops after the requests in flight", pid=os.getpid())
-
-    def _handler(self, signum: int, action):
-        previous = signal.getsignal(signum)
-
-        def handle(number, frame):
-            self.reactor.callFromThread(action)
-            if callable(previous) and signum == signal.SIGUSR1:
-                previous(number, frame)  # twistd's own: rotates its --logfile
-
-        return handle
 
     def reload(self) -> None:
         source = self.options["config"] or COMMAND_LINE
@@ -324,9 +314,7 @@ class Operations(service.Service):
 
     def stopService(self):
         super().stopService()
-        for signum, previous in self._previous.items():
-            signal.signal(signum, previous)
-        self._previous.clear()
+        self.signals.restore()
         timeout = self.accelerator.generation.config.shutdown_timeout
         waiting = self.accelerator.in_flight.count
         if waiting:

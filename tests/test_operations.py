@@ -328,3 +328,33 @@ class LeavingTests(unittest.TestCase):
         yield idle.closed
         yield accel.ended
         self.assertNotIn(b"Traceback", accel.output + accel.errors)
+
+
+class OperatorSignalsTests(unittest.TestCase):
+    """The one SIGHUP / SIGUSR1 piece of a serving process and of a supervisor."""
+
+    def test_actions_run_in_the_reactor_thread_twistds_sigusr1_handler_still_runs_and_restore_puts_it_back(self):
+        from accel.workers.signals import OperatorSignals
+
+        class Reactor:
+            def __init__(self):
+                self.called = []
+
+            def callFromThread(self, action):
+                self.called.append(action)
+
+        rotations = []
+        twistds = signal.signal(signal.SIGUSR1, lambda number, frame: rotations.append(number))
+        previous_hup = signal.signal(signal.SIGHUP, signal.SIG_DFL)
+        self.addCleanup(signal.signal, signal.SIGUSR1, twistds)
+        self.addCleanup(signal.signal, signal.SIGHUP, previous_hup)
+        fake = Reactor()
+        signals = OperatorSignals(fake)
+        signals.install({signal.SIGHUP: "reload", signal.SIGUSR1: "reopen"})
+        os.kill(os.getpid(), signal.SIGHUP)
+        os.kill(os.getpid(), signal.SIGUSR1)
+        self.assertEqual((fake.called, rotations), (["reload", "reopen"], [signal.SIGUSR1]))
+        signals.restore()
+        self.assertEqual(signal.getsignal(signal.SIGHUP), signal.SIG_DFL)
+        os.kill(os.getpid(), signal.SIGUSR1)
+        self.assertEqual((fake.called, rotations), (["reload", "reopen"], [signal.SIGUSR1, signal.SIGUSR1]))

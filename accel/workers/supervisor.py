@@ -9,7 +9,8 @@ them, and serves no request itself.
   the others are shared); once every new worker accepts, the previous ones get SIGTERM and finish their
   in-flight requests (up to ``shutdown_timeout``, then SIGKILL). If a new worker exits before accepting, the
   new generation is abandoned and the previous one keeps serving.
-- **Log files (SIGUSR1)**: passed on to every worker, which reopens its access log.
+- **Log files (SIGUSR1)**: passed on to every worker, which reopens its access log; the supervisor reopens
+  its own twistd `--logfile`.
 - **Stop (SIGTERM, SIGINT)**: every worker is told to answer 503 on the health check, and goes on serving for
   ``[cluster] drain_delay``; then every worker gets SIGTERM and up to ``shutdown_timeout`` (plus a margin) to finish;
   those still running then get SIGKILL; then the listeners close.
@@ -29,6 +30,7 @@ from twisted.logger import Logger
 
 from accel.config import Config, ConfigProblems
 from accel.workers.listeners import ListenerSet
+from accel.workers.signals import OperatorSignals
 from accel.workers.worker import CONTROL_FD, DRAIN, ENVIRONMENT, FIRST_LISTENER_FD, READY, encode
 
 log = Logger()
@@ -120,7 +122,7 @@ class Supervisor(service.Service):
         self.alive: set[WorkerProcess] = set()
         self.stopping = False
         self.reloading = False
-        self._previous_handlers: dict[int, object] = {}
+        self.signals = OperatorSignals(reactor)
 
     # -- start and supervision -----------------------------------------------------------------------
 
@@ -133,9 +135,7 @@ class Supervisor(service.Service):
         super().startService()
         self.workers = [self._spawn(self.config) for _ in range(self.config.workers)]
         log.info("supervisor {pid}: started {n} workers", pid=os.getpid(), n=len(self.workers))
-        for signum, action in ((signal.SIGHUP, self.reload), (signal.SIGUSR1, self.reopen_logs)):
-            self._previous_handlers[signum] = signal.signal(
-                signum, lambda *_, action=action: self.reactor.callFromThread(action))
+        self.signals.install({signal.SIGHUP: self.reload, signal.SIGUSR1: self.reopen_logs})
 
     def _open_listeners(self, config: Config) -> None:
         for description in listener_descriptions(config):
@@ -246,9 +246,7 @@ class Supervisor(service.Service):
     def stopService(self) -> defer.Deferred:
         super().stopService()
         self.stopping = True
-        for signum, previous in self._previous_handlers.items():
-            signal.signal(signum, previous)
-        self._previous_handlers.clear()
+        self.signals.restore()
         for worker in self.alive:
             worker.tell(DRAIN)
         delay = self.config.cluster.drain_delay
