@@ -200,8 +200,15 @@ def makeService(options: Options) -> service.IService:
         top.before_stopping = operations.leave  # a worker's supervisor keeps the listeners while it drains
     else:
         health = site.accelerator.health
+
+        def drain():
+            health.draining = True
+            log.info("accel: stopping: the health check answers 503 (the supervisor's stop has begun)")
+
         # After the listeners: it tells the supervisor we accept. The supervisor's stop begins with "drain".
-        top.addService(SupervisorLink(reactor, on_drain=lambda: setattr(health, "draining", True)))
+        link = SupervisorLink(reactor, on_drain=drain)
+        health.on_asked = link.health_asked  # the supervisor's stop waits drain_delay only then
+        top.addService(link)
     return top
 
 
@@ -304,10 +311,15 @@ class Operations(service.Service):
         log.info("accel: log files reopened")
 
     def leave(self) -> Deferred:
-        """A stop's first step: the health check answers 503 while accel serves on for ``drain_delay``."""
-        self.accelerator.health.draining = True
+        """A stop's first step: the health check answers 503 while accel serves on for ``drain_delay``; not when
+        nothing has asked for the health check (no balancer polls it, so no one would see the 503)."""
+        health = self.accelerator.health
+        health.draining = True
         delay = self.accelerator.generation.config.cluster.drain_delay
         if delay <= 0:
+            return succeed(None)
+        if not health.asked:
+            log.info("accel: stopping: the health check was never asked for: no drain_delay")
             return succeed(None)
         log.info("accel: stopping: the health check answers 503; serving {delay:g} s more (drain_delay)", delay=delay)
         return deferLater(self.reactor, delay)

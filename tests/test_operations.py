@@ -202,6 +202,8 @@ class StopTests(unittest.TestCase):
         response, body = yield slow
         self.assertEqual((response.code, body), (200, b"slow but complete"))
         yield accel.ended  # twistd ends by re-raising SIGTERM on itself once stopped, as a signal ends a process
+        # no balancer asked for the health check: no one to see its 503, so no drain_delay first
+        self.assertIn(b"the health check was never asked for: no drain_delay", accel.output)
         self.assertIn(b"every request in flight finished", accel.output)
         self.assertIn(b"Server Shut Down.", accel.output)
         self.assertNotIn(b"Traceback", accel.output + accel.errors)

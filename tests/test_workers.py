@@ -42,11 +42,12 @@ class WorkerTests(unittest.TestCase):
         self.held = []  # origin requests the test answers itself
         self.addCleanup(self._answer_held)
 
-    def write_config(self, server_extra: str = "", workers: int = 2, listen=("tcp:0:interface=127.0.0.1",), tls=""):
+    def write_config(self, server_extra: str = "", workers: int = 2, listen=("tcp:0:interface=127.0.0.1",), tls="",
+                     extra=""):
         with open(self.config_path, "w") as f:
             f.write(f"[server]\nlisten = {json.dumps(list(listen))}\nworkers = {workers}\nshutdown_timeout = 5\n"
                     f"{server_extra}\n[[route]]\nprefix = \"/\"\norigin = \"{self.origin_url}\"\n"
-                    f"[cache]\ndir = \"{self.cache_dir}\"\n{tls}")
+                    f"[cache]\ndir = \"{self.cache_dir}\"\n{tls}{extra}")
 
     @defer.inlineCallbacks
     def start(self, *options, **config):
@@ -313,8 +314,25 @@ class WorkerTests(unittest.TestCase):
         for pid in workers:
             self.assertRaises(ProcessLookupError, os.kill, pid, 0)
         self.assertIn(b"stopping 2 workers", accel.output)
+        self.assertIn(b"the health check was never asked for: no drain_delay", accel.output)
         verify = CliRunner().invoke(main, ["cache", "--cache-dir", self.cache_dir, "verify"])
         self.assertEqual(verify.exit_code, 0, verify.output)
+
+    @defer.inlineCallbacks
+    def test_once_a_balancer_asked_for_the_health_check_a_stop_serves_on_for_drain_delay_with_it_503(self):
+        accel = yield self.start(extra="[cluster]\ndrain_delay = 1\n")
+        client = yield connect(accel.port, self)
+        status, _, body = yield client.request(b"GET", b"/accel-health")
+        self.assertEqual((status, body), (200, b"serving\n"))
+        yield accel.logged(rb"the health check is asked for: a stop will serve on for drain_delay first")
+        accel.signal("TERM")
+        yield accel.logged(rb"the health check answers 503; serving 1 s more \(drain_delay\)")
+        yield accel.logged(rb"(?s)(worker \d+: .*the health check answers 503 \(the supervisor's stop.*){2}")
+        status, _, body = yield client.request(b"GET", b"/accel-health")
+        self.assertEqual((status, body), (503, b"draining\n"))
+        client.transport.loseConnection()  # a balancer's check is not a keep-alive client the stop waits for
+        yield accel.ended
+        self.assertNotIn(b"never asked for", accel.output)
 
     @defer.inlineCallbacks
     def test_sigterm_lets_requests_in_flight_finish(self):

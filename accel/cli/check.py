@@ -72,7 +72,8 @@ def describe(config: Config) -> list[str]:
     peers = [p.key for p in config.cluster.peers]
     who = ", ".join(allowed) + (" and the peers" if peers else "")
     lines.append(f"health check: {status.health_path}  (for {who or 'nobody'};"
-                 f" 503 for {config.cluster.drain_delay:g} s after SIGTERM before the listeners close)")
+                 f" 503 for {config.cluster.drain_delay:g} s after SIGTERM before the listeners close,"
+                 f" once it has been asked for)")
     if peers:
         lines.append(f"cluster peers (every PURGE is forwarded to them): {', '.join(peers)}"
                      f"  (purge timeout {config.cluster.purge_timeout:g} s)")

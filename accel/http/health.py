@@ -2,7 +2,9 @@
 
 ``GET`` (or ``HEAD``) answers 200 ``serving`` while the node serves and 503 ``draining`` once a SIGTERM has
 started its stop (``NodeHealth.draining``): HAProxy's ``option httpchk`` then takes the node out while it
-still answers every request it gets (``[cluster] drain_delay``). It is answered before routing, only to
+still answers every request it gets (``[cluster] drain_delay``). That delay is worth waiting only when
+something watches the answer: a stop waits it only once the health check has been asked for
+(``NodeHealth.asked``); a node that no balancer polls stops at once. It is answered before routing, only to
 ``[status] allow`` and to the ``[cluster] peers`` given by IP address; anyone else gets 403.
 """
 
@@ -18,6 +20,14 @@ class NodeHealth:
 
     def __init__(self):
         self.draining = False
+        self.asked = False  # the health check was asked for (a balancer polls it): a stop waits drain_delay
+        self.on_asked = None  # called when it is first asked for (a worker tells its supervisor)
+
+    def asked_for(self) -> None:
+        if not self.asked:
+            self.asked = True
+            if self.on_asked is not None:
+                self.on_asked()
 
 
 class HealthEndpoint:
@@ -44,6 +54,7 @@ class HealthEndpoint:
         if request.method not in (b"GET", b"HEAD"):
             self.errors.send(request, 405, "GET the health check.", {b"allow": b"GET, HEAD"})
             return
+        self.state.asked_for()
         code, body = (503, b"draining\n") if self.state.draining else (200, b"serving\n")
         request.setResponseCode(code)
         request.setHeader(b"content-type", b"text/plain")

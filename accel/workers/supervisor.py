@@ -12,7 +12,8 @@ them, and serves no request itself.
 - **Log files (SIGUSR1)**: passed on to every worker, which reopens its access log; the supervisor reopens
   its own twistd `--logfile`.
 - **Stop (SIGTERM, SIGINT)**: every worker is told to answer 503 on the health check, and goes on serving for
-  ``[cluster] drain_delay``; then every worker gets SIGTERM and up to ``shutdown_timeout`` (plus a margin) to finish;
+  ``[cluster] drain_delay`` (once a worker has told that the health check was asked for: with no balancer
+  polling it, no one would see the 503); then every worker gets SIGTERM and up to ``shutdown_timeout`` (plus a margin) to finish;
   those still running then get SIGKILL; then the listeners close.
 """
 
@@ -31,7 +32,7 @@ from twisted.logger import Logger
 from accel.config import Config, ConfigProblems
 from accel.workers.listeners import ListenerSet
 from accel.workers.signals import OperatorSignals
-from accel.workers.worker import CONTROL_FD, DRAIN, ENVIRONMENT, FIRST_LISTENER_FD, READY, encode
+from accel.workers.worker import CONTROL_FD, DRAIN, ENVIRONMENT, FIRST_LISTENER_FD, HEALTH_ASKED, READY, encode
 
 log = Logger()
 
@@ -49,10 +50,12 @@ def listener_descriptions(config: Config) -> tuple[str, ...]:
 class WorkerProcess(ProcessProtocol):
     """One worker as the supervisor sees it: its log lines, its readiness, its end."""
 
-    def __init__(self, on_end):
+    def __init__(self, on_end, on_health_asked=lambda: None):
         self.on_end = on_end
+        self.on_health_asked = on_health_asked
         self.pid: int | None = None
         self.accepting = False
+        self.health_asked = False
         self.ready: defer.Deferred[bool] = defer.Deferred()  # True once it accepts, False if it ended first
         self.ended: defer.Deferred[None] = defer.Deferred()
         self._log = b""
@@ -72,6 +75,9 @@ class WorkerProcess(ProcessProtocol):
             if not self.accepting and READY in self._control:
                 self.accepting = True
                 self.ready.callback(True)
+            if not self.health_asked and HEALTH_ASKED in self._control:
+                self.health_asked = True
+                self.on_health_asked()
 
     def _relay(self, line: bytes) -> None:
         if line.strip():
@@ -122,6 +128,7 @@ class Supervisor(service.Service):
         self.alive: set[WorkerProcess] = set()
         self.stopping = False
         self.reloading = False
+        self.health_asked = False  # a worker told that the health check was asked for: a stop waits drain_delay
         self.signals = OperatorSignals(reactor)
 
     # -- start and supervision -----------------------------------------------------------------------
@@ -147,7 +154,7 @@ class Supervisor(service.Service):
     def _spawn(self, config: Config) -> WorkerProcess:
         child_fds, inherited = self.listeners.descriptors(listener_descriptions(config), FIRST_LISTENER_FD)
         env = dict(os.environ, **{ENVIRONMENT: encode(inherited)})
-        worker = WorkerProcess(self._ended)
+        worker = WorkerProcess(self._ended, on_health_asked=lambda: self._health_asked(worker))
         argv = [sys.executable, "-m", WORKER_MODULE, *self.worker_args]
         self.reactor.spawnProcess(worker, sys.executable, argv, env=env,
                                   childFDs={0: "w", 1: 1, 2: "r", CONTROL_FD: "r", **child_fds})
@@ -175,6 +182,12 @@ class Supervisor(service.Service):
             self._replace()
         else:
             self.reactor.callLater(RESTART_DELAY, self._replace)
+
+    def _health_asked(self, worker: WorkerProcess) -> None:
+        if not self.health_asked:
+            self.health_asked = True
+            log.info("worker {pid}: the health check is asked for: a stop will serve on for drain_delay first",
+                     pid=worker.pid)
 
     def _replace(self) -> None:
         if not self.stopping:
@@ -250,6 +263,9 @@ class Supervisor(service.Service):
         for worker in self.alive:
             worker.tell(DRAIN)
         delay = self.config.cluster.drain_delay
+        if delay > 0 and not self.health_asked:
+            log.info("stopping: the health check was never asked for: no drain_delay")
+            delay = 0
         if delay > 0:
             log.info("stopping: the health check answers 503; serving {delay:g} s more (drain_delay)", delay=delay)
         d = task.deferLater(self.reactor, delay, lambda: None)

@@ -9,7 +9,8 @@ arrive in the ``ACCEL_WORKER_LISTENERS`` environment variable. Its other descrip
   the supervisor's stop has begun (the health check answers 503).
 - 1: the supervisor's standard output (where ``access_log = "-"`` writes).
 - 2: a pipe to the supervisor, which puts each log line into its own log with the worker's pid.
-- 3: a pipe to the supervisor: ``ready`` once every listener accepts.
+- 3: a pipe to the supervisor: ``ready`` once every listener accepts; ``health-asked`` once the health check
+  has been asked for (a balancer polls it: the supervisor's stop waits ``drain_delay``).
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ CONTROL_FD = 3
 FIRST_LISTENER_FD = 4
 READY = b"ready\n"
 DRAIN = b"drain\n"  # from the supervisor: its stop has begun, the health check answers 503
+HEALTH_ASKED = b"health-asked\n"  # to the supervisor: a balancer polls the health check
 
 
 def encode(listeners: list[Inherited]) -> str:
@@ -104,10 +106,16 @@ class SupervisorLink(service.Service):
     def __init__(self, reactor, on_drain=lambda: None):
         self.reactor = reactor
         self.on_drain = on_drain
+        self.control: _Control | None = None
 
     def startService(self) -> None:
         super().startService()
-        stdio.StandardIO(_Control(self.reactor, self.on_drain), stdin=0, stdout=CONTROL_FD, reactor=self.reactor)
+        self.control = _Control(self.reactor, self.on_drain)
+        stdio.StandardIO(self.control, stdin=0, stdout=CONTROL_FD, reactor=self.reactor)
+
+    def health_asked(self) -> None:
+        if self.control is not None and self.control.transport is not None:
+            self.control.transport.write(HEALTH_ASKED)
 
 
 def log_observer():
