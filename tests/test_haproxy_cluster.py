@@ -1,7 +1,8 @@
 """examples/cluster as operators run it: real HAProxy (balance uri, hash-type consistent, option httpchk on the
 health path) in front of three real ``twistd accel`` nodes on loopback, each with its own cache, and one origin.
 
-The configurations are the example files with loopback addresses and short intervals put in."""
+The configurations are the example files with loopback addresses and short intervals put in. Every wait is on
+an event: a line in a process's output (read as it comes), a client's answer."""
 
 from __future__ import annotations
 
@@ -38,21 +39,39 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def eventually(predicate, seconds: float = 30.0):
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.02)
-    raise AssertionError("condition never became true")
+class Output:
+    """A child process's output, read by a thread as it comes; ``wait_for`` a line in it."""
+
+    def __init__(self, process: subprocess.Popen, stream):
+        self.process = process
+        self.text = b""
+        self.ended = False
+        self.changed = threading.Condition()
+        threading.Thread(target=self._read, args=(stream,), daemon=True).start()
+
+    def _read(self, stream) -> None:
+        for line in iter(stream.readline, b""):
+            with self.changed:
+                self.text += line
+                self.changed.notify_all()
+        with self.changed:
+            self.ended = True
+            self.changed.notify_all()
+
+    def wait_for(self, pattern: bytes, seconds: float = 30.0) -> re.Match:
+        deadline = time.monotonic() + seconds
+        with self.changed:
+            while (found := re.search(pattern, self.text)) is None:
+                left = deadline - time.monotonic()
+                if left <= 0 or self.ended:
+                    raise AssertionError(f"never logged {pattern!r}:\n{self.text.decode(errors='replace')}")
+                self.changed.wait(left)
+        return found
 
 
-def accepts(port: int) -> bool:
-    try:
-        socket.create_connection(("127.0.0.1", port), timeout=1).close()
-        return True
-    except OSError:
-        return False
+def start(argv: list[str], **options) -> Output:
+    process = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, **options)
+    return Output(process, process.stdout)
 
 
 class Origin(ThreadingHTTPServer):
@@ -99,7 +118,7 @@ def cluster():
     threading.Thread(target=origin.serve_forever, daemon=True).start()
     node_ports = {n: free_port() for n in (1, 2, 3)}
     front = free_port()
-    processes = []
+    outputs: list[Output] = []
     try:
         for n in (1, 2, 3):
             with open(os.path.join(EXAMPLE, f"node{n}.toml")) as f:
@@ -115,9 +134,7 @@ def cluster():
             path = os.path.join(directory, f"node{n}.toml")
             with open(path, "w") as f:
                 f.write(text)
-            log = open(os.path.join(directory, f"node{n}.log"), "wb")
-            processes.append(subprocess.Popen(TWISTD + ["--nodaemon", "--pidfile=", "accel", "--config", path],
-                                              stdout=log, stderr=subprocess.STDOUT, cwd=directory))
+            outputs.append(start(TWISTD + ["--nodaemon", "--pidfile=", "accel", "--config", path], cwd=directory))
         with open(os.path.join(EXAMPLE, "haproxy.cfg")) as f:
             text = f.read()
         text = text.replace("bind :80", f"bind 127.0.0.1:{front}").replace("10.0.0.0/16", "127.0.0.0/8")
@@ -127,18 +144,17 @@ def cluster():
         config = os.path.join(directory, "haproxy.cfg")
         with open(config, "w") as f:
             f.write(text)
-        for port in node_ports.values():
-            eventually(lambda: accepts(port))
-        haproxy = subprocess.Popen([HAPROXY, "-db", "-f", config], stdout=subprocess.DEVNULL,
-                                   stderr=open(os.path.join(directory, "haproxy.log"), "wb"))
-        processes.append(haproxy)
-        eventually(lambda: accepts(front))
-        yield {"front": front, "nodes": node_ports, "origin": origin, "processes": processes, "dir": directory}
+        for node in outputs:
+            node.wait_for(rb"accel: running")  # logged once its listener is open
+        # Master-worker mode (-W) logs "Loading success." once it has bound its port and started its worker.
+        outputs.append(start([HAPROXY, "-W", "-db", "-f", config]))
+        outputs[-1].wait_for(rb"Loading success")
+        yield {"front": front, "nodes": node_ports, "origin": origin, "outputs": outputs}
     finally:
-        for process in processes:
-            if process.poll() is None:
-                process.kill()
-            process.wait()
+        for output in outputs:
+            if output.process.poll() is None:  # HAProxy's master stops its worker on SIGTERM
+                output.process.terminate() if output.process.args[0] == HAPROXY else output.process.kill()
+            output.process.wait()
         origin.shutdown()
         origin.server_close()
         shutil.rmtree(directory, True)
@@ -172,7 +188,7 @@ def test_one_node_per_url_purge_reaches_all_a_draining_node_leaves_cleanly_and_a
         assert "fwd=uri-miss" in request(port, "GET", "/shared")[1]["cache-status"]
 
     # SIGTERM to node 3 while clients keep asking: the health check takes it out before it stops accepting.
-    leaving = cluster["processes"][2]
+    leaving = cluster["outputs"][2]
     failures, answered, moved_seen = [], Counter(), threading.Event()
     on_node3 = [i for i, node in placement.items() if node == "accel-node3"]
     stop = threading.Event()
@@ -196,21 +212,17 @@ def test_one_node_per_url_purge_reaches_all_a_draining_node_leaves_cleanly_and_a
     load = threading.Thread(target=clients)
     load.start()
     try:
-        leaving.send_signal(signal.SIGTERM)
+        leaving.process.send_signal(signal.SIGTERM)
         assert moved_seen.wait(30), "node 3's URLs never moved to the other nodes"
         # twistd ends a clean stop by re-raising SIGTERM: killed by it, not crashed
-        assert leaving.wait(60) == -signal.SIGTERM, "node 3 did not stop cleanly on SIGTERM"
+        assert leaving.process.wait(60) == -signal.SIGTERM, "node 3 did not stop cleanly on SIGTERM"
     finally:
         stop.set()
         load.join()
     assert failures == [] and answered[200] > 0, (failures, answered)
-    with open(os.path.join(cluster["dir"], "node3.log"), "rb") as f:
-        log = f.read()
-    assert re.search(rb"health check answers 503; serving 2 s more", log), log
-    with open(os.path.join(cluster["dir"], "haproxy.log"), "rb") as f:
-        haproxy_log = f.read()
+    leaving.wait_for(rb"health check answers 503; serving 2 s more", seconds=10)
     # Taken out by its 503, while it still accepted (not by a refused connection once it stopped listening).
-    assert re.search(rb"node3 is DOWN, reason: Layer7 wrong status, code: 503", haproxy_log), haproxy_log
+    cluster["outputs"][3].wait_for(rb"node3 is DOWN, reason: Layer7 wrong status, code: 503", seconds=10)
 
     # Removing one node of three moved only its own URLs: about a third, none of the others'.
     after = {i: node_of(request(front, "GET", f"/page/{i}")[1]) for i in range(60)}
