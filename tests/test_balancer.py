@@ -220,7 +220,8 @@ class Failover(unittest.TestCase):
 
     @defer.inlineCallbacks
     def test_a_member_silent_past_the_response_timeout_fails_over(self):
-        cluster = Cluster(self, route="response_timeout = 0.5")
+        # Short, but long enough for the next member (in this process) to answer on a loaded machine.
+        cluster = Cluster(self, route="response_timeout = 0.1")
         cluster.members[0].origin.handlers[b"/slow"] = lambda request: cluster.members[0].origin.pending.append(request) or server.NOT_DONE_YET
         response, body = yield cluster.get("/slow")
         self.assertEqual(response.code, 200)
