@@ -195,10 +195,12 @@ def test_an_eviction_by_another_process_reaches_memory(tmp_path):
         here, there = tiered(disk, tmp_path), tiered(disk, tmp_path)
         store(here, "http://x/small", b"s")
         assert here.lookup("http://x/small")[0][1] == b"s"
-        n = 0
-        while disk.variants("http://x/small"):  # the other process fills the disk: small is evicted
+        for n in range(64):  # the other process fills the disk (8 MiB: about 16 fillers) until small is evicted
+            if not disk.variants("http://x/small"):
+                break
             store(there, f"http://x/filler/{n}", b"f" * 500_000)
-            n += 1
+        else:
+            raise AssertionError("64 fillers of 500 kB in an 8 MiB map, and small is still stored")
         assert here.lookup("http://x/small") == []
     finally:
         disk.close()
