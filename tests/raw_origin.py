@@ -4,10 +4,8 @@ requests and clients to talk to it."""
 
 from __future__ import annotations
 
-import shutil
 import socket
 import struct
-import tempfile
 from dataclasses import dataclass, replace
 
 from twisted.internet import reactor
@@ -15,7 +13,7 @@ from twisted.internet.protocol import Factory, Protocol
 
 from accel.app import build_site
 from accel.config import CacheSettings, Config, Route, parse_origin
-from tests.support import RawClient
+from tests.support import RawClient, temporary_directory
 
 
 @dataclass
@@ -108,8 +106,7 @@ def accel_in_front(testcase, origin_url: str, config: Config | None = None, **ro
 
 def cached(testcase) -> Config:
     """A Config with the cache in a temporary directory, removed with the test."""
-    directory = tempfile.mkdtemp(prefix="accel-test-")
-    testcase.addCleanup(shutil.rmtree, directory, True)
+    directory = temporary_directory(testcase, "accel-test-")
     return Config(cache=CacheSettings(dir=directory))
 
 

@@ -5,7 +5,9 @@ Everything listens on 127.0.0.1 with ephemeral ports and runs on the test's reac
 
 from __future__ import annotations
 
+import shutil
 import sys
+import tempfile
 from dataclasses import dataclass, field, replace
 
 from twisted.internet import defer, protocol, reactor
@@ -16,6 +18,14 @@ from twisted.web.http_headers import Headers
 
 from accel.app import build_site
 from accel.config import Config, Route, parse_origin
+
+
+def temporary_directory(testcase, prefix: str = "accel-test-") -> str:
+    """A new directory outside the checkout (trial's ``mktemp`` is relative to the working directory), removed
+    when the test ends: after the cleanups added later (a store closed, a process ended) have run."""
+    directory = tempfile.mkdtemp(prefix=prefix)
+    testcase.addCleanup(shutil.rmtree, directory, True)
+    return directory
 
 
 @dataclass

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from io import BytesIO
 from urllib.parse import urlencode
 
@@ -19,7 +18,7 @@ from twisted.web.client import FileBodyProducer
 from accel.app import build_site
 from accel.config import parse_config
 from tests.raw_origin import RawOrigin
-from tests.support import RecordingOrigin, get, http_client, turns, until
+from tests.support import RecordingOrigin, get, http_client, temporary_directory, turns, until
 from tests.test_status import metric_samples
 
 
@@ -77,7 +76,7 @@ class Cluster:
         self.members = [Member(testcase) for _ in members]
         urls = [url or m.url for url, m in zip(origins or [None] * len(members), self.members)]
         self.clock = Clock()
-        self.directory = tempfile.mkdtemp(prefix="accel-balancer-")
+        self.directory = temporary_directory(testcase, "accel-balancer-")
         self.log = os.path.join(self.directory, "access.log")
         text = (f'[server]\naccess_log = "{self.log}"\n'
                 f'[[route]]\nprefix = "/"\norigin = "balancer://app/"\n{route}\n{extra}\n[balancer.app]\n{balancer}\n')
@@ -245,7 +244,7 @@ class Failover(unittest.TestCase):
 
     @defer.inlineCallbacks
     def test_no_usable_member_is_503_with_the_error_document(self):
-        document = os.path.join(tempfile.mkdtemp(prefix="accel-doc-"), "503.html")
+        document = os.path.join(temporary_directory(self, "accel-doc-"), "503.html")
         with open(document, "w") as f:
             f.write("<p>back soon</p>")
         cluster = Cluster(self, members=("", ""), extra=f'[error_documents]\n503 = "{document}"')
@@ -477,7 +476,7 @@ class Reload(unittest.TestCase):
 class Caching(unittest.TestCase):
     @defer.inlineCallbacks
     def test_cache_status_still_tells_a_hit_from_a_fetch(self):
-        directory = tempfile.mkdtemp(prefix="accel-balancer-cache-")
+        directory = temporary_directory(self, "accel-balancer-cache-")
         cluster = Cluster(self, extra=f'[cache]\ndir = "{directory}"')
         for member in cluster.members:
             member.origin.handlers[b"/c"] = _cacheable
@@ -493,7 +492,7 @@ class Caching(unittest.TestCase):
 
     @defer.inlineCallbacks
     def test_the_sticky_cookie_goes_to_its_client_only_and_does_not_keep_the_response_from_being_stored(self):
-        directory = tempfile.mkdtemp(prefix="accel-balancer-cache-")
+        directory = temporary_directory(self, "accel-balancer-cache-")
         cluster = Cluster(self, balancer='sticky_cookie = "ROUTEID"\nsticky_set = true',
                           extra=f'[cache]\ndir = "{directory}"')
         for member in cluster.members:
@@ -508,7 +507,7 @@ class Caching(unittest.TestCase):
 
     @defer.inlineCallbacks
     def test_with_no_usable_member_a_stale_response_is_served_where_allowed(self):
-        directory = tempfile.mkdtemp(prefix="accel-balancer-cache-")
+        directory = temporary_directory(self, "accel-balancer-cache-")
         # grace = 0: only the response's own stale-if-error allows stale here (the default grace would too)
         cluster = Cluster(self, members=("", ""), extra=f'[cache]\ndir = "{directory}"\ngrace = 0')
         for member in cluster.members:

@@ -375,7 +375,7 @@ from twisted.internet.utils import getProcessOutputAndValue  # noqa: E402
 from twisted.trial import unittest as _trial  # noqa: E402
 
 from accel.config import CacheSettings, Config  # noqa: E402
-from tests.support import get, http_client, start_stack  # noqa: E402
+from tests.support import get, http_client, start_stack, temporary_directory  # noqa: E402
 
 
 def _responder(**fields):
@@ -391,12 +391,8 @@ class EndToEndTests(_trial.TestCase):
     """The server stores through HTTP; `accel cache` runs in another process, as an operator would run it."""
 
     def setUp(self):
-        import shutil
-        import tempfile
-
-        self.dir = tempfile.mkdtemp(prefix="accel-cli-e2e-")
+        self.dir = temporary_directory(self, "accel-cli-e2e-")  # removed after the stack (and its store) closed
         self.stack = start_stack(self, config=Config(cache=CacheSettings(dir=self.dir, map_size=MAP_SIZE)))
-        self.addCleanup(shutil.rmtree, self.dir, True)  # runs after the stack (and its store) closed
         origin = self.stack.origin
         origin.handlers[b"/e2e/a"] = _responder(cache_control="max-age=600", surrogate_key="grp one")
         origin.handlers[b"/e2e/b"] = _responder(cache_control="max-age=600", vary="accept-encoding", cache_tag="grp")

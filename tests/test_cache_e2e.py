@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
-import tempfile
 from dataclasses import replace
 
 from twisted.internet import defer, reactor
@@ -14,13 +12,7 @@ from twisted.web import server
 
 from accel.app import build_site
 from accel.config import CacheSettings, Config, Route, RouteCache, parse_origin
-from tests.support import get, http_client, start_stack, turns, until
-
-
-def temporary_directory(testcase) -> str:
-    directory = tempfile.mkdtemp(prefix="accel-test-")
-    testcase.addCleanup(shutil.rmtree, directory, True)
-    return directory
+from tests.support import get, http_client, start_stack, temporary_directory, turns, until
 
 
 def cached_stack(testcase, **settings):

@@ -17,8 +17,8 @@ from twisted.web import server
 
 from accel.cache import policy
 from accel.config import CacheSettings, Config
-from tests.support import RawClient, get, http_client, start_stack, until
-from tests.test_cache_e2e import cache_status, origin_hits, responder, temporary_directory
+from tests.support import RawClient, get, http_client, start_stack, temporary_directory, until
+from tests.test_cache_e2e import cache_status, origin_hits, responder
 
 
 def stack_with_cache(testcase, **route_options):

@@ -9,8 +9,7 @@ from twisted.trial import unittest
 
 from accel.app import CacheRuntime
 from accel.config import CacheSettings
-from tests.support import until
-from tests.test_cache_e2e import temporary_directory
+from tests.support import temporary_directory, until
 
 
 class CloseTests(unittest.TestCase):

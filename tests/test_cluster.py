@@ -5,10 +5,8 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
-import tempfile
 from dataclasses import replace
 
 from twisted.internet import defer, protocol, reactor, threads
@@ -17,7 +15,7 @@ from twisted.web import server
 
 from accel.app import build_site
 from accel.config import CacheSettings, ClusterSettings, Config, PurgeSettings, Route, StatusSettings, parse_origin
-from tests.support import CountingSite, RecordingOrigin, get, http_client
+from tests.support import CountingSite, RecordingOrigin, get, http_client, temporary_directory
 
 import ipaddress
 
@@ -57,8 +55,7 @@ class ClusterTests(unittest.TestCase):
         self.agent = http_client(self)
 
     def node_config(self, **purge) -> Config:
-        directory = tempfile.mkdtemp(prefix="accel-cluster-")
-        self.addCleanup(shutil.rmtree, directory, True)
+        directory = temporary_directory(self, "accel-cluster-")
         return Config(
             routes=(Route(prefix="/", origin=parse_origin(self.origin_url)),),
             cache=CacheSettings(dir=directory, map_size=32 << 20),

@@ -14,8 +14,8 @@ from accel.cache import serving
 from accel.config import CacheSettings, Compress, Config
 from accel.http.compress import Encoder, encode
 from accel.http.encoding import compressible, encoded_fields, negotiate
-from tests.support import get, http_client, start_stack
-from tests.test_cache_e2e import cache_status, origin_hits, responder, temporary_directory
+from tests.support import get, http_client, start_stack, temporary_directory
+from tests.test_cache_e2e import cache_status, origin_hits, responder
 from tests.test_fast_hits import counted_fast_hits
 
 TEXT = b"".join(b"line %d of a compressible document\n" % i for i in range(400))  # ~14 KB

@@ -16,8 +16,8 @@ from twisted.web.server import NOT_DONE_YET
 
 from accel.config import CacheSettings, TLSSettings
 from accel.http.connection import HTTPConnection
-from tests.support import RawClient, get, raw_request, until
-from tests.test_cache_e2e import cached_stack, responder, temporary_directory
+from tests.support import RawClient, get, raw_request, temporary_directory, until
+from tests.test_cache_e2e import cached_stack, responder
 from tests.test_tls import OffloadCase
 from tests.tls_support import https_client
 

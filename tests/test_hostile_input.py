@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import tempfile
 
 from twisted.internet import defer, reactor
 from twisted.trial import unittest
@@ -12,7 +11,7 @@ from twisted.web.resource import Resource
 from accel.config import Config
 from accel.http.errors import ErrorPages
 from accel.http.server import AccelSite
-from tests.support import raw_request, start_stack
+from tests.support import raw_request, start_stack, temporary_directory
 
 CASES = {
     "both Content-Length and Transfer-Encoding (§6.1)": (
@@ -110,7 +109,7 @@ class HostileInputTests(unittest.TestCase):
 
 def error_documents(testcase, codes) -> dict[int, str]:
     """One small HTML file per status code, naming it."""
-    directory = tempfile.mkdtemp(prefix="accel-test-")
+    directory = temporary_directory(testcase)
     documents = {}
     for code in codes:
         documents[code] = os.path.join(directory, f"{code}.html")

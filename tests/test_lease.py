@@ -4,8 +4,6 @@ environment, real datagram sockets; two collapsers with their own wake-up addres
 from __future__ import annotations
 
 import os
-import shutil
-import tempfile
 
 from twisted.internet import defer, reactor
 from twisted.trial import unittest
@@ -13,13 +11,13 @@ from twisted.trial import unittest
 from accel.cache.collapse import Collapser
 from accel.cache.lease import LeaseTable, Lead, Skip, Wait
 from accel.cache.shared_collapse import SharedCollapser
+from tests.support import temporary_directory
 
 URL = "http://example.test/a"
 
 
 def table(testcase, alive=lambda pid: True) -> LeaseTable:
-    path = tempfile.mkdtemp(prefix="accel-lease-")
-    testcase.addCleanup(shutil.rmtree, path, True)
+    path = temporary_directory(testcase, "accel-lease-")
     leases = LeaseTable(path, alive=alive)
     testcase.addCleanup(leases.close)
     return leases

@@ -6,16 +6,14 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
 import signal
-import tempfile
 
 from twisted.internet import defer, reactor
 from twisted.internet.protocol import ProcessProtocol
 from twisted.trial import unittest
 from twisted.web import server
 
-from tests.support import TWISTD, RecordingOrigin, get, http_client, start_stack, until
+from tests.support import TWISTD, RecordingOrigin, get, http_client, start_stack, temporary_directory, until
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -75,13 +73,6 @@ class Twistd(ProcessProtocol):
         if not self.ended.called:
             self.transport.signalProcess("KILL")
         return self.ended
-
-
-def temporary_directory(testcase) -> str:
-    """A directory outside the checkout (trial's mktemp is relative to the working directory), removed after."""
-    directory = tempfile.mkdtemp(prefix="accel-operations-")
-    testcase.addCleanup(shutil.rmtree, directory, True)
-    return directory
 
 
 def start_origin(testcase, name: bytes) -> tuple[RecordingOrigin, str]:

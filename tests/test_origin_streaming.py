@@ -3,8 +3,6 @@
 
 from __future__ import annotations
 
-import shutil
-import tempfile
 
 from twisted.internet import defer, reactor
 from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
@@ -14,7 +12,7 @@ from zope.interface import implementer
 from twisted.internet.interfaces import IPushProducer
 
 from tests.raw_origin import RawOrigin, WatchingClient, accel_in_front, cached, parts, request
-from tests.support import raw_request
+from tests.support import raw_request, temporary_directory
 from tests.test_process import AccelProcess
 
 MIB = 1024 * 1024
@@ -60,8 +58,7 @@ class UploadRSSTests(unittest.TestCase):
         sink = _SlowSink()
         port = reactor.listenTCP(0, Factory.forProtocol(lambda: sink), interface="127.0.0.1")
         self.addCleanup(port.stopListening)
-        cache_dir = tempfile.mkdtemp(prefix="accel-rss-")
-        self.addCleanup(shutil.rmtree, cache_dir, True)
+        cache_dir = temporary_directory(self, "accel-rss-")
         accel = AccelProcess(self, f"http://127.0.0.1:{port.getHost().port}/", cache_dir)
         yield accel.ready()
         pid = accel.transport.pid

@@ -22,8 +22,8 @@ from accel.cache.policy import CachePolicy, StoredResponse
 from accel.http.accesslog import PerTurnWriter
 from accel.http.dates import HTTPDate
 from accel.http.server import AccelSite
-from tests.support import raw_request
-from tests.test_cache_e2e import cached_stack, responder, temporary_directory
+from tests.support import raw_request, temporary_directory
+from tests.test_cache_e2e import cached_stack, responder
 
 T0 = 1_700_000_000.0
 DATE_T0 = "Tue, 14 Nov 2023 22:13:20 GMT"  # T0 as an HTTP-date

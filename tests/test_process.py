@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
-import tempfile
 
 from click.testing import CliRunner
 from twisted.internet import defer, reactor
@@ -15,7 +13,7 @@ from twisted.trial import unittest
 from twisted.web import server
 
 from accel.cli.main import main
-from tests.support import TWISTD, get, http_client, start_stack, until
+from tests.support import TWISTD, get, http_client, start_stack, temporary_directory, until
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -65,8 +63,7 @@ class AccelProcess(ProcessProtocol):
 class CrashTests(unittest.TestCase):
     @defer.inlineCallbacks
     def test_kill_9_mid_write_leaves_nothing_that_can_be_served(self):
-        cache_dir = tempfile.mkdtemp(prefix="accel-crash-")
-        self.addCleanup(shutil.rmtree, cache_dir, True)
+        cache_dir = temporary_directory(self, "accel-crash-")
         stack = start_stack(self)  # the origin; this in-process accel is not used
 
         def half_then_stall(request):

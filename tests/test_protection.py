@@ -10,7 +10,7 @@ from twisted.internet import defer
 from twisted.trial import unittest
 
 from accel.config import CacheSettings, parse_config
-from tests.support import get, http_client, raw_request, start_stack, until
+from tests.support import get, http_client, raw_request, start_stack, temporary_directory, until
 from tests.test_fast_hits import counted_fast_hits
 
 ORIGIN_PLACEHOLDER = '[[route]]\nprefix = "/"\norigin = "http://127.0.0.1:9/"\n'
@@ -20,7 +20,7 @@ def protected_stack(testcase, route: str = "", server: str = "", limits: str = "
     """accel in front of a recording origin, with ``route`` / ``server`` / ``limits`` TOML lines."""
     parsed = parse_config(f"[server]\n{server}\n[limits]\n{limits}\n{ORIGIN_PLACEHOLDER}{route}\n", "test.toml")
     if cache:
-        config["cache"] = CacheSettings(dir=tempfile.mkdtemp(prefix="accel-protection-"))
+        config["cache"] = CacheSettings(dir=temporary_directory(testcase, "accel-protection-"))
     return start_stack(testcase, replace(parsed, **config), protection=parsed.routes[0].protection)
 
 

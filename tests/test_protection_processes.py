@@ -4,21 +4,18 @@ directory, and a 1 GiB chunked upload cut at max_body_size while accel's memory 
 from __future__ import annotations
 
 import os
-import shutil
-import tempfile
 
 from twisted.internet import defer, protocol, reactor
 from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
 from twisted.trial import unittest
 
-from tests.support import get, http_client, start_stack
+from tests.support import get, http_client, start_stack, temporary_directory
 from tests.test_process import AccelProcess
 
 
 def config_file(testcase, text: str) -> tuple[str, str]:
     """(a configuration file holding ``text``, a cache directory) in a directory removed after the test."""
-    directory = tempfile.mkdtemp(prefix="accel-protect-")
-    testcase.addCleanup(shutil.rmtree, directory, True)
+    directory = temporary_directory(testcase, "accel-protect-")
     path = os.path.join(directory, "accel.toml")
     with open(path, "w") as f:
         f.write(text)

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import ipaddress
 import os
-import tempfile
 
 from dataclasses import replace
 
@@ -87,8 +86,8 @@ def test_retry_after_is_the_time_to_the_next_token():
     assert take(0.5, 0.0, 0.0, rate=1 / 60, capacity=1.0).retry_after == 30
 
 
-def test_the_bucket_table_is_shared_through_its_file_and_stays_bounded():
-    path = os.path.join(tempfile.mkdtemp(prefix="accel-buckets-"), "rate-limits")
+def test_the_bucket_table_is_shared_through_its_file_and_stays_bounded(tmp_path):
+    path = str(tmp_path / "rate-limits")
     first, second = SharedBuckets(path, slots=64), SharedBuckets(path, slots=4096)
     assert second.slots == 64  # the size the first process made it
     allowed = [t.take(b"client-a", 10.0, 0.001, 5.0).allowed for t in (first, second) * 5]

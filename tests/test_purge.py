@@ -5,10 +5,8 @@ from __future__ import annotations
 import ipaddress
 import json
 import os
-import shutil
 import subprocess
 import sys
-import tempfile
 import textwrap
 
 from dataclasses import replace
@@ -26,7 +24,7 @@ from accel.cache.tiers import TieredStore
 from accel.config import CacheSettings, PurgeSettings, Route, parse_origin
 from accel.cache.purge import PurgeHandler, prefix_keys, url_keys
 from accel.proxy.routing import RouteTable
-from tests.support import get, http_client
+from tests.support import get, http_client, temporary_directory
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 HOST = "www.example.com"
@@ -78,8 +76,7 @@ class PurgeTestCase(unittest.TestCase):
     cache_settings = CacheSettings()
 
     def setUp(self):
-        self.dir = tempfile.mkdtemp(prefix="accel-purge-")
-        self.addCleanup(shutil.rmtree, self.dir, True)  # last: after the store is closed
+        self.dir = temporary_directory(self, "accel-purge-")
         self.store = open_tiered(self.dir)
         self.addCleanup(self.store.epoch.close)
         self.addCleanup(self.store.disk.close)
@@ -343,8 +340,7 @@ class ThroughTheServerTests(unittest.TestCase):
         from accel.config import Config
         from tests.support import start_stack
 
-        directory = tempfile.mkdtemp(prefix="accel-purge-e2e-")
-        self.addCleanup(shutil.rmtree, directory, True)
+        directory = temporary_directory(self, "accel-purge-e2e-")
         stack = start_stack(self, config=Config(cache=CacheSettings(dir=directory, map_size=MAP_SIZE)))
 
         def cacheable(request):
@@ -376,8 +372,7 @@ class SoftPurgeThroughTheServerTests(unittest.TestCase):
         from accel.config import Config
         from tests.support import start_stack
 
-        directory = tempfile.mkdtemp(prefix="accel-purge-e2e-")
-        self.addCleanup(shutil.rmtree, directory, True)
+        directory = temporary_directory(self, "accel-purge-e2e-")
         stack = start_stack(self, config=Config(cache=CacheSettings(dir=directory, map_size=MAP_SIZE)))
 
         def validated(request):
@@ -428,8 +423,7 @@ class BatchTests(unittest.TestCase):
         from accel.cache import store as store_module
 
         self.patch(store_module, "_WRITE_BATCH", 10)
-        directory = tempfile.mkdtemp(prefix="accel-purge-")
-        self.addCleanup(shutil.rmtree, directory, True)
+        directory = temporary_directory(self, "accel-purge-")
         store = open_tiered(directory)
         self.addCleanup(store.epoch.close)
         self.addCleanup(store.disk.close)

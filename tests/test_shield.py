@@ -12,8 +12,8 @@ from twisted.trial import unittest
 
 from accel.cache.outage import RETRY_AFTER, WARN_EVERY, Outages
 from accel.config import CacheSettings, Config
-from tests.support import get, http_client, start_stack
-from tests.test_cache_e2e import cache_status, origin_hits, responder, temporary_directory
+from tests.support import get, http_client, start_stack, temporary_directory
+from tests.test_cache_e2e import cache_status, origin_hits, responder
 
 
 def shield_stack(testcase, access_log: bool = False, route_options=None, **settings):

@@ -6,9 +6,7 @@ from __future__ import annotations
 import json
 import re
 import os
-import shutil
 import socket
-import tempfile
 from dataclasses import replace
 
 import pytest
@@ -25,7 +23,7 @@ from accel.http.traffic import BUCKETS, Traffic, merge, percentile
 from accel.http.status import build_document
 from twisted.web import server
 
-from tests.support import RecordingOrigin, raw_request, start_stack, until
+from tests.support import RecordingOrigin, raw_request, start_stack, temporary_directory, until
 from tests.test_fast_hits import counted_fast_hits
 from tests.workers_support import Supervised
 
@@ -65,8 +63,7 @@ def metric_samples(text: str) -> dict:
 class TwoWorkersTests(unittest.TestCase):
     @defer.inlineCallbacks
     def test_counts_after_a_known_sequence_are_exact(self):
-        directory = tempfile.mkdtemp(prefix="accel-status-")
-        self.addCleanup(shutil.rmtree, directory, True)
+        directory = temporary_directory(self, "accel-status-")
         origin = RecordingOrigin()
         origin_port = reactor.listenTCP(0, server.Site(origin), interface="127.0.0.1")
         self.addCleanup(origin_port.stopListening)
@@ -192,8 +189,7 @@ class CountingOffTests(unittest.TestCase):
 
     @defer.inlineCallbacks
     def test_nothing_is_counted_and_the_page_says_so(self):
-        cache_dir = tempfile.mkdtemp(prefix="accel-counting-")
-        self.addCleanup(shutil.rmtree, cache_dir, True)
+        cache_dir = temporary_directory(self, "accel-counting-")
         config = parse_config(f'[status]\nmetrics = false\n[cache]\ndir = "{cache_dir}"\n', "t.toml")
         stack = start_stack(self, config)
         stack.origin.handlers[b"/hot"] = lambda r: (r.setHeader(b"cache-control", b"max-age=60"), b"hot")[1]
@@ -282,8 +278,7 @@ def test_config_names_and_mistakes():
 class TopTests(unittest.TestCase):
     @defer.inlineCallbacks
     def test_once_json_against_a_running_server(self):
-        stack = start_stack(self, Config(cache=replace(Config().cache, dir=tempfile.mkdtemp(prefix="accel-top-"))))
-        self.addCleanup(shutil.rmtree, stack.config.cache.dir, True)
+        stack = start_stack(self, Config(cache=replace(Config().cache, dir=temporary_directory(self, "accel-top-"))))
         stack.origin.handlers[b"/t"] = lambda r: (r.setHeader(b"cache-control", b"max-age=60"), b"t")[1]
         port = stack.accel_port.getHost().port
         url = f"http://127.0.0.1:{port}/accel-status"

@@ -18,7 +18,7 @@ from twisted.web import server
 
 from accel.app import build_site
 from accel.config import Config, Route, parse_origin
-from tests.support import RecordingOrigin, raw_request
+from tests.support import RecordingOrigin, raw_request, temporary_directory
 
 CHROMIUM = shutil.which("chromium")
 FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
@@ -82,8 +82,7 @@ def _named(key: str) -> list[str]:
 class BrowserTests(unittest.TestCase):
     @defer.inlineCallbacks
     def test_the_page_renders_and_its_numbers_are_the_jsons(self):
-        cache_dir = tempfile.mkdtemp(prefix="accel-browser-")
-        self.addCleanup(shutil.rmtree, cache_dir, True)
+        cache_dir = temporary_directory(self, "accel-browser-")
         # One route, /app/: what else the browser asks for (/favicon.ico) has none, so it moves no cache figure.
         origin = RecordingOrigin()
         origin_port = reactor.listenTCP(0, server.Site(origin), interface="127.0.0.1")

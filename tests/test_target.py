@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
-import tempfile
 
 import pytest
 from hypothesis import given
@@ -13,7 +11,7 @@ from twisted.trial import unittest
 
 from accel.config import CacheSettings, Config, ConfigError, Route, RouteCache, parse_config, parse_origin
 from accel.http.target import UnsafeTarget, normalise_path, normalise_target
-from tests.support import raw_request, start_stack
+from tests.support import raw_request, start_stack, temporary_directory
 
 # --- pure rules ---------------------------------------------------------------------------------------
 
@@ -190,8 +188,7 @@ class ExclusionBypassTests(unittest.TestCase):
 
 class CacheDisableBypassTests(unittest.TestCase):
     def setUp(self):
-        self.directory = tempfile.mkdtemp(prefix="accel-test-")
-        self.addCleanup(shutil.rmtree, self.directory, True)
+        self.directory = temporary_directory(self, "accel-test-")
 
     @defer.inlineCallbacks
     def test_no_spelling_of_a_disabled_path_is_cached(self):

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import os
-import shutil
-import tempfile
 from dataclasses import replace
 
 import trustme
@@ -18,7 +16,7 @@ from accel.http.listening import ACCEPT_BATCH
 from accel.tap import Options, makeService
 from accel.tls.listeners import CertificateStore, TLSServerFactory
 from accel.tls.https import RedirectToHTTPS
-from tests.support import get, http_client, raw_request, start_stack
+from tests.support import get, http_client, raw_request, start_stack, temporary_directory
 from tests.support import until
 from tests.tls_support import LogCapture, handshake, https_client, serial_of, write_cert
 
@@ -27,7 +25,7 @@ class OffloadCase(unittest.TestCase):
     """An origin, accel in front of it, and an HTTPS listener of accel with certificates for a few names."""
 
     def setUp(self):
-        self.dir = tempfile.mkdtemp()
+        self.dir = temporary_directory(self)
         self.ca = trustme.CA()
         self.leaves = {
             "default": self.ca.issue_cert("default.test", "127.0.0.1"),
@@ -134,8 +132,7 @@ class OffloadedRequestTests(OffloadCase):
 
     @defer.inlineCallbacks
     def test_hsts_on_cache_hits_and_on_304s_answered_from_the_cache(self):
-        directory = tempfile.mkdtemp(prefix="accel-test-")
-        self.addCleanup(shutil.rmtree, directory, True)
+        directory = temporary_directory(self, "accel-test-")
         stack = self.start(TLSSettings(hsts_max_age=600), cache=CacheSettings(dir=directory))
         stack.origin.handlers[b"/hit"] = lambda request: (
             request.setHeader(b"cache-control", b"max-age=60"), request.setHeader(b"etag", b'"v1"'), b"stored")[2]

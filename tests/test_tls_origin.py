@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import tempfile
 
 import trustme
 from twisted.internet import defer, reactor
@@ -12,13 +11,13 @@ from twisted.web import server
 
 from accel.app import build_site
 from accel.config import Config, Route, parse_origin
-from tests.support import RecordingOrigin, get, http_client
+from tests.support import RecordingOrigin, get, http_client, temporary_directory
 from tests.tls_support import LogCapture, listen_https
 
 
 class HTTPSOriginTests(unittest.TestCase):
     def setUp(self):
-        self.dir = tempfile.mkdtemp()
+        self.dir = temporary_directory(self)
         self.ca = trustme.CA()
         self.ca_path = os.path.join(self.dir, "ca.pem")
         self.ca.cert_pem.write_to_path(self.ca_path)

@@ -3,14 +3,12 @@ take, the fast hit path included."""
 
 from __future__ import annotations
 
-import shutil
-import tempfile
 
 from twisted.internet import defer
 from twisted.trial import unittest
 
 from accel.config import CacheSettings, Config, Route, RouteCache, parse_origin
-from tests.support import get, http_client, start_stack
+from tests.support import get, http_client, start_stack, temporary_directory
 
 
 def cacheable(request):
@@ -21,8 +19,7 @@ def cacheable(request):
 class VirtualHostTests(unittest.TestCase):
     @defer.inlineCallbacks
     def test_each_host_gets_its_own_routes_and_cache_rules(self):
-        directory = tempfile.mkdtemp(prefix="accel-vhosts-")
-        self.addCleanup(shutil.rmtree, directory, True)
+        directory = temporary_directory(self, "accel-vhosts-")
         behind = start_stack(self)
         for path in (b"/x", b"/api/x"):
             behind.origin.handlers[path] = cacheable

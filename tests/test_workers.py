@@ -5,10 +5,8 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import socket
-import tempfile
 
 import lmdb
 import trustme
@@ -21,7 +19,7 @@ from twisted.web import server
 from accel.cache.store import url_key
 from accel.cli.main import main
 from accel.workers.listeners import Inherited, adopt
-from tests.support import CountingSite, RecordingOrigin, get, until
+from tests.support import CountingSite, RecordingOrigin, get, temporary_directory, until
 from tests.tls_support import https_client, write_cert
 from tests.workers_support import Supervised, connect, connection_owner, eventually
 
@@ -29,8 +27,7 @@ from tests.workers_support import Supervised, connect, connection_owner, eventua
 
 class WorkerTests(unittest.TestCase):
     def setUp(self):
-        self.dir = tempfile.mkdtemp(prefix="accel-workers-")
-        self.addCleanup(shutil.rmtree, self.dir, True)
+        self.dir = temporary_directory(self, "accel-workers-")
         self.origin = RecordingOrigin()
         site = _TrackingSite(self.origin)
         self.addCleanup(site.close_all)  # runs last: after accel's processes are gone

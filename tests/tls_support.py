@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import tempfile
 
 import trustme
 from cryptography import x509
@@ -20,6 +19,7 @@ from twisted.web.iweb import IPolicyForHTTPS
 from zope.interface import implementer
 
 from accel.config import CertificateFiles
+from tests.support import temporary_directory
 
 
 def write_cert(directory: str, stem: str, leaf, *, key_in_cert: bool = False) -> CertificateFiles:
@@ -119,7 +119,7 @@ def listen_https(testcase, site, leaf, *, client_ca: trustme.CA | None = None):
     context.use_certificate(x509.load_pem_x509_certificate(leaf.cert_chain_pems[0].bytes()))
     context.use_privatekey(serialization.load_pem_private_key(leaf.private_key_pem.bytes(), None))
     if client_ca is not None:
-        path = os.path.join(tempfile.mkdtemp(), "client-ca.pem")
+        path = os.path.join(temporary_directory(testcase), "client-ca.pem")
         client_ca.cert_pem.write_to_path(path)
         context.load_verify_locations(path)
         context.set_verify(SSL.VERIFY_PEER | SSL.VERIFY_FAIL_IF_NO_PEER_CERT, lambda conn, cert, err, depth, ok: bool(ok))
