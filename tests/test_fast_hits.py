@@ -194,7 +194,9 @@ class PipeliningTests(unittest.TestCase):
         client = RawClient(b"GET /slow HTTP/1.1\r\nHost: h\r\n\r\nGET /a HTTP/1.1\r\nHost: h\r\n\r\n"
                            b"GET /a HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n")
         yield connectProtocol(TCP4ClientEndpoint(reactor, "127.0.0.1", port), client)
-        yield until(lambda: held)
+        # The slow miss at the origin, and both hits behind it read too: queued, or (wrongly) answered. Without
+        # that wait, "nothing answered yet" could hold only because accel had not read them yet.
+        yield until(lambda: held and (answered or [len(c.queue) for c in stack.accel_site.connections] == [3]))
         self.assertEqual(answered, [])
         held[0].write(b"slow body")
         held[0].finish()
