@@ -21,6 +21,9 @@ LAYERS = ["config", "http", "tls", "proxy", "cache", "app", "workers", "tap", "c
 # Pure decisions: no sockets, no reactor, no storage engine. They take `now` as an argument.
 PURE = [
     "accel.config",
+    "accel.config.reader",
+    "accel.config.sections",
+    "accel.config.settings",
     "accel.cache.directives",
     "accel.cache.entry",
     "accel.cache.fields",
