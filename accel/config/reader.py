@@ -1,4 +1,4 @@
-"""Reading values out of TOML tables: ``_Reader`` takes typed values out of one table and names the dotted key
+"""Reading values out of TOML tables: ``Reader`` takes typed values out of one table and names the dotted key
 (and its line) in every ``ConfigError``; file paths relative to the configuration file; network lists."""
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from typing import Any
 
 from accel.config.settings import COMMAND_LINE, ConfigError
 
-class _Reader:
+class Reader:
     """Takes typed values out of one TOML table, reporting mistakes with the dotted key."""
 
     def __init__(self, source: str, table: dict[str, Any], path: str, text: str):
@@ -130,7 +130,7 @@ def table_line(text: str, table: str) -> int | None:
     return next((first for section, first, _ in _sections(text) if table and section == table), None)
 
 
-def _path(r: _Reader, name: str, expected: str = "a file path") -> str | None:
+def path_value(r: Reader, name: str, expected: str = "a file path") -> str | None:
     """A file or directory path; relative paths are relative to the configuration file."""
     value = r.get(name, str, expected)
     if value is None:
@@ -167,7 +167,7 @@ def endpoint_relative_to_file(source: str, description: str) -> str:
     return f"{kind}:{':'.join(parts)}"
 
 
-def _networks(r: _Reader, name: str, default: tuple = (), word: str = "unix") -> tuple[tuple, bool]:
+def networks(r: Reader, name: str, default: tuple = (), word: str = "unix") -> tuple[tuple, bool]:
     """(networks, whether ``word`` is listed): "unix" stands for peers on UNIX sockets, which have no IP
     address; "local" (``allow`` / ``deny``) for those and the loopback addresses."""
     if name not in r.table:

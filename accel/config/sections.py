@@ -45,9 +45,9 @@ from accel.config.settings import (
 from accel.config.reader import (
     endpoint_relative_to_file,
     line_of,
-    _networks,
-    _path,
-    _Reader,
+    networks,
+    path_value,
+    Reader,
     relative_to_file,
     table_line,
 )
@@ -104,7 +104,7 @@ _PREFIX = f"a path prefix starting with '/', {_NORMAL}"
 
 def _route(source: str, text: str, index: int, table: dict[str, Any], defaults: Protection = Protection(),
            server_compress: Compress = Compress()) -> Route:
-    r = _Reader(source, table, f"route[{index}]", text)
+    r = Reader(source, table, f"route[{index}]", text)
     prefix = r.get("prefix", str, _PREFIX)
     if prefix is None or not prefix.startswith("/") or _NOT_NORMAL.search(prefix):
         raise r.fail("prefix", _PREFIX, prefix)
@@ -129,9 +129,9 @@ def _route(source: str, text: str, index: int, table: dict[str, Any], defaults: 
         response_timeout=r.seconds("response_timeout", _ROUTE.response_timeout),
         idle_timeout=r.seconds("idle_timeout", _ROUTE.idle_timeout),
         max_connections=r.positive_int("max_connections", _ROUTE.max_connections),
-        cache=_route_cache(_Reader(source, r.table_of("cache"), f"route[{index}].cache", text)),
+        cache=_route_cache(Reader(source, r.table_of("cache"), f"route[{index}].cache", text)),
         protection=_protection(r, defaults, scope=f"route[{index}]"),
-        compress=_compress(_Reader(source, r.table_of("compress"), f"route[{index}].compress", text), server_compress),
+        compress=_compress(Reader(source, r.table_of("compress"), f"route[{index}].compress", text), server_compress),
         **_route_tls(r, origin),
         **_route_websocket(r, origin_url),
     )
@@ -142,7 +142,7 @@ def _route(source: str, text: str, index: int, table: dict[str, Any], defaults: 
 _HOST_PATTERN = re.compile(r"^(\*\.)?([a-z0-9](?:[a-z0-9-]*[a-z0-9])?)(\.[a-z0-9](?:[a-z0-9-]*[a-z0-9])?)*$")
 
 
-def _hosts(r: _Reader) -> tuple[str, ...]:
+def _hosts(r: Reader) -> tuple[str, ...]:
     """A route's ``hosts``: names ("api.example.com") or wildcards ("*.example.org"), compared without case."""
     hosts = r.strings("hosts")
     if "hosts" in r.table and not hosts:
@@ -153,7 +153,7 @@ def _hosts(r: _Reader) -> tuple[str, ...]:
     return tuple(dict.fromkeys(h.lower() for h in hosts))
 
 
-def _route_websocket(r: _Reader, origin_url: str | None) -> dict[str, Any]:
+def _route_websocket(r: Reader, origin_url: str | None) -> dict[str, Any]:
     """The route's WebSocket keys: tunnelling is on for ws:// and wss:// origins, or with websocket = true."""
     implied = origin_url is not None and is_websocket_origin(origin_url)
     websocket = r.get("websocket", bool, "true or false", implied)
@@ -168,7 +168,7 @@ def _route_websocket(r: _Reader, origin_url: str | None) -> dict[str, Any]:
     }
 
 
-def _compress(r: _Reader, inherited: Compress) -> Compress:
+def _compress(r: Reader, inherited: Compress) -> Compress:
     """A ``[compress]`` table; keys it leaves out keep their ``inherited`` values (the server-wide ones)."""
     types = tuple(t.strip().lower() for t in r.strings("types", inherited.types))
     for media_type in types:
@@ -191,13 +191,13 @@ def _compress(r: _Reader, inherited: Compress) -> Compress:
     return compress
 
 
-def _route_tls(r: _Reader, origin: Origin | None) -> dict[str, Any]:
+def _route_tls(r: Reader, origin: Origin | None) -> dict[str, Any]:
     """The route's keys for an https:// origin: verification, CA bundle, client certificate."""
     values = {
         "tls_verify": r.get("tls_verify", bool, "true or false", True),
-        "tls_ca": _path(r, "tls_ca"),
-        "tls_client_cert": _path(r, "tls_client_cert"),
-        "tls_client_key": _path(r, "tls_client_key"),
+        "tls_ca": path_value(r, "tls_ca"),
+        "tls_client_cert": path_value(r, "tls_client_cert"),
+        "tls_client_key": path_value(r, "tls_client_key"),
     }
     for name in values:
         if name in r.table and (origin is None or origin.scheme != "https"):
@@ -209,17 +209,17 @@ def _route_tls(r: _Reader, origin: Origin | None) -> dict[str, Any]:
     return values
 
 
-def _certificates(r: _Reader, where: str) -> tuple[CertificateFiles, ...]:
+def _certificates(r: Reader, where: str) -> tuple[CertificateFiles, ...]:
     entries = r.get("certificates", list, "an array of {cert = ..., key = ..., chain = ...} tables", [])
     out = []
     for i, entry in enumerate(entries):
-        e = _Reader(r.source, entry if isinstance(entry, dict) else {}, f"{where}.certificates[{i}]", r.text)
+        e = Reader(r.source, entry if isinstance(entry, dict) else {}, f"{where}.certificates[{i}]", r.text)
         if not isinstance(entry, dict):
             raise r.fail("certificates", "{cert = ..., key = ...} tables", entry)
-        cert = _path(e, "cert")
+        cert = path_value(e, "cert")
         if cert is None:
             raise e.fail("cert", "the path of a PEM certificate file")
-        out.append(CertificateFiles(cert, _path(e, "key"), _path(e, "chain"),
+        out.append(CertificateFiles(cert, path_value(e, "key"), path_value(e, "chain"),
                                     e.get("default", bool, "true or false", False), e.path))
         e.reject_unknown()
     if sum(c.default for c in out) > 1:
@@ -227,18 +227,18 @@ def _certificates(r: _Reader, where: str) -> tuple[CertificateFiles, ...]:
     return tuple(out)
 
 
-def _tls_settings(r: _Reader) -> TLSSettings:
+def _tls_settings(r: Reader) -> TLSSettings:
     """The ``[tls]`` table; listeners without certificates of their own use those of ``[tls]``."""
-    shared_certs, shared_dir = _certificates(r, "tls"), _path(r, "directory")
+    shared_certs, shared_dir = _certificates(r, "tls"), path_value(r, "directory")
     listeners = [TLSListener(endpoint_relative_to_file(r.source, e), shared_certs, shared_dir, "tls") for e in r.strings("listen")]
     for i, table in enumerate(r.get("listener", list, "an array of [[tls.listener]] tables", [])):
-        lr = _Reader(r.source, table if isinstance(table, dict) else {}, f"tls.listener[{i}]", r.text)
+        lr = Reader(r.source, table if isinstance(table, dict) else {}, f"tls.listener[{i}]", r.text)
         if not isinstance(table, dict):
             raise r.fail("listener", "[[tls.listener]] tables", table)
         endpoint = lr.get("endpoint", str, "a server endpoint such as tcp:8443")
         if not endpoint:
             raise lr.fail("endpoint", "a server endpoint such as tcp:8443")
-        certs, directory = _certificates(lr, lr.path), _path(lr, "directory")
+        certs, directory = _certificates(lr, lr.path), path_value(lr, "directory")
         if not certs and directory is None:
             certs, directory = shared_certs, shared_dir
         listeners.append(TLSListener(endpoint_relative_to_file(r.source, endpoint), certs, directory, lr.path))
@@ -254,8 +254,8 @@ def _tls_settings(r: _Reader) -> TLSSettings:
     if (shared_certs or shared_dir) and not listeners:
         raise r.fail("listen", "an HTTPS listener for the certificates (tls.listen or [[tls.listener]])")
     version = r.choice("min_version", ("1.2", "1.3"), '"1.2" or "1.3"', "1.2")
-    redirect = _Reader(r.source, r.table_of("redirect"), "tls.redirect", r.text)
-    hsts = _Reader(r.source, r.table_of("hsts"), "tls.hsts", r.text)
+    redirect = Reader(r.source, r.table_of("redirect"), "tls.redirect", r.text)
+    hsts = Reader(r.source, r.table_of("hsts"), "tls.hsts", r.text)
     settings = TLSSettings(
         listeners=tuple(listeners),
         min_version=version,
@@ -276,7 +276,7 @@ def _tls_settings(r: _Reader) -> TLSSettings:
     return settings
 
 
-def _route_cache(r: _Reader) -> RouteCache:
+def _route_cache(r: Reader) -> RouteCache:
     cache = RouteCache(
         enabled=r.get("enabled", bool, "true or false", True),
         disable=r.strings("disable"),
@@ -291,10 +291,10 @@ def _route_cache(r: _Reader) -> RouteCache:
     return cache
 
 
-def _cache_settings(r: _Reader) -> CacheSettings:
+def _cache_settings(r: Reader) -> CacheSettings:
     d = CacheSettings()
     settings = CacheSettings(
-        dir=_path(r, "dir", "a directory path"),
+        dir=path_value(r, "dir", "a directory path"),
         map_size=r.positive_int("map_size", d.map_size),
         memory_max_bytes=r.get("memory_max_bytes", int, "a number of bytes", d.memory_max_bytes),
         memory_max_objects=r.get("memory_max_objects", int, "a whole number", d.memory_max_objects),
@@ -341,14 +341,14 @@ _TOKEN = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")  # RFC 9110 §5.6.2
 _FIELD_VALUE = re.compile(r"^[^\x00-\x08\x0a-\x1f\x7f]*$")  # RFC 9110 §5.5: no CR, LF, NUL or other controls
 
 
-def _protection(r: _Reader, defaults: Protection, scope: str) -> Protection:
+def _protection(r: Reader, defaults: Protection, scope: str) -> Protection:
     """The protection keys of ``r``'s table over ``defaults`` (the [server] ones, for a route): a key that is
     present replaces the default; header rules are added after the default ones. ``scope`` names the
     buckets of a rate limit set here ("server", or "route[N]": routes with one prefix on several hosts stay apart)."""
     changes: dict[str, Any] = {}
     for name in ("allow", "deny"):
         if name in r.table:
-            changes[name] = AddressList(*_networks(r, name, word="local"))
+            changes[name] = AddressList(*networks(r, name, word="local"))
     if "methods" in r.table:
         methods = r.strings("methods")
         for method in methods:
@@ -373,21 +373,21 @@ def _protection(r: _Reader, defaults: Protection, scope: str) -> Protection:
     return replace(defaults, **changes)
 
 
-def _body_size(r: _Reader) -> int | None:
+def _body_size(r: Reader) -> int | None:
     value = r.get("max_body_size", (int, bool), "a number of bytes (0 or more), or false for no limit")
     if value is True or (not isinstance(value, bool) and value < 0):
         raise r.fail("max_body_size", "a number of bytes (0 or more), or false for no limit", value)
     return None if value is False else value
 
 
-def _rate_limit(r: _Reader, scope: str) -> RateLimit | None:
+def _rate_limit(r: Reader, scope: str) -> RateLimit | None:
     expected = "a [rate_limit] table (requests, per, burst, key, hits_count), or false"
     table = r.get("rate_limit", (dict, bool), expected)
     if table is False:
         return None
     if table is True:
         raise r.fail("rate_limit", expected, table)
-    t = _Reader(r.source, table, r.key("rate_limit"), r.text)
+    t = Reader(r.source, table, r.key("rate_limit"), r.text)
     if "requests" not in table:
         raise t.fail("requests", "a whole number greater than 0 (requests per `per` seconds)")
     burst = t.get("burst", int, "a whole number, 0 or more", 0)
@@ -408,13 +408,13 @@ def _rate_limit(r: _Reader, scope: str) -> RateLimit | None:
     return limit
 
 
-def _header_rules(r: _Reader) -> tuple[HeaderRule, ...]:
+def _header_rules(r: Reader) -> tuple[HeaderRule, ...]:
     entries = r.get("header", list, "an array of [[header]] tables (side, action, name, value, always)", [])
     rules = []
     for i, entry in enumerate(entries):
         if not isinstance(entry, dict):
             raise r.fail("header", "[[header]] tables", entry)
-        h = _Reader(r.source, entry, f"{r.key('header')}[{i}]", r.text)
+        h = Reader(r.source, entry, f"{r.key('header')}[{i}]", r.text)
         side = h.choice("side", ("request", "response"), '"request" or "response"', None)
         action = h.choice("action", ("set", "append", "unset"), '"set", "append" or "unset"', None)
         name = h.get("name", str, "a header field name")
@@ -435,7 +435,7 @@ def _header_rules(r: _Reader) -> tuple[HeaderRule, ...]:
     return tuple(rules)
 
 
-def _server_protection(server: _Reader, limits: Limits) -> Protection:
+def _server_protection(server: Reader, limits: Limits) -> Protection:
     """The [server] defaults, with [limits] max_body_size."""
     return replace(_protection(server, Protection(), scope="server"), max_body_size=limits.max_body_size)
 
@@ -447,15 +447,15 @@ def parse_config(text: str, source: str) -> Config:
     except tomllib.TOMLDecodeError as e:
         found = re.search(r"\(at line (\d+), column \d+\)", str(e))
         raise ConfigError(source, "syntax", "valid TOML", str(e), int(found.group(1)) if found else None) from None
-    top = _Reader(source, data, "", text)
-    server = _Reader(source, top.table_of("server"), "server", text)
+    top = Reader(source, data, "", text)
+    server = Reader(source, top.table_of("server"), "server", text)
     listen = tuple(endpoint_relative_to_file(source, d) for d in server.strings("listen", DEFAULT_LISTEN))
     if not listen:
         raise server.fail("listen", "at least one listener endpoint such as tcp:8080")
     header = server.get("server_header", (str, bool), "a string, or false to send no Server field", "accel")
     if header is True:
         header = "accel"
-    limits_r = _Reader(source, top.table_of("limits"), "limits", text)
+    limits_r = Reader(source, top.table_of("limits"), "limits", text)
     limits = Limits(
         max_header_bytes=limits_r.positive_int("max_header_bytes", _LIMITS.max_header_bytes),
         max_headers=limits_r.positive_int("max_headers", _LIMITS.max_headers),
@@ -465,7 +465,7 @@ def parse_config(text: str, source: str) -> Config:
         max_body_size=_body_size(limits_r) if "max_body_size" in limits_r.table else None,
     )
     limits_r.reject_unknown()
-    trusted_proxies, trusted_unix_peers = _networks(server, "trusted_proxies")
+    trusted_proxies, trusted_unix_peers = networks(server, "trusted_proxies")
     access_log = server.get("access_log", str, "a file path, or '-' for standard output")
     if access_log == "":
         raise server.fail("access_log", "a file path, or '-' for standard output", access_log)
@@ -486,7 +486,7 @@ def parse_config(text: str, source: str) -> Config:
     )
     server.reject_unknown()
 
-    compress = _compress(_Reader(source, top.table_of("compress"), "compress", text), Compress())
+    compress = _compress(Reader(source, top.table_of("compress"), "compress", text), Compress())
     routes_data = top.get("route", list, "an array of [[route]] tables", [])
     routes = []
     for i, table in enumerate(routes_data):
@@ -501,7 +501,7 @@ def parse_config(text: str, source: str) -> Config:
                 raise ConfigError(source, f"route[{i}].prefix", f"each prefix at most once per host (route[{first}] has it)",
                                   route.prefix, line_of(text, f"route[{i}]", "prefix"))
 
-    docs_r = _Reader(source, top.table_of("error_documents"), "error_documents", text)
+    docs_r = Reader(source, top.table_of("error_documents"), "error_documents", text)
     docs: dict[int, str] = {}
     for code, path in docs_r.table.items():
         docs_r.seen.add(code)
@@ -514,9 +514,9 @@ def parse_config(text: str, source: str) -> Config:
             raise docs_r.fail(code, "a readable file", path)
         docs[int(code)] = full
 
-    cache = _cache_settings(_Reader(source, top.table_of("cache"), "cache", text))
-    purge_r = _Reader(source, top.table_of("purge"), "purge", text)
-    allow, allow_unix_peers = _networks(purge_r, "allow", PurgeSettings().allow)
+    cache = _cache_settings(Reader(source, top.table_of("cache"), "cache", text))
+    purge_r = Reader(source, top.table_of("purge"), "purge", text)
+    allow, allow_unix_peers = networks(purge_r, "allow", PurgeSettings().allow)
     purge = PurgeSettings(
         allow=allow,
         allow_unix_peers=allow_unix_peers,
@@ -524,12 +524,12 @@ def parse_config(text: str, source: str) -> Config:
         secret=purge_r.get("secret", str, "a string"),
     )
     purge_r.reject_unknown()
-    tls = _tls_settings(_Reader(source, top.table_of("tls"), "tls", text))
+    tls = _tls_settings(Reader(source, top.table_of("tls"), "tls", text))
     _same_origin_tls(source, text, routes)
     balancers = _balancers(top)
     _routes_name_balancers(source, routes, balancers)
-    status = _status_settings(_Reader(source, top.table_of("status"), "status", text))
-    cluster = _cluster_settings(_Reader(source, top.table_of("cluster"), "cluster", text))
+    status = _status_settings(Reader(source, top.table_of("status"), "status", text))
+    cluster = _cluster_settings(Reader(source, top.table_of("cluster"), "cluster", text))
     top.seen.update({"server", "limits", "route", "error_documents", "cache", "purge", "tls", "compress", "status"})
     top.reject_unknown()
     return replace(config, routes=tuple(routes), error_documents=docs, cache=cache, purge=purge, tls=tls,
@@ -542,24 +542,24 @@ def parse_config(text: str, source: str) -> Config:
 _CODES = 'a status class such as "2xx" or a list of status codes'
 
 
-def _balancers(top: _Reader) -> dict[str, BalancerSettings]:
+def _balancers(top: Reader) -> dict[str, BalancerSettings]:
     """Every ``[balancer.NAME]`` table."""
     out = {}
     for name, table in top.table_of("balancer").items():
         if not isinstance(table, dict):
             raise top.fail("balancer", "[balancer.NAME] tables", table)
-        out[name] = _balancer(_Reader(top.source, table, f"balancer.{name}", top.text), name)
+        out[name] = _balancer(Reader(top.source, table, f"balancer.{name}", top.text), name)
     return out
 
 
-def _balancer(r: _Reader, name: str) -> BalancerSettings:
+def _balancer(r: Reader, name: str) -> BalancerSettings:
     method = r.choice("method", BALANCER_METHODS, " | ".join(BALANCER_METHODS), "byrequests")
     members = []
     tables = r.get("member", list, "an array of [[balancer.NAME.member]] tables", [])
     for i, table in enumerate(tables):
         if not isinstance(table, dict):
             raise r.fail("member", "[[balancer.NAME.member]] tables", table)
-        members.append(_member(_Reader(r.source, table, f"{r.path}.member[{i}]", r.text), i))
+        members.append(_member(Reader(r.source, table, f"{r.path}.member[{i}]", r.text), i))
     if not members:
         raise r.fail("member", "at least one [[balancer.NAME.member]]")
     routes = [m.route for m in members]
@@ -575,12 +575,12 @@ def _balancer(r: _Reader, name: str) -> BalancerSettings:
     retry = r.seconds_or_zero("retry", 60.0)
     health = None
     if "health" in r.table:
-        health = _health(_Reader(r.source, r.table_of("health"), f"{r.path}.health", r.text))
+        health = _health(Reader(r.source, r.table_of("health"), f"{r.path}.health", r.text))
     r.reject_unknown()
     return BalancerSettings(name, tuple(members), method, sticky_cookie, sticky_set, retry, health)
 
 
-def _member(r: _Reader, index: int) -> BalancerMember:
+def _member(r: Reader, index: int) -> BalancerMember:
     url = r.get("url", str, "an http:// or https:// URL")
     if url is None:
         raise r.fail("url", "an http:// or https:// URL")
@@ -598,7 +598,7 @@ def _member(r: _Reader, index: int) -> BalancerMember:
     return member
 
 
-def _health(r: _Reader) -> HealthCheck:
+def _health(r: Reader) -> HealthCheck:
     d = HealthCheck()
     uri = r.get("uri", str, "a path starting with '/'", d.uri)
     if not uri.startswith("/") or re.search(r"[\s\x00-\x1f\x7f]", uri):
@@ -610,7 +610,7 @@ def _health(r: _Reader) -> HealthCheck:
     return health
 
 
-def _expected_codes(r: _Reader) -> frozenset[int]:
+def _expected_codes(r: Reader) -> frozenset[int]:
     value = r.get("expect", (str, list), _CODES, "2xx")
     codes: set[int] = set()
     for item in [value] if isinstance(value, str) else value:
@@ -631,7 +631,7 @@ def _routes_name_balancers(source: str, routes: list[Route], balancers: dict[str
             raise ConfigError(source, f"route[{i}].origin", f"a [balancer.{route.balancer}] table", route.origin.url)
 
 
-def _status_settings(r: _Reader) -> StatusSettings:
+def _status_settings(r: Reader) -> StatusSettings:
     expected = f"a path starting (and not ending) with '/', {_NORMAL}"
     paths = {}
     for name in ("path", "metrics_path", "health_path"):
@@ -641,7 +641,7 @@ def _status_settings(r: _Reader) -> StatusSettings:
         paths[name] = path
     if len(set(paths.values())) != len(paths):
         raise r.fail("metrics_path", "path, metrics_path and health_path all different", list(paths.values()))
-    allow, allow_unix_peers = _networks(r, "allow", StatusSettings().allow)
+    allow, allow_unix_peers = networks(r, "allow", StatusSettings().allow)
     metrics = r.get("metrics", bool, "true or false", StatusSettings().metrics)
     r.reject_unknown()
     return StatusSettings(paths["path"], paths["metrics_path"], allow, allow_unix_peers, paths["health_path"], metrics)
@@ -650,7 +650,7 @@ def _status_settings(r: _Reader) -> StatusSettings:
 _PEER = "a list of peer URLs such as http://10.0.0.2:8080 (scheme, host and port only)"
 
 
-def _cluster_settings(r: _Reader) -> ClusterSettings:
+def _cluster_settings(r: Reader) -> ClusterSettings:
     peers = []
     for url in r.strings("peers"):
         try:
@@ -682,7 +682,7 @@ def parse_workers(value: object) -> int:
     return value
 
 
-def _workers(r: _Reader) -> int:
+def _workers(r: Reader) -> int:
     value = r.get("workers", (int, str), WORKERS_EXPECTED, 1)
     try:
         return parse_workers(value)
