@@ -56,6 +56,7 @@ from accel.cache.tiers import TieredStore
 from accel.config import CacheSettings, PurgeSettings, Route
 from accel.http.accesslog import request_label
 from accel.http.addresses import peer_in, peer_name
+from accel.http.errors import send_own
 from accel.http.traffic import Traffic
 from accel.proxy.routing import RouteTable
 
@@ -240,12 +241,7 @@ class PurgeHandler:
     @staticmethod
     def answer(request, code: int, document: dict) -> None:
         body = json.dumps(document, separators=(", ", ": ")).encode("utf-8") + b"\n"
-        request.setResponseCode(code)
-        request.setHeader(b"content-type", b"application/json")
-        request.setHeader(b"content-length", b"%d" % len(body))
-        request.setHeader(b"cache-control", b"no-store")
-        request.write(body)
-        request.finish()
+        send_own(request, code, b"application/json", body)
 
 
 def _header(request, name: bytes) -> str:

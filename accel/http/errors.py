@@ -34,14 +34,21 @@ class ErrorPages:
     def send(self, request: Request, code: int, detail: str = "", headers: dict[bytes, bytes] | None = None) -> None:
         """Answer ``request`` with the error page for ``code`` and finish it."""
         body, content_type = self.page(code, detail)
-        request.setResponseCode(code)
-        request.setHeader(b"content-type", content_type)
-        request.setHeader(b"content-length", b"%d" % len(body))
-        request.setHeader(b"cache-control", b"no-store")
-        for name, value in (headers or {}).items():
-            request.setHeader(name, value)
-        request.write(body)
-        request.finish()
+        send_own(request, code, content_type, body, headers)
+
+
+def send_own(request: Request, code: int, content_type: bytes, body: bytes,
+             headers: dict[bytes, bytes] | None = None) -> None:
+    """Answer ``request`` with a response accel made itself (an error page, a health or purge answer), which no
+    cache should store, and finish it."""
+    request.setResponseCode(code)
+    request.setHeader(b"content-type", content_type)
+    request.setHeader(b"content-length", b"%d" % len(body))
+    request.setHeader(b"cache-control", b"no-store")
+    for name, value in (headers or {}).items():
+        request.setHeader(name, value)
+    request.write(body)
+    request.finish()
 
 
 def _reason(code: int) -> str:

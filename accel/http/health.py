@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from accel.config import Origin, StatusSettings
 from accel.http.addresses import parse_ip, peer_in, peer_ip
-from accel.http.errors import ErrorPages
+from accel.http.errors import ErrorPages, send_own
 
 
 class NodeHealth:
@@ -56,9 +56,4 @@ class HealthEndpoint:
             return
         self.state.asked_for()
         code, body = (503, b"draining\n") if self.state.draining else (200, b"serving\n")
-        request.setResponseCode(code)
-        request.setHeader(b"content-type", b"text/plain")
-        request.setHeader(b"content-length", b"%d" % len(body))
-        request.setHeader(b"cache-control", b"no-store")
-        request.write(body)
-        request.finish()
+        send_own(request, code, b"text/plain", body)
