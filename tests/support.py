@@ -6,6 +6,7 @@ Everything listens on 127.0.0.1 with ephemeral ports and runs on the test's reac
 from __future__ import annotations
 
 import shutil
+import socket
 import sys
 import tempfile
 from dataclasses import dataclass, field, replace
@@ -26,6 +27,13 @@ def temporary_directory(testcase, prefix: str = "accel-test-") -> str:
     directory = tempfile.mkdtemp(prefix=prefix)
     testcase.addCleanup(shutil.rmtree, directory, True)
     return directory
+
+
+def closed_port() -> int:
+    """A loopback port nobody listens on (free when asked: a test binds it, or expects a refused connection)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 @dataclass

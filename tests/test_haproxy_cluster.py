@@ -12,16 +12,16 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from collections import Counter
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
+
+from tests.support import closed_port
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 EXAMPLE = os.path.join(ROOT, "examples", "cluster")
@@ -31,12 +31,6 @@ HOST = "www.example.com"
 
 pytestmark = pytest.mark.skipif(
     HAPROXY is None, reason="HAProxy is not installed (Debian: apt-get install haproxy; .ci/run installs it)")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class Output:
@@ -112,12 +106,12 @@ def request(port: int, method: str, path: str, headers=None) -> tuple[int, dict,
 
 
 @pytest.fixture
-def cluster():
-    directory = tempfile.mkdtemp(prefix="accel-haproxy-")
+def cluster(tmp_path):
+    directory = str(tmp_path)
     origin = Origin()
     threading.Thread(target=origin.serve_forever, daemon=True).start()
-    node_ports = {n: free_port() for n in (1, 2, 3)}
-    front = free_port()
+    node_ports = {n: closed_port() for n in (1, 2, 3)}
+    front = closed_port()
     outputs: list[Output] = []
     try:
         for n in (1, 2, 3):
@@ -157,7 +151,6 @@ def cluster():
             output.process.wait()
         origin.shutdown()
         origin.server_close()
-        shutil.rmtree(directory, True)
 
 
 def node_of(headers: dict) -> str:

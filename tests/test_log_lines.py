@@ -3,7 +3,6 @@ Python reprs such as b'/x' or IPv4Address(...)."""
 
 from __future__ import annotations
 
-import socket
 
 from twisted.internet import defer
 from twisted.logger import formatEvent, globalLogPublisher
@@ -11,15 +10,7 @@ from twisted.trial import unittest
 
 from accel.config import Route, parse_origin
 from accel.http.accesslog import peer_label, request_label
-from tests.support import get, http_client, raw_request, start_stack
-
-
-def closed_port() -> int:
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
+from tests.support import closed_port, get, http_client, raw_request, start_stack
 
 
 class LogLineTests(unittest.TestCase):

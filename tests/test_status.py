@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import re
 import os
-import socket
 from dataclasses import replace
 
 import pytest
@@ -23,18 +22,9 @@ from accel.http.traffic import BUCKETS, Traffic, merge, percentile
 from accel.http.status import build_document
 from twisted.web import server
 
-from tests.support import RecordingOrigin, raw_request, start_stack, temporary_directory, until
+from tests.support import RecordingOrigin, closed_port, raw_request, start_stack, temporary_directory, until
 from tests.test_fast_hits import counted_fast_hits
 from tests.workers_support import Supervised
-
-
-def closed_port() -> int:
-    """A loopback port nobody listens on."""
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
 
 
 def request(port: int, method: bytes, path: bytes, extra: bytes = b"") -> defer.Deferred:

@@ -20,8 +20,8 @@ from accel.http.traffic import Traffic
 from accel.proxy.client import OriginResponse
 from accel.proxy.origin import Fetched
 from accel.proxy.websocket import Tunnel, WebSocketTunnels
-from tests.support import next_turn, raw_request, temporary_directory, until
-from tests.test_status import closed_port, metric_samples
+from tests.support import closed_port, next_turn, raw_request, temporary_directory, until
+from tests.test_status import metric_samples
 from tests.tls_support import listen_https
 from tests.workers_support import Supervised, connection_owner
 from tests.websocket_support import BINARY, CLOSE, TEXT, EchoOriginFactory, accept_value, connect
