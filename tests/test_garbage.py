@@ -7,15 +7,13 @@ request would make every request's objects wait for the collector and the collec
 from __future__ import annotations
 
 import gc
-import shutil
-import tempfile
 from collections import Counter
 
 from twisted.internet import defer
 from twisted.trial import unittest
 
 from accel.config import CacheSettings, Config
-from tests.support import raw_request, start_stack
+from tests.support import raw_request, start_stack, temporary_directory
 
 
 def _answer(cache_control: bytes):
@@ -33,8 +31,7 @@ def _request(path: str, last: bool = False, method: str = "GET") -> bytes:
 
 class NoCycleTests(unittest.TestCase):
     def setUp(self):
-        directory = tempfile.mkdtemp(prefix="accel-test-")
-        self.addCleanup(shutil.rmtree, directory, True)
+        directory = temporary_directory(self)
         self.stack = start_stack(self, config=Config(cache=CacheSettings(dir=directory)))
         self.stack.origin.handlers[b"/stored"] = _answer(b"max-age=60")
         self.stack.origin.handlers[b"/passed"] = _answer(b"no-store")
