@@ -543,6 +543,71 @@ def _fmt(value, digits=1):
     return f"{value:,.{digits}f}"
 
 
+def _collapse(entry, a, n, settings):
+    yield (f"origin fetches for {COLLAPSE_CLIENTS} concurrent first requests (max over rounds)",
+           _fmt(a.get("max_origin_fetches")), _fmt(n.get("max_origin_fetches")))
+    yield (f"seconds until all {COLLAPSE_CLIENTS} answered, 1 s origin (median)",
+           _fmt(a.get("seconds"), 2), _fmt(n.get("seconds"), 2))
+
+
+def _burst(entry, a, n, settings):
+    yield (f"seconds until all of {entry['rounds']['accel'][0]['clients']} connections opened at once were "
+           "answered (median; max)", f"{_fmt(a.get('seconds'), 2)}; {_fmt(a.get('max_seconds'), 2)}",
+           f"{_fmt(n.get('seconds'), 2)}; {_fmt(n.get('max_seconds'), 2)}")
+    yield "answered 200 (fewest over rounds)", _fmt(a.get("min_ok")), _fmt(n.get("min_ok"))
+
+
+def _reload(entry, a, n, settings):
+    yield (f"failed requests (socket errors + non-2xx) under {RELOAD_CONNECTIONS} connections on {RELOAD_PATH} "
+           "with a SIGHUP, all rounds", _fmt(a.get("total_failed")), _fmt(n.get("total_failed")))
+    yield ("rounds whose reload completed while the load ran (accel's log)",
+           f"{_fmt(a.get('reloads_under_load'))} of {settings['rounds']}", "—")
+
+
+def _shield(entry, a, n, settings):
+    yield ("origin requests per 1,000 client requests, mixed load (median)",
+           _fmt(a.get("origin_per_1000")), _fmt(n.get("origin_per_1000")))
+    yield (f"client errors during the {shield.OUTAGE_S:g} s origin outage, all rounds",
+           _fmt(a.get("total_errors_in_outage")), _fmt(n.get("total_errors_in_outage")))
+
+
+def _idle(entry, a, n, settings):
+    yield (f"RSS before → holding {entry['connections']} idle keep-alive connections, MiB "
+           f"({_fmt(entry['kib_per_connection'], 1)} KiB per connection; {entry['answered_again']} answered a "
+           "second request)", f"{_fmt(entry['rss_before_mib'])} → {_fmt(entry['rss_held_mib'])}", "not run")
+
+
+def _stream(entry, a, n, settings):
+    achieved = entry["bytes"] / MIB / entry["seconds"]
+    yield (f"RSS before → peak, MiB ({entry['bytes'] // MIB} MiB to a client reading "
+           f"≤ {_fmt(entry['client_rate_mib_s'], 0)} MiB/s, got {_fmt(achieved, 0)} MiB/s)",
+           f"{_fmt(entry['rss_before_mib'])} → {_fmt(entry['peak_rss_mib'])}", "not run")
+
+
+def _observed(entry, a, n, settings):
+    yield (f"hit-1k req/s with the JSON log and /metrics scraped, and without "
+           f"(ratio {entry['observed_over_plain']:.3f})", _fmt(entry["observed_rps"]),
+           f"{_fmt(entry['plain_rps'])} (accel)")
+
+
+def _metrics(entry, a, n, settings):
+    yield (f"hit-1k req/s counting requests ([status] metrics on), and not (off) "
+           f"(ratio {entry['on_over_off']:.3f})", _fmt(entry["on_rps"]), f"{_fmt(entry['off_rps'])} (accel)")
+
+
+def _startup(entry, a, n, settings):
+    yield (f"seconds from start to first answer after {entry['entries_populated']} cacheable responses went "
+           f"through (hit: {_fmt(entry['first_response_hit'])})", _fmt(entry["first_response_s"], 2), "not run")
+    yield "same, empty cache", _fmt(entry["empty_first_response_s"], 2), "not run"
+
+
+# Scenario -> its rows of the second table, (measure, accel, nginx), from its entry and medians.
+_MEASURES = {
+    "collapse": _collapse, "burst-2k": _burst, "reload": _reload, "shield": _shield, "idle-10k": _idle,
+    "stream-rss": _stream, "observed-1k": _observed, "metrics-1k": _metrics, "startup-100k": _startup,
+}
+
+
 def markdown(report):
     meta, settings, results = report["host"], report["settings"], report["scenarios"]
     out = [
@@ -582,93 +647,16 @@ def markdown(report):
     if ratios:
         other.append(f"| hit-1k-gzip | req/s of gzip hits ÷ identity hits of one 1 KiB text object (target ≥ 0.9) "
                      f"| {_fmt(ratios.get('accel'), 2)} | {_fmt(ratios.get('nginx'), 2)} |")
-    if "collapse" in results:
-        entry = results["collapse"]
+    for name, measures in _MEASURES.items():
+        entry = results.get(name)
+        if entry is None:
+            continue
         if "error" in entry:
-            other.append(f"| collapse | error: {entry['error'].splitlines()[0]} | | |")
-        else:
-            a, n = entry["median"].get("accel", {}), entry["median"].get("nginx", {})
-            other.append(f"| collapse | origin fetches for {COLLAPSE_CLIENTS} concurrent first requests "
-                         f"(max over rounds) | {_fmt(a.get('max_origin_fetches'))} "
-                         f"| {_fmt(n.get('max_origin_fetches'))} |")
-            other.append(f"| collapse | seconds until all {COLLAPSE_CLIENTS} answered, 1 s origin (median) "
-                         f"| {_fmt(a.get('seconds'), 2)} | {_fmt(n.get('seconds'), 2)} |")
-    if "burst-2k" in results:
-        entry = results["burst-2k"]
-        if "error" in entry:
-            other.append(f"| burst-2k | error: {entry['error'].splitlines()[0]} | | |")
-        else:
-            a, n = entry["median"].get("accel", {}), entry["median"].get("nginx", {})
-            other.append(f"| burst-2k | seconds until all of {entry['rounds']['accel'][0]['clients']} connections opened at once were "
-                         f"answered (median; max) | {_fmt(a.get('seconds'), 2)}; {_fmt(a.get('max_seconds'), 2)} "
-                         f"| {_fmt(n.get('seconds'), 2)}; {_fmt(n.get('max_seconds'), 2)} |")
-            other.append(f"| burst-2k | answered 200 (fewest over rounds) | {_fmt(a.get('min_ok'))} "
-                         f"| {_fmt(n.get('min_ok'))} |")
-    if "reload" in results:
-        entry = results["reload"]
-        if "error" in entry:
-            other.append(f"| reload | error: {entry['error'].splitlines()[0]} | | |")
-        else:
-            a, n = entry["median"].get("accel", {}), entry["median"].get("nginx", {})
-            other.append(f"| reload | failed requests (socket errors + non-2xx) under {RELOAD_CONNECTIONS} connections "
-                         f"on {RELOAD_PATH} with a SIGHUP, all rounds | {_fmt(a.get('total_failed'))} "
-                         f"| {_fmt(n.get('total_failed'))} |")
-            other.append(f"| reload | rounds whose reload completed while the load ran (accel's log) "
-                         f"| {_fmt(a.get('reloads_under_load'))} of {settings['rounds']} | — |")
-    if "shield" in results:
-        entry = results["shield"]
-        if "error" in entry:
-            other.append(f"| shield | error: {entry['error'].splitlines()[0]} | | |")
-        else:
-            a, n = entry["median"].get("accel", {}), entry["median"].get("nginx", {})
-            other.append(f"| shield | origin requests per 1,000 client requests, mixed load (median) "
-                         f"| {_fmt(a.get('origin_per_1000'))} | {_fmt(n.get('origin_per_1000'))} |")
-            other.append(f"| shield | client errors during the {shield.OUTAGE_S:g} s origin outage, all rounds "
-                         f"| {_fmt(a.get('total_errors_in_outage'))} | {_fmt(n.get('total_errors_in_outage'))} |")
-    if "idle-10k" in results:
-        entry = results["idle-10k"]
-        if "error" in entry:
-            other.append(f"| idle-10k | error: {entry['error'].splitlines()[0]} | | |")
-        else:
-            other.append(f"| idle-10k | RSS before → holding {entry['connections']} idle keep-alive connections, "
-                         f"MiB ({_fmt(entry['kib_per_connection'], 1)} KiB per connection; "
-                         f"{entry['answered_again']} answered a second request) "
-                         f"| {_fmt(entry['rss_before_mib'])} → {_fmt(entry['rss_held_mib'])} | not run |")
-    if "stream-rss" in results:
-        entry = results["stream-rss"]
-        if "error" in entry:
-            other.append(f"| stream-rss | error: {entry['error'].splitlines()[0]} | | |")
-        else:
-            achieved = entry["bytes"] / MIB / entry["seconds"]
-            other.append(f"| stream-rss | RSS before → peak, MiB ({entry['bytes'] // MIB} MiB to a client reading "
-                         f"≤ {_fmt(entry['client_rate_mib_s'], 0)} MiB/s, got {_fmt(achieved, 0)} MiB/s) "
-                         f"| {_fmt(entry['rss_before_mib'])} → {_fmt(entry['peak_rss_mib'])} | not run |")
-    if "observed-1k" in results:
-        entry = results["observed-1k"]
-        if "error" in entry:
-            other.append(f"| observed-1k | error: {entry['error'].splitlines()[0]} | | |")
-        else:
-            other.append(f"| observed-1k | hit-1k req/s with the JSON log and /metrics scraped, and without "
-                         f"(ratio {entry['observed_over_plain']:.3f}) | {_fmt(entry['observed_rps'])} "
-                         f"| {_fmt(entry['plain_rps'])} (accel) |")
-    if "metrics-1k" in results:
-        entry = results["metrics-1k"]
-        if "error" in entry:
-            other.append(f"| metrics-1k | error: {entry['error'].splitlines()[0]} | | |")
-        else:
-            other.append(f"| metrics-1k | hit-1k req/s counting requests ([status] metrics on), and not (off) "
-                         f"(ratio {entry['on_over_off']:.3f}) | {_fmt(entry['on_rps'])} "
-                         f"| {_fmt(entry['off_rps'])} (accel) |")
-    if "startup-100k" in results:
-        entry = results["startup-100k"]
-        if "error" in entry:
-            other.append(f"| startup-100k | error: {entry['error'].splitlines()[0]} | | |")
-        else:
-            other.append(f"| startup-100k | seconds from start to first answer after {entry['entries_populated']} "
-                         f"cacheable responses went through (hit: {_fmt(entry['first_response_hit'])}) "
-                         f"| {_fmt(entry['first_response_s'], 2)} | not run |")
-            other.append(f"| startup-100k | same, empty cache | {_fmt(entry['empty_first_response_s'], 2)} "
-                         f"| not run |")
+            other.append(f"| {name} | error: {entry['error'].splitlines()[0]} | | |")
+            continue
+        a, n = entry.get("median", {}).get("accel", {}), entry.get("median", {}).get("nginx", {})
+        for measure, accel, nginx in measures(entry, a, n, settings):
+            other.append(f"| {name} | {measure} | {accel} | {nginx} |")
     if other:
         out += ["| scenario | measure | accel | nginx |", "|---|---|---:|---:|", *other, ""]
     out += [f"Note: {note}" for note in report["notes"]]
