@@ -18,6 +18,7 @@ from accel.config import COMMAND_LINE, Config, ConfigError, ConfigProblems, load
 from accel.http.listening import listening_service
 from accel.workers.signals import OperatorSignals
 from accel.workers.worker import inherited_listeners
+from accel.http.reactor import install as install_reactor
 
 log = Logger()
 
@@ -44,6 +45,7 @@ class Options(usage.Options):
         self["listen"].append(endpoint)
 
     def postOptions(self) -> None:
+        install_reactor()  # before anything imports Twisted's default one
         # Problems are one line each, naming the file, key and expectation; twistd would print its usage first.
         # A worker only reads the configuration: its supervisor checked these files just before starting it
         # (at start, and at each reload). What changed on disk since is found as the worker builds its site

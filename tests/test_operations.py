@@ -198,6 +198,8 @@ class StopTests(unittest.TestCase):
         self.assertIn(b"every request in flight finished", accel.output)
         self.assertIn(b"Server Shut Down.", accel.output)
         self.assertNotIn(b"Traceback", accel.output + accel.errors)
+        # twistd accel serves on the reactor that dispatches events without the legacy log context
+        self.assertIn(b"reactor class: accel.http.reactor.DispatchingReactor.", accel.output)
 
 
 class _WatchedRequest:
