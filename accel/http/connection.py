@@ -147,9 +147,7 @@ class HTTPConnection(Protocol):
     def dataReceived(self, data: bytes) -> None:
         if self.closing:
             return
-        traffic = self.traffic
-        if traffic.counting:
-            traffic.bytes_in += len(data)
+        self.traffic.received(len(data))
         if self.head_bytes >= 0:
             self.head_bytes += len(data)
         self._parsing = True
@@ -345,10 +343,9 @@ class HTTPConnection(Protocol):
         fields.append(body)
         self.writeSequence(fields)
         message = self.message
-        if self.traffic.counting:
-            self.traffic.request("-", getattr(message, "method", b""), code, "none",
-                                 time.monotonic() - message.started if message else 0.0,
-                                 message.target if message else b"")
+        self.traffic.request("-", getattr(message, "method", b""), code, "none",
+                             time.monotonic() - message.started if message else 0.0,
+                             message.target if message else b"")
         self.stop_reading()
         self.loseConnection()
 
@@ -381,10 +378,9 @@ class HTTPConnection(Protocol):
             self.send(head)
             self.transport.write(body)
         traffic = self.traffic
-        if traffic.counting:
-            traffic.bytes_out += len(head) + len(body)
-            traffic.request(hit.route, message.method, hit.status, "memory", time.monotonic() - message.started,
-                            message.target)
+        traffic.sent(len(head) + len(body))
+        traffic.request(hit.route, message.method, hit.status, "memory", time.monotonic() - message.started,
+                        message.target)
         if site.access_log:
             site.log_hit(self.getPeer(), message, hit.status, len(body), hit.origin, hit.route, self.transport)
         if not message.keep_alive:
@@ -525,17 +521,13 @@ class HTTPConnection(Protocol):
     def write(self, data: bytes) -> None:
         if self._held_head:
             data, self._held_head = self._held_head + data, b""
-        traffic = self.traffic
-        if traffic.counting:
-            traffic.bytes_out += len(data)
+        self.traffic.sent(len(data))
         self.send(data)
 
     def writeSequence(self, parts) -> None:
         if self._held_head:
             parts, self._held_head = [self._held_head, *parts], b""
-        traffic = self.traffic
-        if traffic.counting:
-            traffic.bytes_out += sum(map(len, parts))
+        self.traffic.sent(sum(map(len, parts)))
         self.transport.writeSequence(parts)
 
     def loseConnection(self) -> None:

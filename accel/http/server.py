@@ -319,9 +319,8 @@ class AccelSite(server.Site):
     def log(self, request) -> None:
         """A finished request: counted in the traffic figures, and its access-log line written."""
         outcome = outcome_of(request)
-        if self.traffic.counting:
-            self.traffic.request(request.log_route, request.method, request.code, outcome,
-                                 time.monotonic() - request.started, request.uri)
+        self.traffic.request(request.log_route, request.method, request.code, outcome,
+                             time.monotonic() - request.started, request.uri)
         if not self.access_log or self._logFile is None:
             return
         if self.access_log_format == "json":

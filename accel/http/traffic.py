@@ -1,9 +1,10 @@
 """This process's traffic figures: plain counters the request path bumps, read only when someone asks.
 
 The request path does a few dictionary and attribute increments per request (``Traffic.request``); nothing
-is formatted, locked or sent then. With ``counting`` off (``[status] metrics = false``) the request paths skip
-the per-request figures (requests, latencies, URLs, origin fetches, bytes in and out); the gauges (client
-connections) and the rare events (purges, collapsed waiters, WebSocket tunnels) still count. The status page and the Prometheus metrics (``accel.http.status``) take a
+is formatted, locked or sent then. With ``counting`` off (``[status] metrics = false``) the per-request figures
+(requests, latencies, URLs, origin fetches, bytes in and out: ``request``, ``fetched``, ``received``, ``sent``)
+stay as they are; the gauges (client connections) and the rare events (purges, collapsed waiters, WebSocket
+tunnels) still count. The status page and the Prometheus metrics (``accel.http.status``) take a
 ``snapshot()`` of every worker's figures and add them up (``merge``): counts and histogram buckets are sums,
 so the total over the workers is exact.
 
@@ -64,8 +65,20 @@ class Traffic:
         self.collapsed = 0  # requests that waited for another request's fetch of their URL
         self.tunnels: dict[str, list[int]] = {}  # route -> its WebSocket tunnels' figures (TUNNELS_OPEN...)
 
+    def received(self, size: int) -> None:
+        """Bytes read from a client."""
+        if self.counting:
+            self.bytes_in += size
+
+    def sent(self, size: int) -> None:
+        """Bytes written to a client."""
+        if self.counting:
+            self.bytes_out += size
+
     def request(self, route: str, method: bytes, status: int, outcome: str, seconds: float, target: bytes) -> None:
         """One answered request (``route``: its label, "-" for none)."""
+        if not self.counting:
+            return
         key = (route, _METHOD_CLASSES.get(method, "other"), _STATUS_CLASSES[status // 100], outcome)
         requests = self.requests
         requests[key] = requests.get(key, 0) + 1
@@ -89,6 +102,8 @@ class Traffic:
 
     def fetched(self, origin: str, seconds: float, status: int | None) -> None:
         """One origin fetch: its response header section came after ``seconds``; ``status`` None: it failed."""
+        if not self.counting:
+            return
         figures = self.origins.get(origin)
         if figures is None:
             figures = self.origins[origin] = [0, 0, 0] + new_histogram()

@@ -211,17 +211,15 @@ class Forwarder:
             sticky=self.sticky(request, route),
         )
         answered = []
-        counting = self.traffic.counting
 
         def origin_answered(fetched: Fetched) -> Fetched:
             answered.append(True)
-            if counting:  # (a balancer member's own origin, when one answered)
-                self.traffic.fetched((fetched.route or route).origin.key, time.monotonic() - sent,
-                                     fetched.response.code)
+            # (a balancer member's own origin, when one answered)
+            self.traffic.fetched((fetched.route or route).origin.key, time.monotonic() - sent, fetched.response.code)
             return fetched
 
         def origin_failed(failure: Failure) -> Failure:
-            if counting and not failure.check(CancelledError):
+            if not failure.check(CancelledError):
                 self.traffic.fetched(route.origin.key, time.monotonic() - sent, None)
             return failure
 
