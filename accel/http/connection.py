@@ -41,7 +41,6 @@ from collections import deque
 from http import HTTPStatus
 
 import httptools
-from twisted.internet import tcp
 from twisted.internet.error import ConnectionDone
 from twisted.internet.interfaces import IPushProducer, ISSLTransport
 from twisted.internet.protocol import Protocol
@@ -55,7 +54,7 @@ from accel.config import Limits
 from accel.http.accesslog import peer_label
 from accel.http.dates import http_date
 from accel.http.header_rules import NO_RULES
-from accel.http.immediate import write_now
+from accel.http.immediate import nothing_queued, write_now
 from accel.http.traffic import Traffic
 
 log = Logger()
@@ -547,12 +546,10 @@ class HTTPConnection(Protocol):
         write, then sends nothing, then closes: two epoll_ctl, a loop iteration and an empty send per
         connection. On a plain TCP connection whose writes all went to the socket (``send``), it is done at once,
         as Twisted does it then (shutdown(SHUT_RDWR), close, ``connectionLost``)."""
-        transport = self.transport
-        if (type(transport) is tcp.Server and transport.connected and not transport.disconnecting
-                and not transport._tempDataLen and transport.offset == len(transport.dataBuffer)):
-            transport.connectionLost(_CLOSED)
+        if nothing_queued(self.transport):
+            self.transport.connectionLost(_CLOSED)
         else:
-            transport.loseConnection()
+            self.transport.loseConnection()
 
     def registerProducer(self, producer, streaming: bool) -> None:
         if self._requestProducer is not None:

@@ -13,11 +13,17 @@ from twisted.internet import tcp
 _PLAIN_TCP = (tcp.Server, tcp.Client)
 
 
+def nothing_queued(transport) -> bool:
+    """Whether ``transport`` is an open plain TCP one with none of its bytes waiting for the reactor: what is
+    written now may go straight to the socket, and a close may happen at once."""
+    return (type(transport) in _PLAIN_TCP and transport.connected and not transport.disconnecting
+            and not transport._writeDisconnected and not transport._tempDataLen
+            and transport.offset == len(transport.dataBuffer))
+
+
 def write_now(transport, data: bytes) -> None:
     """``transport.write(data)``, sent at once when ``transport`` is plain TCP with nothing queued."""
-    if (type(transport) in _PLAIN_TCP and transport.connected and not transport.disconnecting
-            and not transport._writeDisconnected and not transport._tempDataLen
-            and transport.offset == len(transport.dataBuffer)):
+    if nothing_queued(transport):
         try:
             sent = transport.socket.send(data)
         except (BlockingIOError, InterruptedError):
