@@ -400,6 +400,7 @@ class SharedSocketTests(unittest.TestCase):
         listening = socket.socket()
         listening.bind(("127.0.0.1", 0))
         listening.listen(50)
+        listening.setblocking(False)  # as the supervisor's listeners are: an accept finding nothing returns
         address = listening.getsockname()
         factories = [_CountingFactory(), _CountingFactory()]
         for factory in factories:
