@@ -40,13 +40,29 @@ def states(driver) -> dict[str, str]:
 def press(driver, route: str, action: str) -> None:
     """Press a member's button and wait for the page the answer (303) brings back."""
     from selenium.webdriver.common.by import By
-    from selenium.webdriver.support.expected_conditions import staleness_of
     from selenium.webdriver.support.wait import WebDriverWait
 
     row = driver.find_element(By.CSS_SELECTOR, f'tr[data-route="{route}"]')
     row.find_element(By.CSS_SELECTOR, f'button[value="{action}"]').click()
-    WebDriverWait(driver, 30).until(staleness_of(row))
+    WebDriverWait(driver, 30).until(lambda _: _left_the_page(row))
     WebDriverWait(driver, 30).until(lambda d: d.find_elements(By.CSS_SELECTOR, "tr[data-route]"))
+
+
+def _left_the_page(element) -> bool:
+    """Whether ``element`` belongs to a page the browser has left. Selenium's ``staleness_of`` knows only
+    the stale-element error; Chromium may instead say the node "does not belong to the document" while the
+    new page replaces the old one."""
+    from selenium.common.exceptions import StaleElementReferenceException, WebDriverException
+
+    try:
+        element.is_enabled()
+    except StaleElementReferenceException:
+        return True
+    except WebDriverException as e:
+        if "does not belong to the document" in str(e):
+            return True
+        raise
+    return False
 
 
 class ManagerInABrowser(unittest.TestCase):
