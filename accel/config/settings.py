@@ -65,17 +65,17 @@ class Origin:
     host: str
     port: int
     base_path: str
+    # Derived from the fields above (every request reads them): the host and port as a Host field names
+    # them, and the identity of the origin server (for connection pools and logs), without the path.
+    authority: str = field(init=False, compare=False, repr=False)
+    key: str = field(init=False, compare=False, repr=False)
 
-    @property
-    def authority(self) -> str:
+    def __post_init__(self) -> None:
         default = DEFAULT_PORTS.get(self.scheme, 0)
         host = f"[{self.host}]" if ":" in self.host else self.host
-        return host if self.port == default else f"{host}:{self.port}"
-
-    @property
-    def key(self) -> str:
-        """Identity of the origin server (for connection pools and logs), without the path."""
-        return f"{self.scheme}://{self.authority}"
+        authority = host if self.port == default else f"{host}:{self.port}"
+        object.__setattr__(self, "authority", authority)
+        object.__setattr__(self, "key", f"{self.scheme}://{authority}")
 
 
 @dataclass(frozen=True, slots=True)
