@@ -287,3 +287,32 @@ def test_a_variant_that_would_overflow_its_group_evicts_nothing_else(disk, tmp_p
     store(cache, "http://x/wide", b"w" * 50_000, "k=1")  # the group no longer fits on its own
     assert not cache.memory.has_url("http://x/wide")
     assert cache.memory.has_url("http://x/other")
+
+
+def test_a_url_found_nowhere_is_not_read_from_disk_again(cache, monkeypatch):
+    reads = count_disk_reads(cache, monkeypatch)
+    assert cache.lookup("http://x/none") == []
+    assert cache.lookup("http://x/none") == []
+    assert reads == ["http://x/none"]
+
+
+def test_a_url_stored_after_it_was_found_absent_is_found(cache):
+    assert cache.lookup("http://x/late") == []
+    stored = store(cache, "http://x/late", b"late")
+    assert cache.lookup("http://x/late") == [(stored, b"late", None)]
+
+
+def test_a_url_another_process_stores_after_it_was_found_absent_is_found(disk, tmp_path):
+    here, there = tiered(disk, tmp_path), tiered(disk, tmp_path)
+    assert here.lookup("http://x/shared") == []
+    stored = store(there, "http://x/shared", b"from there")
+    assert here.lookup("http://x/shared") == [(stored, b"from there", None)]
+
+
+def test_a_wide_change_forgets_what_was_absent(disk, tmp_path, monkeypatch):
+    here, there = tiered(disk, tmp_path), tiered(disk, tmp_path)
+    assert here.lookup("http://x/wide") == []
+    there.epoch.changed(None)  # a change too wide to name its URLs: only the epoch moves
+    reads = count_disk_reads(here, monkeypatch)
+    assert here.lookup("http://x/wide") == []
+    assert reads == ["http://x/wide"]

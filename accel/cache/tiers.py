@@ -8,6 +8,8 @@ they read. What a memory tier holds stays what the disk holds, whichever process
   lookup drops a URL's group whose stamp is not its bucket's current generation (one shared-memory read);
 - a change too wide to name URL by URL (purge-all, many entries at once) bumps the epoch, and a lookup
   that sees a new epoch drops the whole memory tier;
+- a URL found on neither tier is remembered as absent with its bucket's generation (a bounded table), so
+  the next miss for it costs no disk read until something is stored in its bucket;
 - a body found missing when it is streamed (evicted between lookup and read) drops the URL's group too
   (`forget`); the caller treats the request as a miss.
 
@@ -28,6 +30,8 @@ from accel.cache.store import BodyWriter, DiskStore
 
 Variant = tuple[EntryHead, bytes | None, Any]
 
+_ABSENT_REMEMBERED = 4096  # URLs remembered as absent from the disk (the table is emptied when full)
+
 
 class TieredStore:
     def __init__(self, disk: DiskStore, memory: MemoryTier, epoch: PurgeEpoch) -> None:
@@ -36,6 +40,7 @@ class TieredStore:
         self.epoch = epoch
         self._seen_epoch = epoch.current()
         self.from_memory = True  # whether the last ``lookup`` was answered by the memory tier
+        self._absent: dict[str, int] = {}  # URL → its bucket's generation when the disk held nothing for it
         disk.on_change = epoch.changed
 
     def lookup(self, url: str) -> list[Variant]:
@@ -53,6 +58,9 @@ class TieredStore:
                 self.disk.touch(item.head)
             self.from_memory = True
             return [(item.head, item.body, item.extra) for item in items]
+        if self._absent.get(url) == self.epoch.generation(bucket):
+            self.from_memory = True
+            return []  # nothing stored in its bucket since the disk held nothing for it
         self.memory.drop_url(url)  # changed on disk since it was read (or never stamped)
         self.from_memory = False
         return self._promote(url, bucket)
@@ -78,6 +86,12 @@ class TieredStore:
         """
         stamp = self.epoch.generation(bucket)  # read first: a change after it is seen by the next lookup
         heads = self.disk.variants(url)
+        if not heads:
+            if len(self._absent) >= _ABSENT_REMEMBERED:
+                self._absent.clear()
+            self._absent[url] = stamp
+            return []
+        self._absent.pop(url, None)
         for head in heads:
             self.disk.touch(head)
         if not self.memory.group_fits(heads):
@@ -192,4 +206,5 @@ class TieredStore:
         current = self.epoch.current()
         if current != self._seen_epoch:
             self.memory.clear()
+            self._absent.clear()
             self._seen_epoch = current
