@@ -100,6 +100,7 @@ class Exchange:
     leader: bool = False
     held: Fetched | None = None  # an origin response (and its connection slot) nobody has taken yet
     whole_for_range: bool = False  # a Range request fetched from the origin without its Range, to be stored
+    has_range: bool = False  # the request has a Range field
 
     @property
     def head_as_get(self) -> bool:
@@ -110,10 +111,6 @@ class Exchange:
     def stores_whole(self) -> bool:
         """The origin's answer to this request may be stored as a GET response."""
         return self.method == "GET" or self.head_as_get
-
-    @property
-    def has_range(self) -> bool:
-        return self.request.requestHeaders.hasHeader(b"range")
 
 
 class CacheLayer:
@@ -143,6 +140,7 @@ class CacheLayer:
         if not settings.forward_tag_fields:
             hidden.update(TAG_FIELDS)
         self.hidden_fields = frozenset(hidden)
+        self._hidden_raw = frozenset(name.encode("latin-1") for name in hidden)  # the same, as the origin's names
         self.responder = Responder(store, forwarder.errors, self.hidden_fields, name, lambda: self.clock())
 
     # -- the request path --------------------------------------------------------------------------------
@@ -170,6 +168,7 @@ class CacheLayer:
             method = request.method.decode("latin-1")
             exchange = Exchange(
                 request, route, target, key, request_fields(request), method, self.policy_for(route), collapsed,
+                has_range=request.requestHeaders.hasHeader(b"range"),
             )
             exchange.whole_for_range = method == "GET" and exchange.has_range and self.range_fetch_max > 0
             if method not in ("GET", "HEAD"):
@@ -453,7 +452,8 @@ class CacheLayer:
               keep_going=lambda: False, fetched_as_get: bool = False) -> Deferred:
         request = exchange.request
         request.log_cache = "miss"
-        shown = [(n, v) for n, v in client_fields if n.lower().decode("latin-1") not in self.hidden_fields]
+        hidden = self._hidden_raw
+        shown = [(n, v) for n, v in client_fields if n.lower() not in hidden] if hidden else client_fields
         request.responseHeaders.setRawHeaders(b"cache-status", [self.collapsed(exchange, cache_status)])
         return self.forwarder.relay(request, exchange.route, fetched, tee=tee, fields=shown, keep_going=keep_going,
                                     fetched_as_get=fetched_as_get)

@@ -78,13 +78,15 @@ def compressible(settings: Compress, status: int, fields, length: int | None) ->
         if lower == "cache-control" and "no-transform" in (d.strip().lower() for d in value.split(",")):
             return False
         if lower == "content-type":
-            media_type = value.partition(";")[0].strip().lower()
-    return media_type is not None and _listed(media_type, settings.types)
+            media_type = value
+    return media_type is not None and listed_type(settings, media_type)
 
 
-def _listed(media_type: str, types: tuple[str, ...]) -> bool:
+def listed_type(settings: Compress, content_type: str) -> bool:
+    """Whether a Content-Type value is one of the types ``settings`` compresses."""
+    media_type = content_type.partition(";")[0].strip().lower()
     major = media_type.partition("/")[0]
-    return any(t == media_type or (t.endswith("/*") and t[:-2] == major) for t in types)
+    return any(t == media_type or (t.endswith("/*") and t[:-2] == major) for t in settings.types)
 
 
 # The only fields ``encoded_fields`` changes (lower-case).

@@ -26,7 +26,8 @@ from twisted.web.server import NOT_DONE_YET
 from accel.http.accesslog import request_label
 from accel.http.body import ResponseRelay
 from accel.http.compress import BROTLI_AVAILABLE, Encoder
-from accel.http.encoding import CODING_FIELDS, IDENTITY, compressible, encoded_fields, negotiate, offered_codings
+from accel.http.encoding import (CODING_FIELDS, IDENTITY, compressible, encoded_fields, listed_type, negotiate,
+                                 offered_codings)
 from accel.config import Config, Origin, Route, local_names
 from accel.http.addresses import peer_in, peer_name, split_authority
 from accel.http.errors import ErrorPages
@@ -365,8 +366,11 @@ class Forwarder:
         """Compress the response as it streams when its route and the client allow it: the coding (None:
         identity), with the header fields set for it (``accel.http.encoding``)."""
         settings = route.compress
-        if not settings.enabled or request.requestHeaders.hasHeader(b"range"):
+        if not settings.enabled or response.code != 200 or request.requestHeaders.hasHeader(b"range"):
             return None
+        content_type = next((value for name, value in fields if name.lower() == b"content-type"), None)
+        if content_type is None or not listed_type(settings, content_type.decode("latin-1")):
+            return None  # (what compressible would say, without converting every field)
         pure = [(n.decode("latin-1"), v.decode("latin-1")) for n, v in fields]
         length = None if response.length is UNKNOWN_LENGTH or request.method == b"HEAD" else response.length
         if not compressible(settings, response.code, pure, length):

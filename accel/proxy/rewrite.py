@@ -20,6 +20,7 @@ from accel.http.headers import RawFields
 _URL_FIELDS = frozenset({b"location", b"content-location", b"uri"})
 # Lower-case names of the fields ProxyPassReverse rewrites.
 REVERSED_NAMES = frozenset(name.decode("latin-1") for name in _URL_FIELDS) | {"set-cookie"}
+_REVERSED_RAW = frozenset(name.encode("latin-1") for name in REVERSED_NAMES)
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,9 +84,9 @@ def reverse_fields(fields: RawFields, mapping: ReverseMap) -> RawFields:
     """Apply the route's ProxyPassReverse rules to a response header section."""
     out: RawFields = []
     for name, value in fields:
-        lower = name.lower().decode("latin-1")
-        if lower in REVERSED_NAMES:
-            value = mapping.value(lower, value.decode("latin-1")).encode("latin-1")
+        lower = name.lower()
+        if lower in _REVERSED_RAW:
+            value = mapping.value(lower.decode("latin-1"), value.decode("latin-1")).encode("latin-1")
         out.append((name, value))
     return out
 
