@@ -21,6 +21,7 @@ from accel.http.accesslog import (access_log_line, format_access_line, json_acce
 from accel.http.body import RequestBody
 from accel.http.errors import ErrorPages
 from accel.http.header_rules import NO_RULES, HeaderRules
+from accel.http.header_table import HeaderTable
 from accel.http.connection import DeadlineSweep, HTTPConnection
 from accel.http.traffic import Traffic
 from accel.http.dates import http_date
@@ -42,6 +43,8 @@ class AccelRequest(server.Request):
 
     def __init__(self, channel, queued=None):
         super().__init__(channel, queued)
+        self.requestHeaders = HeaderTable()
+        self.responseHeaders = HeaderTable()
         self.started = 0.0  # set_message gives the time the request's first byte arrived
         self.body: RequestBody | None = None
         self.log_origin = "-"

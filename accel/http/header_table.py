@@ -1,0 +1,69 @@
+"""The header fields of a request and its response, as twisted.web's ``Headers`` with the common case inline.
+
+A proxied request reads and writes some thirty header fields on its way (the client's, Server, Date,
+Cache-Status, the origin's...). ``Headers`` handles each one in four or five calls: it canonicalises the
+name (a cache lookup behind a method call), checks the types of the name and of every value, and removes
+line breaks from every value. ``HeaderTable`` does the same in one call when the name and the value are
+bytes and the value holds no CR or LF (one value at a time), which is nearly always; anything else goes to
+``Headers`` unchanged, so the stored form, the canonical names and the protection against header
+injection are Twisted's.
+"""
+
+from __future__ import annotations
+
+from twisted.web.http_headers import Headers
+
+_CANONICAL: dict[bytes, bytes] = {}  # a field name as given → the name Headers stores it under
+_CANONICAL_REMEMBERED = 4096  # distinct spellings remembered (more come only from clients' odd fields)
+
+
+def canonical(name: bytes) -> bytes:
+    """The key ``Headers`` stores ``name`` under (it raises for a name that is not a token): asked of
+    ``Headers`` itself, as Twisted versions differ (lower case, or Header-Case)."""
+    found = _CANONICAL.get(name)
+    if found is None:
+        probe = Headers()
+        probe.setRawHeaders(name, [b""])
+        found = next(iter(probe._rawHeaders))
+        if len(_CANONICAL) < _CANONICAL_REMEMBERED:
+            _CANONICAL[name] = found
+    return found
+
+
+class HeaderTable(Headers):
+    __slots__ = ()
+
+    def hasHeader(self, name) -> bool:
+        if type(name) is bytes:
+            return (_CANONICAL.get(name) or canonical(name)) in self._rawHeaders
+        return super().hasHeader(name)
+
+    def getRawHeaders(self, name, default=None):
+        if type(name) is bytes:
+            return self._rawHeaders.get(_CANONICAL.get(name) or canonical(name)) or default
+        return super().getRawHeaders(name, default)
+
+    def setRawHeaders(self, name, values) -> None:
+        if type(name) is bytes and type(values) is list and len(values) == 1:
+            value = values[0]
+            if type(value) is bytes and b"\n" not in value and b"\r" not in value:
+                self._rawHeaders[_CANONICAL.get(name) or canonical(name)] = [value]
+                return
+        super().setRawHeaders(name, values)
+
+    def addRawHeader(self, name, value) -> None:
+        if type(name) is bytes and type(value) is bytes and b"\n" not in value and b"\r" not in value:
+            key = _CANONICAL.get(name) or canonical(name)
+            values = self._rawHeaders.get(key)
+            if values is None:
+                self._rawHeaders[key] = [value]
+            else:
+                values.append(value)
+        else:
+            super().addRawHeader(name, value)
+
+    def removeHeader(self, name) -> None:
+        if type(name) is bytes:
+            self._rawHeaders.pop(_CANONICAL.get(name) or canonical(name), None)
+        else:
+            super().removeHeader(name)
