@@ -174,15 +174,16 @@ class Route:
     websocket: bool = False  # Upgrade: websocket requests are tunnelled (a ws:// or wss:// origin implies it)
     websocket_idle_timeout: float = 300.0  # a tunnel silent both ways this long is closed
     websocket_max_tunnels: int = 1000  # open tunnels on this route; beyond it: 503
+    # The ``[balancer.NAME]`` this route sends to (origin = "balancer://NAME/"), or None: derived from origin.
+    balancer: str | None = field(init=False, compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        origin = self.origin
+        object.__setattr__(self, "balancer", origin.host if origin is not None and origin.scheme == "balancer" else None)
 
     @property
     def exclude(self) -> bool:
         return self.origin is None
-
-    @property
-    def balancer(self) -> str | None:
-        """The ``[balancer.NAME]`` this route sends to (origin = "balancer://NAME/"), or None."""
-        return self.origin.host if self.origin is not None and self.origin.scheme == "balancer" else None
 
 
 BALANCER_METHODS = ("byrequests", "bytraffic", "bybusyness", "uri-hash")

@@ -15,6 +15,8 @@ ETag (§8.8.3.3: the bytes differ from the identity ones) and no Content-Length 
 
 from __future__ import annotations
 
+from functools import lru_cache
+
 from accel.config import Compress
 
 IDENTITY = "identity"
@@ -84,9 +86,14 @@ def compressible(settings: Compress, status: int, fields, length: int | None) ->
 
 def listed_type(settings: Compress, content_type: str) -> bool:
     """Whether a Content-Type value is one of the types ``settings`` compresses."""
+    return _listed(settings.types, content_type)
+
+
+@lru_cache(maxsize=1024)  # (a few distinct Content-Type values make up nearly every response)
+def _listed(types: tuple[str, ...], content_type: str) -> bool:
     media_type = content_type.partition(";")[0].strip().lower()
     major = media_type.partition("/")[0]
-    return any(t == media_type or (t.endswith("/*") and t[:-2] == major) for t in settings.types)
+    return any(t == media_type or (t.endswith("/*") and t[:-2] == major) for t in types)
 
 
 # The only fields ``encoded_fields`` changes (lower-case).
