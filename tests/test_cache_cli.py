@@ -527,3 +527,20 @@ def test_verify_repair_on_a_damaged_file_says_what_to_do(tmp_path):
     assert result.output.strip() == (
         f"accel: {directory}: the cache is damaged (LMDB: Located page was wrong type) and cannot be repaired in "
         f"place; stop accel, move {directory} away (or delete it) and start accel again with an empty cache")
+
+
+def test_route_ttls_apply_to_entries_keyed_by_their_origin(tmp_path):
+    """A route that does not preserve the Host keys its entries by the origin's URL: their TTL still comes from
+    that route's cache rules, not from whatever route the origin's path would match publicly."""
+    directory = str(tmp_path / "cache")
+    store = open_tiered(directory)
+    put(store, head("http://10.0.0.5:8080/v1/a", fields=()))  # no freshness information: only default_ttl gives one
+    put(store, head("http://example.com/other", fields=()))
+    close(store)
+    config = tmp_path / "accel.toml"
+    config.write_text(f'[cache]\ndir = "{directory}"\n'
+                      '[[route]]\nprefix = "/api/"\norigin = "http://10.0.0.5:8080/v1/"\ncache = {default_ttl = 600}\n'
+                      '[[route]]\nprefix = "/"\norigin = "http://10.0.0.9/"\npreserve_host = true\n')
+    rows = {r["url"]: r for r in json.loads(run("ls", "--json", "--config", str(config)).output)}
+    assert rows["http://10.0.0.5:8080/v1/a"]["fresh"] is True and rows["http://10.0.0.5:8080/v1/a"]["ttl"] > 400
+    assert rows["http://example.com/other"]["fresh"] is False

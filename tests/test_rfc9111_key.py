@@ -102,3 +102,19 @@ def test_a_route_that_preserves_the_host_keys_by_the_clients_url():
     assert route_cache_key("http", "WWW.example.com:80", "/shop/x", r) == "http://www.example.com/shop/x"
     assert route_prefix_key("http", "www.example.com", "/shop/", r) == "http://www.example.com/shop/"
     assert route_cache_key("http", "h", "/x", None) == "http://h/x"
+
+
+def test_route_of_key_inverts_route_cache_key():
+    from accel.cache.key import route_of_key
+    from accel.proxy.routing import RouteTable
+
+    api = Route(prefix="/api/", origin=parse_origin("http://10.0.0.5:8080/v1/"))
+    api_admin = Route(prefix="/api/admin/", origin=parse_origin("http://10.0.0.5:8080/v1/admin/"))
+    pooled = Route(prefix="/shop/", origin=parse_balancer_url("balancer://app/"))
+    public = Route(prefix="/", origin=parse_origin("http://10.0.0.9/"), preserve_host=True)
+    table = RouteTable([api, api_admin, pooled, public])
+    for route, target in ((api, "/api/x?q=1"), (api_admin, "/api/admin/users"), (pooled, "/shop/cart"),
+                          (public, "/page")):
+        for scheme in ("http", "https"):
+            assert route_of_key(route_cache_key(scheme, "alias.example", target, route), table) is route
+    assert route_of_key("http://10.0.0.5:8080/v2/x", table) is public  # outside the origin's mapped space

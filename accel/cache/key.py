@@ -18,10 +18,11 @@ from __future__ import annotations
 
 from fnmatch import fnmatchcase
 from typing import Iterable, Mapping
+from urllib.parse import urlsplit
 
 from accel.config import DEFAULT_PORTS, Origin, Route
 from accel.http.addresses import split_authority
-from accel.proxy.routing import origin_target
+from accel.proxy.routing import RouteTable, origin_target
 
 
 def _origin(scheme: str, host: str, default_port_for_scheme: Mapping[str, int]) -> str:
@@ -108,3 +109,25 @@ def route_prefix_key(scheme: str, host: str, path_prefix: str, route: Route | No
     if route is None or route.origin is None or route.preserve_host:
         return url_prefix_key(scheme, host, path_prefix)
     return url_prefix_key(scheme, origin_authority(route.origin), origin_target(route, path_prefix))
+
+
+def route_of_key(key: str, routes: RouteTable) -> Route | None:
+    """The route whose responses are stored under ``key`` (the inverse of ``route_cache_key``, for tools that
+    read the keys): a route that does not preserve the Host when the key is in its origin's URL space (the
+    longest base path wins), else the route the key's URL itself is routed to."""
+    parts = urlsplit(key)
+    path = parts.path or "/"
+    origin = _origin(parts.scheme, parts.netloc, DEFAULT_PORTS)
+    best, best_base = None, ""
+    for route in routes.routes:
+        if route.origin is None or route.preserve_host:
+            continue
+        if _origin(parts.scheme, origin_authority(route.origin), DEFAULT_PORTS) != origin:
+            continue
+        base = origin_target(route, route.prefix).partition("?")[0]
+        under = path.startswith(base) and (base.endswith("/") or len(path) == len(base) or path[len(base)] == "/")
+        if under and (best is None or len(base) > len(best_base)):
+            best, best_base = route, base
+    if best is not None:
+        return best
+    return routes.match(path + (f"?{parts.query}" if parts.query else ""), parts.netloc)

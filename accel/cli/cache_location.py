@@ -5,13 +5,13 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from urllib.parse import urlsplit
 
 import click
 import lmdb
 
 from accel.cache.directory import DAMAGE, NotACache, check_cache_dir, damaged
 from accel.cache.epoch import PurgeEpoch
+from accel.cache.key import route_of_key
 from accel.cache.memory import MemoryTier
 from accel.cache.policy import CachePolicy
 from accel.cache.store import DiskStore, IncompatibleStore, StoreFull
@@ -51,8 +51,7 @@ class Location:
         s = self.settings
         route_cache = None
         if self.routes is not None:
-            parts = urlsplit(url)
-            route = self.routes.match((parts.path or "/") + (f"?{parts.query}" if parts.query else ""), parts.netloc)
+            route = route_of_key(url, self.routes)
             route_cache = route.cache if route is not None else None
         return CachePolicy(
             heuristic_fraction=s.heuristic_fraction,
