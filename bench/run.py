@@ -8,7 +8,8 @@ below, writes the results as JSON (bench/results/<timestamp>.json unless --out)
 and prints a Markdown summary. See bench/README.md for what each scenario means.
 
 Throughput scenarios (wrk; systems alternate within each round):
-  hit-1k, hit-1m, pass-1k, close-1k (one request per connection),
+  hit-1k, hit-1m, pass-1k, pass-1k-uncached (the path's route does not cache), close-1k (one request per
+  connection),
   hit-1k-text, hit-1k-gzip (one compressible 1 KiB object, without and with Accept-Encoding: gzip)
 Python-driven scenarios:
   collapse      100 concurrent first requests to a 1 s origin (both systems)
@@ -61,6 +62,7 @@ THROUGHPUT = {  # scenario -> (path, connections, request fields wrk adds)
     "hit-1k": ("/1k", 50, ()),
     "hit-1m": ("/1m", 10, ()),
     "pass-1k": ("/nocache", 50, ()),
+    "pass-1k-uncached": ("/nocache", 50, ()),  # accel's route for the path does not cache, as nginx's location
     "close-1k": ("/1k", 50, ("Connection: close",)),
     "hit-1k-text": ("/1k-text", 50, ()),
     "hit-1k-gzip": ("/1k-text", 50, ("Accept-Encoding: gzip",)),
@@ -68,6 +70,9 @@ THROUGHPUT = {  # scenario -> (path, connections, request fields wrk adds)
 # accel runs with compression on (nginx with gzip for text/plain): hits of a compressed variant must cost
 # what identity hits cost, since each coding is made once (target: gzip/identity req/s >= 0.9)
 ACCEL_CONFIG = "[compress]\nenabled = true\n"
+# pass-1k-uncached: a second accel whose route for /nocache does not cache (CacheDisable), as nginx's
+# `location = /nocache` has no proxy_cache; pass-1k measures accel's default, which learns the no-store
+UNCACHED_ROUTE = '[[route]]\nprefix = "/nocache"\norigin = "http://127.0.0.1:{port}/nocache"\ncache = {{enabled = false}}\n'
 ROUNDS_OF = ("collapse", "burst-2k", "reload", "shield")  # Python-driven scenarios measured on both systems every round
 SCENARIOS = [*THROUGHPUT, *ROUNDS_OF, "stream-rss", "startup-100k", "idle-10k", "observed-1k", "metrics-1k"]
 COLLAPSE_CLIENTS = 100
@@ -683,6 +688,10 @@ def run_scenarios(settings, tools, notes):
                                                                              settings.workers)
             if tools.nginx:
                 children["nginx"], systems["nginx"] = run.start_nginx()
+        uncached_port = None
+        if "pass-1k-uncached" in wanted:
+            _, uncached_port, _ = run.start_accel("accel-uncached", run.work / "cache-uncached", settings.workers,
+                                                  config_text=UNCACHED_ROUTE.format(port=run.origin_port))
         for name in wanted:
             results[name] = {"rounds": {s: [] for s in systems}}
         for rnd in range(settings.rounds):
@@ -700,6 +709,8 @@ def run_scenarios(settings, tools, notes):
                             measured = reload_once(settings, tools, port, children[system], system)
                         elif name == "shield":
                             measured = shield_once(settings, run, port)
+                        elif name == "pass-1k-uncached" and system == "accel":
+                            measured = throughput_once(settings, tools, uncached_port, name)
                         else:
                             measured = throughput_once(settings, tools, port, name)
                     except Exception as exc:  # record it, go on with the other scenarios

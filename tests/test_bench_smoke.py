@@ -12,7 +12,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 RUN = ROOT / "bench" / "run.py"
-SCENARIOS = ["hit-1k", "hit-1m", "pass-1k", "close-1k", "hit-1k-text", "hit-1k-gzip", "collapse", "burst-2k",
+SCENARIOS = ["hit-1k", "hit-1m", "pass-1k", "pass-1k-uncached", "close-1k", "hit-1k-text", "hit-1k-gzip", "collapse", "burst-2k",
              "reload", "stream-rss", "startup-100k", "idle-10k", "observed-1k", "metrics-1k"]
 
 
@@ -35,7 +35,7 @@ def test_smoke_run(tmp_path):
     results = report["scenarios"]
     assert sorted(results) == sorted(SCENARIOS)
 
-    for name in ["hit-1k", "hit-1m", "pass-1k", "close-1k", "hit-1k-text", "hit-1k-gzip"]:
+    for name in ["hit-1k", "hit-1m", "pass-1k", "pass-1k-uncached", "close-1k", "hit-1k-text", "hit-1k-gzip"]:
         accel = results[name]["median"]["accel"]
         for key in ["rps", "p50_ms", "p99_ms"]:
             assert _number(accel[key]), (name, key, accel)
