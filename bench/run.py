@@ -222,7 +222,7 @@ class Run:
         argv = [
             self.tools.twistd, "-n", "accel",
             "--config", config,
-            "--listen", f"tcp:{port}:interface=127.0.0.1",
+            "--listen", f"tcp:{port}:interface=127.0.0.1:backlog=1024",  # as nginx.conf.template
             "--origin", f"http://127.0.0.1:{self.origin_port}",
             "--cache-dir", cache_dir,
             "--workers", str(workers),
