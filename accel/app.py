@@ -26,6 +26,7 @@ from accel.proxy.admission import Admission
 from accel.proxy.buckets import SharedBuckets
 from accel.proxy.balancing import Balancers
 from accel.proxy.manager import BalancerManager
+from accel.proxy.manager_record import ANNOUNCEMENT, ManagerRecord
 from accel.proxy.origin import OriginClients
 from accel.tls.listeners import check_certificates
 from accel.tls.origin import check_route_files, origin_policies
@@ -175,6 +176,11 @@ class Accelerator:
         self.generation: Generation | None = None
         # Balancer state outlives generations: a reload keeps the members it keeps (Balancers.configure).
         self.balancers = Balancers(clock or reactor)
+        self.shared = self.cache is not None and self.cache.exchange is not None  # worker processes share figures
+        if self.shared:  # and the balancer manager's changes
+            exchange = self.cache.exchange
+            self.balancers.share(ManagerRecord(config.cache.dir, lambda: exchange.ask(ANNOUNCEMENT)))
+            exchange.handle(ANNOUNCEMENT, self.balancers.restore_shared)
         self.tunnels: WebSocketTunnels | None = None  # every generation's tunnels, counted together
         generation = self._build(config)
         self.site = AccelSite(
@@ -201,7 +207,8 @@ class Accelerator:
         handler = forwarder = Forwarder(config, clients, errors, self.reactor, admission, self.balancers, self.traffic)
         if self.cache is not None:
             handler = self.cache.layer(forwarder, config.cache)
-        status = StatusPage(config.status, [BalancerManager(self.balancers)], errors, self.status_document)
+        manager = BalancerManager(self.balancers, self.processes, per_worker=self.shared)
+        status = StatusPage(config.status, [manager], errors, self.status_document)
         tunnels = WebSocketTunnels(forwarder, self.reactor, shared=self.tunnels)
         self.tunnels = self.tunnels or tunnels
         health = HealthEndpoint(config.status, config.cluster.peers, self.health, errors)
@@ -253,25 +260,32 @@ class Accelerator:
             "traffic": self.traffic.snapshot(),
             "in_flight": self.in_flight.count,
             "pools": [pool for clients in self.clients for pool in clients.pools()],
+            "balancers": self.balancers.figures(),
         }
         if self.cache is not None:
             figures.update(self.cache.store.memory.stats())
         return figures
 
-    def status_document(self) -> Deferred:
-        """Fires with the status document: this process's figures, or with worker processes every worker's,
-        each published just now (``FiguresExchange.refresh``)."""
-        cache = self.cache
-        if cache is None or cache.exchange is None:
-            disk = cache.store.disk.stats() if cache is not None else None
-            return succeed(build_document([self.process_figures()], disk, time.time()))
+    def processes(self) -> Deferred:
+        """Fires with the figures of every server process (``process_figures``): with worker processes every
+        worker's, each published just now (``FiguresExchange.refresh``); else this process's alone."""
+        if not self.shared:
+            return succeed([self.process_figures()])
         from accel.cache.figures import live_figures
 
-        def summed(_) -> dict:
-            processes = [p for p in live_figures(cache.settings.dir) if "traffic" in p]
-            return build_document(processes or [self.process_figures()], cache.store.disk.stats(), time.time())
+        def read(_) -> list[dict]:
+            return [p for p in live_figures(self.cache.settings.dir) if "traffic" in p] or [self.process_figures()]
 
-        return cache.exchange.refresh().addCallback(summed)
+        return self.cache.exchange.refresh().addCallback(read)
+
+    def status_document(self) -> Deferred:
+        """Fires with (the status document's figures, the processes' figures they sum: ``processes``)."""
+
+        def document(processes: list[dict]) -> tuple[dict, list[dict]]:
+            disk = self.cache.store.disk.stats() if self.cache is not None else None
+            return build_document(processes, disk, time.time()), processes
+
+        return self.processes().addCallback(document)
 
     def reload(self, config: Config) -> list[str]:
         """Serve ``config`` from now on; returns what it changes that needs a restart (kept as it was)."""

@@ -96,9 +96,10 @@ class KeepAlive(Protocol):
         self.waiting: defer.Deferred | None = None
         self.closed = defer.Deferred()
 
-    def request(self, method: bytes, path: bytes, headers: bytes = b"") -> defer.Deferred:
+    def request(self, method: bytes, path: bytes, headers: bytes = b"", body: bytes = b"") -> defer.Deferred:
+        """``headers``: header lines, each ending in CRLF (with a ``body``, its Content-Length among them)."""
         self.waiting = defer.Deferred()
-        self.transport.write(b"%s %s HTTP/1.1\r\nHost: example.test\r\n%s\r\n" % (method, path, headers))
+        self.transport.write(b"%s %s HTTP/1.1\r\nHost: example.test\r\n%s\r\n%s" % (method, path, headers, body))
         return self.waiting
 
     def dataReceived(self, data: bytes) -> None:

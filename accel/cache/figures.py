@@ -10,6 +10,8 @@ When the status page is asked for, figures a second old would not do: ``FiguresE
 other process to publish now (a datagram to its address in Linux's abstract namespace,
 ``accel-figures-<pid>``) and fires once each has answered that it did (or after ``REFRESH_TIMEOUT``; then the
 files as they are). A request a process has answered is in its figures before it reads such a datagram.
+The same exchange carries other requests to every process (``FiguresExchange.ask``): the balancer manager's
+"read the record of changes again" (``accel.proxy.manager_record``) is one.
 """
 
 from __future__ import annotations
@@ -21,9 +23,12 @@ import socket
 
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IReadDescriptor
+from twisted.logger import Logger
 from zope.interface import implementer
 
 from accel.cache.lease import process_alive
+
+log = Logger()
 
 PROCESSES_DIR = "processes"
 SUMMED = ("objects", "bytes", "hits", "misses", "evictions")
@@ -90,31 +95,45 @@ def _address(pid: int) -> str:
     return f"\0accel-figures-{pid}"
 
 
+PUBLISH = b"publish"
+
+
 @implementer(IReadDescriptor)
 class FiguresExchange:
-    """Asks the other processes publishing in a cache directory to publish now, and does so when asked.
+    """Asks the other processes publishing in a cache directory to do something now (publish their figures,
+    or what ``handle`` adds), and does it when asked.
 
-    Datagrams: ``publish NONCE PID`` (publish, then answer PID) and ``published NONCE PID``.
+    Datagrams: ``KIND NONCE PID`` (do KIND, then answer PID) and ``done NONCE PID``.
     """
 
     def __init__(self, reactor, cache_dir: str, publish, pid: int | None = None):
         """``publish()`` writes this process's figures (``ProcessFigures.publish`` with them)."""
         self.reactor, self.cache_dir, self.publish = reactor, cache_dir, publish
         self.pid = os.getpid() if pid is None else pid
+        self.handlers = {PUBLISH: publish}
         self.waiting: dict[bytes, tuple[Deferred, set[int], object]] = {}
         self.socket = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         self.socket.bind(_address(self.pid))
         self.socket.setblocking(False)
         reactor.addReader(self)
 
+    def handle(self, kind: bytes, handler) -> None:
+        """Run ``handler()`` when another process asks for ``kind`` (one word)."""
+        self.handlers[kind] = handler
+
     def refresh(self, timeout: float = REFRESH_TIMEOUT) -> Deferred:
         """Publish this process's figures and have every other live process publish its own; fires (with
         None) when all have, or after ``timeout``."""
         self.publish()
+        return self.ask(PUBLISH, timeout)
+
+    def ask(self, kind: bytes, timeout: float = REFRESH_TIMEOUT) -> Deferred:
+        """Have every other live process run its handler of ``kind``; fires (with None) when all have, or after
+        ``timeout`` (a process that is not listening, or is still starting, does not hold anyone up for long)."""
         nonce = secrets.token_hex(8).encode("ascii")
         asked = set()
         for pid in live_pids(self.cache_dir):
-            if pid != self.pid and self._send(pid, b"publish %s %d" % (nonce, self.pid)):
+            if pid != self.pid and self._send(pid, b"%s %s %d" % (kind, nonce, self.pid)):
                 asked.add(pid)
         if not asked:
             return succeed(None)
@@ -145,17 +164,20 @@ class FiguresExchange:
                 messages.append(self.socket.recv(256).split())
             except (BlockingIOError, InterruptedError):
                 break
-        published = False
+        done = set()  # each kind runs once for all the requests read together
         for message in messages:
             if len(message) != 3 or not message[2].isdigit():
                 continue
             kind, nonce, pid = message[0], message[1], int(message[2])
-            if kind == b"publish":
-                if not published:
-                    self.publish()
-                    published = True
-                self._send(pid, b"published %s %d" % (nonce, self.pid))
-            elif kind == b"published" and nonce in self.waiting:
+            if kind in self.handlers:
+                if kind not in done:
+                    done.add(kind)
+                    try:
+                        self.handlers[kind]()
+                    except Exception:  # the exchange goes on serving the other requests
+                        log.failure("{kind} asked by process {pid} failed", kind=kind.decode("ascii", "replace"), pid=pid)
+                self._send(pid, b"done %s %d" % (nonce, self.pid))
+            elif kind == b"done" and nonce in self.waiting:
                 asked = self.waiting[nonce][1]
                 asked.discard(pid)
                 if not asked:

@@ -4,18 +4,21 @@ otherwise), answered before routing: never forwarded, never cached (``Cache-Cont
 
 The page is one document: the traffic figures of every worker (``build_document``: each process's
 ``accel.http.traffic`` snapshot and a few gauges, summed; ``figures()``, injected by ``accel.app``, fires with
-it), followed by *parts* that other layers provide (the balancer manager is one; ``accel.app`` wires them).
+it and with the processes' figures it was built from), followed by *parts* that other layers provide (the
+balancer manager is one; ``accel.app`` wires them), which take what they show from those processes' figures.
 HTML for a person, the same as JSON at ``<path>?format=json``, and the figures as Prometheus metrics
 (``accel.http.metrics``). With ``[status] metrics = false`` requests are not counted (``"counting": false``:
 the page shows what is still known and says so) and the metrics path answers 404.
 
     part.title                   the heading of its HTML section
     part.prefix                  POSTs to ``<path>/<prefix>/...`` go to this part
-    part.describe() -> dict      its keys of the JSON document (``<path>?format=json``)
-    part.html(path) -> str       its HTML section; forms post to ``path + "/" + prefix + ...``
+    part.describe(processes)     its keys of the JSON document (``<path>?format=json``), from every process's
+        -> dict                  published figures (``processes``: this process's alone without workers)
+    part.html(path, document)    its HTML section, from its keys of the ``document``; forms post to
+        -> str                   ``path + "/" + prefix + ...``
     part.change(rest, form)      a POST: ``rest`` are the path segments after the prefix, ``form`` the fields
-                                 (form-encoded or a JSON object); returns a JSON-able answer or raises
-                                 ``StatusError``
+                                 (form-encoded or a JSON object); returns a JSON-able answer (or a Deferred
+                                 firing with one) or raises ``StatusError``
 
 A form-encoded POST (a browser's form) is answered with 303 See Other back to the page; a JSON one with JSON.
 A POST whose ``Origin`` names another site than ``Host`` is refused (a page elsewhere must not drive it).
@@ -29,7 +32,7 @@ from urllib.parse import parse_qs, urlsplit
 
 from collections.abc import Callable
 
-from twisted.internet.defer import Deferred, succeed
+from twisted.internet.defer import Deferred, maybeDeferred, succeed
 from twisted.logger import Logger
 
 from accel import __version__
@@ -158,7 +161,8 @@ class StatusError(Exception):
 
 class StatusPage:
     def __init__(self, settings: StatusSettings, parts, errors: ErrorPages, figures: Callable[[], Deferred]):
-        """``figures()`` fires with the traffic document (``build_document``) of every worker."""
+        """``figures()`` fires with (the traffic document of every worker, ``build_document``; the processes'
+        published figures it was built from)."""
         self.settings = settings
         self.path = settings.path
         self.parts = list(parts)
@@ -218,8 +222,15 @@ class StatusPage:
         except StatusError as e:
             self.errors.send(request, e.code, str(e))
             return
+        maybeDeferred(lambda: answer).addCallbacks(lambda answer: self.changed(request, fields, from_browser, answer),
+                                                   lambda failure: self.failed(request, failure))
+
+    def changed(self, request, fields: dict, from_browser: bool, answer) -> None:
+        """A change is made (with worker processes: in every worker)."""
         log.info("status page: {path} changed by {peer}: {fields}", path=request.path.decode("latin-1"),
                  peer=peer_name(request.getClientAddress()), fields=fields)
+        if request._disconnected:
+            return
         if from_browser:
             request.setHeader(b"location", self.path.encode("latin-1"))
             self.send(request, 303, b"", b"text/plain")
@@ -233,15 +244,17 @@ class StatusPage:
             return True
         return urlsplit(origin.decode("latin-1")).netloc.lower() == (request.getHeader(b"host") or b"").decode("latin-1").lower()
 
-    def describe(self, figures: dict) -> dict:
+    def describe(self, figures: tuple[dict, list[dict]]) -> dict:
         """The whole document: the traffic figures, then each part's keys."""
-        document = dict(figures)
+        traffic, processes = figures
+        document = dict(traffic)
         for part in self.parts:
-            document.update(part.describe())
+            document.update(part.describe(processes))
         return document
 
     def page(self, document: dict) -> str:
-        sections = "\n".join(f"<section><h2>{html.escape(p.title)}</h2>\n{p.html(self.path)}</section>" for p in self.parts)
+        sections = "\n".join(f"<section><h2>{html.escape(p.title)}</h2>\n{p.html(self.path, document)}</section>"
+                             for p in self.parts)
         return (
             "<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><title>accel status</title>\n"
             f"<style>{_STYLE}</style></head>\n<body><h1>accel status</h1>\n{figures_html(document)}\n{sections}\n"

@@ -16,6 +16,10 @@ A member is *usable* (takes new requests) when it is enabled, not taken out by h
    ``uri-hash``    consistent hashing of the request-target on a ring with ``VIRTUAL_NODES`` points per unit
                    of weight: a member that comes or goes moves only its own share of URLs, which keeps
                    caching origins' caches warm. Members that are not candidates are skipped clockwise.
+
+Worker processes share the manager's changes through a record (``recorded_changes``, ``manager_state``): a
+list of entries, each naming a member by its balancer, route, URL, configured weight and standby, with the
+admin state and weight the manager gave it. A member the manager put back as configured has no entry.
 """
 
 from __future__ import annotations
@@ -66,6 +70,22 @@ class Member:
         if self.health_out or now < self.out_until:
             return "out"
         return "standby" if self.standby else "up"
+
+    def figures(self, now: float) -> dict:
+        """What the balancer manager shows of it (JSON-able): a process publishes these for the status page."""
+        return {
+            "url": self.url,
+            "route": self.route,
+            "state": self.state(now),
+            "weight": self.weight,
+            "standby": self.standby,
+            "requests": self.requests,
+            "bytes": self.bytes,
+            "in_flight": self.in_flight,
+            "failures": self.failures,
+            "health": self.last_health,
+            "out_for": max(0.0, round(self.out_until - now, 1)),
+        }
 
 
 class Balancer:
@@ -191,6 +211,15 @@ class Balancer:
         member.score = 0
         self._build_ring()
 
+    def restore(self, entries: list[dict]) -> None:
+        """Give every member the admin state and weight the record of manager changes ``entries`` holds for it
+        (another process's change), or its configuration's when it holds none."""
+        for member in self.members:
+            admin, weight = manager_state(entries, self.name, member.settings)
+            member.admin = admin
+            if weight != member.weight:
+                self.set_weight(member, weight)
+
 
 _PICK = {
     "byrequests": Balancer._by_requests,
@@ -198,6 +227,33 @@ _PICK = {
     "bybusyness": Balancer._by_busyness,
     "uri-hash": Balancer._by_uri_hash,
 }
+
+
+def _entry_key(balancer: str, settings: BalancerMember) -> dict:
+    """What names a member in the record: a member configured otherwise (a reload) does not take its entry."""
+    return {"balancer": balancer, "route": settings.route, "url": settings.origin.url,
+            "configured_weight": settings.weight, "standby": settings.standby}
+
+
+def recorded_changes(entries: list[dict], balancer: str, member: Member) -> list[dict]:
+    """The record ``entries`` with ``member``'s admin state and weight as they are now (in ``balancer``): its
+    entry replaced, or removed when they are its configuration's."""
+    key = _entry_key(balancer, member.settings)
+    kept = [e for e in entries if {k: e.get(k) for k in key} != key]
+    if member.admin == ENABLED and member.weight == member.settings.weight:
+        return kept
+    return kept + [{**key, "admin": member.admin, "weight": member.weight}]
+
+
+def manager_state(entries: list[dict], balancer: str, settings: BalancerMember) -> tuple[str, int]:
+    """(admin state, weight) the record gives the member configured with ``settings``: enabled with its
+    configured weight when it has no entry. Entries that do not make sense (a damaged file) are skipped."""
+    key = _entry_key(balancer, settings)
+    for e in entries:
+        if ({k: e.get(k) for k in key} == key and e.get("admin") in ACTIONS.values()
+                and isinstance(e.get("weight"), int) and e["weight"] > 0):
+            return e["admin"], e["weight"]
+    return ENABLED, settings.weight
 
 
 def _hash(text: str) -> int:

@@ -27,6 +27,7 @@ from twisted.web.iweb import UNKNOWN_LENGTH
 from accel.config import BalancerSettings, Route
 from accel.http.headers import RawFields
 from accel.proxy.balancer import Balancer, Member, sticky_cookie, sticky_route
+from accel.proxy.manager_record import ManagerRecord
 from accel.proxy.origin import IDEMPOTENT, Fetched, OriginBusy, OriginClients, OriginTimeout, OriginUnavailable
 from accel.proxy.routing import origin_target
 
@@ -67,6 +68,7 @@ class Balancers:
         self.balancers: dict[str, Balancer] = {}
         self.health: dict[str, HealthChecks] = {}
         self._member_routes: dict[tuple, tuple[Route, Route]] = {}
+        self.record: ManagerRecord | None = None  # worker processes: the manager's changes, shared
 
     def configure(self, settings: dict[str, BalancerSettings], clients: OriginClients) -> None:
         """Take a (new) configuration and its origin clients: members configured as before keep their state
@@ -75,6 +77,7 @@ class Balancers:
         self.stop()
         self.clients = clients
         self.balancers = {name: Balancer(s, self.balancers.get(name)) for name, s in settings.items()}
+        self.restore_shared()
         self._member_routes.clear()
         self.health = {
             name: HealthChecks(balancer, self.clients, self.clock)
@@ -82,6 +85,24 @@ class Balancers:
         }
         if running:
             self.start()
+
+    def share(self, record: ManagerRecord) -> None:
+        """Worker processes: the manager's changes are in force in every process that shares ``record``."""
+        self.record = record
+        self.restore_shared()
+
+    def restore_shared(self) -> None:
+        """Take the manager's changes from the shared record (another process changed a member), if shared."""
+        if self.record is not None:
+            entries = self.record.entries()
+            for balancer in self.balancers.values():
+                balancer.restore(entries)
+
+    def figures(self) -> dict:
+        """Every member's figures (``Member.figures``) by balancer: what this process publishes for the status
+        page, which sums them over the workers."""
+        now = self.clock.seconds()
+        return {name: [m.figures(now) for m in balancer.members] for name, balancer in self.balancers.items()}
 
     def start(self) -> None:
         for checks in self.health.values():

@@ -30,6 +30,7 @@ from twisted.internet.protocol import ProcessProtocol
 from twisted.logger import Logger
 
 from accel.config import Config, ConfigProblems
+from accel.proxy.manager_record import forget as forget_manager_changes
 from accel.workers.listeners import ListenerSet
 from accel.workers.signals import OperatorSignals
 from accel.workers.worker import CONTROL_FD, DRAIN, ENVIRONMENT, FIRST_LISTENER_FD, HEALTH_ASKED, READY, encode
@@ -140,6 +141,8 @@ class Supervisor(service.Service):
 
     def startService(self) -> None:
         super().startService()
+        if self.config.cache.dir is not None:  # the balancer manager's changes of a previous run: not this one's
+            forget_manager_changes(self.config.cache.dir)
         self.workers = [self._spawn(self.config) for _ in range(self.config.workers)]
         log.info("supervisor {pid}: started {n} workers", pid=os.getpid(), n=len(self.workers))
         self.signals.install({signal.SIGHUP: self.reload, signal.SIGUSR1: self.reopen_logs})
