@@ -10,7 +10,7 @@ from dataclasses import replace
 from twisted.internet.defer import succeed
 
 from accel.proxy.balancer import Balancer, manager_state, recorded_changes
-from accel.proxy.manager import merged_member
+from accel.proxy.manager import BalancerManager, merged_member
 from accel.proxy.manager_record import RECORD, ManagerRecord, forget
 from tests.test_balancer_units import settings
 
@@ -138,3 +138,13 @@ def test_the_breakdown_by_worker():
 def test_without_published_figures_the_member_is_this_processs_view():
     mine = figures("out", 2, out_for=3.0)
     assert merged_member(mine, []) == mine
+
+
+def test_the_page_names_the_workers_that_see_a_member_otherwise():
+    mine, theirs = figures("up", 3), figures("out", 4, out_for=9.0)
+    row = BalancerManager.member_html("/s", "app", merged_member(mine, [(10, mine), (11, theirs)], per_worker=True))
+    assert '<td class="state up">up (out in worker 11)</td>' in row
+    assert "<td>7</td>" in row  # the requests, summed
+    disabled = figures("disabled")
+    row = BalancerManager.member_html("/s", "app", merged_member(disabled, [(10, disabled)], per_worker=True))
+    assert 'value="disable"' not in row and 'value="enable"' in row and 'value="drain"' in row

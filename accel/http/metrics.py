@@ -105,13 +105,15 @@ def _tunnel_metrics(websocket: dict):
 
 
 # A member is up while it takes new requests: enabled, not out after failed health checks or within a failed
-# request's retry period (accel.proxy.balancer.Member.usable); a hot standby that is usable counts as up.
+# request's retry period (accel.proxy.balancer.Member.usable; with workers, in any worker); a hot standby that
+# is usable counts as up.
 _UP_STATES = frozenset({"up", "standby"})
 
 
 def _member_metrics(balancers: dict):
     """Each balancer member's state and counters, as the balancer manager shows them (``balancers`` is its
-    part of the document: with worker processes, the figures of the worker that answered)."""
+    part of the document: with worker processes, the counters summed over the workers and the state up while
+    any worker takes new requests for the member, ``accel.proxy.manager.merged_member``)."""
     labels = ("balancer", "member", "url")
     up = GaugeMetricFamily("accel_balancer_member_up", "1 while the member takes new requests (enabled, passing "
                            "its health checks, not in a retry period), else 0", labels=labels)
