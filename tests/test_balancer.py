@@ -17,6 +17,7 @@ from twisted.web.client import FileBodyProducer
 
 from accel.app import build_site
 from accel.config import parse_config
+from accel.proxy.manager_record import ManagerRecord
 from tests.raw_origin import RawOrigin
 from tests.support import RecordingOrigin, get, http_client, temporary_directory, turns, until
 from tests.test_status import metric_samples
@@ -471,6 +472,35 @@ class Reload(unittest.TestCase):
         for i in range(4):
             yield cluster.get(f"/s{i}")
         self.assertEqual(cluster.counts()[1] - cluster.counts(b"/health")[1], 1)  # still disabled
+
+
+class SharedChanges(unittest.TestCase):
+    """The manager's side of sharing a change with worker processes, in one process (a record in a temporary
+    directory; ``announce`` stands for the other workers)."""
+
+    @defer.inlineCallbacks
+    def test_a_change_is_answered_once_the_other_workers_have_it(self):
+        cluster = Cluster(self)
+        announced = []
+        record = ManagerRecord(temporary_directory(self, "accel-balancer-record-"),
+                               lambda: announced.append(defer.Deferred()) or announced[-1])
+        cluster.site.balancers.share(record)
+        answer = cluster.post("/accel-status/balancer/app/member/2", {"action": "disable"}, as_json=True)
+        yield until(lambda: announced)
+        self.assertFalse(answer.called)
+        self.assertEqual([e["admin"] for e in record.entries()], ["disabled"])
+        announced[0].callback(None)
+        response, body = yield answer
+        self.assertEqual((response.code, json.loads(body)["state"]), (200, "disabled"))
+
+    @defer.inlineCallbacks
+    def test_a_change_that_cannot_be_recorded_is_a_500_and_logged(self):
+        cluster = Cluster(self)
+        missing = os.path.join(temporary_directory(self, "accel-balancer-record-"), "gone")
+        cluster.site.balancers.share(ManagerRecord(missing, lambda: defer.succeed(None)))
+        response, _ = yield cluster.post("/accel-status/balancer/app/member/2", {"action": "disable"}, as_json=True)
+        self.assertEqual(response.code, 500)
+        self.assertEqual(len(self.flushLoggedErrors(FileNotFoundError)), 1)
 
 
 class Caching(unittest.TestCase):

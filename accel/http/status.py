@@ -217,13 +217,15 @@ class StatusPage:
             self.errors.send(request, form.code, str(form))
             return
         fields, from_browser = form
-        try:
-            answer = part.change(rest, fields)
-        except StatusError as e:
-            self.errors.send(request, e.code, str(e))
-            return
-        maybeDeferred(lambda: answer).addCallbacks(lambda answer: self.changed(request, fields, from_browser, answer),
-                                                   lambda failure: self.failed(request, failure))
+        d = maybeDeferred(part.change, rest, fields)
+        d.addCallback(lambda answer: self.changed(request, fields, from_browser, answer))
+        d.addErrback(lambda failure: self.refused(request, failure))
+
+    def refused(self, request, failure) -> None:
+        if not failure.check(StatusError):
+            self.failed(request, failure)
+        elif not request._disconnected:
+            self.errors.send(request, failure.value.code, str(failure.value))
 
     def changed(self, request, fields: dict, from_browser: bool, answer) -> None:
         """A change is made (with worker processes: in every worker)."""
