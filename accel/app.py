@@ -177,7 +177,8 @@ class Accelerator:
         # Balancer state outlives generations: a reload keeps the members it keeps (Balancers.configure).
         self.balancers = Balancers(clock or reactor)
         self.shared = self.cache is not None and self.cache.exchange is not None  # worker processes share figures
-        if self.shared:  # and the balancer manager's changes
+        if self.shared:  # and the balancer manager's changes. This process's figures file and exchange exist
+            # before the balancers first read the record: a change recorded after that read is announced here.
             exchange = self.cache.exchange
             self.balancers.share(ManagerRecord(config.cache.dir, lambda: exchange.ask(ANNOUNCEMENT)))
             exchange.handle(ANNOUNCEMENT, self.balancers.restore_shared)

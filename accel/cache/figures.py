@@ -129,7 +129,7 @@ class FiguresExchange:
 
     def ask(self, kind: bytes, timeout: float = REFRESH_TIMEOUT) -> Deferred:
         """Have every other live process run its handler of ``kind``; fires (with None) when all have, or after
-        ``timeout`` (a process that is not listening, or is still starting, does not hold anyone up for long)."""
+        ``timeout`` (a process still starting answers once its reactor runs; one not listening is not waited for)."""
         nonce = secrets.token_hex(8).encode("ascii")
         asked = set()
         for pid in live_pids(self.cache_dir):
