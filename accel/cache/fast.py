@@ -22,6 +22,7 @@ import math
 from collections.abc import Callable
 
 from accel.cache import policy
+from accel.cache.epoch import url_bucket
 from accel.cache.layer import CacheLayer, as_pure
 from accel.cache.serving import CONDITIONAL_FIELDS, NOT_PLAIN_FIELDS, Prepared, encode_fields
 from accel.cache.vary import matches
@@ -87,26 +88,27 @@ class FastHits:
         self.admission = proxy.admission
         self._targets: dict[tuple[bool, bytes, bytes], tuple | None] = {}
 
-    def __call__(self, secure: bool, message, peer) -> FastHit | None:
+    def __call__(self, secure: bool, message, peer: Callable[[], object]) -> FastHit | None:
         """The answer to ``message`` (an ``accel.http.connection.Message``: a GET or HEAD without a body
-        and without fields in ``not_plain``) from ``peer``, or None when the general path must answer."""
+        and without fields in ``not_plain``) from the client ``peer()`` gives, or None when the general path
+        must answer."""
         where = self._targets.get((secure, message.host, message.target), False)
         if where is False:
             where = self._resolve(secure, message.host, message.target)
         if where is None:
             return None
         hit = self._hit(where, message)
-        if hit is None or not self.admission.guards(where[3]):
+        if hit is None or not where[6]:
             return hit
         # The route's access rules, methods and rate limit, as ReverseProxy.render applies them.
-        refusal = self.admission.admit(where[3], peer, message.method, _values(message.headers),
+        refusal = self.admission.admit(where[3], peer(), message.method, _values(message.headers),
                                        self.admission.clock(), count=False)
         return hit if refusal is None else None  # refused: ReverseProxy.render answers (and counts) it
 
     def _hit(self, where: tuple, message) -> FastHit | None:
-        key, policy_, origin, route, label = where
+        key, policy_, origin, route, label, bucket, _ = where
         compress = route.compress
-        items = self.store.lookup_memory(key)
+        items = self.store.lookup_memory(key, bucket)
         selected = None
         fields = None
         for item in items:
@@ -160,7 +162,8 @@ class FastHits:
     def _resolve(self, secure: bool, host: bytes, target: bytes) -> tuple | None:
         """What ``ReverseProxy.render`` and ``CacheLayer.handle`` decide from the host and target alone: the
         normalised target, its route by host and path (served by the cache?), the cache key and the policy.
-        None: not a candidate for this path."""
+        None: not a candidate for this path. (Then the key's generation bucket in the shared purge epoch, and
+        whether the route has rules ``admission.admit`` checks: both follow from the route and key alone.)"""
         found = path = None
         if target.startswith(b"/"):
             try:
@@ -175,7 +178,8 @@ class FastHits:
                     and not any(rule.side == "response" for rule in route.protection.headers)):
                 # (response header rules: AccelRequest applies them, on the prepared path)
                 key = self.layer.key_for_parts(secure, host, path, route)
-                found = (key, self.layer.policy_for(route), route.origin.key, route, route_label(route))
+                found = (key, self.layer.policy_for(route), route.origin.key, route, route_label(route), url_bucket(key),
+                         self.admission.guards(route))
         if len(self._targets) >= _MEMO_SIZE:
             self._targets.clear()
         self._targets[(secure, host, target)] = found

@@ -227,7 +227,7 @@ class DiskStore:
         self.path = os.fspath(path)
         self.max_body_size = map_size // 4 if max_body_size is None else max_body_size
         self._clock = clock
-        self._touched: dict[bytes, None] = {}
+        self._touched: dict[tuple[str, str], None] = {}  # (url, secondary key) of heads used since the last flush
         self.on_change = on_change  # called after a commit with the URLs it changed (None: unknown)
         self._changes: set[str] | None = set()  # URLs the open write transaction changed; None: unknown
         self._free_budget = _FREE_BATCH
@@ -528,8 +528,9 @@ class DiskStore:
     # -- access recency -----------------------------------------------------
 
     def touch(self, head: EntryHead) -> None:
-        """Note that `head` was used; persisted by the next `flush_access`."""
-        self._touched[head_key(head.url, head.secondary_key)] = None
+        """Note that `head` was used; persisted by the next `flush_access`. (On every hit: its key is made when
+        the access is persisted.)"""
+        self._touched[(head.url, head.secondary_key)] = None
 
     def flush_access(self, now: float) -> int:
         """Persist noted accesses; return how many were updated."""
@@ -537,7 +538,7 @@ class DiskStore:
 
     def flush_access_batches(self, now: float) -> Iterator[int]:
         """Persist noted accesses, `_ACCESS_BATCH` per transaction; yield each one's count."""
-        touched, self._touched = list(self._touched), {}
+        touched, self._touched = [head_key(url, secondary) for url, secondary in self._touched], {}
         for start in range(0, len(touched), _ACCESS_BATCH):
             batch = touched[start : start + _ACCESS_BATCH]
 
@@ -797,8 +798,8 @@ class DiskStore:
 
     def _record_touches(self, txn: lmdb.Transaction) -> None:
         now = self._clock()
-        for key in self._touched:
-            self._record_access(txn, key, now)
+        for url, secondary in self._touched:
+            self._record_access(txn, head_key(url, secondary), now)
 
     def _evict_in(self, txn: lmdb.Transaction, target: int, enough: int, before: int) -> int:
         """Evict in this transaction; stop at the water marks or after leaving a body's chunks."""

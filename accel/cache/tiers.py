@@ -65,13 +65,15 @@ class TieredStore:
         self.from_memory = False
         return self._promote(url, bucket)
 
-    def lookup_memory(self, url: str) -> list:
+    def lookup_memory(self, url: str, bucket: int | None = None) -> list:
         """The memory tier's items for `url` (MemoryItem: head, body, extra); [] when it holds none or its
         group changed on disk since it was read (then ``lookup`` reads the disk tier). Use counts toward the
-        disk tier's LRU."""
-        self._sync_epoch()
+        disk tier's LRU. ``bucket``: ``url_bucket(url)`` when the caller knows it (once per URL, not per hit)."""
+        epoch = self.epoch
+        if epoch.current() != self._seen_epoch:
+            self._sync_epoch()
         stamp = self.memory.stamp(url)
-        if stamp is None or stamp != self.epoch.generation(url_bucket(url)):
+        if stamp is None or stamp != epoch.generation(url_bucket(url) if bucket is None else bucket):
             return []
         items = self.memory.get_variants(url)
         for item in items:

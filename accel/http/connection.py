@@ -151,35 +151,33 @@ class HTTPConnection(Protocol):
             self.head_bytes += len(data)
         self._parsing = True
         try:
-            self.parse(data)
-        finally:
-            self._parsing = False
-        if self._close_when_parsed:
-            self._close_when_parsed = False
-            self._close()
-
-    def parse(self, data: bytes) -> None:
-        try:
             self.parser.feed_data(data)
         except httptools.HttpParserCallbackError as error:
             if not isinstance(error.__context__, Refused):
                 raise
             self.refuse(error.__context__.code)
-            return
         except httptools.HttpParserInvalidMethodError:
             self.refuse(501)
-            return
         except httptools.HttpParserUpgrade as upgrade:
             # No more HTTP after an Upgrade (or CONNECT): the request is answered (then the connection
             # closes), unless a WebSocket tunnel takes the connection over (take_over).
             self._after_upgrade = data[upgrade.args[0]:]
             self.closing_after_queue()
-            return
         except httptools.HttpParserError:
             self.refuse(400)
-            return
-        if self.message is not None and self.head_bytes > self.limits.max_header_bytes:
-            self.refuse(431)
+        else:
+            if self.message is not None and self.head_bytes >= 0:  # a header section is incomplete
+                if self.head_bytes > self.limits.max_header_bytes:
+                    self.refuse(431)
+                elif self._deadline_kind != "header":
+                    # It is due header_timeout after its first bytes (these: a request that came whole, as
+                    # nearly all do, never sets this deadline).
+                    self._set_deadline("header", self.limits.header_timeout)
+        finally:
+            self._parsing = False
+        if self._close_when_parsed:
+            self._close_when_parsed = False
+            self._close()
 
     def connectionLost(self, reason) -> None:
         self.closing = True
@@ -201,7 +199,6 @@ class HTTPConnection(Protocol):
 
     def on_message_begin(self) -> None:
         self.message = Message(time.monotonic())
-        self._set_deadline("header", self.limits.header_timeout)
 
     def on_url(self, part: bytes) -> None:
         message = self.message
@@ -229,9 +226,13 @@ class HTTPConnection(Protocol):
         # A stopping server answers with Connection: close, so clients move to the ones that go on serving.
         message.keep_alive = version == "1.1" and parser.should_keep_alive() and not self.site.draining
         self.check_fields(message)
-        message.request_id = self.request_id_for(message.request_id)
+        if message.request_id is None:
+            message.request_id = self.site.new_request_id()
+        else:
+            message.request_id = self.request_id_for(message.request_id)
         self.head_bytes = -1  # the header section is complete: body bytes don't count
         self._deadline = None
+        self._deadline_kind = "none"
         if message.length == 0 and not self.queue and message.plain and message.method in (b"GET", b"HEAD"):
             if self.fast_hits is not None and self.answer_fast(message):
                 return
@@ -257,7 +258,9 @@ class HTTPConnection(Protocol):
         if not message.keep_alive:
             self.closing_after_queue()
         elif not self.queue:
-            self._set_deadline("idle", self.idle_timeout())
+            self._deadline_kind = "idle"
+            self._deadline = self.reactor.seconds() + (
+                self.idle_timeout() if self.site.draining else self.limits.idle_timeout)
 
     # -- checks ---------------------------------------------------------------------------------------
 
@@ -356,8 +359,10 @@ class HTTPConnection(Protocol):
         The fields are the general path's, in its order: the connection's own (Connection: close, Server,
         Date unless the stored response has one), the stored section, then HSTS on TLS.
         """
-        secure = self.isSecure()
-        hit = self.fast_hits(secure, message, self.getPeer())
+        secure = self._secure
+        if secure is None:
+            secure = self.isSecure()
+        hit = self.fast_hits(secure, message, self.getPeer)
         if hit is None:
             return False
         site = self.site
@@ -372,9 +377,9 @@ class HTTPConnection(Protocol):
         ))
         body = b"" if message.method == b"HEAD" else hit.body
         if len(body) <= _JOIN_UP_TO:
-            self.send(head + body)
+            write_now(self.transport, head + body)
         else:
-            self.send(head)
+            write_now(self.transport, head)
             self.transport.write(body)
         traffic = self.traffic
         traffic.sent(len(head) + len(body))
@@ -385,10 +390,6 @@ class HTTPConnection(Protocol):
         if not message.keep_alive:
             self.loseConnection()
         return True
-
-    def send(self, data: bytes) -> None:
-        """``transport.write``, sent at once when it can be (``accel.http.immediate``)."""
-        write_now(self.transport, data)
 
     def request_for(self, message: Message):
         """The twisted.web request for ``message``."""
@@ -521,7 +522,7 @@ class HTTPConnection(Protocol):
         if self._held_head:
             data, self._held_head = self._held_head + data, b""
         self.traffic.sent(len(data))
-        self.send(data)
+        write_now(self.transport, data)  # sent at once when it can be (accel.http.immediate)
 
     def writeSequence(self, parts) -> None:
         if self._held_head:

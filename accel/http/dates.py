@@ -26,7 +26,8 @@ class HTTPDate:
 
     def field(self) -> bytes:
         """``Date: <now>\\r\\n``."""
-        self()
+        if int(self.clock()) != self.second:
+            self()
         return self.line
 
 
