@@ -46,9 +46,10 @@ class Recorder(Resource):
 def fast_hit_for(target: bytes):
     """A FastHit as accel.cache.fast makes them, for ``/fast`` only."""
     body = b"fast body"
+    section = b"Age: 0\r\nCache-Status: accel; hit; ttl=60\r\nContent-Length: %d\r\n" % len(body)
     return SimpleNamespace(
         status=200, status_line=b" 200 OK\r\n", body=body, replaces_date=False, has_server=False, has_hsts=False,
-        origin="http://origin", route="/", section=b"Age: 0\r\nCache-Status: accel; hit; ttl=60\r\nContent-Length: %d\r\n" % len(body),
+        origin="http://origin", route="/", section=section, rest=b"\r\n" + section + b"\r\n" + body,
     ) if target == b"/fast" else None
 
 

@@ -54,6 +54,7 @@ from accel.config import Limits
 from accel.http.accesslog import peer_label
 from accel.http.dates import http_date
 from accel.http.header_rules import NO_RULES
+from accel.http.immediate import PLAIN_TCP as _PLAIN_TCP
 from accel.http.immediate import nothing_queued, write_now
 from accel.http.traffic import Traffic
 
@@ -73,6 +74,40 @@ _VALID_HOST = re.compile(
 
 _REQUEST_ID = re.compile(rb"[\x21-\x7e]{1,200}\Z")  # visible ASCII, as in a log line
 
+# What check_fields notes of a request field, by its lower-case name; the fast path's names (fast_hits.not_plain,
+# fast_hits.conditional) join these in ``field_kinds``.
+_HOST, _LENGTH, _CODING, _ACCEPT_ENCODING, _NOT_PLAIN, _REQUEST_ID_FIELD, _CONDITIONAL = range(7)
+_FIELD_KINDS = {b"host": _HOST, b"content-length": _LENGTH, b"transfer-encoding": _CODING,
+                b"accept-encoding": _ACCEPT_ENCODING,
+                b"upgrade": _NOT_PLAIN,  # never a fast hit (accel.proxy.websocket may take it)
+                b"x-request-id": _REQUEST_ID_FIELD}
+_KINDS_FOR: dict[tuple, dict[bytes, int]] = {}
+_SEEN_HOSTS: set[bytes] = set()  # Host values found valid (a regular expression costs a microsecond or two)
+_SEEN_HOSTS_KEPT = 1024
+
+
+def field_kinds(fast_hits) -> dict[bytes, int]:
+    """The table of the request fields ``check_fields`` notes, with ``fast_hits``'s (made once per pair of sets)."""
+    names = (fast_hits.not_plain, fast_hits.conditional) if fast_hits is not None else (frozenset(), frozenset())
+    kinds = _KINDS_FOR.get(names)
+    if kinds is None:
+        not_plain, conditional = names
+        kinds = _KINDS_FOR[names] = {**dict.fromkeys(conditional, _CONDITIONAL), **dict.fromkeys(not_plain, _NOT_PLAIN),
+                                     **_FIELD_KINDS}
+    return kinds
+
+
+def valid_host(value: bytes) -> bool:
+    """RFC 9112 §3.2: ``value`` is a Host field's valid value (``_VALID_HOST``)."""
+    if value in _SEEN_HOSTS:
+        return True
+    if not _VALID_HOST.match(value):
+        return False
+    if len(_SEEN_HOSTS) >= _SEEN_HOSTS_KEPT:
+        _SEEN_HOSTS.clear()
+    _SEEN_HOSTS.add(value)
+    return True
+
 _CLOSED = Failure(ConnectionDone())  # the reason of every orderly close (one, as Twisted's reactor keeps one)
 
 
@@ -85,25 +120,48 @@ class Refused(Exception):
 
 
 class Message:
-    """One request as parsed: what the fast path and ``AccelRequest`` are built from."""
+    """One request as parsed: what the fast path and ``AccelRequest`` are built from. (The defaults are class
+    attributes: a message sets only what its request has.)"""
 
-    __slots__ = ("method", "target", "version", "headers", "host", "keep_alive", "length", "started",
-                 "request", "plain", "conditional", "accept_encoding", "request_id")
+    method: bytes
+    version: bytes
+    keep_alive: bool
+    length: int | None  # of the body: 0, a Content-Length, or None (chunked)
+    target = b""
+    host = b""
+    request = None  # the AccelRequest, once one is built
+    plain = True  # no field that keeps it off the fast path (fast_hits.not_plain)
+    conditional = False  # a field in fast_hits.conditional (If-None-Match, If-Modified-Since)
+    accept_encoding: bytes | None = None  # its lines joined, for the fast path's content coding
+    request_id: bytes | None = None  # X-Request-Id as sent, then the one accel uses (request_id_for)
 
     def __init__(self, started: float):
         self.started = started
-        self.target = b""
         self.headers: list[tuple[bytes, bytes]] = []
-        self.host = b""
-        self.request = None  # the AccelRequest, once one is built
-        self.plain = True  # no field that keeps it off the fast path (fast_hits.not_plain)
-        self.conditional = False  # a field in fast_hits.conditional (If-None-Match, If-Modified-Since)
-        self.accept_encoding: bytes | None = None  # its lines joined, for the fast path's content coding
-        self.request_id: bytes | None = None  # X-Request-Id as sent, then the one accel uses (request_id_for)
 
 
 @implementer(IPushProducer)
 class HTTPConnection(Protocol):
+    # The state of a new connection (class attributes: a connection made per request sets only what differs).
+    message: Message | None = None  # being parsed
+    head_bytes = 0  # received while the header section of ``message`` is incomplete
+    closing = False  # no further requests are read or answered
+    reading = True  # False: what the client sends next is ignored
+    _lost = False  # loseConnection was called
+    _parsing = False  # inside parser.feed_data: closing waits until it returns
+    _close_when_parsed = False
+    paused_pipeline = False
+    _requestProducer = None
+    _requestProducerStreaming = None
+    _deadline: float | None = None  # when the connection times out (DeadlineSweep), if it can
+    _deadline_kind = "first"
+    _held_head = b""  # a response's header section waiting for its first body bytes (writeHeaders)
+    _secure: bool | None = None
+    _producing = False  # registered as the transport's producer (with the first general-path request)
+    _peer = _host = None
+    tunnel = None  # after a protocol switch: the protocol given the client's bytes (take_over)
+    _after_upgrade = b""  # what the client sent after its Upgrade request, until take_over
+
     def __init__(self, site):
         self.site = site
         self.factory = site  # Request.finish logs through channel.factory
@@ -113,23 +171,7 @@ class HTTPConnection(Protocol):
         self.traffic: Traffic = site.traffic
         self.queue: deque[Message] = deque()
         self.parser = httptools.HttpRequestParser(self)
-        self.message: Message | None = None  # being parsed
-        self.head_bytes = 0  # received while the header section of ``message`` is incomplete
-        self.closing = False  # no further requests are read or answered
-        self.reading = True  # False: what the client sends next is ignored
-        self._lost = False  # loseConnection was called
-        self._parsing = False  # inside parser.feed_data: closing waits until it returns
-        self._close_when_parsed = False
-        self.paused_pipeline = False
-        self._requestProducer = None
-        self._requestProducerStreaming = None
-        self._deadline: float | None = None  # when the connection times out (DeadlineSweep), if it can
-        self._deadline_kind = "first"
-        self._held_head = b""  # a response's header section waiting for its first body bytes (writeHeaders)
-        self._secure: bool | None = None
-        self._peer = self._host = None
-        self.tunnel = None  # after a protocol switch: the protocol given the client's bytes (take_over)
-        self._after_upgrade = b""  # what the client sent after its Upgrade request, until take_over
+        self.field_kinds = field_kinds(self.fast_hits)
 
     # -- the connection ------------------------------------------------------------------------------
 
@@ -139,7 +181,6 @@ class HTTPConnection(Protocol):
             connections.add(self)
         self.traffic.connections += 1
         self.site.deadlines.watch()
-        self.transport.registerProducer(self, True)
         # A new connection's first request is due within header_timeout (nginx's client_header_timeout).
         self._set_deadline("first", self.limits.header_timeout)
 
@@ -270,32 +311,31 @@ class HTTPConnection(Protocol):
         hosts = 0
         length = 0
         size = len(message.target)
-        fast = self.fast_hits
-        not_plain, conditional = (fast.not_plain, fast.conditional) if fast is not None else ((), ())
+        kinds = self.field_kinds
         for name, value in message.headers:
             size += len(name) + len(value) + 4
-            lower = name.lower()
-            if lower == b"host":
+            kind = kinds.get(name.lower())
+            if kind is None:
+                continue
+            if kind == _HOST:
                 hosts += 1
                 message.host = value
-                if not _VALID_HOST.match(value):
+                if not valid_host(value):
                     raise Refused(400)
-            elif lower == b"content-length":
+            elif kind == _LENGTH:
                 length = int(value)  # llhttp checked it: digits only, not repeated
-            elif lower == b"transfer-encoding":
+            elif kind == _CODING:
                 if value.strip().lower() != b"chunked":
                     raise Refused(400)  # RFC 9112 §6.1: chunked is the only coding accel decodes
                 length = None
-            elif lower == b"accept-encoding":
+            elif kind == _ACCEPT_ENCODING:
                 ae = message.accept_encoding
                 message.accept_encoding = value if ae is None else ae + b", " + value
-            elif lower == b"upgrade":
-                message.plain = False  # never a fast hit (accel.proxy.websocket may take it)
-            elif lower == b"x-request-id":
-                message.request_id = value
-            elif lower in not_plain:
+            elif kind == _NOT_PLAIN:
                 message.plain = False
-            elif lower in conditional:
+            elif kind == _REQUEST_ID_FIELD:
+                message.request_id = value
+            else:
                 message.conditional = True
         if size > self.limits.max_header_bytes:
             raise Refused(431)
@@ -370,29 +410,37 @@ class HTTPConnection(Protocol):
         if (hsts and hit.has_hsts) or (site.server_field and hit.has_server):
             return False  # the general path merges those with the stored fields
         closing = not message.keep_alive and message.version == b"HTTP/1.1"
-        head = b"".join((
-            message.version, hit.status_line, b"Connection: close\r\n" if closing else b"", site.server_field,
-            b"" if hit.replaces_date else http_date.field(), b"X-Request-Id: ", message.request_id, b"\r\n",
-            hit.section, hsts, b"\r\n",
-        ))
-        body = b"" if message.method == b"HEAD" else hit.body
-        if len(body) <= _JOIN_UP_TO:
-            write_now(self.transport, head + body)
+        line = (message.version, hit.status_line, b"Connection: close\r\n" if closing else b"", site.server_field,
+                b"" if hit.replaces_date else http_date.field(), b"X-Request-Id: ", message.request_id)
+        get = message.method != b"HEAD"
+        if get and not hsts and hit.rest:
+            data = b"".join((*line, hit.rest))  # the commonest: the rest joined when the hit was made
+            apart = b""
         else:
-            write_now(self.transport, head)
-            self.transport.write(body)
+            data = b"".join((*line, b"\r\n", hit.section, hsts, b"\r\n"))
+            apart = hit.body if get else b""  # the body, sent after the header section if it is large
+            if len(apart) <= _JOIN_UP_TO:
+                data, apart = data + apart, b""
+        write_now(self.transport, data)
+        if apart:
+            self.transport.write(apart)
         traffic = self.traffic
-        traffic.sent(len(head) + len(body))
+        traffic.sent(len(data) + len(apart))
         traffic.request(hit.route, message.method, hit.status, "memory", time.monotonic() - message.started,
                         message.target)
         if site.access_log:
-            site.log_hit(self.getPeer(), message, hit.status, len(body), hit.origin, hit.route, self.transport)
+            site.log_hit(self.getPeer(), message, hit.status, len(hit.body) if get else 0, hit.origin, hit.route,
+                         self.transport)
         if not message.keep_alive:
             self.loseConnection()
         return True
 
     def request_for(self, message: Message):
         """The twisted.web request for ``message``."""
+        if not self._producing:
+            # A full write buffer pauses a response's producer (fast hits have none): see pauseProducing.
+            self._producing = True
+            self.transport.registerProducer(self, True)
         request = self.site.requestFactory(self)
         request.set_message(message)
         message.request = request
@@ -437,7 +485,7 @@ class HTTPConnection(Protocol):
         assert self.queue and self.queue[0].request is request and len(self.queue) == 1
         self.queue.clear()
         self._deadline = None
-        self.transport.unregisterProducer()
+        self._unregister()
         self.transport.write(head)
         self.tunnel = tunnel
         self.dataReceived = tunnel.dataReceived  # type: ignore[method-assign]
@@ -490,7 +538,8 @@ class HTTPConnection(Protocol):
 
     def isSecure(self) -> bool:
         if self._secure is None:
-            self._secure = ISSLTransport(self.transport, None) is not None
+            transport = self.transport  # (plain TCP, the commonest, without asking zope.interface)
+            self._secure = type(transport) not in _PLAIN_TCP and ISSLTransport(transport, None) is not None
         return self._secure
 
     def getPeer(self):
@@ -536,11 +585,16 @@ class HTTPConnection(Protocol):
         self.closing = True
         if not self._lost:
             self._lost = True
-            self.transport.unregisterProducer()
+            self._unregister()
             if self._parsing:
                 self._close_when_parsed = True
             else:
                 self._close()
+
+    def _unregister(self) -> None:
+        if self._producing:
+            self._producing = False
+            self.transport.unregisterProducer()
 
     def _close(self) -> None:
         """The orderly close. Twisted's ``loseConnection`` watches for writability even when nothing is left to

@@ -10,13 +10,13 @@ from __future__ import annotations
 
 from twisted.internet import tcp
 
-_PLAIN_TCP = (tcp.Server, tcp.Client)
+PLAIN_TCP = frozenset((tcp.Server, tcp.Client))  # the transports' exact types
 
 
 def nothing_queued(transport) -> bool:
     """Whether ``transport`` is an open plain TCP one with none of its bytes waiting for the reactor: what is
     written now may go straight to the socket, and a close may happen at once."""
-    return (type(transport) in _PLAIN_TCP and transport.connected and not transport.disconnecting
+    return (type(transport) in PLAIN_TCP and transport.connected and not transport.disconnecting
             and not transport._writeDisconnected and not transport._tempDataLen
             and transport.offset == len(transport.dataBuffer))
 

@@ -7,12 +7,20 @@ unless the endpoint description sets ``backlog=`` itself (the kernel caps it at 
 Twisted's TCP port accepts, per readable event, as many connections as it accepted the time before
 (plus 20): after a quiet spell that is one, so a burst is accepted one connection per turn of the event
 loop while the queue overflows. accel's ports accept up to ``ACCEPT_BATCH`` each time.
+
+A connection per request makes accepting part of every answer: accel's ports accept in a plain loop
+(``QuickAccepting.doRead``) rather than through Twisted's generator, log buffer and ``socket.accept``
+wrapper (which converts the family and type to enums for each new socket); what that loop does not expect
+(a full descriptor table, an aborted connection...) goes to Twisted's own ``doRead``, which handles and logs it.
 """
 
 from __future__ import annotations
 
+import socket
+
 from twisted.application.internet import StreamServerEndpointService
 from twisted.internet import endpoints, tcp
+from twisted.python import log
 from twisted.internet.interfaces import IStreamServerEndpoint
 from zope.interface import implementer
 
@@ -47,11 +55,44 @@ class _Fixed:
         pass
 
 
-class BatchAcceptingPort(tcp.Port):
+class QuickAccepting(tcp.Port):
+    """A TCP port accepting up to ``numberAccepts`` connections per readable event in a plain loop."""
+
+    numberAccepts: int
+
+    def doRead(self) -> None:
+        listener = self.socket
+        accept = listener._accept  # (fd, address), without socket.accept's new socket object
+        family = listener.family.value
+        try:
+            for _ in range(self.numberAccepts):
+                try:
+                    fd, addr = accept()
+                except BlockingIOError:
+                    return
+                except OSError:
+                    tcp.Port.doRead(self)  # Twisted's accept loop meets the error again and deals with it
+                    return
+                skt = socket.socket(family, socket.SOCK_STREAM, 0, fd)
+                if len(addr) == 4:  # IPv6: the scope id, as Twisted gets it
+                    host = socket.getnameinfo(addr, socket.NI_NUMERICHOST | socket.NI_NUMERICSERV)
+                    addr = (host[0], *addr[1:])
+                protocol = self.factory.buildProtocol(self._buildAddr(addr))
+                if protocol is None:
+                    skt.close()
+                    continue
+                number = self.sessionno
+                self.sessionno = number + 1
+                protocol.makeConnection(self.transport(skt, protocol, addr, self, number, self.reactor))
+        except BaseException:
+            log.deferr()  # as tcp.Port.doRead: logged, and the port goes on accepting
+
+
+class BatchAcceptingPort(QuickAccepting):
     numberAccepts = _Fixed(ACCEPT_BATCH)
 
 
-class SharingPort(tcp.Port):
+class SharingPort(QuickAccepting):
     numberAccepts = _Fixed(SHARED_ACCEPT_BATCH)
 
 
