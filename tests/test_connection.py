@@ -14,7 +14,8 @@ from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET
 
 from accel.config import Limits
-from accel.http.connection import PIPELINE_LIMIT, SWEEP_TICK
+from accel.http import connection as connection_module
+from accel.http.connection import PIPELINE_LIMIT, SWEEP_TICK, valid_host
 from accel.http.listening import with_backlog
 from accel.http.server import AccelSite
 
@@ -228,6 +229,19 @@ class StrictnessTests(unittest.TestCase):
             out = c.feed(b"GET / HTTP/1.1\r\nHost: " + host + b"\r\n\r\n")
             self.assertTrue(out.startswith(b"HTTP/1.1 200 "), host)
 
+    def test_a_host_is_checked_however_many_were_seen_before(self):
+        # (valid values are remembered, up to a bound: an invalid one never is)
+        for round_ in range(2):
+            for n in range(connection_module._SEEN_HOSTS_KEPT + 10):
+                self.assertTrue(valid_host(b"host-%d.example" % n))
+            self.assertLessEqual(len(connection_module._SEEN_HOSTS), connection_module._SEEN_HOSTS_KEPT)
+            for host in (b"a b", b"[::1", b"x/y"):
+                self.assertFalse(valid_host(host), (round_, host))
+        c = Connection()
+        c.feed(b"GET / HTTP/1.1\r\nHost: ok.example\r\n\r\n")
+        out = c.feed(b"GET / HTTP/1.1\r\nHost: ok.example/x\r\n\r\n")
+        self.assertEqual(statuses(out), [b"200", b"400"])
+
     def test_unknown_method_is_501(self):
         c = Connection()
         self.assertTrue(c.feed(b"BREW / HTTP/1.1\r\nHost: a\r\n\r\n").startswith(b"HTTP/1.1 501 "))
@@ -275,6 +289,24 @@ class PersistenceTests(unittest.TestCase):
         c = Connection()
         c.feed(b"GET /a HTTP/1.1\r\nHost: x\r\nConnection: keep-alive\r\n\r\n")
         self.assertFalse(c.transport.disconnecting)
+
+
+class ProducerTests(unittest.TestCase):
+    def test_a_full_write_buffer_pauses_a_general_path_response(self):
+        c = Connection(fast=True)
+        c.feed(b"GET /fast HTTP/1.1\r\nHost: x\r\n\r\nGET /slow HTTP/1.1\r\nHost: x\r\n\r\n")
+        request = c.resource.slow[0]
+        paused = []
+        producer = SimpleNamespace(pauseProducing=lambda: paused.append("pause"),
+                                   resumeProducing=lambda: paused.append("resume"), stopProducing=lambda: None)
+        request.registerProducer(producer, True)
+        self.assertIs(c.transport.producer, c.protocol)  # the transport tells the connection...
+        c.transport.producer.pauseProducing()  # (as a transport does when its buffer is full)
+        c.transport.producer.resumeProducing()
+        self.assertEqual(paused, ["pause", "resume"])  # ...which tells the response's producer
+        request.unregisterProducer()
+        c.resource.finish_slow()
+        self.assertEqual(statuses(c.transport.value()), [b"200", b"200"])
 
 
 class StoppingTests(unittest.TestCase):
@@ -347,6 +379,22 @@ class TimeoutTests(unittest.TestCase):
         self.assertTrue(c.transport.value().startswith(b"HTTP/1.1 408 Request Timeout\r\n"))
         self.assertTrue(c.transport.disconnecting)
         self.assertEqual(c.resource.seen, [])
+
+    def test_a_header_section_split_after_an_idle_spell_is_timed_from_its_first_bytes(self):
+        for pipelined in (False, True):
+            c = Connection(self.LIMITS)
+            first = b"GET /a HTTP/1.1\r\nHost: x\r\n\r\n"
+            if pipelined:  # the next request's first bytes came with the first request
+                c.feed(first + b"GET /b HTTP/1.1\r\n")
+            else:
+                c.feed(first)
+                c.clock.advance(30)  # idle, well within idle_timeout
+                c.feed(b"GET /b HTTP/1.1\r\n")
+            c.clock.advance(9.5)
+            self.assertFalse(c.transport.disconnecting, pipelined)
+            c.clock.advance(0.5)
+            self.assertEqual(statuses(c.transport.value()), [b"200", b"408"], pipelined)
+            self.assertTrue(c.transport.disconnecting, pipelined)
 
     def test_a_request_being_answered_is_not_timed_out(self):
         c = Connection(self.LIMITS)

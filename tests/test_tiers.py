@@ -8,7 +8,7 @@ from dataclasses import replace
 import pytest
 
 from accel.cache.entry import EntryHead
-from accel.cache.epoch import PurgeEpoch
+from accel.cache.epoch import PurgeEpoch, url_bucket
 from accel.cache.memory import MemoryTier
 from accel.cache.store import DiskStore
 from accel.cache.tiers import TieredStore
@@ -316,3 +316,17 @@ def test_a_wide_change_forgets_what_was_absent(disk, tmp_path, monkeypatch):
     reads = count_disk_reads(here, monkeypatch)
     assert here.lookup("http://x/wide") == []
     assert reads == ["http://x/wide"]
+
+
+def test_lookup_memory_answers_only_while_the_group_is_current(disk, tmp_path):
+    here, there = tiered(disk, tmp_path), tiered(disk, tmp_path)
+    store(here, "http://x/a", b"a")
+    assert here.lookup_memory("http://x/a") == []  # not read into memory yet
+    here.lookup("http://x/a")
+    bucket = url_bucket("http://x/a")
+    for known in (None, bucket):
+        assert [item.body for item in here.lookup_memory("http://x/a", known)] == [b"a"]
+    assert here.disk.flush_access(NOW + 60) == 1  # the memory hits counted toward the disk tier's LRU
+    assert there.purge_url("http://x/a") == 1
+    assert here.lookup_memory("http://x/a", bucket) == []
+    assert here.lookup_memory("http://x/a") == []

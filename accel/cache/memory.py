@@ -116,6 +116,15 @@ class MemoryTier:
         self._evict()
         return url in self._groups
 
+    def stamped_variants(self, url: str, stamp: Any) -> list[MemoryItem]:
+        """``get_variants`` when `url`'s group has the stamp `stamp`; else [] (nothing counted)."""
+        group = self._groups.get(url)
+        if group is None or group.stamp != stamp:
+            return []
+        self._hits += 1
+        self._groups.move_to_end(url)
+        return list(group.values())
+
     def get_variants(self, url: str) -> list[MemoryItem]:
         """All items stored for `url`, marking the group most recently used."""
         group = self._groups.get(url)

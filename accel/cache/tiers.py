@@ -72,10 +72,7 @@ class TieredStore:
         epoch = self.epoch
         if epoch.current() != self._seen_epoch:
             self._sync_epoch()
-        stamp = self.memory.stamp(url)
-        if stamp is None or stamp != epoch.generation(url_bucket(url) if bucket is None else bucket):
-            return []
-        items = self.memory.get_variants(url)
+        items = self.memory.stamped_variants(url, epoch.generation(url_bucket(url) if bucket is None else bucket))
         for item in items:
             self.disk.touch(item.head)
         return items

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 from twisted.internet import tcp
 
-PLAIN_TCP = frozenset((tcp.Server, tcp.Client))  # the transports' exact types
+from accel.http.listening import AcceptedConnection
+
+PLAIN_TCP = frozenset((tcp.Server, tcp.Client, AcceptedConnection))  # the transports' exact types
 
 
 def nothing_queued(transport) -> bool:

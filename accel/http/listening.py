@@ -19,7 +19,7 @@ from __future__ import annotations
 import socket
 
 from twisted.application.internet import StreamServerEndpointService
-from twisted.internet import endpoints, tcp
+from twisted.internet import address, endpoints, tcp
 from twisted.python import log
 from twisted.internet.interfaces import IStreamServerEndpoint
 from zope.interface import implementer
@@ -55,10 +55,32 @@ class _Fixed:
         pass
 
 
+class AcceptedConnection(tcp.Server):
+    """``tcp.Server`` whose log prefix and ``repr`` are made when asked for, not formatted for every connection."""
+
+    def __init__(self, sock, protocol, client, server, sessionno, reactor) -> None:
+        tcp.Connection.__init__(self, sock, protocol, reactor)
+        if len(client) != 2:
+            self._addressType = address.IPv6Address
+        self.server = server
+        self.client = client
+        self.sessionno = sessionno
+        self.hostname = client[0]
+        self.startReading()
+        self.connected = 1
+
+    def logPrefix(self) -> str:
+        return f"{self._getLogPrefix(self.protocol)},{self.sessionno},{self.hostname}"
+
+    def __repr__(self) -> str:
+        return f"<{self.protocol.__class__.__name__} #{self.sessionno} on {self.server._realPortNumber}>"
+
+
 class QuickAccepting(tcp.Port):
     """A TCP port accepting up to ``numberAccepts`` connections per readable event in a plain loop."""
 
     numberAccepts: int
+    transport = AcceptedConnection
 
     def doRead(self) -> None:
         listener = self.socket

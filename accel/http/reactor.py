@@ -20,12 +20,11 @@ import sys
 from errno import EWOULDBLOCK
 from select import EPOLLIN
 
-from twisted.internet import tcp
 from twisted.internet.epollreactor import EPollReactor
 from twisted.internet.main import CONNECTION_DONE, CONNECTION_LOST
 from twisted.python import log
 
-_READS_DIRECTLY = frozenset((tcp.Server, tcp.Client))  # their doRead is Connection.doRead: recv, dataReceived
+from accel.http.immediate import PLAIN_TCP as _READS_DIRECTLY  # their doRead is Connection.doRead
 
 
 class DispatchingReactor(EPollReactor):
