@@ -350,7 +350,7 @@ class StoredResponse:
         return _date(self.fields, self.response_time)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # (not frozen: one is made for every cache hit, and a frozen one costs a call per field)
 class Fresh:
     """Serve ``stored``: it is fresh for ``ttl`` more seconds."""
 

@@ -232,7 +232,7 @@ class AccelSite(server.Site):
         self.access_log_format = "combined"
         self.trusts = lambda peer: False  # whether a peer is a trusted proxy (its X-Request-Id is kept)
         self._request_ids = 0
-        self._request_id_prefix = b"%08x" % int.from_bytes(os.urandom(4), "big")
+        self._request_id_prefix = b"%08x-" % int.from_bytes(os.urandom(4), "big")
 
     def buildProtocol(self, addr) -> HTTPConnection:
         return HTTPConnection(self)
@@ -265,7 +265,7 @@ class AccelSite(server.Site):
     def new_request_id(self) -> bytes:
         """A request id unique to this process's life: a random prefix and a count."""
         self._request_ids += 1
-        return b"%s-%x" % (self._request_id_prefix, self._request_ids)
+        return self._request_id_prefix + b"%x" % self._request_ids
 
     def log_hit(self, peer, message, code: int, sent: int, origin: str, route: str, transport) -> None:
         """The access-log line of a request the connection answered itself (a fast cache hit)."""
