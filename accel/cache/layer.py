@@ -63,7 +63,7 @@ _MEMO_SIZE = 4096  # bound on the small per-process tables (key memo, hit-for-mi
 
 
 def as_pure(fields: list[tuple[bytes, bytes]]) -> Fields:
-    return tuple((n.decode("latin-1").lower(), v.decode("latin-1")) for n, v in fields)
+    return tuple([(n.decode("latin-1").lower(), v.decode("latin-1")) for n, v in fields])
 
 
 def revalidation_fields(revalidate: policy.Revalidate) -> tuple[list[tuple[bytes, bytes]], frozenset]:

@@ -81,11 +81,11 @@ _DATE = next(iter(_canonical([b"date"])))
 
 def request_fields(request) -> Fields:
     """The client's header fields in the pure code's form (lower-case str names, str values)."""
-    return tuple(
+    return tuple([
         (name.decode("latin-1").lower(), value.decode("latin-1"))
         for name, values in request.requestHeaders.getAllRawHeaders()
         for value in values
-    )
+    ])
 
 
 def stored_response(head: EntryHead) -> StoredResponse:
@@ -298,7 +298,7 @@ class Responder:
         log says ``log_as`` (default: hit or miss, by ``cache_status``). ``public`` rewrites the stored
         fields into this client's URL space (ProxyPassReverse), when the response holds such fields."""
         head = variant.head
-        request.log_cache = log_as or ("hit" if b"; hit" in cache_status else "miss")
+        request.log_cache = log_as or ("hit" if cache_status.find(b"; hit") >= 0 else "miss")
         if variant.body is None or not self.store.from_memory:
             request.log_tier = "disk"
         condition = policy.evaluate_conditionals(method, fields, head.fields)

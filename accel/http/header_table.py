@@ -13,6 +13,10 @@ from __future__ import annotations
 
 from twisted.web.http_headers import Headers
 
+# Byte values, not one-byte strings: in CPython 3.11 ``b"\n" in value`` first tries the operand as an integer and
+# formats a TypeError it then discards (about 0.4 µs); ``10 in value`` is a memchr.
+_LF, _CR = ord("\n"), ord("\r")
+
 _CANONICAL: dict[bytes, bytes] = {}  # a field name as given → the name Headers stores it under
 _CANONICAL_REMEMBERED = 4096  # distinct spellings remembered (more come only from clients' odd fields)
 
@@ -46,13 +50,13 @@ class HeaderTable(Headers):
     def setRawHeaders(self, name, values) -> None:
         if type(name) is bytes and type(values) is list and len(values) == 1:
             value = values[0]
-            if type(value) is bytes and b"\n" not in value and b"\r" not in value:
+            if type(value) is bytes and _LF not in value and _CR not in value:
                 self._rawHeaders[_CANONICAL.get(name) or canonical(name)] = [value]
                 return
         super().setRawHeaders(name, values)
 
     def addRawHeader(self, name, value) -> None:
-        if type(name) is bytes and type(value) is bytes and b"\n" not in value and b"\r" not in value:
+        if type(name) is bytes and type(value) is bytes and _LF not in value and _CR not in value:
             key = _CANONICAL.get(name) or canonical(name)
             values = self._rawHeaders.get(key)
             if values is None:

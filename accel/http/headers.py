@@ -161,5 +161,7 @@ def response_to_client(
 
 def via_entry(version: bytes, pseudonym: str) -> bytes:
     """``1.1 accel`` for HTTP/1.1 (RFC 9110 §7.6.3: protocol version without "HTTP/", then our name)."""
-    number = version.split(b"/", 1)[1] if b"/" in version else version
+    _, slash, number = version.partition(b"/")
+    if not slash:
+        number = version
     return number + b" " + pseudonym.encode("ascii", "replace")

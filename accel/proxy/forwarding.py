@@ -341,7 +341,7 @@ class Forwarder:
             request.setResponseCode(response.code, response.phrase)
             if fields is None:
                 fields = self.response_fields(request, route, fetched)
-            if any(name.lower() == b"date" for name, _ in fields):
+            if b"date" in [name.lower() for name, _ in fields]:
                 request.responseHeaders.removeHeader(b"date")
             for name, value in fields:
                 request.responseHeaders.addRawHeader(name, value)
