@@ -688,10 +688,11 @@ def run_scenarios(settings, tools, notes):
                                                                              settings.workers)
             if tools.nginx:
                 children["nginx"], systems["nginx"] = run.start_nginx()
-        uncached_port = None
+        systems_for = {name: systems for name in wanted}  # (the systems a scenario measures, by name)
         if "pass-1k-uncached" in wanted:
             _, uncached_port, _ = run.start_accel("accel-uncached", run.work / "cache-uncached", settings.workers,
                                                   config_text=UNCACHED_ROUTE.format(port=run.origin_port))
+            systems_for["pass-1k-uncached"] = {**systems, "accel": uncached_port}
         for name in wanted:
             results[name] = {"rounds": {s: [] for s in systems}}
         for rnd in range(settings.rounds):
@@ -699,7 +700,7 @@ def run_scenarios(settings, tools, notes):
                 entry = results[name]
                 if "error" in entry:
                     continue
-                for system, port in systems.items():
+                for system, port in systems_for[name].items():
                     try:
                         if name == "collapse":
                             measured = collapse_once(run, port, f"{system}-{rnd}")
@@ -709,8 +710,6 @@ def run_scenarios(settings, tools, notes):
                             measured = reload_once(settings, tools, port, children[system], system)
                         elif name == "shield":
                             measured = shield_once(settings, run, port)
-                        elif name == "pass-1k-uncached" and system == "accel":
-                            measured = throughput_once(settings, tools, uncached_port, name)
                         else:
                             measured = throughput_once(settings, tools, port, name)
                     except Exception as exc:  # record it, go on with the other scenarios

@@ -110,7 +110,6 @@ class FastHits:
 
     def _hit(self, where: tuple, message) -> FastHit | None:
         key, policy_, origin, route, label, bucket, _ = where
-        compress = route.compress
         items = self.store.lookup_memory(key, bucket)
         selected = None
         fields = None
@@ -128,23 +127,12 @@ class FastHits:
             selected = item
         if selected is None or selected.body is None or selected.head.reverse_origin:
             return None  # (reverse_origin: fields rewritten for each client, which the general path does)
-        prepared = selected.extra
-        if not self.responder.prepared_for(prepared, selected.head, policy_):
-            prepared = Prepared(self.responder, policy_, selected.head)
-            self.store.set_extra(selected.head, prepared)
-        if prepared.fields is None:
+        answer = self.responder.fresh_prepared(selected.head, selected.body, selected.extra, policy_, route.compress,
+                                               message.accept_encoding)
+        if answer is None:
             return None
-        fresh = policy.fresh_for_plain_request(prepared.stored, prepared.freshness, self.layer.clock())
-        if fresh is None:
-            return None
+        prepared, body, fresh = answer
         age, ttl = max(0, int(fresh.age)), math.floor(fresh.ttl)
-        body = selected.body
-        if compress.enabled:
-            coded = self.responder.coded(prepared, body, compress, message.accept_encoding)
-            if coded is not None:
-                prepared, body = coded
-                if prepared.fields is None:
-                    return None
         if message.conditional:
             method = message.method.decode("latin-1")
             condition = policy.evaluate_conditionals(method, fields or as_pure(message.headers), prepared.head.fields)

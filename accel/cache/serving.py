@@ -217,6 +217,28 @@ class Responder:
             self._negotiated[memo] = coding
         return coding
 
+    def fresh_prepared(self, head: EntryHead, body: bytes | None, prepared, policy_: CachePolicy, compress: Compress,
+                       accept_encoding: bytes | None):
+        """The prepared path's decision on the one stored response a plain request selects (``head``, its body
+        if in memory, its ``Prepared`` if made): (Prepared, body, ``policy.Fresh``) in the coding the request
+        accepts, when it is fresh; None when the general path must decide. Shared by ``serve_plain`` and
+        ``accel.cache.fast``."""
+        if not self.prepared_for(prepared, head, policy_):
+            prepared = Prepared(self, policy_, head)
+            self.store.set_extra(head, prepared)
+        if prepared.fields is None:
+            return None
+        fresh = policy.fresh_for_plain_request(prepared.stored, prepared.freshness, self.clock())
+        if fresh is None:
+            return None
+        if compress.enabled:
+            coded = self.coded(prepared, body, compress, accept_encoding)
+            if coded is not None:
+                prepared, body = coded
+                if prepared.fields is None:
+                    return None
+        return prepared, body, fresh
+
     def serve_plain(self, request, policy_: CachePolicy, found, compress: Compress = Compress()) -> bool | str:
         """The prepared path for a plain request (see ``_NOT_PLAIN``) that selects one stored response:
         answer it if that response is fresh, with the header section encoded when it was first served.
@@ -240,20 +262,10 @@ class Responder:
         if selected is None or selected[0].reverse_origin:
             return False  # (fields ProxyPassReverse rewrites for each client: the general path writes them)
         head, body, prepared = selected
-        if not self.prepared_for(prepared, head, policy_):
-            prepared = Prepared(self, policy_, head)
-            self.store.set_extra(head, prepared)
-        if prepared.fields is None:
+        answer = self.fresh_prepared(head, body, prepared, policy_, compress, request.getHeader(b"accept-encoding"))
+        if answer is None:
             return False
-        fresh = policy.fresh_for_plain_request(prepared.stored, prepared.freshness, self.clock())
-        if fresh is None:
-            return False
-        if compress.enabled:
-            coded = self.coded(prepared, body, compress, request.getHeader(b"accept-encoding"))
-            if coded is not None:
-                prepared, body = coded
-                if prepared.fields is None:
-                    return False
+        prepared, body, fresh = answer
         chunks = None
         if body is None and request.method != b"HEAD" and head.body_length:
             try:

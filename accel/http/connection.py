@@ -320,7 +320,7 @@ class HTTPConnection(Protocol):
             if kind == _HOST:
                 hosts += 1
                 message.host = value
-                if value not in _SEEN_HOSTS and not valid_host(value):
+                if not valid_host(value):
                     raise Refused(400)
             elif kind == _LENGTH:
                 length = int(value)  # llhttp checked it: digits only, not repeated

@@ -120,16 +120,18 @@ class SharingPort(QuickAccepting):
 
 def accept_in_batches(port):
     """Make a listening TCP port accept up to ``ACCEPT_BATCH`` connections per readable event."""
-    if type(port) is tcp.Port:
-        port.__class__ = BatchAcceptingPort
-    return port
+    return _accepting_as(port, BatchAcceptingPort)
 
 
 def accept_sharing(port):
     """Make a listening TCP port that other processes accept on too take ``SHARED_ACCEPT_BATCH`` connections
     per readable event."""
-    if type(port) is tcp.Port:
-        port.__class__ = SharingPort
+    return _accepting_as(port, SharingPort)
+
+
+def _accepting_as(port, kind: type[QuickAccepting]):
+    if type(port) is tcp.Port:  # (not a TLS or UNIX port, nor one already changed)
+        port.__class__ = kind
     return port
 
 

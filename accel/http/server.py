@@ -43,8 +43,8 @@ class AccelRequest(server.Request):
 
     def __init__(self, channel, queued=None):
         super().__init__(channel, queued)
-        self.requestHeaders = HeaderTable()
-        self.responseHeaders = HeaderTable()
+        # The empty Headers twisted.web made become HeaderTables (same slots), rather than two more objects.
+        self.requestHeaders.__class__ = self.responseHeaders.__class__ = HeaderTable
         self.started = 0.0  # set_message gives the time the request's first byte arrived
         self.body: RequestBody | None = None
         self.log_origin = "-"
