@@ -330,3 +330,18 @@ def test_lookup_memory_answers_only_while_the_group_is_current(disk, tmp_path):
     assert there.purge_url("http://x/a") == 1
     assert here.lookup_memory("http://x/a", bucket) == []
     assert here.lookup_memory("http://x/a") == []
+
+
+def test_a_body_of_known_length_is_stored_as_its_last_bytes_arrive(cache):
+    """accel.cache.layer.EntryWriter commits before the relay writes the last bytes to the client: a client that
+    has the whole response finds it stored, whichever process its next request reaches."""
+    from accel.cache.layer import EntryWriter
+
+    writer = EntryWriter(cache, make_head("http://x/known"), expected=6, max_size=1 << 20, keep_up_to=1 << 20,
+                         clock=lambda: NOW)
+    writer.write(b"abc")
+    assert cache.lookup("http://x/known") == []
+    writer.write(b"def")
+    [(head, body, _)] = cache.lookup("http://x/known")
+    assert (head.body_length, body) == (6, b"abcdef")
+    assert writer.finish(True) == head  # the relay's end finds it committed already

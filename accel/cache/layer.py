@@ -821,7 +821,10 @@ def _variant_for(variants: list[Variant], stored: StoredResponse) -> Variant:
 
 
 class EntryWriter:
-    """Tees a response body into the store; the entry is committed only when complete and of the right length."""
+    """Tees a response body into the store; the entry is committed only when complete and of the right length.
+
+    A body of known length is committed as its last bytes arrive, before the relay hands them to the client:
+    a client that has the whole response finds it stored, whichever worker its next request reaches."""
 
     def __init__(self, store: TieredStore, template: EntryHead, expected, max_size: int, keep_up_to: int, clock):
         self.store = store
@@ -834,6 +837,8 @@ class EntryWriter:
         self.size = 0
         self.chunks: list[bytes] | None = []
         self.abandoned = False
+        self.finished = False
+        self.stored: EntryHead | None = None  # what finish committed
 
     def write(self, data: bytes) -> None:
         """Store a chunk; a store that fails gives up this entry, never the response streaming past."""
@@ -854,6 +859,11 @@ class EntryWriter:
                 self.chunks.append(data)
             else:
                 self.chunks = None
+        if self.size == self.expected:
+            try:
+                self.finish(True)
+            except Exception:
+                log.failure("storing {url} failed; it is relayed without being stored", url=self.template.url)
 
     def abandon(self) -> None:
         self.abandoned = True
@@ -864,14 +874,19 @@ class EntryWriter:
             log.failure("discarding the partial entry of {url} failed", url=self.template.url)
 
     def finish(self, complete: bool) -> EntryHead | None:
-        """Commit if the body is complete (§3.3); otherwise nothing becomes visible."""
+        """Commit if the body is complete (§3.3); otherwise nothing becomes visible. Once finished (also by
+        ``write``, at the expected length), it answers what it committed."""
+        if self.finished:
+            return self.stored
+        self.finished = True
         if self.abandoned:
             return None
         if not complete:
             self.writer.abort()
             return None
         head = replace(self.template, body_length=self.size, stored_at=self.clock())
-        return self.store.commit(self.writer, head, self.expected, body=self.body())
+        self.stored = self.store.commit(self.writer, head, self.expected, body=self.body())
+        return self.stored
 
     def body(self) -> bytes | None:
         return b"".join(self.chunks) if self.chunks is not None else None
