@@ -8,7 +8,7 @@ import sys
 import textwrap
 from pathlib import Path
 
-from accel.cache.epoch import BUCKETS, PurgeEpoch
+from accel.cache.epoch import BUCKETS, PurgeEpoch, url_bucket
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -33,6 +33,25 @@ def test_bump_is_visible_to_another_instance(tmp_path):
     assert first.current() == seen + 2
     first.close()
     second.close()
+
+
+def test_unchanged_sees_another_instances_changes(tmp_path):
+    first = PurgeEpoch(tmp_path / "purge-epoch")
+    other = PurgeEpoch(tmp_path / "purge-epoch")
+    url = "http://o/a"
+    bucket = url_bucket(url)
+    seen = (first.current(), bucket, first.generation(bucket))
+    assert first.unchanged(*seen)
+    assert url_bucket("http://o/elsewhere") != bucket
+    other.changed(["http://o/elsewhere"])
+    assert first.unchanged(*seen)  # another bucket's change
+    other.changed([url])
+    assert not first.unchanged(*seen)
+    seen = (first.current(), bucket, first.generation(bucket))
+    other.bump()
+    assert not first.unchanged(*seen)
+    first.close()
+    other.close()
 
 
 def test_value_survives_reopen(tmp_path):

@@ -14,10 +14,11 @@ from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
 from twisted.trial import unittest
 from twisted.web.server import NOT_DONE_YET
 
+from accel.cache.fast import FastHits
 from accel.config import CacheSettings, TLSSettings
 from accel.http.connection import HTTPConnection
 from tests.support import RawClient, get, raw_request, temporary_directory, until
-from tests.test_cache_e2e import cached_stack, responder
+from tests.test_cache_e2e import cached_stack, origin_hits, responder
 from tests.test_tls import OffloadCase
 from tests.tls_support import https_client
 
@@ -174,6 +175,88 @@ class OneBehaviourTests(unittest.TestCase):
         self.assertEqual(answered, [b"/a"])
         stack.accel_site.cache.store.purge_url(stack.origin_url + "/a")  # the key names the origin
         self.assertIn(b"fwd=uri-miss", (yield raw_request(port, request)))
+
+
+class RememberedAnswerTests(unittest.TestCase):
+    """A fast hit's answer is remembered while its Age and ttl values hold (accel.cache.fast.FastHits._answers):
+    the clock and the shared change counters end it, never a stale or a purged response."""
+
+    def setUp(self):
+        self.stack, _ = prepare(self)
+        self.start = float(int(FIXED))  # a whole second: the origin's Date (whole seconds, not earlier) adds no age
+        self.now = [self.start]
+        for layer in self.stack.accel_site.cache.layers:
+            layer.clock = lambda: self.now[0]
+        self.port = self.stack.accel_port.getHost().port
+        self.decided = []  # the targets FastHits decided (not answered from a remembered answer)
+        original = FastHits._hit
+
+        def decide(fast_hits, where, message, remember_as):
+            self.decided.append(message.target)
+            return original(fast_hits, where, message, remember_as)
+
+        self.patch(FastHits, "_hit", decide)
+
+    def at(self, offset: float, target: bytes = b"/a", fields: bytes = b""):
+        self.now[0] = self.start + offset
+        return raw_request(self.port, b"GET %s HTTP/1.1\r\nHost: h\r\n%sConnection: close\r\n\r\n" % (target, fields))
+
+    @defer.inlineCallbacks
+    def stored(self, target: bytes):
+        for _ in range(2):  # stored, then brought into the memory tier
+            yield self.at(0.0, target)
+        del self.decided[:]
+
+    @defer.inlineCallbacks
+    def test_the_answer_is_remembered_until_its_age_would_change(self):
+        yield self.stored(b"/a")
+        answers = []
+        for offset in (0.25, 0.5, 0.99, 1.01, 1.5, 2.01):
+            answers.append(re.search(rb"\r\nAge: (\d+)\r\n", (yield self.at(offset))).group(1))
+        self.assertEqual(answers, [b"0", b"0", b"0", b"1", b"1", b"2"])
+        self.assertEqual(self.decided, [b"/a", b"/a", b"/a"])  # at 0.25, 1.01 and 2.01; the others remembered
+
+    @defer.inlineCallbacks
+    def test_a_response_is_not_served_from_memory_once_it_is_stale(self):
+        self.stack.origin.handlers[b"/short"] = responder(body=b"short", cache_control="max-age=2")
+        yield self.stored(b"/short")
+        self.assertIn(b"; hit; ttl=0", (yield self.at(1.5, b"/short")))
+        self.assertIn(b"; hit; ttl=0", (yield self.at(1.99, b"/short")))  # remembered
+        self.assertNotIn(b"; hit", (yield self.at(2.0, b"/short")))  # stale at 2 s: the origin is asked
+        self.assertEqual(origin_hits(self.stack, b"/short"), 2)
+
+    @defer.inlineCallbacks
+    def test_a_change_to_the_stored_response_ends_the_remembered_answer(self):
+        yield self.stored(b"/a")
+        yield self.at(0.1)
+        yield self.at(0.2)
+        self.assertEqual(self.decided, [b"/a"])
+        # Another process replaces the entry: its bucket's generation moves in the shared counters.
+        self.stack.accel_site.cache.store.epoch.changed([self.stack.origin_url + "/a"])
+        self.assertIn(b"; hit;", (yield self.at(0.3)))
+        self.assertEqual(self.decided, [b"/a", b"/a"])
+        self.stack.accel_site.cache.store.purge_url(self.stack.origin_url + "/a")
+        self.assertIn(b"fwd=uri-miss", (yield self.at(0.4)))
+
+    @defer.inlineCallbacks
+    def test_conditional_and_varying_requests_are_decided_each_time(self):
+        yield self.stored(b"/vary")
+        yield self.stored(b"/a")
+        for _ in range(2):
+            yield self.at(0.1, b"/vary")
+            yield self.at(0.1, b"/a", b'If-None-Match: "v1"\r\n')
+        self.assertEqual(self.decided, [b"/vary", b"/a", b"/vary", b"/a"])
+
+    @defer.inlineCallbacks
+    def test_accept_encoding_values_are_remembered_apart(self):
+        yield self.stored(b"/a")
+        plain = yield self.at(0.1, b"/a")
+        gzip = yield self.at(0.1, b"/a", b"Accept-Encoding: gzip\r\n")
+        self.assertEqual(self.decided, [b"/a", b"/a"])
+        self.assertEqual((yield self.at(0.2, b"/a")).partition(b"\r\n\r\n")[2], plain.partition(b"\r\n\r\n")[2])
+        self.assertEqual((yield self.at(0.2, b"/a", b"Accept-Encoding: gzip\r\n")).partition(b"\r\n\r\n")[2],
+                         gzip.partition(b"\r\n\r\n")[2])
+        self.assertEqual(self.decided, [b"/a", b"/a"])
 
 
 class PipeliningTests(unittest.TestCase):

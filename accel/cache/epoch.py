@@ -69,6 +69,13 @@ class PurgeEpoch:
         """The generation of URL bucket ``bucket`` (see ``url_bucket``): one read of shared memory."""
         return _COUNTER.unpack_from(self._map, _COUNTER.size * (1 + bucket))[0]
 
+    def unchanged(self, epoch: int, bucket: int, generation: int) -> bool:
+        """Whether the epoch is still ``epoch`` and bucket ``bucket``'s generation still ``generation``: nothing
+        stored under the bucket's URLs changed since both were read (two reads of shared memory)."""
+        counters = self._map
+        return (_COUNTER.unpack_from(counters)[0] == epoch
+                and _COUNTER.unpack_from(counters, _COUNTER.size * (1 + bucket))[0] == generation)
+
     def changed(self, urls: Iterable[str] | None) -> None:
         """Tell every process that the stored entries of ``urls`` changed (None: unknown, maybe all)."""
         buckets = None if urls is None else {url_bucket(url) for url in urls}

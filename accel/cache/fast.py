@@ -14,6 +14,13 @@ once and kept beside it (``Responder.coded``): negotiation is one dict lookup of
 Per hit: one dict lookup of (TLS, Host, request-target) for the route, the key and the policy; the memory
 tier's lookup; the freshness check; and, once a second per stored response, formatting Age and
 Cache-Status.
+
+A hit's answer holds until its Age or ttl value would change or its freshness would end, whichever is first
+(at most a second), unless the stored response changes. So an unconditional request with neither Vary nor
+access rules in the way is answered from ``_answers`` by (TLS, Host, request-target, Accept-Encoding): one
+clock read and two reads of the shared change counters (``PurgeEpoch.unchanged``: a purge, a replacement or a
+change by another process ends it at once, as it ends the memory tier's group). The use counts for the
+memory tier's LRU and the disk tier's access time are noted when the answer is made, once per second.
 """
 
 from __future__ import annotations
@@ -27,10 +34,11 @@ from accel.cache.layer import CacheLayer, as_pure
 from accel.cache.serving import CONDITIONAL_FIELDS, NOT_PLAIN_FIELDS, Prepared, encode_fields
 from accel.cache.vary import matches
 from accel.http.target import UnsafeTarget, normalise_target
-from accel.http.traffic import route_label
+from accel.http.traffic import counted_as, route_label
 from accel.proxy.forwarding import ReverseProxy
 
 _MEMO_SIZE = 4096
+_ANSWERS_KEPT = 1024  # remembered answers (the table is emptied when full: each lasts a second at most)
 _JOINED_UP_TO = 16384  # a body up to this size is kept joined to its header section (FastHit.rest)
 
 
@@ -41,7 +49,7 @@ class FastHit:
     ``rest`` is what follows the request id's value in a GET's answer without HSTS, joined once."""
 
     __slots__ = ("status", "status_line", "section", "body", "rest", "replaces_date", "has_server", "has_hsts",
-                 "origin", "age", "ttl", "route")
+                 "origin", "age", "ttl", "route", "counted_as")
 
     def __init__(self, status: int, reason: bytes, section: bytes, body: bytes, replaces_date: bool,
                  names: frozenset, origin: str, age: int, ttl: int, route: str):
@@ -55,6 +63,7 @@ class FastHit:
         self.has_hsts = b"Strict-Transport-Security" in names
         self.origin, self.age, self.ttl = origin, age, ttl
         self.route = route  # its label in the traffic figures (accel.http.traffic)
+        self.counted_as = counted_as(route, b"GET", status, "memory")  # (a HEAD's method class is the same)
 
 
 def _ok(prepared: Prepared, body: bytes, age: int, ttl: int, origin: str, route: str) -> FastHit:
@@ -89,27 +98,45 @@ class FastHits:
         self.store = layer.store
         self.responder = layer.responder
         self.admission = proxy.admission
+        self.epoch = self.store.epoch
+        self.memory = self.store.memory
         self._targets: dict[tuple[bool, bytes, bytes], tuple | None] = {}
+        # (TLS, Host, request-target, Accept-Encoding) -> (FastHit, until, epoch, bucket, generation)
+        self._answers: dict[tuple, tuple] = {}
 
     def __call__(self, secure: bool, message, peer: Callable[[], object]) -> FastHit | None:
         """The answer to ``message`` (an ``accel.http.connection.Message``: a GET or HEAD without a body
         and without fields in ``not_plain``) from the client ``peer()`` gives, or None when the general path
         must answer."""
+        remember_as = None
+        if not message.conditional:
+            remember_as = (secure, message.host, message.target, message.accept_encoding)
+            answer = self._answers.get(remember_as)
+            if (answer is not None and self.layer.clock() < answer[1]
+                    and self.epoch.unchanged(answer[2], answer[3], answer[4])):
+                self.memory.hits += 1
+                return answer[0]
         where = self._targets.get((secure, message.host, message.target), False)
         if where is False:
             where = self._resolve(secure, message.host, message.target)
         if where is None:
             return None
-        hit = self._hit(where, message)
-        if hit is None or not where[6]:
-            return hit
+        if not where[6]:
+            return self._hit(where, message, remember_as)
+        hit = self._hit(where, message, None)
+        if hit is None:
+            return None
         # The route's access rules, methods and rate limit, as ReverseProxy.render applies them.
         refusal = self.admission.admit(where[3], peer(), message.method, _values(message.headers),
                                        self.admission.clock(), count=False)
         return hit if refusal is None else None  # refused: ReverseProxy.render answers (and counts) it
 
-    def _hit(self, where: tuple, message) -> FastHit | None:
+    def _hit(self, where: tuple, message, remember_as: tuple | None) -> FastHit | None:
+        """The hit for ``message``; remembered as ``remember_as`` (when given) for as long as it holds."""
         key, policy_, origin, route, label, bucket, _ = where
+        if remember_as is not None:
+            now = self.layer.clock()  # (read before the decision, as the counters before the lookup: the answer
+            counters = self.store.counters(bucket)  # is remembered for no longer than it holds)
         items = self.store.lookup_memory(key, bucket)
         selected = None
         fields = None
@@ -148,7 +175,22 @@ class FastHits:
         if (hit is None or hit.age != age or hit.ttl != ttl or hit.origin is not origin or hit.body is not body
                 or hit.route is not label):
             hit = prepared.fast = _ok(prepared, body, age, ttl, origin, label)
+        if remember_as is not None and not selected.head.vary_names:
+            self._remember(remember_as, hit, now, fresh, bucket, counters)
         return hit
+
+    def _remember(self, remember_as: tuple, hit: FastHit, now: float, fresh: policy.Fresh, bucket: int,
+                  counters: tuple[int, int]) -> None:
+        """Keep ``hit`` (made at ``now`` from ``fresh``) until its Age or ttl value would change, which is also
+        before it is no longer fresh (RFC 9111 §4.2: fresh while the lifetime exceeds the age)."""
+        if fresh.age < 0:
+            return  # (a response dated in the future: Age stays 0 for longer than a second's step)
+        holds_for = min(1 - fresh.age % 1, fresh.ttl % 1)
+        if holds_for <= 0:
+            return
+        if len(self._answers) >= _ANSWERS_KEPT:
+            self._answers.clear()
+        self._answers[remember_as] = (hit, now + holds_for, counters[0], bucket, counters[1])
 
     def _resolve(self, secure: bool, host: bytes, target: bytes) -> tuple | None:
         """What ``ReverseProxy.render`` and ``CacheLayer.handle`` decide from the host and target alone: the

@@ -67,7 +67,7 @@ class MemoryTier:
         self._groups: OrderedDict[str, _Group] = OrderedDict()
         self._bytes = 0
         self._count = 0
-        self._hits = 0
+        self.hits = 0  # lookups answered from memory (accel.cache.fast counts its remembered answers here too)
         self._misses = 0
         self._evictions = 0
 
@@ -121,7 +121,7 @@ class MemoryTier:
         group = self._groups.get(url)
         if group is None or group.stamp != stamp:
             return []
-        self._hits += 1
+        self.hits += 1
         self._groups.move_to_end(url)
         return list(group.values())
 
@@ -131,7 +131,7 @@ class MemoryTier:
         if group is None:
             self._misses += 1
             return []
-        self._hits += 1
+        self.hits += 1
         self._groups.move_to_end(url)
         return list(group.values())
 
@@ -212,7 +212,7 @@ class MemoryTier:
             "bytes": self._bytes,
             "max_bytes": self.max_bytes,
             "max_objects": self.max_objects,
-            "hits": self._hits,
+            "hits": self.hits,
             "misses": self._misses,
             "evictions": self._evictions,
         }

@@ -65,6 +65,11 @@ class TieredStore:
         self.from_memory = False
         return self._promote(url, bucket)
 
+    def counters(self, bucket: int) -> tuple[int, int]:
+        """(epoch, generation of ``bucket``) as they are now. Read before ``lookup_memory``: what it returns
+        stays what the disk holds while ``epoch.unchanged`` holds for both."""
+        return self.epoch.current(), self.epoch.generation(bucket)
+
     def lookup_memory(self, url: str, bucket: int | None = None) -> list:
         """The memory tier's items for `url` (MemoryItem: head, body, extra); [] when it holds none or its
         group changed on disk since it was read (then ``lookup`` reads the disk tier). Use counts toward the

@@ -77,9 +77,13 @@ class Traffic:
 
     def request(self, route: str, method: bytes, status: int, outcome: str, seconds: float, target: bytes) -> None:
         """One answered request (``route``: its label, "-" for none)."""
-        if not self.counting:
-            return
-        key = (route, _METHOD_CLASSES.get(method, "other"), _STATUS_CLASSES[status // 100], outcome)
+        if self.counting:
+            self.answered(counted_as(route, method, status, outcome), seconds, target)
+
+    def answered(self, key: tuple[str, str, str, str], seconds: float, target: bytes) -> None:
+        """One answered request, counted under ``key`` (``counted_as``'s, which a caller answering many alike
+        makes once); only while ``counting``."""
+        route, outcome = key[0], key[3]
         requests = self.requests
         requests[key] = requests.get(key, 0) + 1
         histogram = self.latency.get(route)
@@ -146,6 +150,11 @@ class Traffic:
             "collapsed": self.collapsed,
             "tunnels": self.tunnels,
         }
+
+
+def counted_as(route: str, method: bytes, status: int, outcome: str) -> tuple[str, str, str, str]:
+    """The key ``Traffic.requests`` counts a request under: route label, method class, status class, outcome."""
+    return route, _METHOD_CLASSES.get(method, "other"), _STATUS_CLASSES[status // 100], outcome
 
 
 def tunnel_closed(figures: list[int], reason: str) -> None:
