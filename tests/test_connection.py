@@ -13,6 +13,7 @@ from twisted.trial import unittest
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET
 
+from accel.cache.fast import FastHit
 from accel.config import Limits
 from accel.http import connection as connection_module
 from accel.http.connection import PIPELINE_LIMIT, SWEEP_TICK, valid_host
@@ -48,10 +49,7 @@ def fast_hit_for(target: bytes):
     """A FastHit as accel.cache.fast makes them, for ``/fast`` only."""
     body = b"fast body"
     section = b"Age: 0\r\nCache-Status: accel; hit; ttl=60\r\nContent-Length: %d\r\n" % len(body)
-    return SimpleNamespace(
-        status=200, status_line=b" 200 OK\r\n", body=body, replaces_date=False, has_server=False, has_hsts=False,
-        origin="http://origin", route="/", section=section, rest=b"\r\n" + section + b"\r\n" + body,
-    ) if target == b"/fast" else None
+    return FastHit(200, b"OK", section, body, False, frozenset(), "http://origin", 0, 60, "/") if target == b"/fast" else None
 
 
 class FakeFastHits:

@@ -135,9 +135,8 @@ class Message:
     accept_encoding: bytes | None = None  # its lines joined, for the fast path's content coding
     request_id: bytes | None = None  # X-Request-Id as sent, then the one accel uses (request_id_for)
 
-    def __init__(self, started: float):
-        self.started = started
-        self.headers: list[tuple[bytes, bytes]] = []
+    started: float  # time.monotonic() when its first bytes were parsed
+    headers: list[tuple[bytes, bytes]]  # as received (both set by on_message_begin, without an __init__ to call)
 
 
 @implementer(IPushProducer)
@@ -187,7 +186,9 @@ class HTTPConnection(Protocol):
     def dataReceived(self, data: bytes) -> None:
         if self.closing:
             return
-        self.traffic.received(len(data))
+        traffic = self.traffic
+        if traffic.counting:
+            traffic.bytes_in += len(data)  # (Traffic.received, inline on the way of every request)
         if self.head_bytes >= 0:
             self.head_bytes += len(data)
         self._parsing = True
@@ -239,7 +240,9 @@ class HTTPConnection(Protocol):
     # -- parser callbacks -----------------------------------------------------------------------------
 
     def on_message_begin(self) -> None:
-        self.message = Message(time.monotonic())
+        self.message = message = Message()
+        message.started = time.monotonic()
+        message.headers = []
 
     def on_url(self, part: bytes) -> None:
         message = self.message
@@ -425,9 +428,9 @@ class HTTPConnection(Protocol):
         if apart:
             self.transport.write(apart)
         traffic = self.traffic
-        traffic.sent(len(data) + len(apart))
-        traffic.request(hit.route, message.method, hit.status, "memory", time.monotonic() - message.started,
-                        message.target)
+        if traffic.counting:
+            traffic.bytes_out += len(data) + len(apart)  # (Traffic.sent, inline)
+            traffic.answered(hit.counted_as, time.monotonic() - message.started, message.target)
         if site.access_log:
             site.log_hit(self.getPeer(), message, hit.status, len(hit.body) if get else 0, hit.origin, hit.route,
                          self.transport)
