@@ -248,6 +248,23 @@ class RememberedAnswerTests(unittest.TestCase):
         self.assertEqual(self.decided, [b"/vary", b"/a", b"/vary", b"/a"])
 
     @defer.inlineCallbacks
+    def test_a_response_varying_by_accept_encoding_is_remembered_per_value(self):
+        self.stack.origin.handlers[b"/coded"] = lambda request: (
+            request.setHeader(b"cache-control", b"max-age=600"), request.setHeader(b"vary", b"Accept-Encoding"),
+            b"as " + (request.getHeader(b"accept-encoding") or b"nothing"))[-1]
+        gzip = b"Accept-Encoding: gzip\r\n"
+        for fields in (b"", gzip):
+            for _ in range(2):
+                yield self.at(0.0, b"/coded", fields)
+        del self.decided[:]
+        bodies = []
+        for fields in (b"", gzip, b"", gzip, b"Accept-Encoding: br\r\n"):
+            bodies.append((yield self.at(0.1, b"/coded", fields)).partition(b"\r\n\r\n")[2])
+        self.assertEqual(bodies[:4], [b"as nothing", b"as gzip", b"as nothing", b"as gzip"])
+        self.assertEqual(self.decided, [b"/coded", b"/coded", b"/coded"])  # the third: br, not stored (a miss)
+        self.assertEqual(origin_hits(self.stack, b"/coded"), 3)
+
+    @defer.inlineCallbacks
     def test_accept_encoding_values_are_remembered_apart(self):
         yield self.stored(b"/a")
         plain = yield self.at(0.1, b"/a")

@@ -16,8 +16,8 @@ tier's lookup; the freshness check; and, once a second per stored response, form
 Cache-Status.
 
 A hit's answer holds until its Age or ttl value would change or its freshness would end, whichever is first
-(at most a second), unless the stored response changes. So an unconditional request with neither Vary nor
-access rules in the way is answered from ``_answers`` by (TLS, Host, request-target, Accept-Encoding): one
+(at most a second), unless the stored response changes. So an unconditional request with neither access
+rules nor a Vary other than Accept-Encoding in the way is answered from ``_answers`` by (TLS, Host, request-target, Accept-Encoding): one
 clock read and two reads of the shared change counters (``PurgeEpoch.unchanged``: a purge, a replacement or a
 change by another process ends it at once, as it ends the memory tier's group). The use counts for the
 memory tier's LRU and the disk tier's access time are noted when the answer is made, once per second.
@@ -39,6 +39,9 @@ from accel.proxy.forwarding import ReverseProxy
 
 _MEMO_SIZE = 4096
 _ANSWERS_KEPT = 1024  # remembered answers (the table is emptied when full: each lasts a second at most)
+# The Vary a remembered answer's response may have: none, or Accept-Encoding, whose lines the answer's key holds
+# (joined as sent: equal keys select the same stored response, RFC 9111 §4.1).
+_REMEMBERED_VARY = ((), ("accept-encoding",))
 _JOINED_UP_TO = 16384  # a body up to this size is kept joined to its header section (FastHit.rest)
 
 
@@ -175,7 +178,7 @@ class FastHits:
         if (hit is None or hit.age != age or hit.ttl != ttl or hit.origin is not origin or hit.body is not body
                 or hit.route is not label):
             hit = prepared.fast = _ok(prepared, body, age, ttl, origin, label)
-        if remember_as is not None and not selected.head.vary_names:
+        if remember_as is not None and selected.head.vary_names in _REMEMBERED_VARY:
             self._remember(remember_as, hit, now, fresh, bucket, counters)
         return hit
 
