@@ -17,10 +17,11 @@ Cache-Status.
 
 A hit's answer holds until its Age or ttl value would change or its freshness would end, whichever is first
 (at most a second), unless the stored response changes. So an unconditional request with neither access
-rules nor a Vary other than Accept-Encoding in the way is answered from ``_answers`` by (TLS, Host, request-target, Accept-Encoding): one
-clock read and two reads of the shared change counters (``PurgeEpoch.unchanged``: a purge, a replacement or a
-change by another process ends it at once, as it ends the memory tier's group). The use counts for the
-memory tier's LRU and the disk tier's access time are noted when the answer is made, once per second.
+rules nor a Vary other than Accept-Encoding in the way is answered from ``_answers`` by (TLS, Host,
+request-target, Accept-Encoding): one clock read and two reads of the shared change counters
+(``PurgeEpoch.unchanged``: a purge, a replacement or a change by another process ends it at once, as it ends
+the memory tier's group). The use counts for the memory tier's LRU and the disk tier's access time are
+noted when the answer is made, once per second.
 """
 
 from __future__ import annotations
