@@ -126,6 +126,29 @@ class TimeoutTests(unittest.TestCase):
         self.assertTrue(transport.disconnecting)
         self.assertEqual(origin.idle, [])
 
+    def test_requests_in_flight_share_one_delayed_call(self):
+        clock, endpoint, origin = client(max_connections=3)
+        first = results(origin.fetch(b"GET", b"/1", FIELDS, timeout=10))
+        clock.advance(4)
+        later = [results(origin.fetch(b"GET", b"/%d" % n, FIELDS, timeout=10)) for n in (2, 3)]
+        self.assertEqual(len([call for call in clock.getDelayedCalls() if call.active()]), 1)
+        clock.advance(6)  # the first one's deadline, exactly
+        self.assertTrue(first[0].check(OriginTimeout))
+        self.assertEqual(later, [[], []])
+        clock.advance(4)  # theirs
+        self.assertTrue(all(got[0].check(OriginTimeout) for got in later))
+        self.assertEqual([call for call in clock.getDelayedCalls() if call.active()], [])
+
+    def test_answered_requests_stop_their_timeout(self):
+        clock, endpoint, origin = client()
+        got = results(origin.fetch(b"GET", b"/", FIELDS, timeout=10))
+        endpoint.made[0][0].dataReceived(b"HTTP/1.1 204 No Content\r\n\r\n")
+        self.assertEqual(origin.deadlines.timers, set())
+        clock.advance(10)
+        self.assertEqual(got[0].response.code, 204)
+        origin.close()
+        self.assertEqual([call for call in clock.getDelayedCalls() if call.active()], [])
+
 
 class CapTests(unittest.TestCase):
     def test_requests_over_the_cap_wait_in_order_and_a_full_queue_is_busy(self):

@@ -40,7 +40,6 @@ from accel.proxy.balancing import Balancers, NoUsableMember
 from accel.proxy.origin import Fetched, OriginBusy, OriginClients, OriginTimeout, OriginUnavailable
 from accel.proxy.rewrite import ReverseMap, reverse_fields
 from accel.proxy.routing import RouteTable, origin_target
-from accel.proxy.timer import IdleTimer
 
 log = Logger()
 
@@ -355,7 +354,7 @@ class Forwarder:
             request.responseHeaders.setRawHeaders(b"content-length", [b"%d" % response.length])
         relay = ResponseRelay(request, tee=tee, keep_reading=keep_going,
                               encoder=Encoder(coding, route.compress.level) if coding else None)
-        timer = IdleTimer(self.reactor, route.idle_timeout, lambda: _idle_abort(relay, route, request))
+        timer = self.clients.deadlines.timer(route.idle_timeout, lambda: _idle_abort(relay, route, request))
         relay.on_activity = timer.touch
         request.when_over(lambda lost: lost and relay.client_gone())
         relay.done.addBoth(lambda complete: (timer.stop(), fetched.release(), complete)[2])

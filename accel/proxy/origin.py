@@ -29,7 +29,7 @@ from twisted.web.client import BrowserLikePolicyForHTTPS
 from accel.config import Origin, Route
 from accel.http.headers import RawFields
 from accel.proxy.client import OriginConnection, OriginProtocolError, OriginResponse
-from accel.proxy.timer import IdleTimer
+from accel.proxy.timer import Deadlines
 
 log = Logger()
 
@@ -73,10 +73,13 @@ class Fetched:
 
 class OriginClient:
     def __init__(
-        self, reactor, origin: Origin, *, max_connections: int, connect_timeout: float, tls_policy=None, endpoint=None
+        self, reactor, origin: Origin, *, max_connections: int, connect_timeout: float, tls_policy=None, endpoint=None,
+        deadlines: Deadlines | None = None,
     ):
-        """``endpoint`` (made from ``origin`` unless given) opens the connections."""
+        """``endpoint`` (made from ``origin`` unless given) opens the connections; the response timeouts run on
+        ``deadlines`` (the clients' shared ones, else this client's own)."""
         self.reactor = reactor
+        self.deadlines = deadlines if deadlines is not None else Deadlines(reactor)
         self.origin = origin
         self.max_connections = max_connections
         self.queue_limit = QUEUE_PER_CONNECTION * max_connections
@@ -244,7 +247,7 @@ class _Request:
         self.retried = False
         self.upgrade = False
         self.deferred: Deferred[Fetched] = Deferred(self._cancelled)
-        self.timer = IdleTimer(client.reactor, timeout, self._timed_out)
+        self.timer = client.deadlines.timer(timeout, self._timed_out)
 
     def sent_on(self, connection: OriginConnection) -> None:
         self.connection = connection
@@ -334,6 +337,7 @@ class OriginClients:
 
     def __init__(self, reactor, tls_policy_for=None):
         self.reactor = reactor
+        self.deadlines = Deadlines(reactor)  # every client's response timeouts, and the relays' idle timeouts
         self.tls_policy_for = tls_policy_for or (lambda origin: None)
         self._clients: dict[tuple, OriginClient] = {}
 
@@ -348,6 +352,7 @@ class OriginClients:
                 max_connections=route.max_connections,
                 connect_timeout=route.connect_timeout,
                 tls_policy=self.tls_policy_for(route.origin),
+                deadlines=self.deadlines,
             )
         return client
 
@@ -356,4 +361,6 @@ class OriginClients:
         return [(c.origin.key, len(c.connections), len(c.idle)) for c in self._clients.values()]
 
     def close(self) -> Deferred:
-        return gatherResults([c.close() for c in self._clients.values()])
+        closed = gatherResults([c.close() for c in self._clients.values()])
+        self.deadlines.close()
+        return closed

@@ -1,34 +1,91 @@
-"""A timer for silences: it fires when nothing happened for a while, and costs one assignment per event."""
+"""Timers for silences: each fires when nothing happened for a while, and costs one assignment per event.
+
+A proxied request runs two of them (the origin's response timeout, then the body's idle timeout), nearly
+always stopped long before they would fire. A delayed call each would cost a ``callLater`` and a ``cancel``
+per request; ``Deadlines`` checks all of its timers with one delayed call instead, planned for the earliest
+deadline. A timer starts and stops with a set insertion and removal, and a timer that is touched moves its
+deadline without any call to the reactor; the delayed call is cancelled only when no timer is left. The timing
+is exact: a timer fires at the first check at or after its deadline, and a check is planned for every earliest
+deadline.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 
+_NEVER = float("inf")
+
+
+class Deadlines:
+    """The ``IdleTimer``s that share one delayed call of ``reactor``."""
+
+    def __init__(self, reactor):
+        self.reactor = reactor
+        self.timers: set[IdleTimer] = set()  # running
+        self._call = None  # the planned check
+        self._at = _NEVER  # when it is planned for
+
+    def timer(self, seconds: float, expired: Callable[[], None]) -> IdleTimer:
+        """A running timer that calls ``expired`` once it has not been touched for ``seconds``."""
+        return IdleTimer(self, seconds, expired)
+
+    def _plan(self, at: float) -> None:
+        """Check no later than ``at``."""
+        if at < self._at:
+            if self._call is not None:
+                self._call.cancel()
+            self._at = at
+            self._call = self.reactor.callLater(max(0.0, at - self.reactor.seconds()), self._check)
+
+    def _check(self) -> None:
+        # (a call planned for ``at`` runs at ``at`` at the earliest: the reactor's rounding aside)
+        now = max(self.reactor.seconds(), self._at)
+        self._call, self._at = None, _NEVER
+        expired = [timer for timer in self.timers if timer.last + timer.seconds <= now]
+        for timer in expired:
+            if timer in self.timers:  # (one that expired may stop another)
+                timer.fire()
+        if self.timers:
+            self._plan(min(timer.last + timer.seconds for timer in self.timers))
+
+    def idle(self) -> None:
+        """No timer is left: no check either."""
+        if self._call is not None:
+            self._call.cancel()
+        self._call, self._at = None, _NEVER
+
+    def close(self) -> None:
+        """Stop checking (shutdown): the running timers never fire, and are let go."""
+        for timer in list(self.timers):
+            timer.stop()
+        self.idle()
+
 
 class IdleTimer:
     """Fires ``expired`` when ``touch`` has not been called for ``seconds``; touching costs one assignment."""
 
-    def __init__(self, reactor, seconds: float, expired: Callable[[], None]):
-        self.reactor, self.seconds, self.expired = reactor, seconds, expired
-        self.last = reactor.seconds()
-        self._call = reactor.callLater(seconds, self._check)
+    __slots__ = ("deadlines", "seconds", "expired", "last")
+
+    def __init__(self, deadlines: Deadlines, seconds: float, expired: Callable[[], None]):
+        self.deadlines, self.seconds, self.expired = deadlines, seconds, expired
+        self.last = now = deadlines.reactor.seconds()
+        deadlines.timers.add(self)
+        if now + seconds < deadlines._at:
+            deadlines._plan(now + seconds)
 
     def touch(self) -> None:
-        self.last = self.reactor.seconds()
+        self.last = self.deadlines.reactor.seconds()
 
-    def _check(self) -> None:
-        idle = self.reactor.seconds() - self.last
-        if idle >= self.seconds:
-            self._call = None
-            expired, self.expired = self.expired, _stopped
-            expired()
-        else:
-            self._call = self.reactor.callLater(self.seconds - idle, self._check)
+    def fire(self) -> None:
+        expired = self.expired
+        self.stop()
+        expired()
 
     def stop(self) -> None:
-        if self._call is not None and self._call.active():
-            self._call.cancel()
-        self._call = None
+        timers = self.deadlines.timers
+        timers.discard(self)
+        if not timers:
+            self.deadlines.idle()
         self.expired = _stopped  # whatever it would have called (often its owner) is let go
 
 

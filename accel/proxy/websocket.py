@@ -35,7 +35,7 @@ from accel.http.headers import connection_options
 from accel.http.traffic import TO_CLIENT, TO_ORIGIN, tunnel_closed
 from accel.proxy.forwarding import Forwarder
 from accel.proxy.origin import Fetched
-from accel.proxy.timer import IdleTimer
+from accel.proxy.timer import Deadlines, IdleTimer
 
 log = Logger()
 
@@ -60,6 +60,7 @@ class WebSocketTunnels:
         self.reactor = reactor
         self.count: dict[str, int] = {} if shared is None else shared.count  # route prefix → open or opening
         self.open: set[Tunnel] = set() if shared is None else shared.open
+        self.deadlines = Deadlines(reactor) if shared is None else shared.deadlines  # the tunnels' idle timeouts
 
     @staticmethod
     def takes(request, route: Route) -> bool:
@@ -153,7 +154,7 @@ class Tunnel:
         # Each connection's write buffer steers the other's reading (both transports are push producers).
         self.client_transport.registerProducer(self.origin_transport, True)
         self.origin_transport.registerProducer(self.client_transport, True)
-        self.timer = IdleTimer(self.tunnels.reactor, self.route.websocket_idle_timeout, self.idle)
+        self.timer = self.tunnels.deadlines.timer(self.route.websocket_idle_timeout, self.idle)
 
     def touch(self) -> None:
         if self.timer is not None:
