@@ -44,6 +44,7 @@ from accel.cache.vary import matches, secondary_key, servable_codings, vary_name
 from accel.cache.collapse import Collapser
 from accel.config import CacheSettings, Origin, Route, RouteCache, parse_origin
 from accel.http.accesslog import request_label
+from accel.http.body import ResponseRelay
 from accel.proxy.admission import Refused
 from accel.proxy.origin import Fetched
 from accel.proxy.forwarding import Forwarder, answered_by, discard, expected_origin_failure, origin_failure
@@ -370,7 +371,7 @@ class CacheLayer:
             return
         done = self.relay(exchange, self.take(exchange), client_fields,
                           self.status(fwd=fwd, fwd_status=code, stored=True), writer.write,
-                          keep_going=lambda: self.others_wait(exchange), fetched_as_get=exchange.head_as_get)
+                          keep_going=lambda: self.others_wait(exchange), fetched_as_get=exchange.head_as_get).done
         done.addCallback(lambda complete: self.committed(exchange, writer.finish(complete)))
         done.addErrback(lambda failure: self.crashed(request, exchange, failure))
 
@@ -389,7 +390,7 @@ class CacheLayer:
         head = replace(head, secondary_key=partial.piece_key(piece, head.secondary_key))
         writer = self.entry_writer(head, response)
         done = self.relay(exchange, self.take(exchange), client_fields,
-                          self.status(fwd=fwd, fwd_status=response.code, stored=True), writer.write)
+                          self.status(fwd=fwd, fwd_status=response.code, stored=True), writer.write).done
         done.addCallback(lambda complete: self.combine_pieces(exchange, writer.finish(complete)))
         done.addErrback(lambda failure: self.crashed(exchange.request, exchange, failure))
 
@@ -449,7 +450,7 @@ class CacheLayer:
         writer.finish(True)
 
     def relay(self, exchange: Exchange, fetched: Fetched, client_fields, cache_status: bytes, tee=None,
-              keep_going=lambda: False, fetched_as_get: bool = False) -> Deferred:
+              keep_going=lambda: False, fetched_as_get: bool = False) -> ResponseRelay:
         request = exchange.request
         request.log_cache = "miss"
         hidden = self._hidden_raw
@@ -649,7 +650,7 @@ class CacheLayer:
                                  answered_by(exchange.route, fetched))
             writer = self.entry_writer(head, response)
             done = self.relay(exchange, self.take(exchange), client_fields,
-                              self.status(fwd="method", fwd_status=code, stored=True), writer.write)
+                              self.status(fwd="method", fwd_status=code, stored=True), writer.write).done
             done.addCallback(lambda complete: writer.finish(complete))
             done.addErrback(lambda failure: self.crashed(request, exchange, failure))
 

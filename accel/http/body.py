@@ -25,6 +25,10 @@ from zope.interface import implementer
 BUFFER_LIMIT = 64 * 1024
 
 
+def _nothing() -> None:
+    pass
+
+
 class BodyAbandoned(Exception):
     """The client went away (or was answered) before its request body was complete."""
 
@@ -140,21 +144,40 @@ class RequestBody:
 
 @implementer(IPushProducer)
 class ResponseRelay(Protocol):
-    """Writes an origin response body to the client; fires ``done`` with True (complete) or False.
+    """Writes an origin response body to the client; ``done`` fires with True (complete) or False.
 
     When ``keep_reading()`` is true as the client goes away, the body does not stop: the relay detaches
-    from the client and reads on for the tee alone (a cache fetch others are waiting for).
+    from the client and reads on for the tee alone (a cache fetch others are waiting for). ``ended()`` is
+    called as the body ends, before ``done`` fires (``done`` is made only for those who ask for it).
     """
 
     def __init__(self, request, *, tee: Callable[[bytes], None] | None = None, on_activity=lambda: None,
-                 keep_reading: Callable[[], bool] = lambda: False, encoder=None):
+                 keep_reading: Callable[[], bool] = lambda: False, encoder=None, ended: Callable[[], None] = _nothing):
         self.request = request
         self.tee = tee
         self.encoder = encoder
         self.on_activity = on_activity
         self.keep_reading = keep_reading
+        self.ended = ended
         self.detached = False
-        self.done: Deferred[bool] = Deferred()
+        self.complete: bool | None = None  # once the body has ended: whether it was complete
+        self._done: Deferred[bool] | None = None
+
+    @property
+    def done(self) -> Deferred[bool]:
+        if self._done is None:
+            self._done = Deferred()
+            if self.complete is not None:
+                self._done.callback(self.complete)
+        return self._done
+
+    def over(self, complete: bool) -> None:
+        """The body has ended (or will never be relayed)."""
+        self.complete = complete
+        ended, self.ended = self.ended, _nothing
+        ended()
+        if self._done is not None:
+            self._done.callback(complete)
 
     def connectionMade(self) -> None:
         self.request.registerProducer(self, True)
@@ -178,7 +201,7 @@ class ResponseRelay(Protocol):
             else:
                 # A body that broke off must not look complete: cut the client connection.
                 request.close_incomplete()
-        self.done.callback(complete)
+        self.over(complete)
 
     def client_gone(self) -> None:
         """The client disconnected: stop reading the origin's body (its connection is closed), or detach."""

@@ -15,6 +15,7 @@ from twisted.internet.defer import Deferred, succeed
 from twisted.python.failure import Failure
 from twisted.web import server
 from twisted.web.http import NO_BODY_CODES
+from twisted.web.http import Request as HTTPRequest
 
 from accel.http.accesslog import (access_log_line, format_access_line, json_access_line, open_access_log,
                                   request_label, tls_version)
@@ -42,9 +43,20 @@ class AccelRequest(server.Request):
     _rules_applied = False
 
     def __init__(self, channel, queued=None):
-        super().__init__(channel, queued)
-        # The empty Headers twisted.web made become HeaderTables (same slots), rather than two more objects.
-        self.requestHeaders.__class__ = self.responseHeaders.__class__ = HeaderTable
+        # What twisted.web's Request.__init__ (and Componentized's) set, with HeaderTables for the fields: in
+        # one call rather than three, and without parsing bodies (accel streams them: ``body``).
+        self.notifications = []
+        self.channel = channel
+        self.client = channel.getPeer()
+        self.host = channel.getHost()
+        self.requestHeaders = HeaderTable()
+        self.responseHeaders = HeaderTable()
+        self.received_cookies = {}
+        self.cookies = []
+        self.transport = channel.transport
+        self.queued = False
+        self._parsePOSTFormSubmission = False
+        self._adapterCache = {}
         self.started = 0.0  # set_message gives the time the request's first byte arrived
         self.body: RequestBody | None = None
         self.log_origin = "-"
@@ -117,7 +129,10 @@ class AccelRequest(server.Request):
         if self.request_id != b"-":
             self.setHeader(b"x-request-id", self.request_id)
         try:
-            self.render(self.site.getResourceFor(self))
+            resource = self.site.resource
+            if not resource.isLeaf:  # (accel's ReverseProxy is: it takes every path)
+                resource = self.site.getResourceFor(self)
+            self.render(resource)
         except Exception:
             self.processingFailed(Failure())
 
@@ -163,7 +178,9 @@ class AccelRequest(server.Request):
         if not self.startedWriting and not self._rules_applied and self.header_rules.response:
             self._rules_applied = True
             self.header_rules.to_client(self.responseHeaders, self.code)
-        super().write(data)
+        # twisted.web.http's own: server.Request.write adds a default Content-Type (accel has none) and an
+        # encoder (accel's own compression runs in the relay).
+        HTTPRequest.write(self, data)
         self.channel.release_head()
 
     def finish(self) -> None:
@@ -172,7 +189,7 @@ class AccelRequest(server.Request):
             self.setHeader(b"connection", b"close")
             self.channel.stop_reading()
             self.body.abandon()
-        super().finish()
+        HTTPRequest.finish(self)  # (server.Request.finish only flushes the encoder accel does not use)
 
     def processingFailed(self, reason):
         self._log.failure("processing {request} failed", failure=reason, request=request_label(self))

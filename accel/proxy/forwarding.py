@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable, Iterable
 from urllib.parse import urlsplit
 
-from twisted.internet.defer import CancelledError, Deferred, fail, succeed
+from twisted.internet.defer import CancelledError, Deferred, fail
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.iweb import UNKNOWN_LENGTH
@@ -323,8 +323,9 @@ class Forwarder:
         return ReverseMap(origin, route.prefix, "https" if request.isSecure() else "http", public_host)
 
     def relay(self, request, route: Route, fetched: Fetched, tee=None, fields=None,
-              keep_going: Callable[[], bool] = lambda: False, fetched_as_get: bool = False) -> Deferred[bool]:
-        """Write the origin response to the client as it streams; fires with True when it was complete.
+              keep_going: Callable[[], bool] = lambda: False, fetched_as_get: bool = False) -> ResponseRelay:
+        """Write the origin response to the client as it streams; the relay's ``done`` fires with True when
+        it was complete.
 
         ``fields`` (default: ``response_fields``) are the header fields the client gets; ``tee`` sees
         every body chunk, and goes on seeing them after the client has left if ``keep_going()`` says so then.
@@ -335,7 +336,9 @@ class Forwarder:
         response = fetched.response
         if request._disconnected:
             discard(fetched)
-            return succeed(False)
+            relay = ResponseRelay(request)
+            relay.over(False)
+            return relay
         try:
             request.setResponseCode(response.code, response.phrase)
             if fields is None:
@@ -357,9 +360,9 @@ class Forwarder:
         timer = self.clients.deadlines.timer(route.idle_timeout, lambda: _idle_abort(relay, route, request))
         relay.on_activity = timer.touch
         request.when_over(lambda lost: lost and relay.client_gone())
-        relay.done.addBoth(lambda complete: (timer.stop(), fetched.release(), complete)[2])
+        relay.ended = lambda: (timer.stop(), fetched.release())
         response.deliverBody(relay)
-        return relay.done
+        return relay
 
     def compress(self, request, route: Route, response, fields) -> str | None:
         """Compress the response as it streams when its route and the client allow it: the coding (None:
