@@ -167,9 +167,21 @@ def _request_max_stale(arguments: list[str | None]) -> int | Literal["any"] | No
 
 
 def request_cache_control(fields: Fields) -> RequestCacheControl:
-    """Request directives (§5.2.1); ``Pragma: no-cache`` is no-cache only without Cache-Control (§5.4)."""
+    """Request directives (§5.2.1); ``Pragma: no-cache`` is no-cache only without Cache-Control (§5.4).
+
+    A request's fields are asked several times (evaluate, storable...): the last answer is kept for the
+    same (immutable) fields."""
+    last_fields, last = _last_request[0]
+    if fields is last_fields:
+        return last
     lines = tuple(get_all(fields, "cache-control"))
-    return _parsed_request_directives(lines, () if lines else tuple(get_all(fields, "pragma")))
+    answer = _parsed_request_directives(lines, () if lines else tuple(get_all(fields, "pragma")))
+    if type(fields) is tuple:  # (a list could change before the next question)
+        _last_request[0] = (fields, answer)
+    return answer
+
+
+_last_request: list[tuple] = [(object(), None)]  # (fields, their directives) of the last request asked
 
 
 @lru_cache(maxsize=_DISTINCT_VALUES_REMEMBERED)

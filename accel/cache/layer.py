@@ -182,11 +182,11 @@ class CacheLayer:
     def decide(self, exchange: Exchange, found) -> None:
         """Evaluate the stored variants for a GET or HEAD and act on the decision."""
         request = exchange.request
-        variants = self.responder.variants(found, exchange.policy)
+        variants = self.responder.variants(found, exchange.policy) if found else []
         now = self.clock()
         decision = policy.evaluate(
             exchange.method, exchange.fields, [v.stored for v in variants], exchange.policy, now,
-            Responder.known_freshness(variants, exchange.policy),
+            Responder.known_freshness(variants, exchange.policy) if variants else None,
         )
         if isinstance(decision, policy.Fresh):
             self.serve(exchange, _variant_for(variants, decision.stored), decision.age, self.status(hit=True, ttl=decision.ttl))

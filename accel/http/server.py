@@ -123,11 +123,12 @@ class AccelRequest(server.Request):
     def process(self) -> None:
         self.site = self.channel.site
         self.header_rules = self.site.header_rules
+        headers = self.responseHeaders  # (setHeader, a call less each)
         if self.site.server_header:
-            self.setHeader(b"server", self.site.server_header)
-        self.setHeader(b"date", http_date())
+            headers.setRawHeaders(b"server", [self.site.server_header])
+        headers.setRawHeaders(b"date", [http_date()])
         if self.request_id != b"-":
-            self.setHeader(b"x-request-id", self.request_id)
+            headers.setRawHeaders(b"x-request-id", [self.request_id])
         try:
             resource = self.site.resource
             if not resource.isLeaf:  # (accel's ReverseProxy is: it takes every path)

@@ -112,8 +112,9 @@ class ReverseProxy(Resource):
         if known is None or known[0] is not route:
             known = (route, route.origin.key, HeaderRules(route.protection.headers), route_label(route))
         request.log_origin, request.header_rules, request.log_route = known[1], known[2], known[3]
-        refusal = self.admission.admit(route, request.getClientAddress(), method, _field_values(request),
-                                       self.admission.clock())
+        admission = self.admission
+        refusal = admission.admit(route, request.getClientAddress(), method, _field_values(request),
+                                  admission.clock()) if admission.guards(route) else None
         if refusal is not None:
             self.errors.send(request, refusal.status, refusal.detail, refusal.headers)
             return NOT_DONE_YET
@@ -198,17 +199,18 @@ class Forwarder:
         otherwise then (a cache fetch other requests wait for). ``method`` replaces the client's (a HEAD the
         cache fetches as GET).
         """
-        refusal = self.admission.charge(route, request.getClientAddress(), _field_values(request),
-                                        self.admission.clock())
-        if refusal is not None:
-            return fail(Refused(refusal))
+        if route.protection.rate_limit is not None:  # (a token per origin request: Admission.charge)
+            refusal = self.admission.charge(route, request.getClientAddress(), _field_values(request),
+                                            self.admission.clock())
+            if refusal is not None:
+                return fail(Refused(refusal))
         headers = self.upstream_headers(request, route, extra, drop)
         request.forwarded = True
         sent = time.monotonic()
         d = self.send(
             route, method or request.method, target, headers, request.body,
             interim=lambda code, phrase, fields: relay_interim(request, code, phrase, fields),
-            sticky=self.sticky(request, route),
+            sticky=None if route.balancer is None else self.sticky(request, route),
         )
         answered = []
 
