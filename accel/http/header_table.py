@@ -66,6 +66,25 @@ class HeaderTable(Headers):
         else:
             super().addRawHeader(name, value)
 
+    def add_fields(self, fields) -> None:
+        """``addRawHeader`` for each ``(name, value)`` pair, in order: a response's fields in one call."""
+        table = self._rawHeaders
+        for name, value in fields:
+            if type(name) is bytes and type(value) is bytes and _LF not in value and _CR not in value:
+                key = _CANONICAL.get(name) or canonical(name)
+                values = table.get(key)
+                if values is None:
+                    table[key] = [value]
+                else:
+                    values.append(value)
+            else:
+                super().addRawHeader(name, value)
+
+    def last(self, name: bytes) -> bytes | None:
+        """The last value of field ``name`` (a request's ``getHeader``), None when absent."""
+        values = self._rawHeaders.get(_CANONICAL.get(name) or canonical(name))
+        return values[-1] if values else None
+
     def removeHeader(self, name) -> None:
         if type(name) is bytes:
             self._rawHeaders.pop(_CANONICAL.get(name) or canonical(name), None)

@@ -57,6 +57,7 @@ class AccelRequest(server.Request):
         self.queued = False
         self._parsePOSTFormSubmission = False
         self._adapterCache = {}
+        self._secure = channel.isSecure()
         self.started = 0.0  # set_message gives the time the request's first byte arrived
         self.body: RequestBody | None = None
         self.log_origin = "-"
@@ -67,6 +68,14 @@ class AccelRequest(server.Request):
         self.forwarded = False  # sent to an origin
         self.request_id = b"-"
         self._when_over: list = []
+
+    def getHeader(self, key):
+        if type(key) is bytes:
+            return self.requestHeaders.last(key)  # (twisted.web's asks getRawHeaders: a call more)
+        return super().getHeader(key)
+
+    def isSecure(self) -> bool:
+        return self._secure  # the connection's, asked once (``__init__``)
 
     def when_over(self, callback) -> None:
         """``callback(None)`` once the response is finished, or ``callback(reason)`` when the connection is

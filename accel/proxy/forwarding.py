@@ -345,10 +345,12 @@ class Forwarder:
             request.setResponseCode(response.code, response.phrase)
             if fields is None:
                 fields = self.response_fields(request, route, fetched)
-            if b"date" in [name.lower() for name, _ in fields]:
-                request.responseHeaders.removeHeader(b"date")
-            for name, value in fields:
-                request.responseHeaders.addRawHeader(name, value)
+            headers = request.responseHeaders
+            for name, _ in fields:
+                if name.lower() == b"date":  # the origin's replaces the request's own
+                    headers.removeHeader(b"date")
+                    break
+            headers.add_fields(fields)
             if fetched.set_cookie is not None:  # this client's sticky session: never part of a stored response
                 request.responseHeaders.addRawHeader(b"set-cookie", fetched.set_cookie)
         except Exception:
