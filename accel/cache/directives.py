@@ -169,19 +169,22 @@ def _request_max_stale(arguments: list[str | None]) -> int | Literal["any"] | No
 def request_cache_control(fields: Fields) -> RequestCacheControl:
     """Request directives (§5.2.1); ``Pragma: no-cache`` is no-cache only without Cache-Control (§5.4).
 
-    A request's fields are asked several times (evaluate, storable...): the last answer is kept for the
-    same (immutable) fields."""
-    last_fields, last = _last_request[0]
-    if fields is last_fields:
-        return last
+    A request's fields are asked several times (evaluate, then storable when the response arrives): the
+    answers for the fields of the last requests are kept, by identity (a tuple is immutable)."""
+    known = _recent_requests.get(id(fields))
+    if known is not None and known[0] is fields:
+        return known[1]
     lines = tuple(get_all(fields, "cache-control"))
     answer = _parsed_request_directives(lines, () if lines else tuple(get_all(fields, "pragma")))
     if type(fields) is tuple:  # (a list could change before the next question)
-        _last_request[0] = (fields, answer)
+        if len(_recent_requests) >= _RECENT_REQUESTS:
+            _recent_requests.clear()
+        _recent_requests[id(fields)] = (fields, answer)  # (holding the tuple keeps its id its own)
     return answer
 
 
-_last_request: list[tuple] = [(object(), None)]  # (fields, their directives) of the last request asked
+_RECENT_REQUESTS = 256  # about the requests in flight at once
+_recent_requests: dict[int, tuple[Fields, RequestCacheControl]] = {}
 
 
 @lru_cache(maxsize=_DISTINCT_VALUES_REMEMBERED)

@@ -66,6 +66,15 @@ class HeaderTable(Headers):
         else:
             super().addRawHeader(name, value)
 
+    def set_fields(self, fields) -> None:
+        """``setRawHeaders(name, [value])`` for each ``(name, value)`` pair: a request's own fields in one call."""
+        table = self._rawHeaders
+        for name, value in fields:
+            if type(name) is bytes and type(value) is bytes and _LF not in value and _CR not in value:
+                table[_CANONICAL.get(name) or canonical(name)] = [value]
+            else:
+                super().setRawHeaders(name, [value])
+
     def add_fields(self, fields) -> None:
         """``addRawHeader`` for each ``(name, value)`` pair, in order: a response's fields in one call."""
         table = self._rawHeaders

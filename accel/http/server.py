@@ -132,12 +132,12 @@ class AccelRequest(server.Request):
     def process(self) -> None:
         self.site = self.channel.site
         self.header_rules = self.site.header_rules
-        headers = self.responseHeaders  # (setHeader, a call less each)
+        own = [(b"date", http_date())]  # (set in one call: setHeader is two each)
         if self.site.server_header:
-            headers.setRawHeaders(b"server", [self.site.server_header])
-        headers.setRawHeaders(b"date", [http_date()])
+            own.insert(0, (b"server", self.site.server_header))
         if self.request_id != b"-":
-            headers.setRawHeaders(b"x-request-id", [self.request_id])
+            own.append((b"x-request-id", self.request_id))
+        self.responseHeaders.set_fields(own)
         try:
             resource = self.site.resource
             if not resource.isLeaf:  # (accel's ReverseProxy is: it takes every path)

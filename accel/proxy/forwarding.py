@@ -43,7 +43,7 @@ from accel.proxy.routing import RouteTable, origin_target
 
 log = Logger()
 
-_PEERS_REMEMBERED = 4096  # bound on Forwarder.peer's memo
+_PEERS_REMEMBERED = 4096  # bound on Forwarder.client_side's memo
 
 
 class ReverseProxy(Resource):
@@ -179,7 +179,7 @@ class Forwarder:
         self.reactor = reactor
         self.admission = admission
         self.server_name = (config.server_names or (socket.gethostname(),))[0]
-        self._peers: dict[tuple, tuple[str, bool]] = {}
+        self._client_sides: dict[tuple, ClientSide] = {}
         self._untrusted: dict[int, tuple[Route, frozenset]] = {}  # id(route): its untrusted fields
 
     def handle(self, request, route: Route, target: str) -> None:
@@ -235,8 +235,8 @@ class Forwarder:
         self, request, route: Route, extra: Iterable[tuple[bytes, bytes]] = (), drop: frozenset = frozenset()
     ) -> RawFields:
         """The header section for the origin: the proxy's rules applied to the client's fields."""
-        client_fields = [(n, v) for n, v in _pairs(request.requestHeaders)
-                         if n.lower() not in drop and n.lower() != b"x-request-id"]
+        client_fields = [(n, v) for n, values in request.requestHeaders.getAllRawHeaders()
+                         if (lower := n.lower()) not in drop and lower != b"x-request-id" for v in values]
         fields = request_to_origin(
             client_fields,
             self.client_side(request),
@@ -288,25 +288,26 @@ class Forwarder:
                             upgrade=upgrade)
 
     def client_side(self, request) -> ClientSide:
-        address, trusted = self.peer(request.getClientAddress())
-        return ClientSide(
-            address=address,
-            host=request.getHeader(b"host"),
-            scheme="https" if request.isSecure() else "http",
-            port=getattr(request.getHost(), "port", None),
-            trusted=trusted,
-        )
+        """What the origin is told of the client side; remembered, since a few peers send most requests (to a few
+        host names) and a ClientSide is immutable."""
+        peer = request.getClientAddress()
+        host = request.getHeader(b"host")
+        secure = request.isSecure()
+        port = getattr(request.getHost(), "port", None)
+        # (name and trust depend on the peer's host alone, not its port)
+        key = (type(peer), getattr(peer, "host", None), host, secure, port)
+        known = self._client_sides.get(key)
+        if known is None:
+            if len(self._client_sides) >= _PEERS_REMEMBERED:
+                self._client_sides.clear()
+            address, trusted = self.peer(peer)
+            known = self._client_sides[key] = ClientSide(
+                address=address, host=host, scheme="https" if secure else "http", port=port, trusted=trusted)
+        return known
 
     def peer(self, peer) -> tuple[str, bool]:
-        """(name, trusted) of a client's peer address; remembered, since a few peers send most requests."""
-        key = (type(peer), getattr(peer, "host", None))  # both answers depend on the host alone, not the port
-        known = self._peers.get(key)
-        if known is None:
-            if len(self._peers) >= _PEERS_REMEMBERED:
-                self._peers.clear()
-            trusted = peer_in(peer, self.config.trusted_proxies, self.config.trusted_unix_peers)
-            known = self._peers[key] = (peer_name(peer), trusted)
-        return known
+        """(name, trusted) of a client's peer address."""
+        return peer_name(peer), peer_in(peer, self.config.trusted_proxies, self.config.trusted_unix_peers)
 
     def response_fields(self, request, route: Route, fetched: Fetched) -> list[tuple[bytes, bytes]]:
         """The origin response's header fields as the client must see them."""
@@ -471,10 +472,6 @@ def _idle_abort(relay: ResponseRelay, route: Route, request) -> None:
 def _field_values(request) -> Callable[[bytes], list[bytes]]:
     """The request's values of a field, by lower-case name (for ``Admission``)."""
     return lambda name: request.requestHeaders.getRawHeaders(name, [])
-
-
-def _pairs(headers) -> RawFields:
-    return [(name, value) for name, values in headers.getAllRawHeaders() for value in values]
 
 
 def answered_by(route: Route, fetched: Fetched) -> Origin:
