@@ -302,15 +302,23 @@ class CacheLayer:
             extra = [*extra, (b"accept-encoding", servable_codings(accept_encoding).encode("latin-1"))]
             drop = drop | {b"accept-encoding"}
         request_time = self.clock()
-        d = self.forwarder.fetch(
+
+        def answered(fetched: Fetched) -> None:
+            try:
+                self.fetched(exchange, fwd, fetched, request_time, revalidate, variants, storing)
+            except Exception:
+                self.crashed(request, exchange, Failure())
+
+        def failed(failure: Failure) -> None:
+            try:
+                self.fetch_failed(exchange, failure, fwd, revalidate, variants)
+            except Exception:
+                self.crashed(request, exchange, Failure())
+
+        self.forwarder.fetch(
             request, exchange.route, exchange.target, extra=extra, drop=drop, keep_going=lambda: self.others_wait(exchange),
-            method=b"GET" if exchange.head_as_get else None,
+            method=b"GET" if exchange.head_as_get else None, answered=answered, failed=failed,
         )
-        d.addCallbacks(
-            lambda fetched: self.fetched(exchange, fwd, fetched, request_time, revalidate, variants, storing),
-            lambda failure: self.fetch_failed(exchange, failure, fwd, revalidate, variants),
-        )
-        d.addErrback(lambda failure: self.crashed(request, exchange, failure))
 
     def fetched(self, exchange, fwd, fetched: Fetched, request_time, revalidate, variants, storing) -> None:
         exchange.held = fetched

@@ -183,13 +183,24 @@ class Forwarder:
         self._untrusted: dict[int, tuple[Route, frozenset]] = {}  # id(route): its untrusted fields
 
     def handle(self, request, route: Route, target: str) -> None:
-        d = self.fetch(request, route, target)
-        d.addCallbacks(lambda fetched: self.relay(request, route, fetched), lambda failure: self.fail(request, failure))
-        d.addErrback(lambda failure: self.crashed(request, failure))
+        def answered(fetched: Fetched) -> None:
+            try:
+                self.relay(request, route, fetched)
+            except Exception:
+                self.crashed(request, Failure())
+
+        def failed(failure: Failure) -> None:
+            try:
+                self.fail(request, failure)
+            except Exception:
+                self.crashed(request, Failure())
+
+        self.fetch(request, route, target, answered=answered, failed=failed)
 
     def fetch(
         self, request, route: Route, target: str, extra: Iterable[tuple[bytes, bytes]] = (), drop: frozenset = frozenset(),
         keep_going: Callable[[], bool] = lambda: False, method: bytes | None = None,
+        answered: Callable[[Fetched], None] | None = None, failed: Callable[[Failure], None] | None = None,
     ) -> Deferred[Fetched]:
         """Send ``request`` to the route's origin; fires when the response header section is in.
 
@@ -197,13 +208,16 @@ class Forwarder:
         both to send its own validators). The origin request is abandoned if the client goes away, or was
         answered before the origin did (413 for a body over the limit), unless ``keep_going()`` says
         otherwise then (a cache fetch other requests wait for). ``method`` replaces the client's (a HEAD the
-        cache fetches as GET).
+        cache fetches as GET). ``answered`` and ``failed``, when given, take the result in the same link of
+        the Deferred's chain as the origin's figures (one link, not two: the Deferred then fires with None);
+        they must not raise.
         """
         if route.protection.rate_limit is not None:  # (a token per origin request: Admission.charge)
             refusal = self.admission.charge(route, request.getClientAddress(), _field_values(request),
                                             self.admission.clock())
             if refusal is not None:
-                return fail(Refused(refusal))
+                refused = fail(Refused(refusal))
+                return refused if failed is None else refused.addErrback(failed)
         headers = self.upstream_headers(request, route, extra, drop)
         request.forwarded = True
         sent = time.monotonic()
@@ -212,23 +226,23 @@ class Forwarder:
             interim=lambda code, phrase, fields: relay_interim(request, code, phrase, fields),
             sticky=None if route.balancer is None else self.sticky(request, route),
         )
-        answered = []
+        heard = []
 
-        def origin_answered(fetched: Fetched) -> Fetched:
-            answered.append(True)
+        def origin_answered(fetched: Fetched):
+            heard.append(True)
             # (a balancer member's own origin, when one answered)
             self.traffic.fetched((fetched.route or route).origin.key, time.monotonic() - sent, fetched.response.code)
-            return fetched
+            if route.balancer is not None:
+                request.log_origin = fetched.route.origin.key  # the access log names the member that answered
+            return fetched if answered is None else answered(fetched)
 
-        def origin_failed(failure: Failure) -> Failure:
+        def origin_failed(failure: Failure):
             if not failure.check(CancelledError):
                 self.traffic.fetched(route.origin.key, time.monotonic() - sent, None)
-            return failure
+            return failure if failed is None else failed(failure)
 
         d.addCallbacks(origin_answered, origin_failed)
-        request.when_over(lambda _: None if answered or keep_going() else d.cancel())
-        if route.balancer is not None:
-            d.addCallback(_log_member, request)
+        request.when_over(lambda _: None if heard or keep_going() else d.cancel())
         return d
 
     def upstream_headers(
@@ -375,7 +389,11 @@ class Forwarder:
         settings = route.compress
         if not settings.enabled or response.code != 200 or request.requestHeaders.hasHeader(b"range"):
             return None
-        content_type = next((value for name, value in fields if name.lower() == b"content-type"), None)
+        content_type = None
+        for name, value in fields:
+            if name.lower() == b"content-type":
+                content_type = value
+                break
         if content_type is None or not listed_type(settings, content_type.decode("latin-1")):
             return None  # (what compressible would say, without converting every field)
         pure = [(n.decode("latin-1"), v.decode("latin-1")) for n, v in fields]
@@ -455,12 +473,6 @@ def relay_interim(request, code: int, phrase: bytes, fields: RawFields) -> None:
         lines += (name, b": ", value, b"\r\n")
     lines.append(b"\r\n")
     request.channel.transport.writeSequence(lines)
-
-
-def _log_member(fetched: Fetched, request) -> Fetched:
-    """The access log names the balancer member that answered."""
-    request.log_origin = fetched.route.origin.key
-    return fetched
 
 
 def _idle_abort(relay: ResponseRelay, route: Route, request) -> None:
