@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from twisted.internet.defer import succeed
+from twisted.internet.defer import CancelledError, succeed
 from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.internet.protocol import Protocol
 from twisted.trial import unittest
@@ -148,6 +148,41 @@ class TimeoutTests(unittest.TestCase):
         self.assertEqual(got[0].response.code, 204)
         origin.close()
         self.assertEqual([call for call in clock.getDelayedCalls() if call.active()], [])
+
+
+class CallbackTests(unittest.TestCase):
+    """``OriginClient.request``: fetch's callbacks without a Deferred."""
+
+    def test_answered_once_with_the_response(self):
+        clock, endpoint, origin = client()
+        answered, failed = [], []
+        origin.request(b"GET", b"/", FIELDS, timeout=10, answered=answered.append, failed=failed.append)
+        endpoint.made[0][0].dataReceived(b"HTTP/1.1 204 No Content\r\n\r\n")
+        clock.advance(10)
+        self.assertEqual(([fetched.response.code for fetched in answered], failed), ([204], []))
+
+    def test_cancelled_request_fails_with_cancelled_error_and_gives_its_connection_up(self):
+        clock, endpoint, origin = client()
+        answered, failed = [], []
+        pending = origin.request(b"GET", b"/", FIELDS, timeout=10, answered=answered.append, failed=failed.append)
+        pending.cancel()
+        pending.cancel()
+        self.assertEqual(answered, [])
+        self.assertEqual([failure.check(CancelledError) for failure in failed], [CancelledError])
+        self.assertTrue(endpoint.made[0][1].disconnecting or endpoint.made[0][1].disconnected)
+        self.assertEqual(origin.deadlines.timers, set())
+
+    def test_a_callback_that_raises_is_logged_and_the_connection_freed(self):
+        clock, endpoint, origin = client()
+
+        def broken(fetched):
+            raise RuntimeError("boom")
+
+        origin.request(b"GET", b"/", FIELDS, timeout=10, answered=broken, failed=lambda failure: None)
+        connection, transport = endpoint.made[0]
+        connection.dataReceived(b"HTTP/1.1 200 OK\r\nContent-Length: 100000\r\n\r\n")
+        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
+        self.assertTrue(transport.disconnecting or transport.disconnected)  # a long body nobody reads: closed
 
 
 class CapTests(unittest.TestCase):

@@ -47,7 +47,7 @@ from accel.http.accesslog import request_label
 from accel.http.body import ResponseRelay
 from accel.proxy.admission import Refused
 from accel.proxy.origin import Fetched
-from accel.proxy.forwarding import Forwarder, answered_by, discard, expected_origin_failure, origin_failure
+from accel.proxy.forwarding import Forwarder, answered_by, discard, expected_origin_failure, guarded, origin_failure
 from accel.proxy.rewrite import ReverseMap, needs_reverse, reverse_fields
 from accel.proxy.routing import RouteTable
 from accel.cache.serving import BODY_GONE, BodyGone, Responder, Variant, plain, request_fields, stored_response
@@ -255,6 +255,10 @@ class CacheLayer:
                     log.failure("releasing the origin response of {request} failed", request=request_label(request))
         self.forwarder.crashed(request, failure)
 
+    def crash_handler(self, exchange: Exchange):
+        """``crashed`` for this exchange, as the end of its callbacks."""
+        return lambda failure: self.crashed(exchange.request, exchange, failure)
+
     @staticmethod
     def take(exchange: Exchange) -> Fetched | None:
         """Hand the held origin response on: from here on its taker releases its slot."""
@@ -302,22 +306,13 @@ class CacheLayer:
             extra = [*extra, (b"accept-encoding", servable_codings(accept_encoding).encode("latin-1"))]
             drop = drop | {b"accept-encoding"}
         request_time = self.clock()
-
-        def answered(fetched: Fetched) -> None:
-            try:
-                self.fetched(exchange, fwd, fetched, request_time, revalidate, variants, storing)
-            except Exception:
-                self.crashed(request, exchange, Failure())
-
-        def failed(failure: Failure) -> None:
-            try:
-                self.fetch_failed(exchange, failure, fwd, revalidate, variants)
-            except Exception:
-                self.crashed(request, exchange, Failure())
-
+        crashed = self.crash_handler(exchange)
         self.forwarder.fetch(
             request, exchange.route, exchange.target, extra=extra, drop=drop, keep_going=lambda: self.others_wait(exchange),
-            method=b"GET" if exchange.head_as_get else None, answered=answered, failed=failed,
+            method=b"GET" if exchange.head_as_get else None,
+            answered=guarded(
+                lambda fetched: self.fetched(exchange, fwd, fetched, request_time, revalidate, variants, storing), crashed),
+            failed=guarded(lambda failure: self.fetch_failed(exchange, failure, fwd, revalidate, variants), crashed),
         )
 
     def fetched(self, exchange, fwd, fetched: Fetched, request_time, revalidate, variants, storing) -> None:
@@ -662,9 +657,9 @@ class CacheLayer:
             done.addCallback(lambda complete: writer.finish(complete))
             done.addErrback(lambda failure: self.crashed(request, exchange, failure))
 
-        d = self.forwarder.fetch(request, exchange.route, exchange.target)
-        d.addCallbacks(fetched_unsafe, lambda failure: self.fetch_failed(exchange, failure, "method"))
-        d.addErrback(lambda failure: self.crashed(request, exchange, failure))
+        crashed = self.crash_handler(exchange)
+        self.forwarder.fetch(request, exchange.route, exchange.target, answered=guarded(fetched_unsafe, crashed),
+                             failed=guarded(lambda failure: self.fetch_failed(exchange, failure, "method"), crashed))
 
     def invalidate(self, key: str) -> None:
         if self.store.disk.variants(key):

@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable, Iterable
 from urllib.parse import urlsplit
 
-from twisted.internet.defer import CancelledError, Deferred, fail
+from twisted.internet.defer import CancelledError, Deferred
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.iweb import UNKNOWN_LENGTH
@@ -183,67 +183,62 @@ class Forwarder:
         self._untrusted: dict[int, tuple[Route, frozenset]] = {}  # id(route): its untrusted fields
 
     def handle(self, request, route: Route, target: str) -> None:
-        def answered(fetched: Fetched) -> None:
-            try:
-                self.relay(request, route, fetched)
-            except Exception:
-                self.crashed(request, Failure())
+        def crashed(failure: Failure) -> None:
+            self.crashed(request, failure)
 
-        def failed(failure: Failure) -> None:
-            try:
-                self.fail(request, failure)
-            except Exception:
-                self.crashed(request, Failure())
-
-        self.fetch(request, route, target, answered=answered, failed=failed)
+        self.fetch(request, route, target, answered=guarded(lambda fetched: self.relay(request, route, fetched), crashed),
+                   failed=guarded(lambda failure: self.fail(request, failure), crashed))
 
     def fetch(
         self, request, route: Route, target: str, extra: Iterable[tuple[bytes, bytes]] = (), drop: frozenset = frozenset(),
         keep_going: Callable[[], bool] = lambda: False, method: bytes | None = None,
-        answered: Callable[[Fetched], None] | None = None, failed: Callable[[Failure], None] | None = None,
-    ) -> Deferred[Fetched]:
-        """Send ``request`` to the route's origin; fires when the response header section is in.
+        *, answered: Callable[[Fetched], None], failed: Callable[[Failure], None],
+    ) -> None:
+        """Send ``request`` to the route's origin; ``answered(fetched)`` is called when the response header
+        section is in, else ``failed(failure)``; they must not raise.
 
         ``extra`` fields are added and the client's fields named in ``drop`` are left out (the cache uses
         both to send its own validators). The origin request is abandoned if the client goes away, or was
         answered before the origin did (413 for a body over the limit), unless ``keep_going()`` says
         otherwise then (a cache fetch other requests wait for). ``method`` replaces the client's (a HEAD the
-        cache fetches as GET). ``answered`` and ``failed``, when given, take the result in the same link of
-        the Deferred's chain as the origin's figures (one link, not two: the Deferred then fires with None);
-        they must not raise.
+        cache fetches as GET).
         """
         if route.protection.rate_limit is not None:  # (a token per origin request: Admission.charge)
             refusal = self.admission.charge(route, request.getClientAddress(), _field_values(request),
                                             self.admission.clock())
             if refusal is not None:
-                refused = fail(Refused(refusal))
-                return refused if failed is None else refused.addErrback(failed)
+                failed(Failure(Refused(refusal)))
+                return
         headers = self.upstream_headers(request, route, extra, drop)
         request.forwarded = True
         sent = time.monotonic()
-        d = self.send(
-            route, method or request.method, target, headers, request.body,
-            interim=lambda code, phrase, fields: relay_interim(request, code, phrase, fields),
-            sticky=None if route.balancer is None else self.sticky(request, route),
-        )
         heard = []
 
-        def origin_answered(fetched: Fetched):
+        def origin_answered(fetched: Fetched) -> None:
             heard.append(True)
             # (a balancer member's own origin, when one answered)
             self.traffic.fetched((fetched.route or route).origin.key, time.monotonic() - sent, fetched.response.code)
             if route.balancer is not None:
                 request.log_origin = fetched.route.origin.key  # the access log names the member that answered
-            return fetched if answered is None else answered(fetched)
+            answered(fetched)
 
-        def origin_failed(failure: Failure):
+        def origin_failed(failure: Failure) -> None:
             if not failure.check(CancelledError):
                 self.traffic.fetched(route.origin.key, time.monotonic() - sent, None)
-            return failure if failed is None else failed(failure)
+            failed(failure)
 
-        d.addCallbacks(origin_answered, origin_failed)
-        request.when_over(lambda _: None if heard or keep_going() else d.cancel())
-        return d
+        def interim(code: int, phrase: bytes, fields: RawFields) -> None:
+            relay_interim(request, code, phrase, fields)
+
+        if route.balancer is None:  # (the origin client's own callbacks: no Deferred between)
+            pending = self.clients.for_route(route).request(
+                method or request.method, origin_target(route, target).encode("latin-1"), headers, request.body,
+                timeout=route.response_timeout, interim=interim, answered=origin_answered, failed=origin_failed)
+        else:
+            pending = self.send(route, method or request.method, target, headers, request.body, interim=interim,
+                                sticky=self.sticky(request, route))
+            pending.addCallbacks(origin_answered, origin_failed)
+        request.when_over(lambda _: None if heard or keep_going() else pending.cancel())
 
     def upstream_headers(
         self, request, route: Route, extra: Iterable[tuple[bytes, bytes]] = (), drop: frozenset = frozenset()
@@ -438,6 +433,19 @@ class Forwarder:
             if name.lower() not in _KEPT_ON_ERROR:
                 request.responseHeaders.removeHeader(name)
         self.errors.send(request, 500)
+
+
+def guarded(callback: Callable, crashed: Callable[[Failure], None]) -> Callable:
+    """``callback`` handing whatever it raises to ``crashed``: the end of a chain of callbacks (as an errback
+    after them would be), for ``Forwarder.fetch``'s ``answered`` and ``failed``."""
+
+    def call(result) -> None:
+        try:
+            callback(result)
+        except Exception:
+            crashed(Failure())
+
+    return call
 
 
 def expected_origin_failure(failure: Failure) -> bool:

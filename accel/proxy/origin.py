@@ -20,10 +20,11 @@ from collections import deque
 from dataclasses import dataclass
 
 from twisted.internet import error as netError
-from twisted.internet.defer import Deferred, gatherResults, succeed
+from twisted.internet.defer import CancelledError, Deferred, gatherResults, succeed
 from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
 from twisted.internet.protocol import Factory
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 from twisted.web.client import BrowserLikePolicyForHTTPS
 
 from accel.config import Origin, Route
@@ -108,10 +109,21 @@ class OriginClient:
         switch protocols) the response may be a 101, whose connection has then left the pool (see
         ``OriginConnection.take_over``).
         """
-        request = _Request(self, method, target, fields, body, timeout, interim)
+        d: Deferred[Fetched] = Deferred(lambda _: pending.cancel())
+        pending = self.request(method, target, fields, body, timeout=timeout, interim=interim, upgrade=upgrade,
+                               answered=d.callback, failed=d.errback)
+        return d
+
+    def request(
+        self, method: bytes, target: bytes, fields: RawFields, body=None, *, timeout: float, answered, failed,
+        interim=None, upgrade: bool = False,
+    ) -> _Request:
+        """``fetch`` without a Deferred: ``answered(Fetched)`` or ``failed(Failure)`` is called once (a
+        cancelled request fails with ``CancelledError``); the request's ``cancel()`` abandons it."""
+        request = _Request(self, method, target, fields, body, timeout, interim, answered, failed)
         request.upgrade = upgrade
         self._dispatch(request)
-        return request.deferred
+        return request
 
     # The pool --------------------------------------------------------------------------------------
 
@@ -140,7 +152,7 @@ class OriginClient:
             self.connections.add(connection)
             if self.closing:
                 request.fail(OriginUnavailable("accel is shutting down"))
-            if request.deferred.called:  # it timed out or was cancelled meanwhile: someone else may use it
+            if request.over:  # it timed out or was cancelled meanwhile: someone else may use it
                 self._released(connection, True)
             else:
                 request.sent_on(connection)
@@ -160,7 +172,7 @@ class OriginClient:
             return
         while self.waiting:
             request = self.waiting.popleft()
-            if request.deferred.called:
+            if request.over:
                 continue
             if request.retried:  # a retry goes out on a fresh connection: this one makes room for it
                 self.waiting.appendleft(request)
@@ -197,7 +209,7 @@ class OriginClient:
     def _serve_waiting(self) -> None:
         while self.waiting and self.opened < self.max_connections and not self.closing:
             request = self.waiting.popleft()
-            if not request.deferred.called:
+            if not request.over:
                 self._connect(request)
 
     def _close_an_idle_connection(self) -> None:
@@ -235,23 +247,34 @@ def _endpoint(reactor, origin: Origin, connect_timeout: float, tls_policy):
 
 
 class _Request:
-    """One request on its way through an ``OriginClient``: waiting, connecting, or sent on a connection."""
+    """One request on its way through an ``OriginClient``: waiting, connecting, or sent on a connection.
 
-    def __init__(self, client: OriginClient, method, target, fields, body, timeout: float, interim):
+    It ends once (``over``): ``answered`` with the final response's head, or ``failed``."""
+
+    def __init__(self, client: OriginClient, method, target, fields, body, timeout: float, interim, answered, failed):
         self.client = client
         self.method, self.target, self.fields, self.body = method, target, fields, body
         self.timeout = timeout
         self.on_interim = interim
+        self.answered, self.failed = answered, failed
+        self.over = False
         self.connection: OriginConnection | None = None
         self.connecting = False
         self.retried = False
         self.upgrade = False
-        self.deferred: Deferred[Fetched] = Deferred(self._cancelled)
         self.timer = client.deadlines.timer(timeout, self._timed_out)
 
     def sent_on(self, connection: OriginConnection) -> None:
         self.connection = connection
         connection.send(self, self.method, self.target, self.fields, self.body, self.upgrade)
+
+    def cancel(self) -> None:
+        """Nobody waits for the response any more (the client went away): fails with ``CancelledError``."""
+        if self.over:
+            return
+        self.timer.stop()
+        self._abandon()
+        self._end(self.failed, Failure(CancelledError()))
 
     # Listener: what the connection reports ------------------------------------------------------------
 
@@ -259,15 +282,15 @@ class _Request:
         self.timer.touch()
 
     def interim(self, code: int, phrase: bytes, fields: RawFields) -> None:
-        if self.on_interim is not None and not self.deferred.called:
+        if self.on_interim is not None and not self.over:
             self.on_interim(code, phrase, fields)
 
     def head(self, response: OriginResponse) -> None:
         self.timer.stop()
-        if self.deferred.called:  # timed out or cancelled: nobody wants it
+        if self.over:  # timed out or cancelled: nobody wants it
             response.release()
             return
-        self.deferred.callback(Fetched(response))
+        self._end(self.answered, Fetched(response))
         if not response.claimed:
             # A callback failed before it took the body: free the connection rather than hold it forever.
             log.warn("nobody read the response of {origin} to {method} {target}; closing its connection",
@@ -276,7 +299,7 @@ class _Request:
 
     def broken(self, reason, retryable: bool) -> None:
         self.connection = None
-        if self.deferred.called:
+        if self.over:
             return
         if retryable and not self.retried and self.body is None and self.method in IDEMPOTENT:
             self.retried = True
@@ -291,22 +314,27 @@ class _Request:
 
     def fail(self, error: Exception) -> None:
         self.timer.stop()
-        if not self.deferred.called:
-            self.deferred.errback(error)
+        if not self.over:
+            self._end(self.failed, Failure(error))
+
+    def _end(self, callback, result) -> None:
+        self.over = True
+        self.answered = self.failed = None  # (whoever waited, often holding this request, is let go)
+        try:
+            callback(result)
+        except Exception:
+            log.failure("handling the outcome of {method} {target} to {origin} failed", method=self.method,
+                        target=self.target, origin=self.client.origin.key)
 
     def _timed_out(self) -> None:
         self._abandon()
         self.fail(OriginTimeout(f"no response from {self.client.origin.key} within {self.timeout:g} s"))
 
-    def _cancelled(self, _deferred) -> None:
-        self.timer.stop()
-        self._abandon()
-
     def _abandon(self) -> None:
         if self.connection is not None:
             connection, self.connection = self.connection, None
             connection.abort()
-        # Waiting or connecting: the pool skips requests whose Deferred has fired.
+        # Waiting or connecting: the pool skips requests that are over.
 
 
 def _as_origin_error(origin: Origin, failure) -> Exception:
