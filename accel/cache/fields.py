@@ -19,7 +19,11 @@ OWS = " \t"
 def get_all(fields: Fields, name: str) -> list[str]:
     """Values of every line of field ``name``, in received order."""
     name = name.lower()
-    return [value for key, value in fields if key == name]
+    values = []  # (a loop: a comprehension is a call of its own, and most fields are not the one asked for)
+    for key, value in fields:
+        if key == name:
+            values.append(value)
+    return values
 
 
 def get_one(fields: Fields, name: str) -> str | None:

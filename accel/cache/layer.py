@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import fnmatch
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from urllib.parse import urlsplit
 
 from twisted.internet.defer import Deferred
@@ -47,7 +47,7 @@ from accel.http.accesslog import request_label
 from accel.http.body import ResponseRelay
 from accel.proxy.admission import Refused
 from accel.proxy.origin import Fetched
-from accel.proxy.forwarding import Forwarder, answered_by, discard, expected_origin_failure, guarded, origin_failure
+from accel.proxy.forwarding import Forwarder, answered_by, discard, expected_origin_failure, origin_failure
 from accel.proxy.rewrite import ReverseMap, needs_reverse, reverse_fields
 from accel.proxy.routing import RouteTable
 from accel.cache.serving import BODY_GONE, BodyGone, Responder, Variant, plain, request_fields, stored_response
@@ -103,15 +103,14 @@ class Exchange:
     whole_for_range: bool = False  # a Range request fetched from the origin without its Range, to be stored
     has_range: bool = False  # the request has a Range field
 
-    @property
-    def head_as_get(self) -> bool:
-        """A HEAD the route lets the cache fetch as GET, store, and answer as HEAD (nginx's default)."""
-        return self.method == "HEAD" and self.route.cache.head_as_get
+    # A HEAD the route lets the cache fetch as GET, store, and answer as HEAD (nginx's default).
+    head_as_get: bool = field(init=False, default=False)
+    # The origin's answer to this request may be stored as a GET response.
+    stores_whole: bool = field(init=False, default=False)
 
-    @property
-    def stores_whole(self) -> bool:
-        """The origin's answer to this request may be stored as a GET response."""
-        return self.method == "GET" or self.head_as_get
+    def __post_init__(self) -> None:
+        self.head_as_get = self.method == "HEAD" and self.route.cache.head_as_get
+        self.stores_whole = self.method == "GET" or self.head_as_get
 
 
 class CacheLayer:
@@ -133,6 +132,7 @@ class CacheLayer:
         self.outages = Outages()
         self.revalidating: set[str] = set()
         self._policies: dict[RouteCache, CachePolicy] = {}
+        self._policy_of: dict[int, tuple[RouteCache, CachePolicy]] = {}  # id(route.cache): the same, found faster
         self._keys: dict[tuple[bool, bytes, str], str] = {}  # key_for's results, for hot URLs
         self._origins: dict[str, Origin] = {}  # reverse_map's parsed EntryHead.reverse_origin values
         hidden = set()
@@ -185,7 +185,7 @@ class CacheLayer:
         variants = self.responder.variants(found, exchange.policy) if found else []
         now = self.clock()
         decision = policy.evaluate(
-            exchange.method, exchange.fields, [v.stored for v in variants], exchange.policy, now,
+            exchange.method, exchange.fields, [v.stored for v in variants] if variants else [], exchange.policy, now,
             Responder.known_freshness(variants, exchange.policy) if variants else None,
         )
         if isinstance(decision, policy.Fresh):
@@ -255,10 +255,6 @@ class CacheLayer:
                     log.failure("releasing the origin response of {request} failed", request=request_label(request))
         self.forwarder.crashed(request, failure)
 
-    def crash_handler(self, exchange: Exchange):
-        """``crashed`` for this exchange, as the end of its callbacks."""
-        return lambda failure: self.crashed(exchange.request, exchange, failure)
-
     @staticmethod
     def take(exchange: Exchange) -> Fetched | None:
         """Hand the held origin response on: from here on its taker releases its slot."""
@@ -306,13 +302,12 @@ class CacheLayer:
             extra = [*extra, (b"accept-encoding", servable_codings(accept_encoding).encode("latin-1"))]
             drop = drop | {b"accept-encoding"}
         request_time = self.clock()
-        crashed = self.crash_handler(exchange)
         self.forwarder.fetch(
             request, exchange.route, exchange.target, extra=extra, drop=drop, keep_going=lambda: self.others_wait(exchange),
             method=b"GET" if exchange.head_as_get else None,
-            answered=guarded(
-                lambda fetched: self.fetched(exchange, fwd, fetched, request_time, revalidate, variants, storing), crashed),
-            failed=guarded(lambda failure: self.fetch_failed(exchange, failure, fwd, revalidate, variants), crashed),
+            answered=lambda fetched: self.fetched(exchange, fwd, fetched, request_time, revalidate, variants, storing),
+            failed=lambda failure: self.fetch_failed(exchange, failure, fwd, revalidate, variants),
+            crashed=lambda failure: self.crashed(request, exchange, failure),
         )
 
     def fetched(self, exchange, fwd, fetched: Fetched, request_time, revalidate, variants, storing) -> None:
@@ -657,9 +652,9 @@ class CacheLayer:
             done.addCallback(lambda complete: writer.finish(complete))
             done.addErrback(lambda failure: self.crashed(request, exchange, failure))
 
-        crashed = self.crash_handler(exchange)
-        self.forwarder.fetch(request, exchange.route, exchange.target, answered=guarded(fetched_unsafe, crashed),
-                             failed=guarded(lambda failure: self.fetch_failed(exchange, failure, "method"), crashed))
+        self.forwarder.fetch(request, exchange.route, exchange.target, answered=fetched_unsafe,
+                             failed=lambda failure: self.fetch_failed(exchange, failure, "method"),
+                             crashed=lambda failure: self.crashed(request, exchange, failure))
 
     def invalidate(self, key: str) -> None:
         if self.store.disk.variants(key):
@@ -747,6 +742,9 @@ class CacheLayer:
         return True
 
     def policy_for(self, route: Route) -> CachePolicy:
+        known = self._policy_of.get(id(route.cache))  # (by id first: a dataclass hashes every field, each time)
+        if known is not None and known[0] is route.cache:
+            return known[1]
         found = self._policies.get(route.cache)  # keyed by the small RouteCache: hashing a Route is slow
         if found is None:
             s = self.settings
@@ -759,6 +757,7 @@ class CacheLayer:
                 targeted_fields=s.targeted_fields,
                 grace=s.grace,
             )
+        self._policy_of[id(route.cache)] = (route.cache, found)
         return found
 
     def key_options(self) -> dict:

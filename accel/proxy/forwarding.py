@@ -183,19 +183,18 @@ class Forwarder:
         self._untrusted: dict[int, tuple[Route, frozenset]] = {}  # id(route): its untrusted fields
 
     def handle(self, request, route: Route, target: str) -> None:
-        def crashed(failure: Failure) -> None:
-            self.crashed(request, failure)
-
-        self.fetch(request, route, target, answered=guarded(lambda fetched: self.relay(request, route, fetched), crashed),
-                   failed=guarded(lambda failure: self.fail(request, failure), crashed))
+        self.fetch(request, route, target, answered=lambda fetched: self.relay(request, route, fetched),
+                   failed=lambda failure: self.fail(request, failure),
+                   crashed=lambda failure: self.crashed(request, failure))
 
     def fetch(
         self, request, route: Route, target: str, extra: Iterable[tuple[bytes, bytes]] = (), drop: frozenset = frozenset(),
         keep_going: Callable[[], bool] = lambda: False, method: bytes | None = None,
-        *, answered: Callable[[Fetched], None], failed: Callable[[Failure], None],
+        *, answered: Callable[[Fetched], None], failed: Callable[[Failure], None], crashed: Callable[[Failure], None],
     ) -> None:
         """Send ``request`` to the route's origin; ``answered(fetched)`` is called when the response header
-        section is in, else ``failed(failure)``; they must not raise.
+        section is in, else ``failed(failure)``; what either raises goes to ``crashed(failure)``, the end of
+        the chain.
 
         ``extra`` fields are added and the client's fields named in ``drop`` are left out (the cache uses
         both to send its own validators). The origin request is abandoned if the client goes away, or was
@@ -207,7 +206,10 @@ class Forwarder:
             refusal = self.admission.charge(route, request.getClientAddress(), _field_values(request),
                                             self.admission.clock())
             if refusal is not None:
-                failed(Failure(Refused(refusal)))
+                try:
+                    failed(Failure(Refused(refusal)))
+                except Exception:
+                    crashed(Failure())
                 return
         headers = self.upstream_headers(request, route, extra, drop)
         request.forwarded = True
@@ -220,12 +222,18 @@ class Forwarder:
             self.traffic.fetched((fetched.route or route).origin.key, time.monotonic() - sent, fetched.response.code)
             if route.balancer is not None:
                 request.log_origin = fetched.route.origin.key  # the access log names the member that answered
-            answered(fetched)
+            try:
+                answered(fetched)
+            except Exception:
+                crashed(Failure())
 
         def origin_failed(failure: Failure) -> None:
             if not failure.check(CancelledError):
                 self.traffic.fetched(route.origin.key, time.monotonic() - sent, None)
-            failed(failure)
+            try:
+                failed(failure)
+            except Exception:
+                crashed(Failure())
 
         def interim(code: int, phrase: bytes, fields: RawFields) -> None:
             relay_interim(request, code, phrase, fields)
@@ -433,19 +441,6 @@ class Forwarder:
             if name.lower() not in _KEPT_ON_ERROR:
                 request.responseHeaders.removeHeader(name)
         self.errors.send(request, 500)
-
-
-def guarded(callback: Callable, crashed: Callable[[Failure], None]) -> Callable:
-    """``callback`` handing whatever it raises to ``crashed``: the end of a chain of callbacks (as an errback
-    after them would be), for ``Forwarder.fetch``'s ``answered`` and ``failed``."""
-
-    def call(result) -> None:
-        try:
-            callback(result)
-        except Exception:
-            crashed(Failure())
-
-    return call
 
 
 def expected_origin_failure(failure: Failure) -> bool:
