@@ -37,6 +37,17 @@ class TimerTests(unittest.TestCase):
         self.assertEqual(fired, [("quick", 5), ("slow", 10)])
         self.assertEqual(clock.getDelayedCalls(), [])
 
+    def test_stopping_timers_leaves_the_planned_check_alone(self):
+        clock = Clock()
+        deadlines = Deadlines(clock)
+        deadlines.timer(10, lambda: None).stop()
+        planned = [call for call in clock.getDelayedCalls() if call.active()]
+        for _ in range(100):  # a request's timeouts, started and stopped: no call made or cancelled for each
+            deadlines.timer(10, lambda: None).stop()
+        self.assertEqual([call for call in clock.getDelayedCalls() if call.active()], planned)
+        clock.advance(10)  # the check runs, finds nothing, plans nothing
+        self.assertEqual(clock.getDelayedCalls(), [])
+
     def test_closed_deadlines_leave_no_delayed_call(self):
         clock = Clock()
         deadlines = Deadlines(clock)

@@ -80,7 +80,8 @@ class OriginClient:
         """``endpoint`` (made from ``origin`` unless given) opens the connections; the response timeouts run on
         ``deadlines`` (the clients' shared ones, else this client's own)."""
         self.reactor = reactor
-        self.deadlines = deadlines if deadlines is not None else Deadlines(reactor)
+        self._own_deadlines = deadlines is None  # (closed with this client, then)
+        self.deadlines = Deadlines(reactor) if deadlines is None else deadlines
         self.origin = origin
         self.max_connections = max_connections
         self.queue_limit = QUEUE_PER_CONNECTION * max_connections
@@ -223,6 +224,8 @@ class OriginClient:
         if self._sweep is not None:
             self._sweep.cancel()
             self._sweep = None
+        if self._own_deadlines:
+            self.deadlines.close()
         for request in self.waiting:
             request.fail(OriginUnavailable("accel is shutting down"))
         self.waiting.clear()

@@ -4,9 +4,10 @@ A proxied request runs two of them (the origin's response timeout, then the body
 always stopped long before they would fire. A delayed call each would cost a ``callLater`` and a ``cancel``
 per request; ``Deadlines`` checks all of its timers with one delayed call instead, planned for the earliest
 deadline. A timer starts and stops with a set insertion and removal, and a timer that is touched moves its
-deadline without any call to the reactor; the delayed call is cancelled only when no timer is left. The timing
-is exact: a timer fires at the first check at or after its deadline, and a check is planned for every earliest
-deadline.
+deadline without any call to the reactor. A check planned for a timer that was stopped meanwhile runs
+anyway, finding nothing to do (cancelling it and planning another would cost what one timer per request did);
+``close`` cancels it. The timing is exact: a timer fires at the first check at or after its deadline, and a
+check is planned for every earliest deadline.
 """
 
 from __future__ import annotations
@@ -48,17 +49,13 @@ class Deadlines:
         if self.timers:
             self._plan(min(timer.last + timer.seconds for timer in self.timers))
 
-    def idle(self) -> None:
-        """No timer is left: no check either."""
-        if self._call is not None:
-            self._call.cancel()
-        self._call, self._at = None, _NEVER
-
     def close(self) -> None:
         """Stop checking (shutdown): the running timers never fire, and are let go."""
         for timer in list(self.timers):
             timer.stop()
-        self.idle()
+        if self._call is not None:
+            self._call.cancel()
+        self._call, self._at = None, _NEVER
 
 
 class IdleTimer:
@@ -82,10 +79,7 @@ class IdleTimer:
         expired()
 
     def stop(self) -> None:
-        timers = self.deadlines.timers
-        timers.discard(self)
-        if not timers:
-            self.deadlines.idle()
+        self.deadlines.timers.discard(self)
         self.expired = _stopped  # whatever it would have called (often its owner) is let go
 
 

@@ -128,6 +128,7 @@ class WebSocketTunnels:
         """Shutting down: every tunnel closes."""
         for tunnel in list(self.open):
             tunnel.close("shutdown")
+        self.deadlines.close()
 
 
 class Tunnel:
