@@ -10,7 +10,7 @@ from twisted.internet.address import IPv4Address, IPv6Address, UNIXAddress
 from accel.config import Route, parse_origin
 from accel.http.addresses import peer_in, peer_name, split_authority
 from accel.http.headers import ClientSide, end_to_end, request_to_origin, response_to_client
-from accel.proxy.rewrite import ReverseMap, reverse_fields
+from accel.proxy.rewrite import ReverseMap, any_reversed, reverse_fields
 from accel.proxy.routing import RouteTable, origin_target
 
 
@@ -257,3 +257,9 @@ def test_virtual_hosts_route_by_host_then_path(host, path, origin):
 def test_host_routes_fall_through_to_every_host_when_no_prefix_matches():
     table = RouteTable([host_route("/api/", "http://api/", "api.example.com"), host_route("/", "http://main/")])
     assert table.match("/other", "api.example.com").origin.url == "http://main/"
+
+
+def test_only_fields_naming_urls_or_cookies_need_reversing():
+    assert not any_reversed([(b"Content-Type", b"text/html"), (b"Cache-Control", b"no-store")])
+    assert any_reversed([(b"Content-Type", b"text/html"), (b"LOCATION", b"http://origin/x")])
+    assert any_reversed([(b"Set-Cookie", b"a=1; Path=/app")])

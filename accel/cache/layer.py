@@ -48,7 +48,7 @@ from accel.http.body import ResponseRelay
 from accel.proxy.admission import Refused
 from accel.proxy.origin import Fetched
 from accel.proxy.forwarding import Forwarder, answered_by, discard, expected_origin_failure, origin_failure
-from accel.proxy.rewrite import ReverseMap, needs_reverse, reverse_fields
+from accel.proxy.rewrite import ReverseMap, needs_reverse
 from accel.proxy.routing import RouteTable
 from accel.cache.serving import BODY_GONE, BodyGone, Responder, Variant, plain, request_fields, stored_response
 
@@ -135,6 +135,7 @@ class CacheLayer:
         self._policy_of: dict[int, tuple[RouteCache, CachePolicy]] = {}  # id(route.cache): the same, found faster
         self._keys: dict[tuple[bool, bytes, str], str] = {}  # key_for's results, for hot URLs
         self._origins: dict[str, Origin] = {}  # reverse_map's parsed EntryHead.reverse_origin values
+        self._statuses: dict[tuple, bytes] = {}  # status's values without a ttl
         hidden = set()
         if not settings.forward_targeted_fields:
             hidden.update(settings.targeted_fields)
@@ -677,8 +678,8 @@ class CacheLayer:
         """An origin response's fields as they are stored (URLs in the origin's space, rewritten for each
         client served: ``reverse_map``), and as this exchange's client gets them."""
         origin_fields = self.forwarder.origin_fields(fetched)
-        public = self.forwarder.reverse_map(exchange.request, exchange.route, answered_by(exchange.route, fetched))
-        return as_pure(origin_fields), reverse_fields(origin_fields, public)
+        public = self.forwarder.public_fields(exchange.request, exchange.route, fetched, origin_fields)
+        return as_pure(origin_fields), public
 
     def reverse_map(self, exchange: Exchange, head: EntryHead) -> ReverseMap | None:
         """ProxyPassReverse of a stored response's fields for this exchange's client; None when it holds none."""
@@ -803,7 +804,16 @@ class CacheLayer:
         return known.lifetime - age
 
     def status(self, **params) -> bytes:
-        return policy.cache_status_value(self.name, hit=params.pop("hit", False), **params).encode("ascii")
+        if "ttl" in params:  # (a hit's: nearly every value differs)
+            return policy.cache_status_value(self.name, hit=params.pop("hit", False), **params).encode("ascii")
+        key = tuple(params.items())  # a forwarded request's: a few values, each made once
+        value = self._statuses.get(key)
+        if value is None:
+            if len(self._statuses) >= _MEMO_SIZE:
+                self._statuses.clear()
+            value = self._statuses[key] = policy.cache_status_value(
+                self.name, hit=params.pop("hit", False), **params).encode("ascii")
+        return value
 
     def collapsed(self, exchange: Exchange, value: bytes) -> bytes:
         return value + b"; collapsed" if exchange.collapsed and b"collapsed" not in value else value

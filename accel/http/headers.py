@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
+from functools import lru_cache
 
 from accel.config import HOP_BY_HOP_NAMES
 
@@ -159,6 +160,7 @@ def response_to_client(
     return out
 
 
+@lru_cache(maxsize=64)  # (a few versions and one pseudonym: made twice per proxied request)
 def via_entry(version: bytes, pseudonym: str) -> bytes:
     """``1.1 accel`` for HTTP/1.1 (RFC 9110 §7.6.3: protocol version without "HTTP/", then our name)."""
     _, slash, number = version.partition(b"/")

@@ -191,7 +191,8 @@ class AccelRequest(server.Request):
         # twisted.web.http's own: server.Request.write adds a default Content-Type (accel has none) and an
         # encoder (accel's own compression runs in the relay).
         HTTPRequest.write(self, data)
-        self.channel.release_head()
+        if not data or self.method == b"HEAD" or self.code in NO_BODY_CODES:  # (else the data took the head along)
+            self.channel.release_head()
 
     def finish(self) -> None:
         if self.body is not None and not self.body.complete and not self._disconnected:

@@ -38,7 +38,7 @@ from accel.http.traffic import Traffic, route_label
 from accel.proxy.admission import Admission, Refused
 from accel.proxy.balancing import Balancers, NoUsableMember
 from accel.proxy.origin import Fetched, OriginBusy, OriginClients, OriginTimeout, OriginUnavailable
-from accel.proxy.rewrite import ReverseMap, reverse_fields
+from accel.proxy.rewrite import ReverseMap, any_reversed, reverse_fields
 from accel.proxy.routing import RouteTable, origin_target
 
 log = Logger()
@@ -328,8 +328,14 @@ class Forwarder:
 
     def response_fields(self, request, route: Route, fetched: Fetched) -> list[tuple[bytes, bytes]]:
         """The origin response's header fields as the client must see them."""
-        mapping = self.reverse_map(request, route, answered_by(route, fetched))
-        return reverse_fields(self.origin_fields(fetched), mapping)
+        return self.public_fields(request, route, fetched, self.origin_fields(fetched))
+
+    def public_fields(self, request, route: Route, fetched: Fetched, fields: RawFields) -> RawFields:
+        """``fields`` (``origin_fields``) in the URL space ``request``'s client sees (ProxyPassReverse); the
+        same list when none of them names a URL."""
+        if not any_reversed(fields):
+            return fields
+        return reverse_fields(fields, self.reverse_map(request, route, answered_by(route, fetched)))
 
     def origin_fields(self, fetched: Fetched) -> list[tuple[bytes, bytes]]:
         """The origin response's header fields for any client: URLs still in the origin's URL space."""

@@ -91,6 +91,14 @@ def reverse_fields(fields: RawFields, mapping: ReverseMap) -> RawFields:
     return out
 
 
+def any_reversed(fields: RawFields) -> bool:
+    """Whether ``reverse_fields`` may change one of ``fields``."""
+    for name, _ in fields:
+        if name.lower() in _REVERSED_RAW:
+            return True
+    return False
+
+
 def reverse_text_fields(fields: tuple[tuple[str, str], ...], mapping: ReverseMap) -> tuple[tuple[str, str], ...]:
     """``reverse_fields`` of fields as the cache stores them (lower-case str names, str values)."""
     return tuple((name, mapping.value(name, value) if name in REVERSED_NAMES else value) for name, value in fields)
