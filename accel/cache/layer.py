@@ -350,7 +350,8 @@ class CacheLayer:
         )
         too_big = response.length is not UNKNOWN_LENGTH and response.length > self.settings.max_object_size
         if not (storing and verdict.ok and not too_big):
-            self.not_stored(exchange)
+            if exchange.leader:
+                self.not_stored(exchange)
             self.relay(exchange, self.take(exchange), client_fields, self.status(fwd=fwd, fwd_status=code),
                        fetched_as_get=exchange.head_as_get)
             return

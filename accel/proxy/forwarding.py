@@ -307,10 +307,10 @@ class Forwarder:
     def client_side(self, request) -> ClientSide:
         """What the origin is told of the client side; remembered, since a few peers send most requests (to a few
         host names) and a ClientSide is immutable."""
-        peer = request.getClientAddress()
+        peer = request.client  # (getClientAddress)
         host = request.getHeader(b"host")
         secure = request.isSecure()
-        port = getattr(request.getHost(), "port", None)
+        port = getattr(request.host, "port", None)  # (getHost)
         # (name and trust depend on the peer's host alone, not its port)
         key = (type(peer), getattr(peer, "host", None), host, secure, port)
         known = self._client_sides.get(key)
