@@ -31,6 +31,7 @@ from accel.http.headers import HOP_BY_HOP_NAMES, connection_options
 from .directives import (
     MAX_STALE_ANY,
     CacheControl,
+    RequestCacheControl,
     effective_response_directives,
     parse_delta_seconds,
     request_cache_control,
@@ -474,8 +475,9 @@ def evaluate(
     outcome that would contact the origin becomes ``OnlyIfCachedFail``.
     ``known_freshness`` may supply ``freshness(stored, policy)`` computed earlier.
     """
-    decision = _evaluate(method, request_fields, stored, policy, now, known_freshness)
-    if request_cache_control(request_fields).only_if_cached and isinstance(decision, (Miss, Revalidate)):
+    rcc = request_cache_control(request_fields)
+    decision = _evaluate(method, request_fields, stored, policy, now, known_freshness, rcc)
+    if rcc.only_if_cached and isinstance(decision, (Miss, Revalidate)):
         return OnlyIfCachedFail()
     return decision
 
@@ -487,10 +489,12 @@ def _evaluate(
     policy: CachePolicy,
     now: float,
     known_freshness: Callable[[StoredResponse], Freshness] | None = None,
+    rcc: RequestCacheControl | None = None,
 ) -> Decision:
     if method not in ("GET", "HEAD"):
         return Miss("method")
-    rcc = request_cache_control(request_fields)
+    if rcc is None:
+        rcc = request_cache_control(request_fields)
     if rcc.no_store:  # §5.2.1.5 only forbids storing; this cache also declines to reuse.
         return Miss("request")
     if not stored:

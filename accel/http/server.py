@@ -105,9 +105,7 @@ class AccelRequest(server.Request):
         self.method, self.uri, self.clientproto = message.method, message.target, message.version
         self.path, _, query = message.target.partition(b"?")
         self.args = parse_qs(query, 1) if query else {}
-        headers = self.requestHeaders
-        for name, value in message.headers:
-            headers.addRawHeader(name, value)
+        self.requestHeaders.add_fields(message.headers)
         if not message.keep_alive and message.version == b"HTTP/1.1":
             self.responseHeaders.setRawHeaders(b"connection", [b"close"])  # RFC 9112 §9.6
         if message.length != 0:

@@ -43,7 +43,7 @@ from accel.proxy.routing import RouteTable, origin_target
 
 log = Logger()
 
-_PEERS_REMEMBERED = 4096  # bound on Forwarder.client_side's memo
+_PEERS_REMEMBERED = 4096  # bound on Forwarder's memos (client sides, listed types)
 
 
 class ReverseProxy(Resource):
@@ -180,6 +180,7 @@ class Forwarder:
         self.admission = admission
         self.server_name = (config.server_names or (socket.gethostname(),))[0]
         self._client_sides: dict[tuple, ClientSide] = {}
+        self._listed: dict[tuple[int, bytes], tuple] = {}  # (id(compress settings), Content-Type): listed?
         self._untrusted: dict[int, tuple[Route, frozenset]] = {}  # id(route): its untrusted fields
 
     def handle(self, request, route: Route, target: str) -> None:
@@ -403,7 +404,7 @@ class Forwarder:
             if name.lower() == b"content-type":
                 content_type = value
                 break
-        if content_type is None or not listed_type(settings, content_type.decode("latin-1")):
+        if content_type is None or not self.listed(settings, content_type):
             return None  # (what compressible would say, without converting every field)
         pure = [(n.decode("latin-1"), v.decode("latin-1")) for n, v in fields]
         length = None if response.length is UNKNOWN_LENGTH or request.method == b"HEAD" else response.length
@@ -419,6 +420,17 @@ class Forwarder:
             if name.lower() in CODING_FIELDS:
                 headers.addRawHeader(name.encode("latin-1"), value.encode("latin-1"))
         return None if coding == IDENTITY else coding
+
+    def listed(self, settings, content_type: bytes) -> bool:
+        """``listed_type``, remembered for a route's settings and a Content-Type value (a few make up nearly
+        every response)."""
+        key = (id(settings), content_type)
+        known = self._listed.get(key)
+        if known is None or known[0] is not settings:
+            if len(self._listed) >= _PEERS_REMEMBERED:
+                self._listed.clear()
+            known = self._listed[key] = (settings, listed_type(settings, content_type.decode("latin-1")))
+        return known[1]
 
     def fail(self, request, failure: Failure, headers: dict[bytes, bytes] | None = None) -> None:
         """Answer a request whose origin request failed before a response arrived (with ``headers``)."""
