@@ -41,10 +41,22 @@ class AccelRequest(server.Request):
     defaultContentType = None  # never invent a Content-Type the origin did not send
     header_rules: HeaderRules = NO_RULES
     _rules_applied = False
+    # The state of a new request (class attributes: a request sets only what differs).
+    queued = False
+    _parsePOSTFormSubmission = False  # (accel streams bodies: ``body``)
+    started = 0.0  # set_message gives the time the request's first byte arrived
+    body: RequestBody | None = None
+    log_origin = "-"
+    log_cache = "-"
+    log_extra = ""  # appended to the access-log line
+    log_route = "-"  # the route's label (accel.http.traffic.route_label)
+    log_tier = "memory"  # where a hit's body came from: "memory" or "disk"
+    forwarded = False  # sent to an origin
+    request_id = b"-"
 
     def __init__(self, channel, queued=None):
         # What twisted.web's Request.__init__ (and Componentized's) set, with HeaderTables for the fields: in
-        # one call rather than three, and without parsing bodies (accel streams them: ``body``).
+        # one call rather than three.
         self.notifications = []
         self.channel = channel
         self.client = channel.getPeer()
@@ -54,19 +66,8 @@ class AccelRequest(server.Request):
         self.received_cookies = {}
         self.cookies = []
         self.transport = channel.transport
-        self.queued = False
-        self._parsePOSTFormSubmission = False
         self._adapterCache = {}
         self._secure = channel.isSecure()
-        self.started = 0.0  # set_message gives the time the request's first byte arrived
-        self.body: RequestBody | None = None
-        self.log_origin = "-"
-        self.log_cache = "-"
-        self.log_extra = ""  # appended to the access-log line
-        self.log_route = "-"  # the route's label (accel.http.traffic.route_label)
-        self.log_tier = "memory"  # where a hit's body came from: "memory" or "disk"
-        self.forwarded = False  # sent to an origin
-        self.request_id = b"-"
         self._when_over: list = []
 
     def getHeader(self, key):
