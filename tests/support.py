@@ -19,6 +19,7 @@ from twisted.web.http_headers import Headers
 
 from accel.app import build_site
 from accel.config import Config, Route, parse_origin
+from accel.http.listening import accept_in_batches
 
 
 def temporary_directory(testcase, prefix: str = "accel-test-") -> str:
@@ -171,7 +172,7 @@ def start_stack(testcase, config: Config | None = None, routes=None, **route_opt
         routes = (Route(prefix="/", origin=parse_origin(origin_url), **route_options),)
     config = replace(config, routes=tuple(routes))
     site = build_site(config, reactor)
-    accel_port = reactor.listenTCP(0, site, interface="127.0.0.1")
+    accel_port = accept_in_batches(reactor.listenTCP(0, site, interface="127.0.0.1"))  # as twistd accel listens
     stack = Stack(origin, origin_site, origin_port, site, accel_port, config)
     testcase.addCleanup(stack.close)
     return stack

@@ -4,10 +4,14 @@ one the other tests run on) driven a turn at a time, with real sockets on 127.0.
 from __future__ import annotations
 
 import socket
+import struct
 
 from twisted.internet import protocol
-from twisted.internet.error import ConnectionDone
+from twisted.internet.error import ConnectionAborted, ConnectionDone, ConnectionLost
+from twisted.internet.interfaces import IPushProducer
+from twisted.python.failure import Failure
 from twisted.trial import unittest
+from zope.interface import implementer
 
 from accel.http.listening import accept_in_batches
 from accel.http.reactor import DispatchingReactor
@@ -61,7 +65,8 @@ class ReactorCase(unittest.TestCase):
                 made.transport.abortConnection()
         self.turn(lambda: all(made.lost is not None for made in self.factory.made))
         self.reactor.removeAll()
-        self.port.socket.close()
+        if self.port.connected:  # (disconnectAll closes it)
+            self.port.socket.close()
         self.reactor._poller.close()
         self.reactor.waker.connectionLost(None)
 
@@ -162,3 +167,145 @@ class AcceptTests(ReactorCase):
         self.assertEqual(aborted, [True])
         client.sendall(b"in")
         self.assertEqual(self.reply(client, 5), b"ok:in")
+
+
+class LifeCycleTests(ReactorCase):
+    """AcceptedConnection's own set-up and close keep Twisted's outcomes: the client sees what it would see from a
+    tcp.Server, the protocol hears of the close once with the right reason, and the reactor forgets the socket."""
+
+    def made(self, client_count: int = 1):
+        clients = [self.connect() for _ in range(client_count)]
+        self.turn(lambda: len(self.factory.made) == client_count)
+        return clients, self.factory.made
+
+    def watched(self, made) -> bool:
+        reactor = self.reactor
+        return made.transport in reactor._selectables.values() or made.transport in reactor.getWriters()
+
+    def until_closed(self, client: socket.socket) -> bytes:
+        """Everything the client receives until the end of the stream."""
+        client.setblocking(False)
+        got = []
+
+        def ended():
+            try:
+                data = client.recv(1 << 20)
+            except BlockingIOError:
+                return False
+            got.append(data)
+            return not data
+
+        self.turn(ended, limit=2000)
+        return b"".join(got)
+
+    def test_a_new_connection_is_watched_for_reading(self):
+        _, (made,) = self.made()
+        fd = made.transport.fileno()
+        self.assertIs(self.reactor._selectables[fd], made.transport)
+        self.assertIn(made.transport, self.reactor.getReaders())
+        self.assertEqual((made.transport.connected, made.transport.disconnected), (1, 0))
+        self.assertEqual(made.transport.getPeer().host, "127.0.0.1")
+
+    def test_an_immediate_orderly_close_ends_the_stream_and_forgets_the_socket(self):
+        (client,), (made,) = self.made()
+        made.transport.socket.send(b"bye")
+        made.transport.connectionLost(Failure(ConnectionDone()))  # as HTTPConnection closes when nothing is queued
+        self.assertIsInstance(made.lost.value, ConnectionDone)
+        self.assertEqual((made.transport.connected, made.transport.disconnected), (0, 1))
+        self.assertFalse(self.watched(made))
+        self.assertEqual(self.until_closed(client), b"bye")  # a FIN after the bytes, not a reset
+
+    def test_a_second_close_does_nothing(self):
+        _, (made,) = self.made()
+        calls = []
+        made.connectionLost = lambda reason: (calls.append(reason), Recording.connectionLost(made, reason))
+        made.transport.connectionLost(Failure(ConnectionDone()))
+        made.transport.connectionLost(Failure(ConnectionLost()))
+        self.assertEqual(len(calls), 1)
+        self.assertIsInstance(calls[0].value, ConnectionDone)
+
+    def test_lose_connection_sends_what_is_queued_first(self):
+        (client,), (made,) = self.made()
+        payload = bytes(range(256)) * 40000  # ten megabytes: more than the socket's buffers hold
+        made.transport.write(payload)
+        made.transport.loseConnection()
+        self.assertIsNone(made.lost)
+        self.assertEqual(self.until_closed(client), payload)
+        self.turn(lambda: made.lost is not None)
+        self.assertIsInstance(made.lost.value, ConnectionDone)
+        self.assertFalse(self.watched(made))
+
+    def test_a_reset_by_the_peer_is_connection_lost(self):
+        (client,), (made,) = self.made()
+        client.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        client.close()
+        self.turn(lambda: made.lost is not None)
+        self.assertIsInstance(made.lost.value, (ConnectionLost, ConnectionDone))
+        self.assertFalse(self.watched(made))
+
+    def test_the_peers_close_is_connection_done_and_forgets_the_socket(self):
+        (client,), (made,) = self.made()
+        client.close()
+        self.turn(lambda: made.lost is not None)
+        self.assertIsInstance(made.lost.value, ConnectionDone)
+        self.assertFalse(self.watched(made))
+
+    def test_an_abort_resets_the_connection_and_drops_what_is_queued(self):
+        (client,), (made,) = self.made()
+        made.transport.write(b"x" * (10 << 20))
+        made.transport.abortConnection()
+        self.turn(lambda: made.lost is not None)
+        self.assertIsInstance(made.lost.value, ConnectionAborted)
+        self.assertFalse(self.watched(made))
+        client.settimeout(5)
+        with self.assertRaises(ConnectionResetError):
+            while client.recv(1 << 20):
+                pass
+
+    def test_a_protocol_that_raises_is_closed_and_forgotten(self):
+        (client,), (made,) = self.made()
+        client.sendall(b"boom")
+        self.turn(lambda: made.lost is not None)
+        self.assertEqual(len(self.flushLoggedErrors(ZeroDivisionError)), 1)
+        self.assertFalse(self.watched(made))
+        self.assertEqual(self.until_closed(client), b"")
+
+    def test_a_registered_producer_is_stopped_by_the_close(self):
+        _, (made,) = self.made()
+        producer = StoppedProducer()
+        made.transport.registerProducer(producer, True)
+        made.transport.connectionLost(Failure(ConnectionDone()))
+        self.assertTrue(producer.stopped)
+        self.assertIsNone(made.transport.producer)
+
+    def test_disconnecting_everything_closes_every_open_connection(self):
+        clients, made = self.made(3)
+        self.reactor.disconnectAll()  # what the reactor does as it stops
+        for each in made:
+            self.assertIsInstance(each.lost.value, ConnectionLost)
+        self.assertEqual([self.until_closed(client) for client in clients], [b"", b"", b""])
+        self.assertFalse(any(self.watched(each) for each in made))
+
+    def test_a_descriptor_number_used_again_is_watched_again(self):
+        for n in range(3):
+            client = self.connect()
+            self.turn(lambda: len(self.factory.made) == n + 1)
+            client.sendall(b"%d" % n)
+            self.assertEqual(self.reply(client, 4), b"ok:%d" % n)
+            self.factory.made[-1].transport.connectionLost(Failure(ConnectionDone()))
+            self.assertEqual(self.until_closed(client), b"")
+        self.assertEqual(len({made.lost.value.__class__ for made in self.factory.made}), 1)
+
+
+@implementer(IPushProducer)
+class StoppedProducer:
+    stopped = False
+
+    def pauseProducing(self):
+        pass
+
+    def resumeProducing(self):
+        pass
+
+    def stopProducing(self):
+        self.stopped = True

@@ -12,14 +12,19 @@ A connection per request makes accepting part of every answer: accel's ports acc
 (``QuickAccepting.doRead``) rather than through Twisted's generator, log buffer and ``socket.accept``
 wrapper (which converts the family and type to enums for each new socket); what that loop does not expect
 (a full descriptor table, an aborted connection...) goes to Twisted's own ``doRead``, which handles and logs it.
+The new connection's transport, ``AcceptedConnection``, is set up and closed in a few steps.
 """
 
 from __future__ import annotations
 
 import socket
+import struct
+from select import EPOLLIN
 
 from twisted.application.internet import StreamServerEndpointService
 from twisted.internet import address, endpoints, tcp
+from twisted.internet.epollreactor import EPollReactor
+from twisted.internet.error import ConnectionAborted
 from twisted.python import log
 from twisted.internet.interfaces import IStreamServerEndpoint
 from zope.interface import implementer
@@ -56,24 +61,95 @@ class _Fixed:
 
 
 class AcceptedConnection(tcp.Server):
-    """``tcp.Server`` whose log prefix and ``repr`` are made when asked for, not formatted for every connection."""
+    """``tcp.Server`` with a shorter life cycle: what accepting, closing and a connection per request cost.
+
+    Made: the attributes ``tcp.Server.__init__`` sets (through ``Connection`` and ``FileDescriptor``), without
+    the log prefix and ``repr`` it formats for every connection (made here when asked for), and on an epoll
+    reactor registered for reading in one ``epoll_ctl`` and the reactor's two maps (``watch_reading``).
+
+    Lost (``connectionLost``): Twisted's outcome in one method rather than five and a ``Failure.check`` — a
+    second call does nothing, ``connected`` and ``disconnected`` change, a registered producer is stopped,
+    the descriptor leaves the reactor (``stop_watching``), the socket is shut down and closed (an aborted
+    connection is reset instead: SO_LINGER 0), and the protocol's ``connectionLost`` is called with the reason.
+    """
 
     def __init__(self, sock, protocol, client, server, sessionno, reactor) -> None:
-        tcp.Connection.__init__(self, sock, protocol, reactor)
+        self.reactor = reactor
+        self._tempDataBuffer = []
+        self._tempDataLen = 0
+        self.socket = sock
+        sock.setblocking(False)
+        self.fileno = sock.fileno
+        self.protocol = protocol
         if len(client) != 2:
             self._addressType = address.IPv6Address
         self.server = server
         self.client = client
         self.sessionno = sessionno
         self.hostname = client[0]
-        self.startReading()
+        if isinstance(reactor, EPollReactor):
+            watch_reading(reactor, sock.fileno(), self)
+        else:
+            reactor.addReader(self)
         self.connected = 1
+
+    def connectionLost(self, reason) -> None:
+        try:
+            skt = self.socket
+        except AttributeError:
+            return  # lost already (as Twisted's: an abort, then an exception reaching the reactor)
+        self.disconnected = 1
+        self.connected = 0
+        if self.producer is not None:
+            self.producer.stopProducing()
+            self.producer = None
+        reactor = self.reactor
+        if isinstance(reactor, EPollReactor):
+            stop_watching(reactor, skt.fileno())
+        else:
+            reactor.removeReader(self)
+            reactor.removeWriter(self)
+        try:
+            if not issubclass(reason.type, ConnectionAborted):
+                if self._shouldShutdown:
+                    skt.shutdown(socket.SHUT_RDWR)
+            else:
+                skt.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _RESET)
+        except OSError:
+            pass
+        try:
+            skt.close()
+        except OSError:
+            pass
+        protocol = self.protocol
+        del self.protocol, self.socket, self.fileno
+        protocol.connectionLost(reason)
 
     def logPrefix(self) -> str:
         return f"{self._getLogPrefix(self.protocol)},{self.sessionno},{self.hostname}"
 
     def __repr__(self) -> str:
         return f"<{self.protocol.__class__.__name__} #{self.sessionno} on {self.server._realPortNumber}>"
+
+
+_RESET = struct.pack("ii", 1, 0)  # SO_LINGER on, 0 seconds: close sends a reset
+
+
+def watch_reading(reactor: EPollReactor, fd: int, selectable) -> None:
+    """``reactor.addReader(selectable)`` for a descriptor the reactor does not watch yet (a new socket)."""
+    reactor._poller.register(fd, EPOLLIN)
+    reactor._reads.add(fd)
+    reactor._selectables[fd] = selectable
+
+
+def stop_watching(reactor: EPollReactor, fd: int) -> None:
+    """``removeReader`` and ``removeWriter`` of the descriptor ``fd`` (a socket, so never continuously polled)."""
+    reads, writes = reactor._reads, reactor._writes
+    if fd in reads or fd in writes:
+        reads.discard(fd)
+        writes.discard(fd)
+        del reactor._selectables[fd]
+        reactor._poller.unregister(fd)
 
 
 class QuickAccepting(tcp.Port):
