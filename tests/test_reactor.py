@@ -7,7 +7,8 @@ import socket
 import struct
 
 from twisted.internet import protocol
-from twisted.internet.error import ConnectionAborted, ConnectionDone, ConnectionLost
+from twisted.internet.address import IPv6Address
+from twisted.internet.error import CannotListenError, ConnectionAborted, ConnectionDone, ConnectionLost
 from twisted.internet.interfaces import IPushProducer
 from twisted.python.failure import Failure
 from twisted.trial import unittest
@@ -309,3 +310,28 @@ class StoppedProducer:
 
     def stopProducing(self):
         self.stopped = True
+
+
+class IPv6Tests(ReactorCase):
+    def setUp(self):
+        self.reactor = DispatchingReactor()
+        self.factory = RecordingFactory()
+        try:
+            self.port = accept_in_batches(self.reactor.listenTCP(0, self.factory, interface="::1"))
+        except CannotListenError:
+            raise unittest.SkipTest("no IPv6 loopback here")
+        self.clients = []
+        self.addCleanup(self.close)
+
+    def connect(self) -> socket.socket:
+        client = socket.create_connection(self.port.socket.getsockname()[:2], timeout=5)
+        self.clients.append(client)
+        return client
+
+    def test_an_ipv6_connection_has_ipv6_addresses_and_answers(self):
+        client = self.connect()
+        client.sendall(b"six")
+        self.assertEqual(self.reply(client, 6), b"ok:six")
+        transport = self.factory.made[0].transport
+        self.assertEqual((transport.getPeer().host, transport.getHost().host), ("::1", "::1"))
+        self.assertIsInstance(transport.getPeer(), IPv6Address)

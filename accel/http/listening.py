@@ -12,13 +12,16 @@ A connection per request makes accepting part of every answer: accel's ports acc
 (``QuickAccepting.doRead``) rather than through Twisted's generator, log buffer and ``socket.accept``
 wrapper (which converts the family and type to enums for each new socket); what that loop does not expect
 (a full descriptor table, an aborted connection...) goes to Twisted's own ``doRead``, which handles and logs it.
-The new connection's transport, ``AcceptedConnection``, is set up and closed in a few steps.
+The new connection's socket is the C type, ``_socket.socket``, without the Python layer of ``socket.socket``
+(an ``__init__``, a ``close`` and ``_real_close`` per connection, meant for ``makefile`` and ``dup``, which
+Twisted's transports never use); its transport, ``AcceptedConnection``, is set up and closed in a few steps.
 """
 
 from __future__ import annotations
 
 import socket
 import struct
+from _socket import socket as _Socket  # socket.socket without its Python layer (__init__, close...)
 from select import EPOLLIN
 
 from twisted.application.internet import StreamServerEndpointService
@@ -161,7 +164,8 @@ class QuickAccepting(tcp.Port):
     def doRead(self) -> None:
         listener = self.socket
         accept = listener._accept  # (fd, address), without socket.accept's new socket object
-        family = listener.family.value
+        family = self.addressFamily
+        make_address = self._addressType
         try:
             for _ in range(self.numberAccepts):
                 try:
@@ -171,11 +175,11 @@ class QuickAccepting(tcp.Port):
                 except OSError:
                     tcp.Port.doRead(self)  # Twisted's accept loop meets the error again and deals with it
                     return
-                skt = socket.socket(family, socket.SOCK_STREAM, 0, fd)
+                skt = _Socket(family, socket.SOCK_STREAM, 0, fd)
                 if len(addr) == 4:  # IPv6: the scope id, as Twisted gets it
                     host = socket.getnameinfo(addr, socket.NI_NUMERICHOST | socket.NI_NUMERICSERV)
                     addr = (host[0], *addr[1:])
-                protocol = self.factory.buildProtocol(self._buildAddr(addr))
+                protocol = self.factory.buildProtocol(make_address("TCP", *addr))
                 if protocol is None:
                     skt.close()
                     continue
