@@ -7,7 +7,7 @@ import socket
 import struct
 
 from twisted.internet import protocol
-from twisted.internet.address import IPv6Address
+from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.internet.error import CannotListenError, ConnectionAborted, ConnectionDone, ConnectionLost
 from twisted.internet.interfaces import IPushProducer
 from twisted.python.failure import Failure
@@ -101,6 +101,23 @@ class ReactorCase(unittest.TestCase):
         return got
 
 
+class BrokenListener:
+    """A listening socket whose first accept fails in a way nothing expects."""
+
+    def __init__(self, real):
+        self.real = real
+        self.failed = False
+
+    def _accept(self):
+        if not self.failed:
+            self.failed = True
+            raise ZeroDivisionError("a bug")
+        return self.real._accept()
+
+    def __getattr__(self, name):
+        return getattr(self.real, name)
+
+
 class DirectReadTests(ReactorCase):
     def test_bytes_reach_the_protocol_and_the_peers_close_is_connection_done(self):
         client = self.connect()
@@ -140,6 +157,26 @@ class AcceptTests(ReactorCase):
         client = self.connect()
         client.sendall(b"next")
         self.assertEqual(self.reply(client, 7), b"ok:next")
+
+    def test_new_connections_are_accepted_by_the_port_without_the_reactors_generic_dispatch(self):
+        generic = []
+        self.reactor._doReadOrWrite = lambda *event: generic.append(event)
+        self.connect()
+        self.turn(lambda: self.factory.made)
+        self.assertEqual(generic, [])
+
+    def test_an_unexpected_accept_failure_is_logged_and_the_other_events_are_handled(self):
+        sound = self.connect()
+        self.turn(lambda: self.factory.made)
+        real = self.port.socket
+        self.port.socket = BrokenListener(real)
+        self.addCleanup(setattr, self.port, "socket", real)
+        self.connect()
+        sound.sendall(b"same turn")
+        self.turn(lambda: self.factory.made[0].received)
+        self.assertEqual(len(self.flushLoggedErrors(ZeroDivisionError)), 1)
+        self.assertEqual(self.reply(sound, 12), b"ok:same turn")
+        self.turn(lambda: len(self.factory.made) == 2)  # and the connection is accepted on the next event
 
     def test_an_accept_error_goes_to_twisteds_accept_loop(self):
         port = self.port
@@ -205,7 +242,10 @@ class LifeCycleTests(ReactorCase):
         self.assertIs(self.reactor._selectables[fd], made.transport)
         self.assertIn(made.transport, self.reactor.getReaders())
         self.assertEqual((made.transport.connected, made.transport.disconnected), (1, 0))
-        self.assertEqual(made.transport.getPeer().host, "127.0.0.1")
+        peer = made.transport.getPeer()
+        self.assertEqual(peer, IPv4Address("TCP", "127.0.0.1", self.clients[0].getsockname()[1]))
+        self.assertEqual(hash(peer), hash(IPv4Address("TCP", *self.clients[0].getsockname())))
+        self.assertEqual(repr(peer), repr(IPv4Address("TCP", *self.clients[0].getsockname())))
 
     def test_an_immediate_orderly_close_ends_the_stream_and_forgets_the_socket(self):
         (client,), (made,) = self.made()
@@ -333,5 +373,5 @@ class IPv6Tests(ReactorCase):
         client.sendall(b"six")
         self.assertEqual(self.reply(client, 6), b"ok:six")
         transport = self.factory.made[0].transport
-        self.assertEqual((transport.getPeer().host, transport.getHost().host), ("::1", "::1"))
-        self.assertIsInstance(transport.getPeer(), IPv6Address)
+        self.assertEqual(transport.getPeer(), IPv6Address("TCP", *client.getsockname()))
+        self.assertEqual(transport.getHost(), IPv6Address("TCP", *client.getpeername()))

@@ -164,24 +164,26 @@ class HTTPConnection(Protocol):
     def __init__(self, site):
         self.site = site
         self.factory = site  # Request.finish logs through channel.factory
-        self.limits: Limits = getattr(site, "limits", None) or Limits()
+        self.limits: Limits = site.limits
         self.reactor = site.reactor
-        self.fast_hits = getattr(site, "fast_hits", None)
+        self.fast_hits = fast_hits = site.fast_hits
         self.traffic: Traffic = site.traffic
         self.queue: deque[Message] = deque()
         self.parser = httptools.HttpRequestParser(self)
-        self.field_kinds = field_kinds(self.fast_hits)
+        self.field_kinds = field_kinds(fast_hits)
 
     # -- the connection ------------------------------------------------------------------------------
 
     def connectionMade(self) -> None:
-        connections = getattr(self.site, "connections", None)
-        if connections is not None:
-            connections.add(self)
+        site = self.site
+        site.connections.add(self)
         self.traffic.connections += 1
-        self.site.deadlines.watch()
-        # A new connection's first request is due within header_timeout (nginx's client_header_timeout).
-        self._set_deadline("first", self.limits.header_timeout)
+        deadlines = site.deadlines
+        if deadlines.pending is None:
+            deadlines.watch()
+        # A new connection's first request is due within header_timeout (nginx's client_header_timeout); its
+        # _deadline_kind is "first" (the class attribute).
+        self._deadline = self.reactor.seconds() + self.limits.header_timeout
 
     def dataReceived(self, data: bytes) -> None:
         if self.closing:
@@ -226,16 +228,16 @@ class HTTPConnection(Protocol):
         self.traffic.connections -= 1
         self._deadline = None
         self.parser = None  # it holds this protocol's callbacks: no cycle outlives the connection
-        closed = getattr(self.site, "connection_closed", None)
-        if closed is not None:
-            closed(self)
+        self.site.connection_closed(self)
         if self.tunnel is not None:
             self.tunnel.connectionLost(reason)
             return
-        for message in self.queue:
-            if message.request is not None:
-                message.request.connectionLost(reason)
-        self.queue.clear()
+        queue = self.queue
+        if queue:
+            for message in queue:
+                if message.request is not None:
+                    message.request.connectionLost(reason)
+            queue.clear()
 
     # -- parser callbacks -----------------------------------------------------------------------------
 
@@ -498,6 +500,8 @@ class HTTPConnection(Protocol):
 
     def closing_after_queue(self) -> None:
         """Read nothing more; close once the queued requests are answered."""
+        if self._lost:
+            return  # closing already (a response that said Connection: close)
         self.stop_reading()
         if not self.queue and self.message is None:
             self.loseConnection()
@@ -588,7 +592,8 @@ class HTTPConnection(Protocol):
         self.closing = True
         if not self._lost:
             self._lost = True
-            self._unregister()
+            if self._producing:
+                self._unregister()
             if self._parsing:
                 self._close_when_parsed = True
             else:
@@ -652,19 +657,19 @@ class DeadlineSweep:
         self.connections = connections
         self.reactor = reactor
         self.tick = tick
-        self._call = None
+        self.pending = None  # the next sweep (a delayed call), None while it does not run
 
     def watch(self) -> None:
-        if self._call is None:
-            self._call = self.reactor.callLater(self.tick, self.sweep)
+        if self.pending is None:
+            self.pending = self.reactor.callLater(self.tick, self.sweep)
 
     def idle(self) -> None:
-        if self._call is not None:
-            self._call.cancel()
-            self._call = None
+        if self.pending is not None:
+            self.pending.cancel()
+            self.pending = None
 
     def sweep(self) -> None:
-        self._call = None
+        self.pending = None
         now = self.reactor.seconds()
         for connection in [c for c in self.connections if c._deadline is not None and c._deadline <= now]:
             connection.deadline_passed()

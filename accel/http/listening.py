@@ -67,16 +67,18 @@ class AcceptedConnection(tcp.Server):
     """``tcp.Server`` with a shorter life cycle: what accepting, closing and a connection per request cost.
 
     Made: the attributes ``tcp.Server.__init__`` sets (through ``Connection`` and ``FileDescriptor``), without
-    the log prefix and ``repr`` it formats for every connection (made here when asked for), and on an epoll
-    reactor registered for reading in one ``epoll_ctl`` and the reactor's two maps (``watch_reading``).
+    the log prefix and ``repr`` it formats for every connection (made here when asked for); on an epoll
+    reactor, registered for reading as ``addReader`` does it for a new descriptor (one ``epoll_ctl``, the
+    reactor's two maps). ``getPeer`` is the address the port gave the factory, made once.
 
     Lost (``connectionLost``): Twisted's outcome in one method rather than five and a ``Failure.check`` — a
     second call does nothing, ``connected`` and ``disconnected`` change, a registered producer is stopped,
-    the descriptor leaves the reactor (``stop_watching``), the socket is shut down and closed (an aborted
-    connection is reset instead: SO_LINGER 0), and the protocol's ``connectionLost`` is called with the reason.
+    the descriptor leaves the reactor (``removeReader`` and ``removeWriter``), the socket is shut down and
+    closed (an aborted connection is reset instead: SO_LINGER 0), and the protocol's ``connectionLost`` is
+    called with the reason.
     """
 
-    def __init__(self, sock, protocol, client, server, sessionno, reactor) -> None:
+    def __init__(self, sock, protocol, client, server, sessionno, reactor, peer=None) -> None:
         self.reactor = reactor
         self._tempDataBuffer = []
         self._tempDataLen = 0
@@ -90,11 +92,20 @@ class AcceptedConnection(tcp.Server):
         self.client = client
         self.sessionno = sessionno
         self.hostname = client[0]
+        self.peer = peer
         if isinstance(reactor, EPollReactor):
-            watch_reading(reactor, sock.fileno(), self)
+            fd = sock.fileno()
+            reactor._poller.register(fd, EPOLLIN)
+            reactor._reads.add(fd)
+            reactor._selectables[fd] = self
         else:
             reactor.addReader(self)
         self.connected = 1
+
+    def getPeer(self):
+        if self.peer is None:
+            self.peer = self._addressType("TCP", *self.client)
+        return self.peer
 
     def connectionLost(self, reason) -> None:
         try:
@@ -108,16 +119,20 @@ class AcceptedConnection(tcp.Server):
             self.producer = None
         reactor = self.reactor
         if isinstance(reactor, EPollReactor):
-            stop_watching(reactor, skt.fileno())
+            fd = skt.fileno()
+            if reactor._selectables.pop(fd, None) is not None:  # (it is there while fd is in _reads or _writes)
+                reactor._reads.discard(fd)
+                reactor._writes.discard(fd)
+                reactor._poller.unregister(fd)
         else:
             reactor.removeReader(self)
             reactor.removeWriter(self)
         try:
             if not issubclass(reason.type, ConnectionAborted):
                 if self._shouldShutdown:
-                    skt.shutdown(socket.SHUT_RDWR)
+                    skt.shutdown(_BOTH)
             else:
-                skt.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _RESET)
+                skt.setsockopt(_SOCKET_LEVEL, _LINGER, _RESET)
         except OSError:
             pass
         try:
@@ -135,24 +150,17 @@ class AcceptedConnection(tcp.Server):
         return f"<{self.protocol.__class__.__name__} #{self.sessionno} on {self.server._realPortNumber}>"
 
 
-_RESET = struct.pack("ii", 1, 0)  # SO_LINGER on, 0 seconds: close sends a reset
+_BOTH = socket.SHUT_RDWR
+_SOCKET_LEVEL, _LINGER, _RESET = socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0)  # close sends a reset
 
 
-def watch_reading(reactor: EPollReactor, fd: int, selectable) -> None:
-    """``reactor.addReader(selectable)`` for a descriptor the reactor does not watch yet (a new socket)."""
-    reactor._poller.register(fd, EPOLLIN)
-    reactor._reads.add(fd)
-    reactor._selectables[fd] = selectable
-
-
-def stop_watching(reactor: EPollReactor, fd: int) -> None:
-    """``removeReader`` and ``removeWriter`` of the descriptor ``fd`` (a socket, so never continuously polled)."""
-    reads, writes = reactor._reads, reactor._writes
-    if fd in reads or fd in writes:
-        reads.discard(fd)
-        writes.discard(fd)
-        del reactor._selectables[fd]
-        reactor._poller.unregister(fd)
+def ipv4_peer(host: str, port: int, _new=object.__new__, _kind=address.IPv4Address):
+    """``IPv4Address("TCP", host, port)`` without attrs' check, per connection, that "TCP" is "TCP" or "UDP"."""
+    made = _new(_kind)
+    made.type = "TCP"
+    made.host = host
+    made.port = port
+    return made
 
 
 class QuickAccepting(tcp.Port):
@@ -162,11 +170,9 @@ class QuickAccepting(tcp.Port):
     transport = AcceptedConnection
 
     def doRead(self) -> None:
-        listener = self.socket
-        accept = listener._accept  # (fd, address), without socket.accept's new socket object
-        family = self.addressFamily
-        make_address = self._addressType
         try:
+            accept = self.socket._accept  # (fd, address), without socket.accept's new socket object
+            family = self.addressFamily
             for _ in range(self.numberAccepts):
                 try:
                     fd, addr = accept()
@@ -176,18 +182,21 @@ class QuickAccepting(tcp.Port):
                     tcp.Port.doRead(self)  # Twisted's accept loop meets the error again and deals with it
                     return
                 skt = _Socket(family, socket.SOCK_STREAM, 0, fd)
-                if len(addr) == 4:  # IPv6: the scope id, as Twisted gets it
+                if len(addr) == 2:
+                    peer = ipv4_peer(*addr)
+                else:  # IPv6: the scope id, as Twisted gets it
                     host = socket.getnameinfo(addr, socket.NI_NUMERICHOST | socket.NI_NUMERICSERV)
                     addr = (host[0], *addr[1:])
-                protocol = self.factory.buildProtocol(make_address("TCP", *addr))
+                    peer = address.IPv6Address("TCP", *addr)
+                protocol = self.factory.buildProtocol(peer)
                 if protocol is None:
                     skt.close()
                     continue
                 number = self.sessionno
                 self.sessionno = number + 1
-                protocol.makeConnection(self.transport(skt, protocol, addr, self, number, self.reactor))
+                protocol.makeConnection(self.transport(skt, protocol, addr, self, number, self.reactor, peer))
         except BaseException:
-            log.deferr()  # as tcp.Port.doRead: logged, and the port goes on accepting
+            log.deferr()  # as tcp.Port.doRead: logged, and the port goes on accepting; nothing escapes (reactor.py)
 
 
 class BatchAcceptingPort(QuickAccepting):
@@ -196,6 +205,9 @@ class BatchAcceptingPort(QuickAccepting):
 
 class SharingPort(QuickAccepting):
     numberAccepts = _Fixed(SHARED_ACCEPT_BATCH)
+
+
+ACCEPTING = frozenset((BatchAcceptingPort, SharingPort))  # the ports' exact types
 
 
 def accept_in_batches(port):

@@ -11,7 +11,8 @@ The commonest event, a plain TCP connection with bytes to read and nothing else 
 way still: what ``_doReadOrWrite`` → ``doRead`` → ``_dataReceived`` do for it is done in the loop itself (one
 ``recv``, then the protocol's ``dataReceived``), with their outcomes: the peer's end of stream is
 ``ConnectionDone``, a failed ``recv`` is ``ConnectionLost``, and whatever the protocol raises is logged and
-drops that connection, never the loop.
+drops that connection, never the loop. A new connection waiting on one of accel's listening ports is
+accepted by the port's ``doRead`` called from the loop itself: it handles and logs its own errors.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from twisted.internet.main import CONNECTION_DONE, CONNECTION_LOST
 from twisted.python import log
 
 from accel.http.immediate import PLAIN_TCP as _READS_DIRECTLY  # their doRead is Connection.doRead
+from accel.http.listening import ACCEPTING as _ACCEPTS_DIRECTLY  # their doRead catches and logs everything
 
 
 class DispatchingReactor(EPollReactor):
@@ -42,7 +44,10 @@ class DispatchingReactor(EPollReactor):
             if selectable is None:
                 continue  # (closed by an earlier event of this batch)
             if event != EPOLLIN or type(selectable) not in _READS_DIRECTLY:
-                handle(selectable, fd, event)
+                if event == EPOLLIN and type(selectable) in _ACCEPTS_DIRECTLY:
+                    selectable.doRead()  # (it logs what goes wrong itself, and reports nothing back)
+                else:
+                    handle(selectable, fd, event)
                 continue
             # tcp.Connection.doRead, as _doReadOrWrite runs it:
             try:
