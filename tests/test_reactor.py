@@ -256,6 +256,19 @@ class LifeCycleTests(ReactorCase):
         self.assertFalse(self.watched(made))
         self.assertEqual(self.until_closed(client), b"bye")  # a FIN after the bytes, not a reset
 
+    def test_a_closed_connection_leaves_the_kernels_epoll_set(self):
+        """(Closing the socket takes it out: accel makes no EPOLL_CTL_DEL of its own.)"""
+        (client,), (made,) = self.made()
+        fd = made.transport.fileno()
+        self.assertIn(fd, self.epoll_set())
+        made.transport.connectionLost(Failure(ConnectionDone()))
+        self.assertNotIn(fd, self.epoll_set())
+
+    def epoll_set(self) -> set[int]:
+        """The descriptors the reactor's epoll instance watches, as the kernel lists them."""
+        with open(f"/proc/self/fdinfo/{self.reactor._poller.fileno()}") as info:
+            return {int(line.split()[1]) for line in info if line.startswith("tfd:")}
+
     def test_a_second_close_does_nothing(self):
         _, (made,) = self.made()
         calls = []

@@ -73,9 +73,16 @@ class AcceptedConnection(tcp.Server):
 
     Lost (``connectionLost``): Twisted's outcome in one method rather than five and a ``Failure.check`` — a
     second call does nothing, ``connected`` and ``disconnected`` change, a registered producer is stopped,
-    the descriptor leaves the reactor (``removeReader`` and ``removeWriter``), the socket is shut down and
-    closed (an aborted connection is reset instead: SO_LINGER 0), and the protocol's ``connectionLost`` is
-    called with the reason.
+    the descriptor leaves the reactor (``removeReader`` and ``removeWriter``), the socket is closed (an
+    aborted connection is reset instead: SO_LINGER 0), and the protocol's ``connectionLost`` is called with
+    the reason.
+
+    Two system calls of Twisted's close are left out, as nginx leaves them out: the ``shutdown`` before
+    ``close`` (Twisted's own comment calls it unnecessary: the socket is close-on-exec, so this process holds
+    its only reference, and ``close`` sends the FIN — or a reset when the peer's bytes are left unread, as
+    after ``shutdown``), and on an epoll reactor the EPOLL_CTL_DEL (the kernel drops a descriptor from the
+    epoll set when its last reference is closed: the same reasoning). Measured on close-1k: 56 -> 52 µs of
+    system time per connection.
     """
 
     def __init__(self, sock, protocol, client, server, sessionno, reactor, peer=None) -> None:
@@ -123,15 +130,12 @@ class AcceptedConnection(tcp.Server):
             if reactor._selectables.pop(fd, None) is not None:  # (it is there while fd is in _reads or _writes)
                 reactor._reads.discard(fd)
                 reactor._writes.discard(fd)
-                reactor._poller.unregister(fd)
+                # Closing the socket (below) takes it out of the epoll set: no EPOLL_CTL_DEL.
         else:
             reactor.removeReader(self)
             reactor.removeWriter(self)
         try:
-            if not issubclass(reason.type, ConnectionAborted):
-                if self._shouldShutdown:
-                    skt.shutdown(_BOTH)
-            else:
+            if issubclass(reason.type, ConnectionAborted):
                 skt.setsockopt(_SOCKET_LEVEL, _LINGER, _RESET)
         except OSError:
             pass
@@ -150,7 +154,6 @@ class AcceptedConnection(tcp.Server):
         return f"<{self.protocol.__class__.__name__} #{self.sessionno} on {self.server._realPortNumber}>"
 
 
-_BOTH = socket.SHUT_RDWR
 _SOCKET_LEVEL, _LINGER, _RESET = socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0)  # close sends a reset
 
 
