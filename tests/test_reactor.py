@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import socket
 import struct
+import threading
 
 from twisted.internet import protocol
 from twisted.internet.address import IPv4Address, IPv6Address
@@ -388,3 +389,45 @@ class IPv6Tests(ReactorCase):
         transport = self.factory.made[0].transport
         self.assertEqual(transport.getPeer(), IPv6Address("TCP", *client.getsockname()))
         self.assertEqual(transport.getHost(), IPv6Address("TCP", *client.getpeername()))
+
+
+class TimedCallTests(ReactorCase):
+    """runUntilCurrent is skipped on turns with nothing for it to do; every kind of work still gets done."""
+
+    def test_a_due_call_runs_and_a_later_one_waits(self):
+        ran = []
+        self.reactor.callLater(0, ran.append, "now")
+        later = self.reactor.callLater(30, ran.append, "later")
+        self.turn(lambda: ran)
+        self.assertEqual(ran, ["now"])
+        self.assertTrue(later.active())
+        later.cancel()
+
+    def test_a_call_moved_earlier_runs_and_one_moved_later_waits(self):
+        ran = []
+        sooner = self.reactor.callLater(30, ran.append, "sooner")
+        postponed = self.reactor.callLater(0.01, ran.append, "postponed")
+        self.reactor.runUntilCurrent()  # both are in the heap now
+        sooner.reset(0)
+        postponed.delay(30)
+        self.turn(lambda: ran)
+        self.assertEqual(ran, ["sooner"])
+        self.assertTrue(postponed.active())
+        postponed.cancel()
+
+    def test_a_call_from_another_thread_runs(self):
+        ran = []
+        thread = threading.Thread(target=self.reactor.callFromThread, args=(ran.append, "from a thread"))
+        thread.start()
+        thread.join()
+        self.turn(lambda: ran)
+        self.assertEqual(ran, ["from a thread"])
+
+    def test_many_cancelled_calls_are_cleared_out(self):
+        calls = [self.reactor.callLater(30, lambda: None) for _ in range(60)]
+        self.reactor.runUntilCurrent()
+        for call in calls:
+            call.cancel()
+        self.reactor.doIteration(0)
+        self.reactor.runUntilCurrent()
+        self.assertEqual(self.reactor._pendingTimedCalls, [])

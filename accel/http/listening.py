@@ -167,8 +167,11 @@ def ipv4_peer(host: str, port: int, _new=object.__new__, _kind=address.IPv4Addre
 
 
 class QuickAccepting(tcp.Port):
-    """A TCP port accepting up to ``numberAccepts`` connections per readable event in a plain loop."""
+    """A TCP port accepting up to ``batch`` connections per readable event in a plain loop. (``numberAccepts``,
+    the same number fixed against Twisted's changes, is what Twisted's own ``doRead`` reads when it takes over
+    after an error; ``batch`` is a plain class attribute: the loop reads it without a descriptor's call.)"""
 
+    batch: int
     numberAccepts: int
     transport = AcceptedConnection
 
@@ -176,7 +179,7 @@ class QuickAccepting(tcp.Port):
         try:
             accept = self.socket._accept  # (fd, address), without socket.accept's new socket object
             family = self.addressFamily
-            for _ in range(self.numberAccepts):
+            for _ in range(self.batch):
                 try:
                     fd, addr = accept()
                 except BlockingIOError:
@@ -203,10 +206,12 @@ class QuickAccepting(tcp.Port):
 
 
 class BatchAcceptingPort(QuickAccepting):
+    batch = ACCEPT_BATCH
     numberAccepts = _Fixed(ACCEPT_BATCH)
 
 
 class SharingPort(QuickAccepting):
+    batch = SHARED_ACCEPT_BATCH
     numberAccepts = _Fixed(SHARED_ACCEPT_BATCH)
 
 

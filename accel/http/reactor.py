@@ -13,6 +13,9 @@ way still: what ``_doReadOrWrite`` → ``doRead`` → ``_dataReceived`` do for i
 ``ConnectionDone``, a failed ``recv`` is ``ConnectionLost``, and whatever the protocol raises is logged and
 drops that connection, never the loop. A new connection waiting on one of accel's listening ports is
 accepted by the port's ``doRead`` called from the loop itself: it handles and logs its own errors.
+
+Between two polls Twisted's ``runUntilCurrent`` looks for calls from other threads and delayed calls that are
+due; on most turns there are none, and the loop skips it (``DispatchingReactor.runUntilCurrent``).
 """
 
 from __future__ import annotations
@@ -69,6 +72,14 @@ class DispatchingReactor(EPollReactor):
             self._disconnectSelectable(selectable, why, True)
 
     doIteration = doPoll
+
+    def runUntilCurrent(self) -> None:
+        """Twisted's, when there is something for it to do: a call from another thread, a delayed call that is
+        new or due, cancelled ones to clear out, or the stop to announce (most turns have none of these)."""
+        pending = self._pendingTimedCalls
+        if (self.threadCallQueue or self._newTimedCalls or self._justStopped or self._cancellations > 50
+                or (pending and pending[0].time <= self.seconds())):
+            super().runUntilCurrent()
 
 
 def install() -> bool:
