@@ -424,6 +424,32 @@ class TimeoutTests(unittest.TestCase):
             protocol.connectionLost(None)
         self.assertEqual([call for call in c.clock.getDelayedCalls() if call.active()], [])
 
+    def test_while_the_site_listens_the_sweep_is_not_made_again_for_each_connection(self):
+        c = Connection(self.LIMITS)
+        c.site.doStart()  # (as a listening port does)
+        sweep = c.site.deadlines.pending
+        c.protocol.connectionLost(None)
+        self.assertTrue(sweep.active())  # not cancelled with the last connection
+        after = c.site.buildProtocol(None)
+        after.makeConnection(StringTransport())
+        self.assertIs(c.site.deadlines.pending, sweep)  # nor made again for the next one
+        after.connectionLost(None)
+        c.clock.advance(SWEEP_TICK)  # finding no connection, it stops by itself
+        self.assertIsNone(c.site.deadlines.pending)
+        self.assertEqual([call for call in c.clock.getDelayedCalls() if call.func == c.site.deadlines.sweep], [])
+        c.site.doStop()
+
+    def test_no_timer_left_once_the_site_stops_listening(self):
+        for open_when_stopping in (False, True):
+            c = Connection(self.LIMITS)
+            c.site.doStart()
+            if not open_when_stopping:
+                c.protocol.connectionLost(None)
+            c.site.doStop()
+            if open_when_stopping:
+                c.protocol.connectionLost(None)
+            self.assertEqual([call for call in c.clock.getDelayedCalls() if call.active()], [], open_when_stopping)
+
 
 class FastPathOrderTests(unittest.TestCase):
     def test_a_fast_hit_is_written_without_a_request(self):

@@ -651,7 +651,10 @@ class DeadlineSweep:
     """The header and idle timeouts of a site's connections, checked every ``tick`` seconds by one delayed call
     rather than by a delayed call per connection (created and cancelled for nearly every one): a connection
     times out on the first tick at or after its deadline, as nginx's ``timer_resolution`` allows. The sweep
-    runs while there are connections (``watch`` when one opens, ``idle`` when the last one has closed)."""
+    runs while there are connections: ``watch`` when one opens; a tick that finds none stops it. ``idle``
+    stops it at once (the site calls it when the last connection closes while no port listens, or when the
+    last port stops with no connection open): while the site listens, a server answering one connection at
+    a time does not make a delayed call and cancel it for each."""
 
     def __init__(self, connections: set[HTTPConnection], reactor, tick: float = SWEEP_TICK):
         self.connections = connections

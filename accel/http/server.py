@@ -281,10 +281,15 @@ class AccelSite(server.Site):
         return d
 
     def connection_closed(self, connection: HTTPConnection) -> None:
-        self.connections.discard(connection)
-        if not self.connections:
+        connections = self.connections
+        connections.discard(connection)
+        if connections:
+            return
+        if not self.numPorts:
+            # Not listening (any more): no timer outlives the connections. While listening, the sweep stops
+            # by itself when it finds none left, rather than being cancelled and made again for each connection.
             self.deadlines.idle()
-        if not self.connections and self._all_closed:
+        if self._all_closed:
             waiting, self._all_closed = self._all_closed, []
             for d in waiting:
                 d.callback(None)
@@ -340,6 +345,8 @@ class AccelSite(server.Site):
             self._logFile = open_access_log(path, self.reactor)
 
     def stopFactory(self) -> None:
+        if not self.connections:
+            self.deadlines.idle()  # (connection_closed stops it once the last connection has closed)
         self._log_open = False
         if getattr(self, "_logFile", None) is not None:
             self._logFile.close()
