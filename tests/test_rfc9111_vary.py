@@ -33,6 +33,12 @@ def test_accept_encoding_is_reduced_to_the_codings_accel_can_serve():
     assert reduced("gzip;q=0, gzip") == reduced("gzip, gzip;q=0") == "gzip"  # the better weight, in any order
 
 
+def test_accept_encoding_members_naming_no_coding_are_skipped():
+    # (hypothesis found ";" raising ValueError)
+    assert normalise_field("accept-encoding", [";"]) == "identity"
+    assert normalise_field("accept-encoding", [";, gzip", " ; q=1"]) == "gzip"
+
+
 def test_s4_1_accept_language_normalises_case_order_weights_and_whitespace():
     assert normalise_field("accept-language", ["EN-us, fr;Q=0.5"]) == "en-us,fr;q=0.5"
     assert normalise_field("accept-language", ["fr;q=0.50 ,en"]) == normalise_field("accept-language", ["EN; q=1.000", "FR;q=0.5"])

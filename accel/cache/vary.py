@@ -62,7 +62,10 @@ def servable_codings(values: list[str]) -> str:
     weights: dict[str, float] = {}
     for value in values:
         for member in split_list(value):
-            coding, *params = split_list(member, ";")
+            parts = split_list(member, ";")
+            if not parts:
+                continue  # (";" alone names no coding)
+            coding, *params = parts
             q = 1.0
             for param in params:
                 name, _, text = param.partition("=")
