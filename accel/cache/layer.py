@@ -186,7 +186,7 @@ class CacheLayer:
         variants = self.responder.variants(found, exchange.policy) if found else []
         now = self.clock()
         decision = policy.evaluate(
-            exchange.method, exchange.fields, [v.stored for v in variants] if variants else [], exchange.policy, now,
+            exchange.method, exchange.fields, [v.stored for v in variants], exchange.policy, now,
             Responder.known_freshness(variants, exchange.policy) if variants else None,
         )
         if isinstance(decision, policy.Fresh):
@@ -350,8 +350,7 @@ class CacheLayer:
         )
         too_big = response.length is not UNKNOWN_LENGTH and response.length > self.settings.max_object_size
         if not (storing and verdict.ok and not too_big):
-            if exchange.leader:
-                self.not_stored(exchange)
+            self.not_stored(exchange)
             self.relay(exchange, self.take(exchange), client_fields, self.status(fwd=fwd, fwd_status=code),
                        fetched_as_get=exchange.head_as_get)
             return

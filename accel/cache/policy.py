@@ -31,7 +31,6 @@ from accel.http.headers import HOP_BY_HOP_NAMES, connection_options
 from .directives import (
     MAX_STALE_ANY,
     CacheControl,
-    RequestCacheControl,
     effective_response_directives,
     parse_delta_seconds,
     request_cache_control,
@@ -475,9 +474,8 @@ def evaluate(
     outcome that would contact the origin becomes ``OnlyIfCachedFail``.
     ``known_freshness`` may supply ``freshness(stored, policy)`` computed earlier.
     """
-    rcc = request_cache_control(request_fields)
-    decision = _evaluate(method, request_fields, stored, policy, now, known_freshness, rcc)
-    if rcc.only_if_cached and isinstance(decision, (Miss, Revalidate)):
+    decision = _evaluate(method, request_fields, stored, policy, now, known_freshness)
+    if request_cache_control(request_fields).only_if_cached and isinstance(decision, (Miss, Revalidate)):
         return OnlyIfCachedFail()
     return decision
 
@@ -489,12 +487,10 @@ def _evaluate(
     policy: CachePolicy,
     now: float,
     known_freshness: Callable[[StoredResponse], Freshness] | None = None,
-    rcc: RequestCacheControl | None = None,
 ) -> Decision:
     if method not in ("GET", "HEAD"):
         return Miss("method")
-    if rcc is None:
-        rcc = request_cache_control(request_fields)
+    rcc = request_cache_control(request_fields)  # (parsed once per request: directives.py remembers it)
     if rcc.no_store:  # §5.2.1.5 only forbids storing; this cache also declines to reuse.
         return Miss("request")
     if not stored:

@@ -178,9 +178,7 @@ class HTTPConnection(Protocol):
         site = self.site
         site.connections.add(self)
         self.traffic.connections += 1
-        deadlines = site.deadlines
-        if deadlines.pending is None:
-            deadlines.watch()
+        site.deadlines.watch()
         # A new connection's first request is due within header_timeout (nginx's client_header_timeout); its
         # _deadline_kind is "first" (the class attribute).
         self._deadline = self.reactor.seconds() + self.limits.header_timeout
@@ -592,8 +590,7 @@ class HTTPConnection(Protocol):
         self.closing = True
         if not self._lost:
             self._lost = True
-            if self._producing:
-                self._unregister()
+            self._unregister()
             if self._parsing:
                 self._close_when_parsed = True
             else:

@@ -43,7 +43,7 @@ from accel.proxy.routing import RouteTable, origin_target
 
 log = Logger()
 
-_PEERS_REMEMBERED = 4096  # bound on Forwarder's memos (client sides, listed types)
+_PEERS_REMEMBERED = 4096  # bound on Forwarder's memo of client sides
 
 
 class ReverseProxy(Resource):
@@ -180,7 +180,6 @@ class Forwarder:
         self.admission = admission
         self.server_name = (config.server_names or (socket.gethostname(),))[0]
         self._client_sides: dict[tuple, ClientSide] = {}
-        self._listed: dict[tuple[int, bytes], tuple] = {}  # (id(compress settings), Content-Type): listed?
         self._untrusted: dict[int, tuple[Route, frozenset]] = {}  # id(route): its untrusted fields
 
     def handle(self, request, route: Route, target: str) -> None:
@@ -207,10 +206,7 @@ class Forwarder:
             refusal = self.admission.charge(route, request.getClientAddress(), _field_values(request),
                                             self.admission.clock())
             if refusal is not None:
-                try:
-                    failed(Failure(Refused(refusal)))
-                except Exception:
-                    crashed(Failure())
+                _deliver(failed, Failure(Refused(refusal)), crashed)
                 return
         headers = self.upstream_headers(request, route, extra, drop)
         request.forwarded = True
@@ -223,18 +219,12 @@ class Forwarder:
             self.traffic.fetched((fetched.route or route).origin.key, time.monotonic() - sent, fetched.response.code)
             if route.balancer is not None:
                 request.log_origin = fetched.route.origin.key  # the access log names the member that answered
-            try:
-                answered(fetched)
-            except Exception:
-                crashed(Failure())
+            _deliver(answered, fetched, crashed)
 
         def origin_failed(failure: Failure) -> None:
             if not failure.check(CancelledError):
                 self.traffic.fetched(route.origin.key, time.monotonic() - sent, None)
-            try:
-                failed(failure)
-            except Exception:
-                crashed(Failure())
+            _deliver(failed, failure, crashed)
 
         def interim(code: int, phrase: bytes, fields: RawFields) -> None:
             relay_interim(request, code, phrase, fields)
@@ -404,7 +394,7 @@ class Forwarder:
             if name.lower() == b"content-type":
                 content_type = value
                 break
-        if content_type is None or not self.listed(settings, content_type):
+        if content_type is None or not listed_type(settings, content_type.decode("latin-1")):
             return None  # (what compressible would say, without converting every field)
         pure = [(n.decode("latin-1"), v.decode("latin-1")) for n, v in fields]
         length = None if response.length is UNKNOWN_LENGTH or request.method == b"HEAD" else response.length
@@ -420,17 +410,6 @@ class Forwarder:
             if name.lower() in CODING_FIELDS:
                 headers.addRawHeader(name.encode("latin-1"), value.encode("latin-1"))
         return None if coding == IDENTITY else coding
-
-    def listed(self, settings, content_type: bytes) -> bool:
-        """``listed_type``, remembered for a route's settings and a Content-Type value (a few make up nearly
-        every response)."""
-        key = (id(settings), content_type)
-        known = self._listed.get(key)
-        if known is None or known[0] is not settings:
-            if len(self._listed) >= _PEERS_REMEMBERED:
-                self._listed.clear()
-            known = self._listed[key] = (settings, listed_type(settings, content_type.decode("latin-1")))
-        return known[1]
 
     def fail(self, request, failure: Failure, headers: dict[bytes, bytes] | None = None) -> None:
         """Answer a request whose origin request failed before a response arrived (with ``headers``)."""
@@ -494,6 +473,14 @@ def relay_interim(request, code: int, phrase: bytes, fields: RawFields) -> None:
         lines += (name, b": ", value, b"\r\n")
     lines.append(b"\r\n")
     request.channel.transport.writeSequence(lines)
+
+
+def _deliver(callback: Callable, result, crashed: Callable[[Failure], None]) -> None:
+    """``callback(result)``; what it raises goes to ``crashed`` (``Forwarder.fetch``'s end of the chain)."""
+    try:
+        callback(result)
+    except Exception:
+        crashed(Failure())
 
 
 def _idle_abort(relay: ResponseRelay, route: Route, request) -> None:
