@@ -20,7 +20,8 @@ from accel.http.reactor import DispatchingReactor
 
 
 class Recording(protocol.Protocol):
-    """Keeps what it receives; b"boom" makes it raise (a bug in a protocol)."""
+    """Keeps what it receives; b"boom" makes it raise (a bug in a protocol), b"bye" answers and closes at once
+    (as HTTPConnection does when nothing is queued), b"wait" pauses reading."""
 
     def connectionMade(self):
         self.factory.made.append(self)
@@ -31,7 +32,13 @@ class Recording(protocol.Protocol):
         if b"boom" in data:
             raise ZeroDivisionError("a bug in the protocol")
         self.received += data
+        if b"bye" in data:
+            self.transport.socket.send(b"ok:" + data)
+            self.transport.connectionLost(Failure(ConnectionDone()))
+            return
         self.transport.write(b"ok:" + data)
+        if b"wait" in data:
+            self.transport.pauseProducing()
 
     def connectionLost(self, reason):
         self.lost = reason
@@ -206,6 +213,114 @@ class AcceptTests(ReactorCase):
         self.assertEqual(aborted, [True])
         client.sendall(b"in")
         self.assertEqual(self.reply(client, 5), b"ok:in")
+
+
+class RecordingPoller:
+    """The reactor's epoll object, noting the descriptors registered with it."""
+
+    def __init__(self, real):
+        self.real = real
+        self.registered = []
+
+    def register(self, fd, events):
+        self.registered.append(fd)
+        return self.real.register(fd, events)
+
+    def __getattr__(self, name):
+        return getattr(self.real, name)
+
+
+class FirstReadTests(ReactorCase):
+    """What a client sent before its connection was accepted is read in the accept loop, with the reactor's
+    outcomes; the socket is watched afterwards, unless the connection is over by then or its protocol paused."""
+
+    def setUp(self):
+        super().setUp()
+        self.poller = self.reactor._poller = RecordingPoller(self.reactor._poller)
+
+    def sent_before_accept(self, data: bytes) -> socket.socket:
+        client = self.connect()
+        client.sendall(data)  # (on loopback, in the server's receive queue once sendall returns)
+        return client
+
+    def accept(self, count: int = 1) -> None:
+        self.reactor.doIteration(1)  # the listening socket's turn: accepted and read in it
+        self.assertEqual(len(self.factory.made), count)
+
+    def test_bytes_sent_before_accepting_reach_the_protocol_in_the_accepting_turn(self):
+        client = self.sent_before_accept(b"early")
+        self.accept()
+        (made,) = self.factory.made
+        self.assertEqual(made.received, b"early")
+        self.assertIn(made.transport.fileno(), self.poller.registered)  # and then watched for more
+        client.sendall(b"more")
+        self.assertEqual(self.reply(client, 15), b"ok:earlyok:more")
+
+    def test_a_connection_answered_and_closed_on_its_first_bytes_never_enters_the_epoll_set(self):
+        client = self.sent_before_accept(b"bye")
+        self.accept()
+        (made,) = self.factory.made
+        self.assertIsInstance(made.lost.value, ConnectionDone)
+        self.assertEqual(self.poller.registered, [])
+        client.settimeout(5)
+        self.assertEqual(client.recv(100), b"ok:bye")
+        self.assertEqual(client.recv(100), b"")
+
+    def test_a_connection_with_nothing_sent_yet_is_watched_and_read_later(self):
+        client = self.connect()
+        self.accept()
+        (made,) = self.factory.made
+        self.assertEqual(made.received, b"")
+        self.assertEqual(self.poller.registered, [made.transport.fileno()])
+        client.sendall(b"late")
+        self.assertEqual(self.reply(client, 7), b"ok:late")
+
+    def test_a_protocol_that_pauses_on_its_first_bytes_is_watched_once_it_resumes(self):
+        client = self.sent_before_accept(b"wait")
+        self.accept()
+        (made,) = self.factory.made
+        self.assertEqual(self.poller.registered, [made.transport.fileno()])  # for its write, not for reading
+        self.assertNotIn(made.transport, self.reactor.getReaders())
+        self.assertEqual(self.reply(client, 7), b"ok:wait")
+        made.transport.resumeProducing()
+        self.assertIn(made.transport, self.reactor.getReaders())
+        client.sendall(b"on")
+        self.assertEqual(self.reply(client, 5), b"ok:on")
+
+    def test_a_client_gone_before_accepting_is_connection_done_after_its_bytes(self):
+        client = self.sent_before_accept(b"last words")
+        client.shutdown(socket.SHUT_WR)
+        self.accept()
+        (made,) = self.factory.made
+        self.assertEqual(made.received, b"last words")  # the end of stream comes on the next read
+        self.turn(lambda: made.lost is not None)
+        self.assertIsInstance(made.lost.value, ConnectionDone)
+        silent = self.connect()
+        silent.close()
+        self.accept(2)
+        self.assertIsInstance(self.factory.made[1].lost.value, ConnectionDone)
+        self.assertNotIn(self.factory.made[1].transport.fileno(), self.poller.registered[1:])
+
+    def test_a_reset_before_accepting_is_connection_lost(self):
+        client = self.connect()
+        client.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        client.close()
+        self.accept()
+        (made,) = self.factory.made
+        self.assertIsInstance(made.lost.value, ConnectionLost)
+        self.assertFalse(made.transport in self.reactor.getReaders())
+
+    def test_a_protocol_that_raises_on_its_first_bytes_is_logged_and_closed_and_the_batch_goes_on(self):
+        broken = self.sent_before_accept(b"boom")
+        sound = self.sent_before_accept(b"fine")
+        self.accept(2)
+        broken_made, sound_made = self.factory.made
+        self.assertEqual(len(self.flushLoggedErrors(ZeroDivisionError)), 1)
+        self.assertIsInstance(broken_made.lost.value, ZeroDivisionError)
+        broken.settimeout(5)
+        self.assertEqual(broken.recv(10), b"")
+        self.assertEqual(sound_made.received, b"fine")
+        self.assertEqual(self.reply(sound, 7), b"ok:fine")
 
 
 class LifeCycleTests(ReactorCase):

@@ -12,6 +12,8 @@ A connection per request makes accepting part of every answer: accel's ports acc
 (``QuickAccepting.doRead``) rather than through Twisted's generator, log buffer and ``socket.accept``
 wrapper (which converts the family and type to enums for each new socket); what that loop does not expect
 (a full descriptor table, an aborted connection...) goes to Twisted's own ``doRead``, which handles and logs it.
+Each new connection's first bytes are read in that loop too, without waiting for the event loop to report
+them (``AcceptedConnection.read_first``).
 The new connection's socket is the C type, ``_socket.socket``, without the Python layer of ``socket.socket``
 (an ``__init__``, a ``close`` and ``_real_close`` per connection, meant for ``makefile`` and ``dup``, which
 Twisted's transports never use); its transport, ``AcceptedConnection``, is set up and closed in a few steps.
@@ -28,6 +30,7 @@ from twisted.application.internet import StreamServerEndpointService
 from twisted.internet import address, endpoints, tcp
 from twisted.internet.epollreactor import EPollReactor
 from twisted.internet.error import ConnectionAborted
+from twisted.internet.main import CONNECTION_DONE, CONNECTION_LOST
 from twisted.python import log
 from twisted.internet.interfaces import IStreamServerEndpoint
 from zope.interface import implementer
@@ -67,9 +70,10 @@ class AcceptedConnection(tcp.Server):
     """``tcp.Server`` with a shorter life cycle: what accepting, closing and a connection per request cost.
 
     Made: the attributes ``tcp.Server.__init__`` sets (through ``Connection`` and ``FileDescriptor``), without
-    the log prefix and ``repr`` it formats for every connection (made here when asked for); on an epoll
-    reactor, registered for reading as ``addReader`` does it for a new descriptor (one ``epoll_ctl``, the
-    reactor's two maps). ``getPeer`` is the address the port gave the factory, made once.
+    the log prefix and ``repr`` it formats for every connection (made here when asked for). accel's accept loop
+    then reads what the client has sent already (``read_first``), and only then is the socket watched for
+    reading (at once when Twisted's own accept loop made the connection), on an epoll reactor as ``addReader``
+    does it for a new descriptor (one ``epoll_ctl``, the reactor's two maps). ``getPeer`` is the address the port gave the factory, made once.
 
     Lost (``connectionLost``): Twisted's outcome in one method rather than five and a ``Failure.check`` — a
     second call does nothing, ``connected`` and ``disconnected`` change, a registered producer is stopped,
@@ -85,7 +89,7 @@ class AcceptedConnection(tcp.Server):
     system time per connection.
     """
 
-    def __init__(self, sock, protocol, client, server, sessionno, reactor, peer=None) -> None:
+    def __init__(self, sock, protocol, client, server, sessionno, reactor, peer=None, read_first=False) -> None:
         self.reactor = reactor
         self._tempDataBuffer = []
         self._tempDataLen = 0
@@ -100,14 +104,66 @@ class AcceptedConnection(tcp.Server):
         self.sessionno = sessionno
         self.hostname = client[0]
         self.peer = peer
-        if isinstance(reactor, EPollReactor):
-            fd = sock.fileno()
-            reactor._poller.register(fd, EPOLLIN)
-            reactor._reads.add(fd)
-            reactor._selectables[fd] = self
-        else:
-            reactor.addReader(self)
         self.connected = 1
+        if not read_first:  # (made by Twisted's accept loop: watched at once, as tcp.Server is)
+            self._watched = True
+            self.startReading()
+
+    # -- the first read -------------------------------------------------------------------------------
+    _watched = False  # the reactor watches the socket (read_first has run, or was not asked for)
+    _wants_reading = True  # read_first watches for reading (the protocol did not pause first)
+
+    def read_first(self) -> None:
+        """Read what the client sent right behind its handshake, then have the reactor watch the socket.
+
+        A client sends its request as soon as it is connected, so by the time a connection is accepted its
+        first bytes have usually arrived: they are read here, in the accept loop, rather than after a turn of the
+        event loop, and a connection whose answer is written and closed on these bytes (one request per
+        connection) never enters the epoll set. The outcomes are the reactor's (DispatchingReactor.doPoll): an
+        end of stream is ``ConnectionDone``, a failed ``recv`` ``ConnectionLost``, a protocol that raises is
+        logged and loses its connection. A protocol that paused reading meanwhile is watched once it resumes.
+        """
+        why = None
+        try:
+            data = self.socket.recv(self.bufferSize)
+        except BlockingIOError:
+            data = None  # nothing yet
+        except OSError:
+            data, why = None, CONNECTION_LOST
+        else:
+            if not data:
+                why = CONNECTION_DONE
+        if data:
+            try:
+                self.protocol.dataReceived(data)
+            except BaseException as error:
+                log.err()
+                why = error
+        self._watched = True
+        if why is not None:
+            self.reactor._disconnectSelectable(self, why, True)
+        elif self.connected and self._wants_reading:
+            self.startReading()
+
+    def startReading(self) -> None:
+        if not self._watched:
+            self._wants_reading = True
+            return
+        reactor = self.reactor
+        if isinstance(reactor, EPollReactor):
+            fd = self.socket.fileno()
+            if fd not in reactor._selectables:  # (addReader's work for a descriptor the reactor doesn't know yet)
+                reactor._poller.register(fd, EPOLLIN)
+                reactor._reads.add(fd)
+                reactor._selectables[fd] = self
+                return
+        reactor.addReader(self)
+
+    def stopReading(self) -> None:
+        if not self._watched:
+            self._wants_reading = False
+            return
+        self.reactor.removeReader(self)
 
     def getPeer(self):
         if self.peer is None:
@@ -200,7 +256,9 @@ class QuickAccepting(tcp.Port):
                     continue
                 number = self.sessionno
                 self.sessionno = number + 1
-                protocol.makeConnection(self.transport(skt, protocol, addr, self, number, self.reactor, peer))
+                transport = self.transport(skt, protocol, addr, self, number, self.reactor, peer, True)
+                protocol.makeConnection(transport)
+                transport.read_first()
         except BaseException:
             log.deferr()  # as tcp.Port.doRead: logged, and the port goes on accepting; nothing escapes (reactor.py)
 
