@@ -39,6 +39,8 @@ class Recording(protocol.Protocol):
         self.transport.write(b"ok:" + data)
         if b"wait" in data:
             self.transport.pauseProducing()
+        if b"again" in data:
+            self.factory.again()
 
     def connectionLost(self, reason):
         self.lost = reason
@@ -309,6 +311,16 @@ class FirstReadTests(ReactorCase):
         (made,) = self.factory.made
         self.assertIsInstance(made.lost.value, ConnectionLost)
         self.assertFalse(made.transport in self.reactor.getReaders())
+
+    def test_connections_made_while_a_batch_is_read_wait_for_the_next_turn(self):
+        """(A client whose connection is answered at once opens its next one: reading those in the same accept
+        loop would keep the connections the reactor watches waiting.)"""
+        self.factory.again = lambda: self.sent_before_accept(b"next")
+        self.sent_before_accept(b"again")
+        self.accept()
+        self.assertEqual(self.factory.made[0].received, b"again")
+        self.accept(2)
+        self.assertEqual(self.factory.made[1].received, b"next")
 
     def test_a_protocol_that_raises_on_its_first_bytes_is_logged_and_closed_and_the_batch_goes_on(self):
         broken = self.sent_before_accept(b"boom")

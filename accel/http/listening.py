@@ -232,35 +232,49 @@ class QuickAccepting(tcp.Port):
     transport = AcceptedConnection
 
     def doRead(self) -> None:
+        """Accept the connections waiting, then read what each client has sent already (``read_first``). The
+        reads wait until the accepting is done: connections closed by their first read are replaced at once by
+        the clients' next ones, and an accept loop that read them too would go on serving those while the
+        connections the reactor watches wait."""
+        accepted: list[AcceptedConnection] = []
         try:
-            accept = self.socket._accept  # (fd, address), without socket.accept's new socket object
-            family = self.addressFamily
-            for _ in range(self.batch):
-                try:
-                    fd, addr = accept()
-                except BlockingIOError:
-                    return
-                except OSError:
-                    tcp.Port.doRead(self)  # Twisted's accept loop meets the error again and deals with it
-                    return
-                skt = _Socket(family, socket.SOCK_STREAM, 0, fd)
-                if len(addr) == 2:
-                    peer = ipv4_peer(*addr)
-                else:  # IPv6: the scope id, as Twisted gets it
-                    host = socket.getnameinfo(addr, socket.NI_NUMERICHOST | socket.NI_NUMERICSERV)
-                    addr = (host[0], *addr[1:])
-                    peer = address.IPv6Address("TCP", *addr)
-                protocol = self.factory.buildProtocol(peer)
-                if protocol is None:
-                    skt.close()
-                    continue
-                number = self.sessionno
-                self.sessionno = number + 1
-                transport = self.transport(skt, protocol, addr, self, number, self.reactor, peer, True)
-                protocol.makeConnection(transport)
-                transport.read_first()
+            self.accept_into(accepted)
         except BaseException:
             log.deferr()  # as tcp.Port.doRead: logged, and the port goes on accepting; nothing escapes (reactor.py)
+        for transport in accepted:
+            try:
+                transport.read_first()
+            except BaseException:
+                log.deferr()  # (a protocol's connectionLost that raised: the other connections are still read)
+
+    def accept_into(self, accepted: list[AcceptedConnection]) -> None:
+        """Accept up to ``batch`` connections, each made with its protocol and added to ``accepted``."""
+        accept = self.socket._accept  # (fd, address), without socket.accept's new socket object
+        family = self.addressFamily
+        for _ in range(self.batch):
+            try:
+                fd, addr = accept()
+            except BlockingIOError:
+                return
+            except OSError:
+                tcp.Port.doRead(self)  # Twisted's accept loop meets the error again and deals with it
+                return
+            skt = _Socket(family, socket.SOCK_STREAM, 0, fd)
+            if len(addr) == 2:
+                peer = ipv4_peer(*addr)
+            else:  # IPv6: the scope id, as Twisted gets it
+                host = socket.getnameinfo(addr, socket.NI_NUMERICHOST | socket.NI_NUMERICSERV)
+                addr = (host[0], *addr[1:])
+                peer = address.IPv6Address("TCP", *addr)
+            protocol = self.factory.buildProtocol(peer)
+            if protocol is None:
+                skt.close()
+                continue
+            number = self.sessionno
+            self.sessionno = number + 1
+            transport = self.transport(skt, protocol, addr, self, number, self.reactor, peer, True)
+            accepted.append(transport)
+            protocol.makeConnection(transport)
 
 
 class BatchAcceptingPort(QuickAccepting):
