@@ -243,7 +243,7 @@ class Accelerator:
         site.hsts = generation.hsts
         site.hsts_field = b"Strict-Transport-Security: %s\r\n" % generation.hsts if generation.hsts else b""
         site.requestFactory = generation.request_factory
-        site.fast_hits = generation.fast_hits
+        site.use_fast_hits(generation.fast_hits)
         site.admission = generation.admission
         site.traffic = self.traffic
         self.traffic.counting = config.status.metrics

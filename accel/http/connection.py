@@ -81,20 +81,16 @@ _FIELD_KINDS = {b"host": _HOST, b"content-length": _LENGTH, b"transfer-encoding"
                 b"accept-encoding": _ACCEPT_ENCODING,
                 b"upgrade": _NOT_PLAIN,  # never a fast hit (accel.proxy.websocket may take it)
                 b"x-request-id": _REQUEST_ID_FIELD}
-_KINDS_FOR: dict[tuple, dict[bytes, int]] = {}
 _SEEN_HOSTS: set[bytes] = set()  # Host values found valid (a regular expression costs a microsecond or two)
 _SEEN_HOSTS_KEPT = 1024
 
 
 def field_kinds(fast_hits) -> dict[bytes, int]:
-    """The table of the request fields ``check_fields`` notes, with ``fast_hits``'s (made once per pair of sets)."""
-    names = (fast_hits.not_plain, fast_hits.conditional) if fast_hits is not None else (frozenset(), frozenset())
-    kinds = _KINDS_FOR.get(names)
-    if kinds is None:
-        not_plain, conditional = names
-        kinds = _KINDS_FOR[names] = {**dict.fromkeys(conditional, _CONDITIONAL), **dict.fromkeys(not_plain, _NOT_PLAIN),
-                                     **_FIELD_KINDS}
-    return kinds
+    """The table of the request fields ``check_fields`` notes, with ``fast_hits``'s (a site makes it once)."""
+    if fast_hits is None:
+        return _FIELD_KINDS
+    return {**dict.fromkeys(fast_hits.conditional, _CONDITIONAL), **dict.fromkeys(fast_hits.not_plain, _NOT_PLAIN),
+            **_FIELD_KINDS}
 
 
 def valid_host(value: bytes) -> bool:
@@ -166,11 +162,11 @@ class HTTPConnection(Protocol):
         self.factory = site  # Request.finish logs through channel.factory
         self.limits: Limits = site.limits
         self.reactor = site.reactor
-        self.fast_hits = fast_hits = site.fast_hits
+        self.fast_hits = site.fast_hits
         self.traffic: Traffic = site.traffic
         self.queue: deque[Message] = deque()
         self.parser = httptools.HttpRequestParser(self)
-        self.field_kinds = field_kinds(fast_hits)
+        self.field_kinds = site.field_kinds
 
     # -- the connection ------------------------------------------------------------------------------
 

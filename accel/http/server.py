@@ -23,7 +23,7 @@ from accel.http.body import RequestBody
 from accel.http.errors import ErrorPages
 from accel.http.header_rules import NO_RULES, HeaderRules
 from accel.http.header_table import HeaderTable
-from accel.http.connection import DeadlineSweep, HTTPConnection
+from accel.http.connection import DeadlineSweep, HTTPConnection, field_kinds
 from accel.http.traffic import Traffic
 from accel.http.dates import http_date
 from accel.config import Limits
@@ -253,13 +253,19 @@ class AccelSite(server.Site):
         self.server_field = b"Server: %s\r\n" % self.server_header if self.server_header else b""
         self.hsts_field = b"Strict-Transport-Security: %s\r\n" % hsts if hsts else b""  # on fast hits over TLS
         self.access_log = access_log
-        self.fast_hits = fast_hits
+        self.use_fast_hits(fast_hits)
         self.header_rules = header_rules  # the [server] header rules, for requests no route has taken
         self.traffic = Traffic()  # this process's figures; accel.app gives every generation's Site the same
         self.access_log_format = "combined"
         self.trusts = lambda peer: False  # whether a peer is a trusted proxy (its X-Request-Id is kept)
         self._request_ids = 0
         self._request_id_prefix = b"%08x-" % int.from_bytes(os.urandom(4), "big")
+
+    def use_fast_hits(self, fast_hits) -> None:
+        """Answer cache hits with ``fast_hits`` (None: every request takes the general path) on the connections
+        made from now on."""
+        self.fast_hits = fast_hits
+        self.field_kinds = field_kinds(fast_hits)  # what the connections' check_fields note of request fields
 
     def buildProtocol(self, addr) -> HTTPConnection:
         return HTTPConnection(self)
