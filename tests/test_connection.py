@@ -59,7 +59,7 @@ class FakeFastHits:
     def __init__(self):
         self.asked = []
 
-    def __call__(self, secure, message, peer):
+    def answer(self, secure, message, peer):
         self.asked.append((message.target, message.conditional))
         return fast_hit_for(message.target)
 

@@ -108,7 +108,7 @@ class FastHits:
         # (TLS, Host, request-target, Accept-Encoding) -> (FastHit, until, epoch, bucket, generation)
         self._answers: dict[tuple, tuple] = {}
 
-    def __call__(self, secure: bool, message, peer: Callable[[], object]) -> FastHit | None:
+    def answer(self, secure: bool, message, peer: Callable[[], object]) -> FastHit | None:
         """The answer to ``message`` (an ``accel.http.connection.Message``: a GET or HEAD without a body
         and without fields in ``not_plain``) from the client ``peer()`` gives, or None when the general path
         must answer."""

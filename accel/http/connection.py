@@ -401,7 +401,7 @@ class HTTPConnection(Protocol):
         secure = self._secure
         if secure is None:
             secure = self.isSecure()
-        hit = self.fast_hits(secure, message, self.getPeer)
+        hit = self.fast_hits.answer(secure, message, self.getPeer)
         if hit is None:
             return False
         site = self.site
