@@ -72,8 +72,9 @@ class AcceptedConnection(tcp.Server):
     Made: the attributes ``tcp.Server.__init__`` sets (through ``Connection`` and ``FileDescriptor``), without
     the log prefix and ``repr`` it formats for every connection (made here when asked for). accel's accept loop
     then reads what the client has sent already (``read_first``), and only then is the socket watched for
-    reading (at once when Twisted's own accept loop made the connection), on an epoll reactor as ``addReader``
-    does it for a new descriptor (one ``epoll_ctl``, the reactor's two maps). ``getPeer`` is the address the port gave the factory, made once.
+    reading (at once when Twisted's own accept loop made the connection), on an epoll reactor as
+    ``addReader`` does it for a new descriptor (one ``epoll_ctl``, the reactor's two maps). ``getPeer`` is
+    the address the port gave the factory, made once.
 
     Lost (``connectionLost``): Twisted's outcome in one method rather than five and a ``Failure.check`` — a
     second call does nothing, ``connected`` and ``disconnected`` change, a registered producer is stopped,
