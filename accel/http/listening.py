@@ -12,8 +12,8 @@ A connection per request makes accepting part of every answer: accel's ports acc
 (``QuickAccepting.doRead``) rather than through Twisted's generator, log buffer and ``socket.accept``
 wrapper (which converts the family and type to enums for each new socket); what that loop does not expect
 (a full descriptor table, an aborted connection...) goes to Twisted's own ``doRead``, which handles and logs it.
-Each new connection's first bytes are read in that loop too, without waiting for the event loop to report
-them (``AcceptedConnection.read_first``).
+Once a batch is accepted, each new connection's first bytes are read at once, without waiting for the event
+loop to report them (``AcceptedConnection.read_first``).
 The new connection's socket is the C type, ``_socket.socket``, without the Python layer of ``socket.socket``
 (an ``__init__``, a ``close`` and ``_real_close`` per connection, meant for ``makefile`` and ``dup``, which
 Twisted's transports never use); its transport, ``AcceptedConnection``, is set up and closed in a few steps.
@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import socket
 import struct
+import sys
 from _socket import socket as _Socket  # socket.socket without its Python layer (__init__, close...)
 from select import EPOLLIN
 
@@ -51,19 +52,6 @@ def with_backlog(description: str, backlog: int = DEFAULT_BACKLOG) -> str:
     if not description.startswith(_TAKES_BACKLOG) or ":backlog=" in description:
         return description
     return f"{description}:backlog={backlog}"
-
-
-class _Fixed:
-    """A class attribute that instances cannot change (tcp.Port re-sets ``numberAccepts`` after each batch)."""
-
-    def __init__(self, value: int):
-        self.value = value
-
-    def __get__(self, instance, owner=None) -> int:
-        return self.value
-
-    def __set__(self, instance, value) -> None:
-        pass
 
 
 class AcceptedConnection(tcp.Server):
@@ -118,32 +106,14 @@ class AcceptedConnection(tcp.Server):
         """Read what the client sent right behind its handshake, then have the reactor watch the socket.
 
         A client sends its request as soon as it is connected, so by the time a connection is accepted its
-        first bytes have usually arrived: they are read here, in the accept loop, rather than after a turn of the
-        event loop, and a connection whose answer is written and closed on these bytes (one request per
-        connection) never enters the epoll set. The outcomes are the reactor's (DispatchingReactor.doPoll): an
-        end of stream is ``ConnectionDone``, a failed ``recv`` ``ConnectionLost``, a protocol that raises is
-        logged and loses its connection. A protocol that paused reading meanwhile is watched once it resumes.
+        first bytes have usually arrived: the port reads them once its batch is accepted, rather than a turn of
+        the event loop later, and a connection whose answer is written and closed on these bytes (one request
+        per connection) never enters the epoll set. The outcomes are the event loop's (``read_once``). A
+        protocol that paused reading meanwhile is watched once it resumes.
         """
-        why = None
-        try:
-            data = self.socket.recv(self.bufferSize)
-        except BlockingIOError:
-            data = None  # nothing yet
-        except OSError:
-            data, why = None, CONNECTION_LOST
-        else:
-            if not data:
-                why = CONNECTION_DONE
-        if data:
-            try:
-                self.protocol.dataReceived(data)
-            except BaseException as error:
-                log.err()
-                why = error
+        read_once(self)
         self._watched = True
-        if why is not None:
-            self.reactor._disconnectSelectable(self, why, True)
-        elif self.connected and self._wants_reading:
+        if self.connected and self._wants_reading:
             self.startReading()
 
     def startReading(self) -> None:
@@ -211,6 +181,30 @@ class AcceptedConnection(tcp.Server):
         return f"<{self.protocol.__class__.__name__} #{self.sessionno} on {self.server._realPortNumber}>"
 
 
+def read_once(transport) -> None:
+    """One ``recv`` on a plain TCP transport, its bytes handed to the protocol, with the outcomes of Twisted's
+    ``_doReadOrWrite`` → ``doRead``: nothing to read yet is nothing; the peer's end of stream is
+    ``ConnectionDone``; a failed ``recv`` is ``ConnectionLost``; whatever the protocol raises is logged and drops
+    that connection, never the caller (the event loop, or a port's first read of a new connection)."""
+    try:
+        data = transport.socket.recv(transport.bufferSize)
+    except BlockingIOError:
+        return
+    except OSError:
+        why = CONNECTION_LOST
+    else:
+        if data:
+            try:
+                transport.protocol.dataReceived(data)
+                return
+            except BaseException:
+                why = sys.exc_info()[1]
+                log.err()
+        else:
+            why = CONNECTION_DONE
+    transport.reactor._disconnectSelectable(transport, why, True)
+
+
 _SOCKET_LEVEL, _LINGER, _RESET = socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0)  # close sends a reset
 
 
@@ -224,13 +218,20 @@ def ipv4_peer(host: str, port: int, _new=object.__new__, _kind=address.IPv4Addre
 
 
 class QuickAccepting(tcp.Port):
-    """A TCP port accepting up to ``batch`` connections per readable event in a plain loop. (``numberAccepts``,
-    the same number fixed against Twisted's changes, is what Twisted's own ``doRead`` reads when it takes over
-    after an error; ``batch`` is a plain class attribute: the loop reads it without a descriptor's call.)"""
+    """A TCP port accepting up to ``batch`` connections per readable event in a plain loop."""
 
     batch: int
-    numberAccepts: int
     transport = AcceptedConnection
+
+    @property
+    def numberAccepts(self) -> int:
+        """What Twisted's own ``doRead`` accepts when it takes over after an error: ``batch``, whatever it set
+        after its previous batch (the setter ignores it)."""
+        return self.batch
+
+    @numberAccepts.setter
+    def numberAccepts(self, _count: int) -> None:
+        pass
 
     def doRead(self) -> None:
         """Accept the connections waiting, then read what each client has sent already (``read_first``). The
@@ -280,12 +281,10 @@ class QuickAccepting(tcp.Port):
 
 class BatchAcceptingPort(QuickAccepting):
     batch = ACCEPT_BATCH
-    numberAccepts = _Fixed(ACCEPT_BATCH)
 
 
 class SharingPort(QuickAccepting):
     batch = SHARED_ACCEPT_BATCH
-    numberAccepts = _Fixed(SHARED_ACCEPT_BATCH)
 
 
 ACCEPTING = frozenset((BatchAcceptingPort, SharingPort))  # the ports' exact types

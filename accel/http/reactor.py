@@ -8,10 +8,10 @@ systems), and that wrapping was about a tenth of a cache hit's CPU. ``Dispatchin
 anything escaping it is logged by the reactor's main loop, as before.
 
 The commonest event, a plain TCP connection with bytes to read and nothing else to report, takes a shorter
-way still: what ``_doReadOrWrite`` → ``doRead`` → ``_dataReceived`` do for it is done in the loop itself (one
-``recv``, then the protocol's ``dataReceived``), with their outcomes: the peer's end of stream is
-``ConnectionDone``, a failed ``recv`` is ``ConnectionLost``, and whatever the protocol raises is logged and
-drops that connection, never the loop. A new connection waiting on one of accel's listening ports is
+way still: what ``_doReadOrWrite`` → ``doRead`` → ``_dataReceived`` do for it is done by one function
+(``accel.http.listening.read_once``: one ``recv``, then the protocol's ``dataReceived``), with their
+outcomes: the peer's end of stream is ``ConnectionDone``, a failed ``recv`` is ``ConnectionLost``, and
+whatever the protocol raises is logged and drops that connection, never the loop. A new connection waiting on one of accel's listening ports is
 accepted by the port's ``doRead`` called from the loop itself: it handles and logs its own errors.
 
 Between two polls Twisted's ``runUntilCurrent`` looks for calls from other threads and delayed calls that are
@@ -21,15 +21,13 @@ due; on most turns there are none, and the loop skips it (``DispatchingReactor.r
 from __future__ import annotations
 
 import sys
-from errno import EWOULDBLOCK
 from select import EPOLLIN
 
 from twisted.internet.epollreactor import EPollReactor
-from twisted.internet.main import CONNECTION_DONE, CONNECTION_LOST
-from twisted.python import log
 
 from accel.http.immediate import PLAIN_TCP as _READS_DIRECTLY  # their doRead is Connection.doRead
 from accel.http.listening import ACCEPTING as _ACCEPTS_DIRECTLY  # their doRead catches and logs everything
+from accel.http.listening import read_once
 
 
 class DispatchingReactor(EPollReactor):
@@ -46,30 +44,15 @@ class DispatchingReactor(EPollReactor):
             selectable = selectables.get(fd)
             if selectable is None:
                 continue  # (closed by an earlier event of this batch)
-            if event != EPOLLIN or type(selectable) not in _READS_DIRECTLY:
-                if event == EPOLLIN and type(selectable) in _ACCEPTS_DIRECTLY:
-                    selectable.doRead()  # (it logs what goes wrong itself, and reports nothing back)
-                else:
-                    handle(selectable, fd, event)
-                continue
-            # tcp.Connection.doRead, as _doReadOrWrite runs it:
-            try:
-                data = selectable.socket.recv(selectable.bufferSize)
-            except OSError as error:
-                if error.args[0] == EWOULDBLOCK:
+            if event == EPOLLIN:
+                kind = type(selectable)
+                if kind in _READS_DIRECTLY:
+                    read_once(selectable)  # tcp.Connection.doRead, as _doReadOrWrite runs it
                     continue
-                why = CONNECTION_LOST
-            else:
-                if data:
-                    try:
-                        selectable.protocol.dataReceived(data)
-                        continue
-                    except BaseException:
-                        why = sys.exc_info()[1]
-                        log.err()
-                else:
-                    why = CONNECTION_DONE
-            self._disconnectSelectable(selectable, why, True)
+                if kind in _ACCEPTS_DIRECTLY:
+                    selectable.doRead()  # (it logs what goes wrong itself, and reports nothing back)
+                    continue
+            handle(selectable, fd, event)
 
     doIteration = doPoll
 
