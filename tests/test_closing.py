@@ -6,6 +6,7 @@ which Twisted's transport finishes sending before it closes."""
 from __future__ import annotations
 
 import socket
+import struct
 
 from twisted.internet import defer, protocol, reactor, tcp
 from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
@@ -62,6 +63,14 @@ def exchange(port: int, payload: bytes, hold_until=None):
     return client.received, client.reason
 
 
+_TCP_INFO_SEGS_IN = 140  # offset of tcpi_segs_in in Linux's struct tcp_info (after tcpi_segs_out)
+
+
+def segments_received(sock: socket.socket) -> int:
+    """How many TCP segments ``sock``'s kernel has received on this connection (Linux's TCP_INFO)."""
+    return struct.unpack_from("I", sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 232), _TCP_INFO_SEGS_IN)[0]
+
+
 class ImmediateCloseTests(unittest.TestCase):
     """HTTPConnection on Twisted's own TCP transport over a socket pair."""
 
@@ -90,6 +99,28 @@ class ImmediateCloseTests(unittest.TestCase):
             received += chunk
         self.assertTrue(received.startswith(b"HTTP/1.1 200 OK\r\nConnection: close\r\n"))
         self.assertTrue(received.endswith(b"\r\n\r\nfast body"))
+
+    def test_a_fast_hit_with_connection_close_leaves_with_its_fin_in_one_segment(self):
+        # Sent with MSG_MORE and then closed, the response and the FIN travel together, as nginx's TCP_CORK
+        # makes them: the client takes one segment, not two (what its kernel counts, TCP_INFO's tcpi_segs_in).
+        site, connection, transport, theirs = self.connection()
+        before = segments_received(theirs)
+        connection.dataReceived(b"GET /fast HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        received = b""
+        while chunk := theirs.recv(65536):
+            received += chunk
+        self.assertTrue(received.endswith(b"\r\n\r\nfast body"))
+        self.assertEqual(segments_received(theirs) - before, 1)
+
+    def test_a_kept_connection_is_answered_at_once(self):
+        # Without Connection: close, nothing is held back for a FIN that is not coming.
+        site, connection, transport, theirs = self.connection()
+        connection.dataReceived(b"GET /fast HTTP/1.1\r\nHost: x\r\n\r\n")
+        self.assertFalse(transport.disconnected)
+        received = b""
+        while not received.endswith(b"fast body"):
+            received += theirs.recv(65536)
+        self.assertEqual(statuses(received), [b"200"])
 
     def test_the_close_waits_until_the_parser_is_done_with_what_follows(self):
         site, connection, transport, theirs = self.connection()

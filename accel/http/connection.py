@@ -420,9 +420,11 @@ class HTTPConnection(Protocol):
             apart = hit.body if get else b""  # the body, sent after the header section if it is large
             if len(apart) <= _JOIN_UP_TO:
                 data, apart = data + apart, b""
-        write_now(self.transport, data)
         if apart:
+            write_now(self.transport, data)
             self.transport.write(apart)
+        else:
+            write_now(self.transport, data, last=not message.keep_alive)  # (closed below: data and FIN together)
         traffic = self.traffic
         if traffic.counting:
             traffic.bytes_out += len(data) + len(apart)  # (Traffic.sent, inline)
