@@ -170,6 +170,16 @@ def _proc_field(path, key):
     return None
 
 
+def python_build() -> str:
+    """The interpreter accel runs on (twistd beside this one): its binary, and whether libpython is linked into
+    it or loaded as a shared library. The build counts as much as a change to accel: on the same machine a
+    distribution's python3 (libpython linked in, built with PGO and LTO) spends about an eighth less CPU per
+    request than pyenv's default build (a shared libpython, neither PGO nor LTO)."""
+    with open("/proc/self/maps") as maps:
+        shared = any("/libpython" in line for line in maps)
+    return f"{os.path.realpath(sys.executable)}, {'shared libpython' if shared else 'libpython linked in'}"
+
+
 def host_info(tools):
     mem_kib = int(_proc_field("/proc/meminfo", "MemTotal").split()[0])
     commit = _version(["git", "-C", str(BENCH_DIR), "rev-parse", "--short", "HEAD"], r"^([0-9a-f]+)$")
@@ -180,6 +190,7 @@ def host_info(tools):
         "memory_gib": round(mem_kib / 1024 / 1024, 1),
         "kernel": platform.release(),
         "python": platform.python_version(),
+        "python_build": python_build(),
         "twisted": twisted.__version__,
         "nginx": tools.nginx and _version([tools.nginx, "-v"], r"nginx/(\S+)"),
         "wrk": tools.wrk and _version([tools.wrk, "-v"], r"wrk (\S+)"),
@@ -618,7 +629,7 @@ def markdown(report):
     out = [
         f"### accel vs nginx proxy_cache, {meta['date']}",
         "",
-        f"Host: {meta['nproc']} CPUs ({meta['cpu']}), {meta['memory_gib']} GiB; Python {meta['python']}, "
+        f"Host: {meta['nproc']} CPUs ({meta['cpu']}), {meta['memory_gib']} GiB; Python {meta['python']} ({meta.get('python_build', '?')}), "
         f"Twisted {meta['twisted']}, nginx {meta['nginx'] or 'missing'}, wrk {meta['wrk'] or 'missing'}; "
         f"accel commit {meta['accel_commit'] or 'none'}. "
         f"accel with {settings.get('workers', 1)} worker process(es). "
