@@ -13,6 +13,7 @@ from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
 from twisted.internet.error import ConnectionDone
 from twisted.trial import unittest
 
+from accel.http.listening import AcceptedConnection
 from accel.http.server import AccelSite
 from tests.support import until
 from tests.test_cache_e2e import cached_stack, responder
@@ -74,8 +75,8 @@ def segments_received(sock: socket.socket) -> int:
 class ImmediateCloseTests(unittest.TestCase):
     """HTTPConnection on Twisted's own TCP transport over a socket pair."""
 
-    def connection(self):
-        """(site, connection, its tcp.Server transport, the client's end: a blocking socket)."""
+    def connection(self, transport_type=tcp.Server):
+        """(site, connection, its ``transport_type`` transport, the client's end: a blocking socket)."""
         site = AccelSite(Recorder(), reactor=reactor, fast_hits=FakeFastHits())
         listening = socket.create_server(("127.0.0.1", 0))
         theirs = socket.create_connection(listening.getsockname())
@@ -84,7 +85,7 @@ class ImmediateCloseTests(unittest.TestCase):
         self.addCleanup(theirs.close)
         theirs.settimeout(5)
         connection = site.buildProtocol(None)
-        transport = tcp.Server(ours, connection, address, None, 1, reactor)
+        transport = transport_type(ours, connection, address, None, 1, reactor)
         connection.makeConnection(transport)
         return site, connection, transport, theirs
 
@@ -111,6 +112,24 @@ class ImmediateCloseTests(unittest.TestCase):
             received += chunk
         self.assertTrue(received.endswith(b"\r\n\r\nfast body"))
         self.assertEqual(segments_received(theirs) - before, 1)
+
+    def test_the_response_has_left_before_a_close_that_resets(self):
+        # A client that sends more after its Connection: close request (RFC 9112 §9.6 says it must not) has those
+        # bytes unread when accel closes, and the kernel answers the close with a reset, dropping what it still
+        # holds to send: the response and its FIN must have left before. (accel's own transport: it closes
+        # without Twisted's shutdown first.)
+        site, connection, transport, theirs = self.connection(AcceptedConnection)
+        theirs.sendall(b"GET /fast HTTP/1.1\r\nHost: x\r\n\r\n")  # (still in accel's socket, unread)
+        connection.dataReceived(b"GET /fast HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        self.assertTrue(transport.disconnected)
+        received = b""
+        try:
+            while chunk := theirs.recv(65536):
+                received += chunk
+        except ConnectionResetError:
+            pass
+        self.assertEqual(statuses(received), [b"200"])
+        self.assertTrue(received.endswith(b"\r\n\r\nfast body"))
 
     def test_a_kept_connection_is_answered_at_once(self):
         # Without Connection: close, nothing is held back for a FIN that is not coming.

@@ -5,16 +5,17 @@ epoll_ctl calls and a loop turn before the ``send``, and two more calls after it
 that fits the socket's buffer (nearly all of them) can leave in a ``send`` right away; what does not fit,
 and everything on a transport that already has bytes queued, goes through ``write`` as before, in order.
 
-The last bytes before a close are sent with ``MSG_MORE`` (``write_now(..., last=True)``): the kernel holds
-them until the close, which sends them with its FIN in one segment rather than two, as nginx does with
-``TCP_CORK``. The client gets one packet and one wake-up fewer per connection. The caller closes right
-after: held bytes are sent by the close, by a later ``send`` without the flag, or by Twisted's own write of
-what did not fit.
+The last bytes before a close (``write_now(..., last=True)``) are sent with ``MSG_MORE`` and followed by
+the end of the stream (``shutdown(SHUT_WR)``): the kernel sends them with the FIN in one segment rather than
+two, as nginx's ``TCP_CORK`` makes it, so the client gets one packet and one wake-up fewer per connection.
+They have left before the close: a client that sent more than its last request has those bytes unread at the
+close, and the kernel then resets the connection and drops whatever it still held to send. What did not fit
+goes through Twisted's own write, without the flag, as before.
 """
 
 from __future__ import annotations
 
-from socket import MSG_MORE
+from socket import MSG_MORE, SHUT_WR
 
 from twisted.internet import tcp
 
@@ -33,15 +34,21 @@ def nothing_queued(transport) -> bool:
 
 def write_now(transport, data: bytes, last: bool = False) -> None:
     """``transport.write(data)``, sent at once when ``transport`` is plain TCP with nothing queued; ``last``:
-    the caller closes the connection right after, and the bytes may wait for the close's FIN."""
+    nothing follows on this connection (the caller closes it), and the FIN leaves with these bytes."""
     if nothing_queued(transport):
+        skt = transport.socket
         try:
-            sent = transport.socket.send(data, MSG_MORE if last else 0)
+            sent = skt.send(data, MSG_MORE if last else 0)
         except (BlockingIOError, InterruptedError):
             sent = 0
         except OSError:
             sent = 0  # Twisted's own write meets the error again and reports it
         if sent == len(data):
+            if last:
+                try:
+                    skt.shutdown(SHUT_WR)
+                except OSError:
+                    pass  # (the peer is gone: the close that follows has nothing to send)
             return
         data = data[sent:]
     transport.write(data)
