@@ -629,7 +629,8 @@ def markdown(report):
     out = [
         f"### accel vs nginx proxy_cache, {meta['date']}",
         "",
-        f"Host: {meta['nproc']} CPUs ({meta['cpu']}), {meta['memory_gib']} GiB; Python {meta['python']} ({meta.get('python_build', '?')}), "
+        f"Host: {meta['nproc']} CPUs ({meta['cpu']}), {meta['memory_gib']} GiB; "
+        f"Python {meta['python']} ({meta.get('python_build', '?')}), "
         f"Twisted {meta['twisted']}, nginx {meta['nginx'] or 'missing'}, wrk {meta['wrk'] or 'missing'}; "
         f"accel commit {meta['accel_commit'] or 'none'}. "
         f"accel with {settings.get('workers', 1)} worker process(es). "

@@ -73,7 +73,8 @@ def segments_received(sock: socket.socket) -> int:
 
 
 class ImmediateCloseTests(unittest.TestCase):
-    """HTTPConnection on Twisted's own TCP transport over a socket pair."""
+    """HTTPConnection on a TCP transport (Twisted's ``tcp.Server``, or accel's ``AcceptedConnection``, which
+    closes without a ``shutdown`` first) over a socket pair."""
 
     def connection(self, transport_type=tcp.Server):
         """(site, connection, its ``transport_type`` transport, the client's end: a blocking socket)."""
@@ -102,9 +103,9 @@ class ImmediateCloseTests(unittest.TestCase):
         self.assertTrue(received.endswith(b"\r\n\r\nfast body"))
 
     def test_a_fast_hit_with_connection_close_leaves_with_its_fin_in_one_segment(self):
-        # Sent with MSG_MORE and then closed, the response and the FIN travel together, as nginx's TCP_CORK
+        # Sent with MSG_MORE and the stream ended, the response and the FIN travel together, as nginx's TCP_CORK
         # makes them: the client takes one segment, not two (what its kernel counts, TCP_INFO's tcpi_segs_in).
-        site, connection, transport, theirs = self.connection()
+        site, connection, transport, theirs = self.connection(AcceptedConnection)
         before = segments_received(theirs)
         connection.dataReceived(b"GET /fast HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
         received = b""
@@ -114,10 +115,9 @@ class ImmediateCloseTests(unittest.TestCase):
         self.assertEqual(segments_received(theirs) - before, 1)
 
     def test_the_response_has_left_before_a_close_that_resets(self):
-        # A client that sends more after its Connection: close request (RFC 9112 §9.6 says it must not) has those
-        # bytes unread when accel closes, and the kernel answers the close with a reset, dropping what it still
-        # holds to send: the response and its FIN must have left before. (accel's own transport: it closes
-        # without Twisted's shutdown first.)
+        # A client that sends more after its Connection: close request (RFC 9112 §9.6 says it must not) has
+        # those bytes unread when accel closes, and the kernel answers the close with a reset, dropping what it
+        # still holds to send: the response and its FIN must have left before.
         site, connection, transport, theirs = self.connection(AcceptedConnection)
         theirs.sendall(b"GET /fast HTTP/1.1\r\nHost: x\r\n\r\n")  # (still in accel's socket, unread)
         connection.dataReceived(b"GET /fast HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
@@ -133,7 +133,7 @@ class ImmediateCloseTests(unittest.TestCase):
 
     def test_a_kept_connection_is_answered_at_once(self):
         # Without Connection: close, nothing is held back for a FIN that is not coming.
-        site, connection, transport, theirs = self.connection()
+        site, connection, transport, theirs = self.connection(AcceptedConnection)
         connection.dataReceived(b"GET /fast HTTP/1.1\r\nHost: x\r\n\r\n")
         self.assertFalse(transport.disconnected)
         received = b""
