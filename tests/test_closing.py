@@ -17,7 +17,7 @@ from accel.http.listening import AcceptedConnection
 from accel.http.server import AccelSite
 from tests.support import until
 from tests.test_cache_e2e import cached_stack, responder
-from tests.test_connection import FakeFastHits, Recorder, statuses
+from tests.test_connection import LARGE_FAST_BODY, FakeFastHits, Recorder, statuses
 from tests.test_fast_hits import counted_fast_hits
 
 
@@ -114,6 +114,19 @@ class ImmediateCloseTests(unittest.TestCase):
         self.assertTrue(received.endswith(b"\r\n\r\nfast body"))
         self.assertEqual(segments_received(theirs) - before, 1)
 
+    def test_a_large_fast_hit_goes_to_the_socket_and_is_closed_at_once(self):
+        # A body sent after its header section goes straight to the socket as well, the FIN with it: nothing
+        # waits for the reactor, and the connection closes in the same turn.
+        site, connection, transport, theirs = self.connection(AcceptedConnection)
+        connection.dataReceived(b"GET /fast-large HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        self.assertTrue(transport.disconnected)
+        received = b""
+        while chunk := theirs.recv(1 << 20):
+            received += chunk
+        head, _, body = received.partition(b"\r\n\r\n")
+        self.assertIn(b"Content-Length: %d" % len(LARGE_FAST_BODY), head)
+        self.assertTrue(body == LARGE_FAST_BODY)
+
     def test_the_response_has_left_before_a_close_that_resets(self):
         # A client that sends more after its Connection: close request (RFC 9112 §9.6 says it must not) has
         # those bytes unread when accel closes, and the kernel answers the close with a reset, dropping what it
@@ -207,6 +220,9 @@ class ClosingOverSocketsTests(unittest.TestCase):
         body = bytes(range(256)) * (1 << 12)  # 1 MiB, the memory tier's largest: more than the buffers hold
         stack, port, fast = yield self.stack(body)
         site = stack.accel_site
+        # The connections accel accepts from now on inherit a small, fixed send buffer (on loopback the kernel
+        # would otherwise take the whole response at once).
+        stack.accel_port.socket.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 1 << 16)
 
         def buffered():  # the response fills the socket buffers and waits in the transport's, closing
             return any(c.transport.disconnecting and (c.transport._tempDataLen or c.transport.dataBuffer)

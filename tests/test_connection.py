@@ -45,11 +45,16 @@ class Recorder(Resource):
         request.finish()
 
 
+LARGE_FAST_BODY = bytes(range(256)) * 256  # 64 KiB: sent after its header section, not joined to it
+
+
 def fast_hit_for(target: bytes):
-    """A FastHit as accel.cache.fast makes them, for ``/fast`` only."""
-    body = b"fast body"
+    """A FastHit as accel.cache.fast makes them, for ``/fast`` and ``/fast-large`` only."""
+    body = {b"/fast": b"fast body", b"/fast-large": LARGE_FAST_BODY}.get(target)
+    if body is None:
+        return None
     section = b"Age: 0\r\nCache-Status: accel; hit; ttl=60\r\nContent-Length: %d\r\n" % len(body)
-    return FastHit(200, b"OK", section, body, False, frozenset(), "http://origin", 0, 60, "/") if target == b"/fast" else None
+    return FastHit(200, b"OK", section, body, False, frozenset(), "http://origin", 0, 60, "/")
 
 
 class FakeFastHits:

@@ -420,11 +420,12 @@ class HTTPConnection(Protocol):
             apart = hit.body if get else b""  # the body, sent after the header section if it is large
             if len(apart) <= _JOIN_UP_TO:
                 data, apart = data + apart, b""
-        if apart:
+        last = not message.keep_alive  # (closed below: the FIN leaves with the last bytes)
+        if apart:  # each part goes straight to the socket as far as it fits; Twisted sends the rest
             write_now(self.transport, data)
-            self.transport.write(apart)
+            write_now(self.transport, apart, last)
         else:
-            write_now(self.transport, data, last=not message.keep_alive)  # (closed below: data and FIN together)
+            write_now(self.transport, data, last)
         traffic = self.traffic
         if traffic.counting:
             traffic.bytes_out += len(data) + len(apart)  # (Traffic.sent, inline)
