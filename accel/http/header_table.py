@@ -56,18 +56,11 @@ class HeaderTable(Headers):
         super().setRawHeaders(name, values)
 
     def addRawHeader(self, name, value) -> None:
-        if type(name) is bytes and type(value) is bytes and _LF not in value and _CR not in value:
-            key = _CANONICAL.get(name) or canonical(name)
-            values = self._rawHeaders.get(key)
-            if values is None:
-                self._rawHeaders[key] = [value]
-            else:
-                values.append(value)
-        else:
-            super().addRawHeader(name, value)
+        self.add_fields(((name, value),))
 
     def set_fields(self, fields) -> None:
-        """``setRawHeaders(name, [value])`` for each ``(name, value)`` pair: a request's own fields in one call."""
+        """``setRawHeaders(name, [value])`` for each ``(name, value)`` pair: a response's own fields (Server,
+        Date...) in one call."""
         table = self._rawHeaders
         for name, value in fields:
             if type(name) is bytes and type(value) is bytes and _LF not in value and _CR not in value:
@@ -76,7 +69,8 @@ class HeaderTable(Headers):
                 super().setRawHeaders(name, [value])
 
     def add_fields(self, fields) -> None:
-        """``addRawHeader`` for each ``(name, value)`` pair, in order: a response's fields in one call."""
+        """``addRawHeader`` for each ``(name, value)`` pair, in order: a request's fields as received, or an
+        origin response's, in one call."""
         table = self._rawHeaders
         for name, value in fields:
             if type(name) is bytes and type(value) is bytes and _LF not in value and _CR not in value:

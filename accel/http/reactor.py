@@ -11,8 +11,9 @@ The commonest event, a plain TCP connection with bytes to read and nothing else 
 way still: what ``_doReadOrWrite`` → ``doRead`` → ``_dataReceived`` do for it is done by one function
 (``accel.http.listening.read_once``: one ``recv``, then the protocol's ``dataReceived``), with their
 outcomes: the peer's end of stream is ``ConnectionDone``, a failed ``recv`` is ``ConnectionLost``, and
-whatever the protocol raises is logged and drops that connection, never the loop. A new connection waiting on one of accel's listening ports is
-accepted by the port's ``doRead`` called from the loop itself: it handles and logs its own errors.
+whatever the protocol raises is logged and drops that connection, never the loop. A new connection waiting
+on one of accel's listening ports is accepted by the port's ``doRead`` called from the loop itself: it
+handles and logs its own errors.
 
 Between two polls Twisted's ``runUntilCurrent`` looks for calls from other threads and delayed calls that are
 due; on most turns there are none, and the loop skips it (``DispatchingReactor.runUntilCurrent``).

@@ -230,9 +230,10 @@ class Forwarder:
             relay_interim(request, code, phrase, fields)
 
         if route.balancer is None:  # (the origin client's own callbacks: no Deferred between)
-            pending = self.clients.for_route(route).request(
-                method or request.method, origin_target(route, target).encode("latin-1"), headers, request.body,
-                timeout=route.response_timeout, interim=interim, answered=origin_answered, failed=origin_failed)
+            client, upstream = self.origin_of(route, target)
+            pending = client.request(method or request.method, upstream, headers, request.body,
+                                     timeout=route.response_timeout, interim=interim, answered=origin_answered,
+                                     failed=origin_failed)
         else:
             pending = self.send(route, method or request.method, target, headers, request.body, interim=interim,
                                 sticky=self.sticky(request, route))
@@ -290,10 +291,13 @@ class Forwarder:
         (see ``OriginClient.fetch``)."""
         if route.balancer is not None:
             return self.balancers.send(route, method, target, headers, body, interim, sticky, upgrade)
-        upstream = origin_target(route, target).encode("latin-1")
-        client = self.clients.for_route(route)
+        client, upstream = self.origin_of(route, target)
         return client.fetch(method, upstream, headers, body, timeout=route.response_timeout, interim=interim,
                             upgrade=upgrade)
+
+    def origin_of(self, route: Route, target: str):
+        """The origin client of ``route`` (one without a balancer) and the public ``target`` in its URL space."""
+        return self.clients.for_route(route), origin_target(route, target).encode("latin-1")
 
     def client_side(self, request) -> ClientSide:
         """What the origin is told of the client side; remembered, since a few peers send most requests (to a few

@@ -67,8 +67,7 @@ class IdleTimer:
         self.deadlines, self.seconds, self.expired = deadlines, seconds, expired
         self.last = now = deadlines.reactor.seconds()
         deadlines.timers.add(self)
-        if now + seconds < deadlines._at:
-            deadlines._plan(now + seconds)
+        deadlines._plan(now + seconds)
 
     def touch(self) -> None:
         self.last = self.deadlines.reactor.seconds()
